@@ -1,0 +1,32 @@
+"""mpistage: stage one file from one rank to node-local storage on every node.
+
+Rank ``root`` reads the source once; one leader rank per node receives it through a
+pipelined, chunked collective (a chain, a binomial tree, or MPI's own broadcast) and
+writes it to a temporary file that is renamed into place only once its xxh3-128 digest
+matches the source.  Every phase is timed so that each run can be held against the Ka
+cost model.
+
+    >>> from mpi4py import MPI
+    >>> import mpistage
+    >>> report = mpistage.stage("input.dat", "/scratch", comm=MPI.COMM_WORLD)
+    >>> report.ok
+    True
+"""
+
+from .errors import MpistageError, StageFailed, UsageError
+from .report import NodeResult, RankRecord, StageReport
+from .stage import ALGORITHMS, stage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "MpistageError",
+    "NodeResult",
+    "RankRecord",
+    "StageFailed",
+    "StageReport",
+    "UsageError",
+    "stage",
+    "__version__",
+]

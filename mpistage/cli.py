@@ -1,0 +1,156 @@
+"""``mpistage SRC DEST``: parse, validate, one library call, report, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import MpistageError, UsageError
+from .pipeline import DEFAULT_DEPTH
+from .progress import TerminalProgress
+from .stage import ALGORITHMS, DEFAULT_CHUNK, stage
+from .units import format_bytes, parse_size
+
+EPILOG = """\
+DEST is like cp's: an existing directory receives DEST/basename(SRC); anything else is
+the file's path. DEST may contain {node}, {host} and {rank}, expanded on each node.
+exit status: 0 every node holds a verified copy; 1 a node failed (the summary names
+it); 2 usage error (nothing was created).
+
+examples:
+  mpiexec -n 8 mpistage /lustre/ref/genome.fa /scratch
+  mpiexec -n 8 mpistage --algorithm binomial --chunk-size 8M input.dat /scratch/in.dat
+  mpiexec -n 4 mpistage --ranks-as-nodes data.bin '/tmp/node{node}/'
+"""
+
+
+class _RankZeroParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting and prints help on rank 0 only."""
+
+    def __init__(self, *args, rank: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.rank = rank
+
+    def error(self, message: str):  # type: ignore[no-untyped-def]
+        raise UsageError(message)
+
+    def _print_message(self, message: str, file=None) -> None:  # type: ignore[no-untyped-def]
+        if self.rank == 0:
+            super()._print_message(message, file)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(rank: int = 0) -> argparse.ArgumentParser:
+    parser = _RankZeroParser(
+        prog="mpistage",
+        description="Stage one file from one MPI rank to node-local storage on every node: "
+        "one read, a pipelined chain or tree, a verified copy everywhere.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        rank=rank,
+    )
+    parser.add_argument("source", metavar="SRC", help="file to read on the root rank")
+    parser.add_argument("dest", metavar="DEST", help="directory or file path on every node")
+    parser.add_argument(
+        "-a", "--algorithm", choices=ALGORITHMS, default="chain",
+        help="chain: pipelined chain, best for large files (default); binomial: pipelined "
+        "binomial tree, best for small files; bcast: MPI's own broadcast per chunk (baseline)",
+    )
+    parser.add_argument(
+        "-c", "--chunk-size", type=_size, default=DEFAULT_CHUNK, metavar="SIZE",
+        help=f"bytes per pipelined message, K/M/G suffixes (default {format_bytes(DEFAULT_CHUNK)})",
+    )
+    parser.add_argument("--root", type=int, default=0, metavar="RANK",
+                        help="rank that reads SRC (default 0)")
+    parser.add_argument("--ranks-as-nodes", action="store_true",
+                        help="count every rank as its own node (emulate many nodes on one machine)")
+    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
+                        help=f"chunk buffers per node leader (default {DEFAULT_DEPTH})")
+    parser.add_argument("--fsync", action="store_true",
+                        help="flush each copy to its device before renaming it into place")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-read each copy from disk and compare digests before the rename")
+    parser.add_argument("--report", metavar="FILE.json",
+                        help="write the full report (per-rank phase timings) as JSON")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="show progress on stderr even when it is not a terminal")
+    shown.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging from every rank")
+    parser.add_argument("--version", action="version", version=f"mpistage {__version__}")
+    return parser
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux), so start-up includes MPI_Init."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _configure_logging(rank: int, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"mpistage[{rank}] %(name)s: %(message)s"))
+    logger = logging.getLogger("mpistage")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if rank == 0 else logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 1 a node failed, 2 usage)."""
+    started = time.perf_counter() - _process_age()
+    from mpi4py import MPI  # initializes MPI; after the clock so start-up counts it
+
+    comm = MPI.COMM_WORLD
+    rank = comm.rank
+    try:
+        try:
+            args = build_parser(rank).parse_args(argv)
+        except SystemExit as exc:  # --help, --version
+            return int(exc.code or 0)
+        _configure_logging(rank, args.verbose)
+        progress = None
+        if args.progress or (not args.quiet and sys.stderr.isatty()):
+            progress = TerminalProgress(sys.stderr)
+        report = stage(
+            args.source, args.dest, comm=comm, algorithm=args.algorithm,
+            chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
+            fsync=args.fsync, verify=args.verify, depth=args.depth, progress=progress,
+            started=started,
+        )
+        if rank == 0:
+            if args.report:
+                report.write_json(args.report)
+            if not args.quiet:
+                print(report.summary(), flush=True)
+            elif not report.ok:
+                for node in report.failed:
+                    print(f"mpistage: node {node.index} ({node.host}): {node.error}",
+                          file=sys.stderr)
+        return report.exit_code
+    except MpistageError as exc:
+        if rank == 0:
+            print(f"mpistage: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except BaseException:
+        # A bug or an MPI failure on one rank: abort the whole job rather than leave the
+        # other ranks waiting forever for this one.
+        logging.getLogger("mpistage").exception("rank %d failed unexpectedly", rank)
+        comm.Abort(1)
+        raise

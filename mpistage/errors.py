@@ -1,0 +1,25 @@
+"""One family of exceptions, each a thin subclass of a built-in.
+
+The CLI turns them into one line on rank 0 and an exit code; anything else is a bug and
+aborts the job (so that no rank is left waiting for a peer that died).
+"""
+
+from __future__ import annotations
+
+
+class MpistageError(Exception):
+    """Base class of every error mpistage raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(MpistageError, ValueError):
+    """Bad input: a missing source, a bad destination, an invalid option value."""
+
+    exit_code = 2
+
+
+class StageFailed(MpistageError, RuntimeError):
+    """At least one node did not end up with a verified copy."""
+
+    exit_code = 1

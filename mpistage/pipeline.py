@@ -1,0 +1,325 @@
+"""The hot path: one engine that runs every schedule, chunk by chunk.
+
+Per leader, three activities overlap:
+
+* the **reader** thread (root only) reads chunk k+1, k+2 … ahead into free buffers and
+  digests the source as it goes;
+* the **main** thread makes every MPI call (so ``MPI_THREAD_FUNNELED`` is enough): it
+  receives chunk k from the schedule's parent, forwards it to the schedule's children
+  with non-blocking sends, and keeps several receives posted ahead;
+* the **writer** thread writes chunk k to the local temp file and digests what it wrote.
+
+A small fixed pool of numpy buffers bounds memory whatever the file size: a buffer goes
+back to the pool when both its sends and its write are done.  A node whose write fails
+keeps receiving and forwarding, so the nodes after it still get the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from .digest import new_digest
+from .plan import Plan
+from .schedules import Schedule
+from .sink import Sink
+
+log = logging.getLogger("mpistage.pipeline")
+
+#: ``progress(bytes_done, bytes_total)``; called on the root only.
+ProgressCallback = Callable[[int, int], None]
+
+DEFAULT_DEPTH = 4
+
+
+def _no_progress(done: int, total: int) -> None:
+    """Default progress callback: do nothing."""
+
+
+class PhaseClock:
+    """Seconds spent per phase; each phase is added to by one thread only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+class BufferPool:
+    """A fixed set of chunk buffers, handed out by index.
+
+    A buffer in use may have several holders (the sends of a chunk, its write); it
+    returns to the pool when the last one lets go.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self.buffers = [np.empty(size, dtype=np.uint8) for _ in range(count)]
+        self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._holders = [0] * count
+        self._lock = threading.Lock()
+        for index in range(count):
+            self._free.put(index)
+
+    def take(self, block: bool = True) -> int | None:
+        """A free buffer's index; ``None`` if none is free and ``block`` is false, or on
+        :meth:`close`."""
+        try:
+            return self._free.get(block=block)
+        except queue.Empty:
+            return None
+
+    def hold(self, index: int, holders: int) -> None:
+        with self._lock:
+            self._holders[index] = holders
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            self._holders[index] -= 1
+            free = self._holders[index] <= 0
+        if free:
+            self._free.put(index)
+
+    def close(self) -> None:
+        """Wake a thread blocked in :meth:`take` (it gets ``None``)."""
+        self._free.put(None)
+
+
+@dataclass
+class EngineResult:
+    """What one leader's engine did.
+
+    Attributes:
+        digest: hex xxh3-128 of the bytes this node wrote (``None`` if its write failed).
+        source_digest: hex digest of the source as read (root only).
+        read_error: why reading the source failed (root only).
+        write_error: why writing the local copy failed.
+        phases: seconds per phase (read, digest, wait, write, transfer).
+    """
+
+    digest: str | None = None
+    source_digest: str | None = None
+    read_error: str | None = None
+    write_error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """Moves one file through one schedule on one leader (call :meth:`run` once)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        schedule: Schedule,
+        sink: Sink | None,
+        *,
+        depth: int = DEFAULT_DEPTH,
+        progress: ProgressCallback = _no_progress,
+    ) -> None:
+        self.plan = plan
+        self.schedule = schedule
+        self.sink = sink
+        self.progress = progress
+        self.clock = PhaseClock()
+        self.pool = BufferPool(max(depth, 2), max(1, min(plan.chunk_size, plan.size)))
+        self._ready: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._sends: deque[tuple[int, int, list[MPI.Request]]] = deque()
+        self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
+        self._result = EngineResult()
+        self._done_bytes = 0
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        """Root: read every chunk ahead into free buffers; zero-fill after an error so the
+        pipeline still completes and every rank learns the outcome at the end."""
+        plan, clock = self.plan, self.clock
+        digest = new_digest()
+        fd = -1
+        try:
+            fd = os.open(plan.source, os.O_RDONLY)
+            if os.fstat(fd).st_size != plan.size:
+                self._result.read_error = f"source {plan.source} changed size before the read"
+        except OSError as exc:
+            self._result.read_error = f"cannot open source {plan.source}: {exc.strerror}"
+        try:
+            for k in range(plan.nchunks):
+                index = self.pool.take()
+                if index is None:
+                    return
+                length = plan.chunk_length(k)
+                view = self.pool.buffers[index][:length]
+                if self._result.read_error is None:
+                    started = time.perf_counter()
+                    try:
+                        got = _pread_full(fd, view, k * plan.chunk_size)
+                    except OSError as exc:
+                        got = -1
+                        self._result.read_error = f"reading {plan.source} failed: {exc.strerror}"
+                    clock.add("read", time.perf_counter() - started)
+                    if 0 <= got < length:
+                        self._result.read_error = (
+                            f"source {plan.source} shrank during the read "
+                            f"(ended at byte {k * plan.chunk_size + got} of {plan.size})"
+                        )
+                    if self._result.read_error is None:
+                        started = time.perf_counter()
+                        digest.update(view)
+                        clock.add("digest", time.perf_counter() - started)
+                if self._result.read_error is not None:
+                    view[:] = 0
+                self._ready.put((k, index))
+            if self._result.read_error is None and fd >= 0 and os.pread(fd, 1, plan.size):
+                self._result.read_error = f"source {plan.source} grew during the read"
+            if self._result.read_error is None:
+                self._result.source_digest = digest.hexdigest()
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _write_loop(self) -> None:
+        """Write chunks in order and digest what was written; after a write error, keep
+        draining so buffers return to the pool and forwarding goes on."""
+        clock, sink = self.clock, self.sink
+        digest = new_digest()
+        while (item := self._writes.get()) is not None:
+            k, index = item
+            view = self.pool.buffers[index][: self.plan.chunk_length(k)]
+            try:
+                if sink is not None and self._result.write_error is None:
+                    started = time.perf_counter()
+                    try:
+                        sink.write(view)
+                    except OSError as exc:
+                        self._result.write_error = f"write to {sink.final_path} failed: {exc}"
+                        log.debug("write failed on chunk %d: %s", k, exc)
+                        sink.discard()
+                    clock.add("write", time.perf_counter() - started)
+                if self._result.write_error is None:
+                    started = time.perf_counter()
+                    digest.update(view)
+                    clock.add("digest", time.perf_counter() - started)
+            finally:
+                self.pool.release(index)
+        if self._result.write_error is None:
+            self._result.digest = digest.hexdigest()
+
+    # -- main thread: all MPI calls -------------------------------------------------------
+
+    def _wait(self, request: MPI.Request) -> None:
+        started = time.perf_counter()
+        request.Wait()
+        self.clock.add("wait", time.perf_counter() - started)
+
+    def _retire_sends(self, block: bool) -> None:
+        """Release buffers whose sends are done; with ``block``, wait for the oldest."""
+        while self._sends:
+            k, index, requests = self._sends[0]
+            if block:
+                started = time.perf_counter()
+                MPI.Request.Waitall(requests)
+                self.clock.add("wait", time.perf_counter() - started)
+                block = False
+            elif not MPI.Request.Testall(requests):
+                return
+            self._sends.popleft()
+            self.pool.release(index)
+            self._sent(self.plan.chunk_length(k))
+
+    def _sent(self, length: int) -> None:
+        self._done_bytes += length
+        if self.schedule.is_root:
+            self.progress(self._done_bytes, self.plan.size)
+
+    def _next_from_reader(self) -> tuple[int, int]:
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                if self._sends:
+                    self._retire_sends(block=True)  # frees a buffer for the reader
+                    continue
+                started = time.perf_counter()
+                item = self._ready.get()
+                self.clock.add("wait", time.perf_counter() - started)
+            assert item is not None
+            return item
+
+    def _next_from_parent(self, next_post: int) -> tuple[int, int, int]:
+        """Keep receives posted ahead; return the oldest once it arrived."""
+        plan = self.plan
+        while next_post < plan.nchunks and len(self._recvs) < len(self.pool.buffers):
+            index = self.pool.take(block=False)
+            if index is None:
+                if self._recvs:
+                    break
+                if self._sends:
+                    self._retire_sends(block=True)
+                    continue
+                index = self.pool.take(block=True)  # the writer will return one
+                assert index is not None
+            view = self.pool.buffers[index][: plan.chunk_length(next_post)]
+            self._recvs.append((next_post, index, self.schedule.post_receive(view)))
+            next_post += 1
+        k, index, request = self._recvs.popleft()
+        self._wait(request)
+        return k, index, next_post
+
+    def run(self) -> EngineResult:
+        """Move every chunk; returns once all sends and writes are done."""
+        plan, schedule = self.plan, self.schedule
+        started = time.perf_counter()
+        reader = threading.Thread(target=self._read_loop, name="mpistage-reader", daemon=True)
+        writer = threading.Thread(target=self._write_loop, name="mpistage-writer", daemon=True)
+        writer.start()
+        if schedule.is_root:
+            reader.start()
+        next_post = 0
+        try:
+            for _ in range(plan.nchunks):
+                if schedule.is_root:
+                    k, index = self._next_from_reader()
+                else:
+                    k, index, next_post = self._next_from_parent(next_post)
+                view = self.pool.buffers[index][: plan.chunk_length(k)]
+                requests = schedule.post_forward(view)
+                self.pool.hold(index, 2 if requests else 1)
+                self._writes.put((k, index))
+                if requests:
+                    self._sends.append((k, index, requests))
+                else:
+                    self._sent(len(view))
+                self._retire_sends(block=False)
+            while self._sends:
+                self._retire_sends(block=True)
+        finally:
+            self._writes.put(None)
+            self.pool.close()
+            writer.join()
+            if schedule.is_root:
+                reader.join()
+        self.clock.add("transfer", time.perf_counter() - started)
+        self._result.phases = dict(self.clock.seconds)
+        return self._result
+
+
+def _pread_full(fd: int, view: np.ndarray, offset: int) -> int:
+    """Read until ``view`` is full or the file ends; returns the bytes read."""
+    total = 0
+    mv = memoryview(view)
+    while total < len(mv):
+        got = os.preadv(fd, [mv[total:]], offset + total)
+        if got == 0:
+            break
+        total += got
+    return total

@@ -1,0 +1,46 @@
+"""Progress on a terminal: bytes done, throughput and ETA, redrawn in place on stderr.
+
+The library takes any ``progress(done, total)`` callable (no-op by default); this is the
+one the CLI uses on the root.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .units import format_bytes, format_rate
+
+
+class TerminalProgress:
+    """Redraws one status line at most every ``interval`` seconds, after ``delay`` seconds
+    (short transfers stay silent), and ends the line when the transfer completes."""
+
+    def __init__(self, stream: TextIO = sys.stderr, *, interval: float = 0.25, delay: float = 1.0):
+        self.stream = stream
+        self.interval = interval
+        self.delay = delay
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        elapsed = now - self._started
+        finished = done >= total
+        if not finished and (elapsed < self.delay or now - self._last < self.interval):
+            return
+        if finished and not self._shown:
+            return
+        self._last = now
+        self._shown = True
+        percent = 100.0 * done / total if total else 100.0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f"ETA {(total - done) / rate:5.1f} s" if rate > 0 and not finished else " " * 11
+        line = (
+            f"\r  {format_bytes(done):>10} / {format_bytes(total)}  {percent:5.1f} %"
+            f"  {format_rate(done, elapsed):>12}  {eta}"
+        )
+        self.stream.write(line + ("\n" if finished else ""))
+        self.stream.flush()

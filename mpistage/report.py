@@ -1,0 +1,156 @@
+"""Timings gathered to rank 0: the human summary and the JSON report.
+
+The JSON layout is the contract with the cost-model tooling; it is documented in the
+README ("Report format") and versioned by ``SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .digest import ALGORITHM as DIGEST_ALGORITHM
+from .units import format_bytes, format_rate, format_seconds
+
+SCHEMA = "mpistage.report/1"
+
+#: Phases in the order a run goes through them.
+PHASES = (
+    "startup", "plan", "read", "wait", "write", "digest", "transfer",
+    "fsync", "verify", "rename", "total",
+)
+
+
+@dataclass
+class NodeResult:
+    """Outcome on one node, as its leader reported it."""
+
+    index: int
+    host: str
+    rank: int
+    path: str | None
+    ok: bool
+    error: str | None = None
+    digest: str | None = None
+    bytes: int = 0
+
+
+@dataclass
+class RankRecord:
+    """Seconds per phase on one rank; ``phases`` has only the phases the rank went through."""
+
+    rank: int
+    node: int
+    host: str
+    leader: bool
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StageReport:
+    """What a staging run did, the same object on every rank."""
+
+    version: str
+    source: str
+    size: int
+    source_digest: str | None
+    algorithm: str
+    chunk_size: int
+    depth: int
+    nodes: list[NodeResult]
+    ranks: list[RankRecord]
+    ok: bool = False
+    source_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    @property
+    def failed(self) -> list[NodeResult]:
+        return [n for n in self.nodes if not n.ok]
+
+    @property
+    def elapsed(self) -> float:
+        """Wall time of the whole run: the slowest rank's total."""
+        return max((r.phases.get("total", 0.0) for r in self.ranks), default=0.0)
+
+    def phase_stats(self) -> dict[str, dict[str, Any]]:
+        """Per phase over node leaders: min, median, max and the slowest node."""
+        stats: dict[str, dict[str, Any]] = {}
+        leaders = [r for r in self.ranks if r.leader]
+        for phase in PHASES:
+            values = [(r.phases[phase], r.node) for r in leaders if phase in r.phases]
+            if not values:
+                continue
+            seconds = [v for v, _ in values]
+            slowest = max(values)
+            stats[phase] = {
+                "min": min(seconds),
+                "median": statistics.median(seconds),
+                "max": slowest[0],
+                "slowest_node": slowest[1],
+            }
+        return stats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "source": {
+                "path": self.source,
+                "size": self.size,
+                "digest": self.source_digest,
+                "digest_algorithm": DIGEST_ALGORITHM,
+                "error": self.source_error,
+            },
+            "algorithm": self.algorithm,
+            "chunk_size": self.chunk_size,
+            "depth": self.depth,
+            "node_count": len(self.nodes),
+            "rank_count": len(self.ranks),
+            "elapsed": self.elapsed,
+            "phases": self.phase_stats(),
+            "nodes": [asdict(n) for n in self.nodes],
+            "ranks": [asdict(r) for r in self.ranks],
+        }
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the report as JSON (atomically: a reader never sees half a report)."""
+        temp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        with open(temp, "w", encoding="utf-8") as out:
+            json.dump(self.to_dict(), out, indent=2)
+            out.write("\n")
+        os.replace(temp, path)
+
+    def summary(self) -> str:
+        """Several lines for a person: the outcome first, then the phase table."""
+        n = len(self.nodes)
+        good = n - len(self.failed)
+        lines = [
+            f"mpistage: {self.source} ({format_bytes(self.size)}) to {n} node"
+            f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
+            f" {format_seconds(self.elapsed)}, {format_rate(self.size, self.elapsed)} per node",
+        ]
+        if self.ok:
+            lines.append(f"  all {n} nodes hold a verified copy ({DIGEST_ALGORITHM} {self.source_digest})")
+        else:
+            lines.append(f"  FAILED: {good} of {n} nodes hold a verified copy")
+            if self.source_error:
+                lines.append(f"  source: {self.source_error}")
+            for node in self.failed:
+                lines.append(f"  node {node.index} ({node.host}, rank {node.rank}): {node.error}")
+        stats = self.phase_stats()
+        if stats:
+            lines.append(f"  {'phase':<9} {'min':>10} {'median':>10} {'max':>10}  slowest node")
+            for phase, s in stats.items():
+                lines.append(
+                    f"  {phase:<9} {format_seconds(s['min']):>10} {format_seconds(s['median']):>10}"
+                    f" {format_seconds(s['max']):>10}  {s['slowest_node']}"
+                )
+        return "\n".join(lines)

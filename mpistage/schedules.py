@@ -1,0 +1,143 @@
+"""Each algorithm as a schedule: from whom do I receive a chunk, to whom do I forward it.
+
+The shapes are pure functions of a *relative* rank (``0`` is the root), so they can be
+tested without MPI.  The :class:`Schedule` classes bind a shape to a communicator and
+post the non-blocking MPI calls; one pipeline engine (:mod:`mpistage.pipeline`) runs all
+of them chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from mpi4py import MPI
+
+#: Tag of every data message; MPI keeps messages between two ranks in order, so one tag
+#: and posting receives in chunk order is enough to match chunk k with chunk k.
+DATA_TAG = 7001
+
+
+# -- shapes on relative ranks -------------------------------------------------------------
+
+def chain_parent(vrank: int, size: int) -> int | None:
+    """Predecessor of ``vrank`` in the chain 0 → 1 → … → size-1."""
+    _check(vrank, size)
+    return vrank - 1 if vrank > 0 else None
+
+
+def chain_children(vrank: int, size: int) -> list[int]:
+    _check(vrank, size)
+    return [vrank + 1] if vrank + 1 < size else []
+
+
+def binomial_parent(vrank: int, size: int) -> int | None:
+    """Parent in a binomial tree: ``vrank`` with its lowest set bit cleared."""
+    _check(vrank, size)
+    return vrank & (vrank - 1) if vrank > 0 else None
+
+
+def binomial_children(vrank: int, size: int) -> list[int]:
+    """Children in a binomial tree, largest subtree first (it has the longest way to go)."""
+    _check(vrank, size)
+    limit = vrank & -vrank if vrank > 0 else 1 << max(size - 1, 0).bit_length()
+    children = []
+    step = limit >> 1
+    while step:
+        if vrank + step < size:
+            children.append(vrank + step)
+        step >>= 1
+    return children
+
+
+def _check(vrank: int, size: int) -> None:
+    if not 0 <= vrank < size:
+        raise ValueError(f"relative rank {vrank} outside 0..{size - 1}")
+
+
+# -- schedules bound to a communicator ----------------------------------------------------
+
+class Schedule(ABC):
+    """How one leader takes part in broadcasting a chunk over ``comm`` from ``root``."""
+
+    name: str = ""
+
+    def __init__(self, comm: MPI.Comm, root: int) -> None:
+        self.comm = comm
+        self.root = root
+        self.is_root = comm.rank == root
+
+    @abstractmethod
+    def post_receive(self, buf: np.ndarray) -> MPI.Request:
+        """Start receiving the next chunk into ``buf`` (never called on the root)."""
+
+    @abstractmethod
+    def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
+        """Start passing on a chunk that is now complete in ``buf``."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+class TreeSchedule(Schedule):
+    """A point-to-point schedule given by a parent and children per relative rank."""
+
+    def __init__(self, comm: MPI.Comm, root: int) -> None:
+        super().__init__(comm, root)
+        size = comm.size
+        vrank = (comm.rank - root) % size
+        parent = self.parent_of(vrank, size)
+        self.parent = None if parent is None else (parent + root) % size
+        self.children = [(c + root) % size for c in self.children_of(vrank, size)]
+
+    @staticmethod
+    @abstractmethod
+    def parent_of(vrank: int, size: int) -> int | None: ...
+
+    @staticmethod
+    @abstractmethod
+    def children_of(vrank: int, size: int) -> list[int]: ...
+
+    def post_receive(self, buf: np.ndarray) -> MPI.Request:
+        assert self.parent is not None, "the root receives nothing"
+        return self.comm.Irecv(buf, source=self.parent, tag=DATA_TAG)
+
+    def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
+        return [self.comm.Isend(buf, dest=child, tag=DATA_TAG) for child in self.children]
+
+
+class ChainSchedule(TreeSchedule):
+    """Pipelined chain (Ka, dolly): every leader receives from one and sends to one."""
+
+    name = "chain"
+    parent_of = staticmethod(chain_parent)
+    children_of = staticmethod(chain_children)
+
+
+class BinomialSchedule(TreeSchedule):
+    """Pipelined binomial tree: log2(N) rounds, good for small files."""
+
+    name = "binomial"
+    parent_of = staticmethod(binomial_parent)
+    children_of = staticmethod(binomial_children)
+
+
+class BcastSchedule(Schedule):
+    """MPI's own broadcast of each chunk (``MPI_Ibcast``): the baseline to beat.
+
+    The non-blocking form lets the same engine keep several chunks in flight; which
+    algorithm runs underneath is the MPI library's choice.
+    """
+
+    name = "bcast"
+
+    def post_receive(self, buf: np.ndarray) -> MPI.Request:
+        return self.comm.Ibcast(buf, root=self.root)
+
+    def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
+        return [self.comm.Ibcast(buf, root=self.root)] if self.is_root else []
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    cls.name: cls for cls in (ChainSchedule, BinomialSchedule, BcastSchedule)
+}

@@ -1,0 +1,140 @@
+"""The local copy: a private temp file beside the destination, renamed in when verified.
+
+The final path never holds a partial file: bytes go to a temp file created exclusively
+(``O_EXCL``, not following symlinks, mode 0600) in the destination's own directory, so the
+closing ``rename`` is atomic and replaces whatever stood at the final path (a symlink
+included) without writing through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .digest import file_digest
+
+log = logging.getLogger("mpistage.sink")
+
+TEMP_SUFFIX = ".mpistage-tmp"
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class Sink:
+    """Receives the file's bytes in order and puts them in place when asked.
+
+    Not thread-safe: one writer thread calls :meth:`write`; the owner calls
+    :meth:`commit` or :meth:`discard` after that thread has finished.
+    """
+
+    def __init__(self, final_path: str | os.PathLike[str]) -> None:
+        self.final_path = Path(final_path)
+        self.bytes_written = 0
+        self.timings: dict[str, float] = {}
+        prefix = f".{self.final_path.name}."
+        fd, temp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=self.final_path.parent)
+        self._fd: int | None = fd
+        self.temp_path: Path | None = Path(temp)
+
+    def write(self, data: memoryview) -> None:
+        """Append ``data``; raises ``OSError`` (ENOSPC, EFBIG, EIO …) as the kernel reports."""
+        assert self._fd is not None, "write after close"
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.write(self._fd, view)
+            self.bytes_written += written
+            view = view[written:]
+
+    def commit(
+        self,
+        *,
+        mode: int,
+        mtime_ns: int,
+        fsync: bool = False,
+        verify_digest: str | None = None,
+    ) -> None:
+        """Make the copy final: fsync, re-read check, permissions, mtime, atomic rename.
+
+        Args:
+            mode: source permission bits; applied minus the umask and never
+                world-writable, like ``cp`` without ``-p``.
+            mtime_ns: source modification time, preserved.
+            fsync: flush data to the device before the rename (and the directory after).
+            verify_digest: when given, re-read the written file and compare.
+
+        Raises:
+            OSError: any step failed; the temp file is removed first.
+            ValueError: the re-read digest differs.
+        """
+        assert self._fd is not None and self.temp_path is not None, "commit after close"
+        try:
+            if fsync:
+                started = time.perf_counter()
+                os.fsync(self._fd)
+                self.timings["fsync"] = time.perf_counter() - started
+            os.fchmod(self._fd, mode & ~_umask() & ~0o002 & 0o7777)
+            os.close(self._fd)
+            self._fd = None
+            if verify_digest is not None:
+                started = time.perf_counter()
+                on_disk = file_digest(self.temp_path)
+                self.timings["verify"] = time.perf_counter() - started
+                if on_disk != verify_digest:
+                    raise ValueError(
+                        f"re-read of {self.temp_path} gave digest {on_disk}, expected {verify_digest}"
+                    )
+            started = time.perf_counter()
+            os.utime(self.temp_path, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
+            os.rename(self.temp_path, self.final_path)
+            self.temp_path = None
+            if fsync:
+                _fsync_dir(self.final_path.parent)
+            self.timings["rename"] = time.perf_counter() - started
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Close and remove the temp file, if any (idempotent)."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        if self.temp_path is not None:
+            try:
+                os.unlink(self.temp_path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove temp file %s: %s", self.temp_path, exc)
+            self.temp_path = None
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
