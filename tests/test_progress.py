@@ -1,0 +1,22 @@
+import io
+
+from mpistage.progress import TerminalProgress
+
+
+def test_silent_for_short_transfers() -> None:
+    out = io.StringIO()
+    bar = TerminalProgress(out, delay=10.0)
+    bar(50, 100)
+    bar(100, 100)
+    assert out.getvalue() == ""
+
+
+def test_shows_bytes_rate_and_eta_then_ends_the_line() -> None:
+    out = io.StringIO()
+    bar = TerminalProgress(out, delay=0.0, interval=0.0)
+    bar(1 << 20, 4 << 20)
+    assert "1.0 MiB / 4.0 MiB" in out.getvalue()
+    assert "25.0 %" in out.getvalue() and "ETA" in out.getvalue() and "iB/s" in out.getvalue()
+    bar(4 << 20, 4 << 20)
+    assert out.getvalue().endswith("\n")
+    assert "100.0 %" in out.getvalue()

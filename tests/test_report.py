@@ -1,0 +1,55 @@
+import json
+from pathlib import Path
+
+from mpistage.report import SCHEMA, NodeResult, RankRecord, StageReport
+
+
+def sample(ok: bool = True) -> StageReport:
+    nodes = [
+        NodeResult(index=0, host="a", rank=0, path="/s/f", ok=True, digest="d", bytes=10),
+        NodeResult(index=1, host="b", rank=1, path="/s/f", ok=ok, bytes=4,
+                   error=None if ok else "write to /s/f failed: [Errno 28] No space left"),
+    ]
+    ranks = [
+        RankRecord(rank=0, node=0, host="a", leader=True,
+                   phases={"startup": 0.5, "read": 0.2, "write": 0.1, "total": 1.0}),
+        RankRecord(rank=1, node=1, host="b", leader=True,
+                   phases={"startup": 0.4, "write": 0.3, "total": 1.5}),
+        RankRecord(rank=2, node=1, host="b", leader=False, phases={"startup": 0.4, "total": 1.6}),
+    ]
+    return StageReport(version="0", source="/src/f", size=10, source_digest="d",
+                       algorithm="chain", chunk_size=4, depth=4, nodes=nodes, ranks=ranks, ok=ok)
+
+
+def test_phase_statistics_over_leaders_only() -> None:
+    stats = sample().phase_stats()
+    assert stats["write"] == {"min": 0.1, "median": 0.2, "max": 0.3, "slowest_node": 1}
+    assert stats["read"]["slowest_node"] == 0
+    assert stats["total"]["max"] == 1.5, "non-leader ranks do not enter node statistics"
+    assert list(stats) == ["startup", "read", "write", "total"], "phases in run order"
+
+
+def test_elapsed_is_the_slowest_rank() -> None:
+    assert sample().elapsed == 1.6
+
+
+def test_json_schema(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    sample(ok=False).write_json(out)
+    data = json.loads(out.read_text())
+    assert data["schema"] == SCHEMA
+    assert (data["ok"], data["exit_code"], data["node_count"], data["rank_count"]) == (False, 1, 2, 3)
+    assert data["source"] == {"path": "/src/f", "size": 10, "digest": "d",
+                              "digest_algorithm": "xxh3_128", "error": None}
+    assert data["nodes"][1]["error"].startswith("write to /s/f failed")
+    assert data["ranks"][2] == {"rank": 2, "node": 1, "host": "b", "leader": False,
+                                "phases": {"startup": 0.4, "total": 1.6}}
+    assert set(data["phases"]["write"]) == {"min", "median", "max", "slowest_node"}
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_summary_names_the_failed_node() -> None:
+    text = sample(ok=False).summary()
+    assert "FAILED: 1 of 2 nodes hold a verified copy" in text
+    assert "node 1 (b, rank 1): write to /s/f failed" in text
+    assert "all 2 nodes hold a verified copy" in sample().summary()

@@ -1,0 +1,82 @@
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from mpistage.digest import file_digest, new_digest
+from mpistage.sink import TEMP_SUFFIX, Sink
+
+
+def digest_of(data: bytes) -> str:
+    d = new_digest()
+    d.update(data)
+    return d.hexdigest()
+
+
+def test_nothing_at_the_final_path_until_commit(tmp_path: Path) -> None:
+    final = tmp_path / "out.bin"
+    sink = Sink(final)
+    sink.write(memoryview(b"hello "))
+    sink.write(memoryview(b"world"))
+    assert not final.exists()
+    assert sink.temp_path is not None and sink.temp_path.parent == tmp_path
+    assert sink.temp_path.name.endswith(TEMP_SUFFIX)
+    assert stat.S_IMODE(sink.temp_path.stat().st_mode) == 0o600, "temp file is private"
+    sink.commit(mode=0o644, mtime_ns=1_000_000_000_000_000_000, fsync=True,
+                verify_digest=digest_of(b"hello world"))
+    assert final.read_bytes() == b"hello world"
+    assert final.stat().st_mtime_ns == 1_000_000_000_000_000_000
+    assert sorted(sink.timings) == ["fsync", "rename", "verify"]
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_mode_follows_source_minus_umask_and_never_world_writable(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        for mode, expected in [(0o755, 0o750), (0o666, 0o640), (0o777, 0o750)]:
+            final = tmp_path / f"m{mode:o}"
+            sink = Sink(final)
+            sink.commit(mode=mode, mtime_ns=0)
+            assert stat.S_IMODE(final.stat().st_mode) == expected
+        os.umask(0)
+        sink = Sink(tmp_path / "ww")
+        sink.commit(mode=0o777, mtime_ns=0)
+        assert stat.S_IMODE((tmp_path / "ww").stat().st_mode) == 0o775
+    finally:
+        os.umask(old)
+
+
+def test_discard_removes_the_temp_file_and_is_idempotent(tmp_path: Path) -> None:
+    with Sink(tmp_path / "out.bin") as sink:
+        sink.write(memoryview(b"partial"))
+    sink.discard()
+    assert os.listdir(tmp_path) == []
+
+
+def test_verify_mismatch_leaves_nothing(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "out.bin")
+    sink.write(memoryview(b"abc"))
+    with pytest.raises(ValueError, match="re-read"):
+        sink.commit(mode=0o644, mtime_ns=0, verify_digest=digest_of(b"abd"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_symlink_at_final_path_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    final = tmp_path / "out.bin"
+    final.symlink_to(victim)
+    sink = Sink(final)
+    sink.write(memoryview(b"new"))
+    sink.commit(mode=0o644, mtime_ns=0)
+    assert not final.is_symlink()
+    assert final.read_bytes() == b"new"
+    assert victim.read_bytes() == b"precious"
+
+
+def test_file_digest_matches_streaming_digest(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 7)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert file_digest(path) == digest_of(data)
