@@ -78,6 +78,11 @@ class StageReport:
         """Wall time of the whole run: the slowest rank's total."""
         return max((r.phases.get("total", 0.0) for r in self.ranks), default=0.0)
 
+    @property
+    def transfer_seconds(self) -> float:
+        """Time data was moving: the slowest leader's transfer phase."""
+        return max((r.phases.get("transfer", 0.0) for r in self.ranks if r.leader), default=0.0)
+
     def phase_stats(self) -> dict[str, dict[str, Any]]:
         """Per phase over node leaders: min, median, max and the slowest node."""
         stats: dict[str, dict[str, Any]] = {}
@@ -115,6 +120,7 @@ class StageReport:
             "node_count": len(self.nodes),
             "rank_count": len(self.ranks),
             "elapsed": self.elapsed,
+            "transfer_seconds": self.transfer_seconds,
             "phases": self.phase_stats(),
             "nodes": [asdict(n) for n in self.nodes],
             "ranks": [asdict(r) for r in self.ranks],
@@ -135,7 +141,8 @@ class StageReport:
         lines = [
             f"mpistage: {self.source} ({format_bytes(self.size)}) to {n} node"
             f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
-            f" {format_seconds(self.elapsed)}, {format_rate(self.size, self.elapsed)} per node",
+            f" {format_seconds(self.elapsed)} in all, transfer {format_seconds(self.transfer_seconds)}"
+            f" ({format_rate(self.size, self.transfer_seconds)} into every node)",
         ]
         if self.ok:
             lines.append(f"  all {n} nodes hold a verified copy ({DIGEST_ALGORITHM} {self.source_digest})")

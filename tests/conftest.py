@@ -1,15 +1,14 @@
-"""Shared fixtures; quiets ranks other than 0 when the suite runs under mpiexec.
+"""Shared fixtures.
 
-Under ``mpiexec -n N python -m pytest --only-mpi`` every rank runs the whole session;
-only rank 0's terminal output is shown (the others go to ``$MPISTAGE_TEST_LOGDIR`` if set,
-else nowhere), and ``--junitxml`` paths containing ``RANK`` get the rank filled in.
-Tests assert across ranks, so a failure on any rank fails on rank 0 too.
+Under ``mpiexec -n N python -m pytest --only-mpi`` every rank runs the whole session
+(``tests/run.sh`` shows rank 0's output and keeps the others' in log files);
+``--junitxml`` paths containing ``RANK`` get the rank filled in.  MPI tests assert
+across ranks, so a failure on any rank fails on rank 0 too.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,15 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
     xmlpath = getattr(config.option, "xmlpath", None)
     if xmlpath and "RANK" in xmlpath:
         config.option.xmlpath = xmlpath.replace("RANK", str(rank))
-    if rank > 0:
-        logdir = os.environ.get("MPISTAGE_TEST_LOGDIR")
-        target = os.path.join(logdir, f"rank{rank}.log") if logdir else os.devnull
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
 
 
 def collective_assert(comm, condition: bool, message: str = "") -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,136 @@
+"""The command as users run it: mpiexec, exit codes, one line from rank 0, README in step."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpistage.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+ENV = {**os.environ, "MPIR_CVAR_POLLS_BEFORE_YIELD": "10", "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+       "MPIEXEC_TIMEOUT": "120"}
+
+needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH")
+
+
+def mpistage(*args: str, n: int | None = 2, prefix: tuple[str, ...] = (), **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    command = [*prefix, sys.executable, "-m", "mpistage", *args]
+    if n is not None:
+        command = [MPIEXEC, "-n", str(n), *command]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=180, **kw)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "input.dat"
+    path.write_bytes(os.urandom((1 << 20) + 3))
+    for node in range(4):
+        (tmp_path / f"n{node}").mkdir()
+    return path
+
+
+@needs_mpiexec
+def test_stage_prints_one_summary_and_writes_the_report(src: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    run = mpistage("--ranks-as-nodes", "-c", "256K", "--report", str(report), str(src),
+                   str(tmp_path / "n{node}"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("mpistage: ") == 1, "rank 0 speaks, once"
+    assert "all 2 nodes hold a verified copy" in run.stdout
+    assert run.stderr == ""
+    data = json.loads(report.read_text())
+    assert data["ok"] and data["node_count"] == 2 and data["chunk_size"] == 256 << 10
+    for node in range(2):
+        assert (tmp_path / f"n{node}" / "input.dat").read_bytes() == src.read_bytes()
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/missing", "{tmp}/n0"], "source '{tmp}/missing' does not exist"),
+    (["{tmp}", "{tmp}/n0"], "is a directory"),
+    (["{src}", "{tmp}/nowhere/x"], "destination directory '{tmp}/nowhere' does not exist"),
+    (["-c", "12X", "{src}", "{tmp}/n0"], "invalid size '12X'"),
+    (["-c", "2G", "{src}", "{tmp}/n0"], "invalid chunk size"),
+    (["-a", "ring", "{src}", "{tmp}/n0"], "invalid choice: 'ring'"),
+    (["--root", "5", "{src}", "{tmp}/n0"], "invalid root 5: expected a rank from 0 to 1"),
+    (["{src}"], "the following arguments are required: DEST"),
+])
+def test_bad_input_one_line_exit_2_nothing_created(src: Path, tmp_path: Path, args, message):  # type: ignore[no-untyped-def]
+    before = sorted(tmp_path.rglob("*"))
+    filled = [a.format(tmp=tmp_path, src=src) for a in args]
+    run = mpistage("--ranks-as-nodes", *filled)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, f"one line from rank 0, got: {run.stderr!r}"
+    assert lines[0].startswith("mpistage: error: ")
+    assert message.format(tmp=tmp_path) in lines[0]
+    assert run.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@needs_mpiexec
+def test_node_failure_exit_1_names_the_node(src: Path, tmp_path: Path) -> None:
+    """MPMD launch: rank 1 runs the same CLI under a 256 KiB file-size limit (set after
+    MPI_Init, whose shared-memory set-up needs larger files), so its write fails."""
+    args = ["--ranks-as-nodes", "-c", "64K", str(src), str(tmp_path / "n{node}")]
+    limited = (
+        "import resource, sys; from mpi4py import MPI; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (262144, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+        "from mpistage.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    run = subprocess.run(
+        [MPIEXEC, "-n", "1", sys.executable, "-m", "mpistage", *args,
+         ":", "-n", "1", sys.executable, "-c", limited, *args],
+        capture_output=True, text=True, env=ENV, timeout=180,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAILED: 1 of 2 nodes hold a verified copy" in run.stdout
+    assert re.search(r"node 1 \(.*rank 1\): write to .* failed: .*File too large", run.stdout)
+    assert os.listdir(tmp_path / "n1") == []
+    assert (tmp_path / "n0" / "input.dat").read_bytes() == src.read_bytes()
+
+
+def test_singleton_without_mpiexec(src: Path, tmp_path: Path) -> None:
+    run = mpistage("-q", str(src), str(tmp_path / "copy.dat"), n=None)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    assert (tmp_path / "copy.dat").read_bytes() == src.read_bytes()
+
+
+def test_unreadable_source(src: Path, tmp_path: Path) -> None:
+    src.chmod(0o000)
+    tmp_path.chmod(0o777)
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root reads anything: run as nobody to meet a real EACCES
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and no setpriv to drop privileges")
+        prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        if subprocess.run([*prefix, sys.executable, "-c", "import mpistage"],
+                          capture_output=True).returncode != 0:
+            pytest.skip("the interpreter is not usable by user nobody")
+    run = mpistage(str(src), str(tmp_path / "n0"), n=None, prefix=prefix)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"mpistage: error: source '{src}' is not readable (permission denied)"
+
+
+def test_help_and_version() -> None:
+    run = mpistage("--help", n=None)
+    assert run.returncode == 0 and "usage: mpistage" in run.stdout and "exit status" in run.stdout
+    assert mpistage("--version", n=None).stdout.startswith("mpistage ")
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (ROOT / "README.md").read_text()
+    options = [o for action in build_parser()._actions for o in action.option_strings
+               if o.startswith("--")]
+    missing = [o for o in options if f"`{o}" not in readme]
+    assert not missing, f"README lacks options: {missing}"
