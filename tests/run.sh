@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up (once) and run every test of mpistage:
+#   1. pytest: pure logic and the command line (spawns mpiexec itself);
+#      the emulated-cluster tests too when root (they skip with a reason otherwise);
+#   2. the collectives under `mpiexec -n 2` and `mpiexec -n 4` (pytest-mpi);
+# then one closing line with the totals. Exits non-zero if any test failed.
+#
+#   bash tests/run.sh [extra pytest arguments for step 1]
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+source jobscripts/env.sh || exit 1
+export MPIEXEC_TIMEOUT=${MPIEXEC_TIMEOUT:-900}  # no run hangs forever, tests included
+
+results=$(mktemp -d "${TMPDIR:-/tmp}/mpistage-tests.XXXXXX")
+status=0
+
+echo "== pytest (pure logic, command line, emulated cluster)"
+python -m pytest -p no:cacheprovider -m "not mpi" --junitxml="$results/serial.xml" "$@" || status=1
+
+for ranks in 2 4; do
+    echo "== mpiexec -n $ranks pytest --with-mpi -m mpi"
+    # Every rank runs the session; rank 0 prints, the others keep logs for a post-mortem.
+    mpiexec -n "$ranks" sh -c '
+        if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@"; fi
+        exec "$@" > "'"$results"'/n'"$ranks"'-rank$PMI_RANK.log" 2>&1' sh \
+        python -m pytest -p no:cacheprovider -q --with-mpi -m mpi \
+            --junitxml="$results/mpi$ranks-rankRANK.xml" tests || {
+        status=1
+        tail -n 40 "$results"/n"$ranks"-rank*.log 2>/dev/null
+    }
+done
+
+python tests/totals.py "$results"/serial.xml "$results"/mpi*-rank0.xml || status=1
+rm -rf "$results"
+exit $status
