@@ -9,6 +9,8 @@ Rows:
   p2p            one MPI Send/Recv of the same bytes, memory to memory, rank 0 to 1
                  (the physical bound of moving S bytes once)
   MPI_Bcast      one MPI_Bcast of the same bytes, memory to memory, to every rank
+  naive          what a user writes in five lines: the root reads the whole file, one
+                 MPI_Bcast, every rank writes it (no pipelining, no digest, no temp file)
   mpistage/ALG   the whole file-to-file staging to every node, digests checked
 
 Each row is the median of ``--repeat`` runs after one warm-up; time is the slowest rank's
@@ -91,6 +93,14 @@ def main() -> int:
     def bcast() -> None:
         COMM.Bcast(payload, root=0)
 
+    def naive() -> None:
+        if COMM.rank == 0:
+            with open(source, "rb") as src:
+                src.readinto(payload)
+        COMM.Bcast(payload, root=0)
+        with open(work / f"n{COMM.rank}" / "source.bin", "wb") as out:
+            out.write(payload)
+
     def staged(algorithm: str, chunk: int) -> Callable[[], None]:
         def run() -> None:
             report = mpistage.stage(source, str(work / "n{node}"), comm=COMM,
@@ -101,6 +111,7 @@ def main() -> int:
 
     methods: list[tuple[str, int | None, Callable[[], object]]] = [
         ("cp", None, cp), ("p2p", None, p2p), ("MPI_Bcast", None, bcast),
+        ("naive", None, naive),
     ]
     methods += [(f"mpistage/{a}", c, staged(a, c)) for a in algorithms for c in chunks]
 

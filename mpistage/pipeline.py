@@ -189,9 +189,13 @@ class Engine:
 
     def _write_loop(self) -> None:
         """Write chunks in order and digest what was written; after a write error, keep
-        draining so buffers return to the pool and forwarding goes on."""
+        draining so buffers return to the pool and forwarding goes on.
+
+        On the root the reader has already digested these very buffers; hashing them a
+        second time would prove nothing, so the root's copy carries the source digest.
+        """
         clock, sink = self.clock, self.sink
-        digest = new_digest()
+        digest = new_digest() if not self.schedule.is_root else None
         while (item := self._writes.get()) is not None:
             k, index = item
             view = self.pool.buffers[index][: self.plan.chunk_length(k)]
@@ -205,13 +209,13 @@ class Engine:
                         log.debug("write failed on chunk %d: %s", k, exc)
                         sink.discard()
                     clock.add("write", time.perf_counter() - started)
-                if self._result.write_error is None:
+                if digest is not None and self._result.write_error is None:
                     started = time.perf_counter()
                     digest.update(view)
                     clock.add("digest", time.perf_counter() - started)
             finally:
                 self.pool.release(index)
-        if self._result.write_error is None:
+        if self._result.write_error is None and digest is not None:
             self._result.digest = digest.hexdigest()
 
     # -- main thread: all MPI calls -------------------------------------------------------
@@ -315,6 +319,8 @@ class Engine:
             writer.join()
             if schedule.is_root:
                 reader.join()
+        if schedule.is_root and self._result.write_error is None:
+            self._result.digest = self._result.source_digest
         self.clock.add("transfer", time.perf_counter() - started)
         self._result.phases = dict(self.clock.seconds)
         return self._result
