@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,43 @@ def test_bad_options_raise_on_every_rank(area, make_file, kwargs, message):
     src = source_file(area, make_file, 10)
     with pytest.raises(UsageError, match=message):
         mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True, **kwargs)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_file_larger_than_2_gib(assert_all):
+    """Offsets and digests past 2**31 bytes: a sparse 2 GiB + 4 KiB file with data at
+    both ends, staged between two ranks through tmpfs."""
+    shm = Path("/dev/shm")
+    size = (2 << 30) + 4097
+    room = shutil.disk_usage(shm).free if shm.is_dir() else 0
+    if COMM.bcast(room < 3 * size, root=0):
+        pytest.skip("needs /dev/shm with 6.5 GiB free (two copies of a 2 GiB file)")
+    pair = COMM.Split(0 if COMM.rank < 2 else 1, COMM.rank)
+    if COMM.rank > 1:
+        pair.Free()
+        return  # two ranks are enough to cross 2 GiB; the others have nothing to do
+    work = Path(pair.bcast(tempfile.mkdtemp(dir=shm, prefix="mpistage-big-") if pair.rank == 0 else None))
+    try:
+        src = work / "big.bin"
+        if pair.rank == 0:
+            (work / "n0").mkdir()
+            (work / "n1").mkdir()
+            with open(src, "wb") as out:
+                out.write(b"head")
+                out.seek(size - 4)
+                out.write(b"tail")
+        pair.Barrier()
+        report = mpistage.stage(src, str(work / "n{node}"), comm=pair, ranks_as_nodes=True,
+                                chunk_size=64 << 20)
+        copy = work / f"n{pair.rank}" / "big.bin"
+        ok = report.ok and copy.stat().st_size == size
+        with open(copy, "rb") as data:
+            head = data.read(4)
+            data.seek(size - 4)
+            ok = ok and head == b"head" and data.read(4) == b"tail"
+        assert pair.allreduce(ok, op=MPI.LAND), str([n.error for n in report.failed])
+    finally:
+        pair.Barrier()
+        if pair.rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        pair.Free()
