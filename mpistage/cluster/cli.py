@@ -1,0 +1,259 @@
+"""``python -m mpistage.cluster``: an emulated cluster from the command line.
+
+    python -m mpistage.cluster try --hosts 8 --rate 100mbit --size 64M   # up, stage, check, down
+    python -m mpistage.cluster run --hosts 8 --rate 100mbit -- mpistage in.dat /scratch
+    python -m mpistage.cluster up --hosts 8 --rate 100mbit --slow 3=10mbit --small-scratch 5=1M
+    python -m mpistage.cluster mpiexec -- mpistage in.dat /scratch
+    python -m mpistage.cluster exec 3 -- ls -l /scratch
+    python -m mpistage.cluster probe 0 1
+    python -m mpistage.cluster link 3 down
+    python -m mpistage.cluster down
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..digest import file_digest
+from ..units import format_bytes, parse_size
+from .cluster import (
+    ClusterError,
+    EmulatedCluster,
+    HostSpec,
+    format_rate,
+    interrupts_as_exceptions,
+    parse_rate,
+    teardown,
+)
+
+
+def _override(text: str) -> tuple[int, str]:
+    host, sep, value = text.partition("=")
+    if not sep or not host.isdigit() or not value:
+        raise argparse.ArgumentTypeError(f"expected HOST=VALUE with a host index, got {text!r}")
+    return int(host), value
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shape_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hosts", type=int, default=8, help="number of hosts (default 8)")
+    parser.add_argument("--rate", type=_rate, default=parse_rate("1gbit"),
+                        help="link rate of every host, both directions (default 1gbit; "
+                        "100mbit matches the Ka paper)")
+    parser.add_argument("--scratch", default="/scratch",
+                        help="path of every host's private scratch (default /scratch)")
+    parser.add_argument("--scratch-size", help="size limit of every host's scratch tmpfs")
+    parser.add_argument("--slow", type=_override, action="append", default=[],
+                        metavar="HOST=RATE", help="a straggler: host index with a slower link")
+    parser.add_argument("--small-scratch", type=_override, action="append", default=[],
+                        metavar="HOST=SIZE", help="a host whose scratch holds only SIZE")
+
+
+def _cluster_from(args: argparse.Namespace) -> EmulatedCluster:
+    overrides: dict[int, HostSpec] = {}
+    for host, rate in args.slow:
+        overrides[host] = HostSpec(rate=parse_rate(rate))
+    for host, size in args.small_scratch:
+        previous = overrides.get(host, HostSpec())
+        overrides[host] = HostSpec(rate=previous.rate, scratch_size=size)
+    return EmulatedCluster(hosts=args.hosts, rate=args.rate, name=args.name,
+                           scratch=args.scratch, scratch_size=args.scratch_size,
+                           overrides=overrides)
+
+
+def _host(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mpistage.cluster",
+        description="An emulated cluster on this machine: hosts as network namespaces with "
+        "shaped links, private scratch and their own host names; MPI across them. Needs root.",
+        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--name", default="mpistage",
+                        help="cluster name, the prefix of everything it creates (default mpistage)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="bring a cluster up and leave it up")
+    _shape_arguments(p)
+    sub.add_parser("down", help="remove everything the cluster created (idempotent)")
+    sub.add_parser("status", help="show the cluster's hosts")
+
+    p = sub.add_parser("run", help="bring a cluster up, run CMD on every host with mpiexec, tear down")
+    _shape_arguments(p)
+    p.add_argument("--ppn", type=int, default=1, help="ranks per host (default 1)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+    p = sub.add_parser("try", help="bring a cluster up, stage a sample with every algorithm "
+                       "next to one point-to-point transfer, check every copy, tear down")
+    _shape_arguments(p)
+    p.add_argument("--size", type=parse_size, default=parse_size("64M"))
+    p.add_argument("--chunk-size", default="1M")
+    p.add_argument("--algorithms", default="chain,binomial,bcast")
+
+    p = sub.add_parser("mpiexec", help="run CMD under mpiexec on the cluster that is up")
+    p.add_argument("--ppn", type=int, default=1, help="ranks per host (default 1)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+    p = sub.add_parser("exec", help="run CMD on one host")
+    p.add_argument("host", type=_host)
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+    p = sub.add_parser("probe", help="measure TCP throughput between two hosts")
+    p.add_argument("sender", type=_host, nargs="?", default=0)
+    p.add_argument("receiver", type=_host, nargs="?", default=1)
+    p.add_argument("--seconds", type=float, default=2.0)
+
+    p = sub.add_parser("link", help="take a host's link down or bring it up")
+    p.add_argument("host", type=_host)
+    p.add_argument("state", choices=("up", "down"))
+
+    p = sub.add_parser("rate", help="change a host's link rate")
+    p.add_argument("host", type=_host)
+    p.add_argument("rate", type=_rate)
+    return parser
+
+
+def _command(argv: Sequence[str]) -> list[str]:
+    argv = list(argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise ClusterError("no command given (put it after --)")
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="mpistage.cluster: %(message)s")
+    try:
+        with interrupts_as_exceptions():
+            return _dispatch(args)
+    except ClusterError as exc:
+        print(f"mpistage.cluster: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mpistage.cluster: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        cluster = _cluster_from(args).up()
+        _print_status(cluster)
+        return 0
+    if args.command == "down":
+        for item in teardown(args.name):
+            print(f"removed {item}")
+        return 0
+    if args.command in ("run", "try"):
+        with _cluster_from(args) as cluster:
+            if args.command == "run":
+                return cluster.mpiexec(_command(args.argv), ppn=args.ppn).returncode
+            return try_mpistage(cluster, args.size, args.chunk_size, args.algorithms.split(","))
+    cluster = EmulatedCluster.attach(args.name)
+    if args.command == "status":
+        _print_status(cluster)
+    elif args.command == "mpiexec":
+        return cluster.mpiexec(_command(args.argv), ppn=args.ppn).returncode
+    elif args.command == "exec":
+        return cluster.run(args.host, _command(args.argv)).returncode
+    elif args.command == "probe":
+        bits = cluster.probe(args.sender, args.receiver, args.seconds)
+        print(f"{cluster.host(args.sender)} -> {cluster.host(args.receiver)}: "
+              f"{bits / 1e6:.1f} Mbit/s (link {format_rate(cluster.rate_of(args.receiver))})")
+    elif args.command == "link":
+        cluster.set_link(args.host, args.state == "up")
+    elif args.command == "rate":
+        cluster.set_rate(args.host, args.rate)
+    return 0
+
+
+def _print_status(cluster: EmulatedCluster) -> None:
+    print(f"cluster {cluster.name}: {cluster.hosts} hosts, scratch at {cluster.scratch} on each")
+    for i, host in enumerate(cluster.hostnames):
+        print(f"  {i:>2} {host:<16} {cluster.address(i):<13} {format_rate(cluster.rate_of(i)):>8}"
+              f"  scratch {cluster.scratch_dir(i)}")
+
+
+def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,
+                 algorithms: Sequence[str]) -> int:
+    """Stage a random sample with each algorithm; print times next to one p2p transfer."""
+    python = sys.executable
+    work = Path(tempfile.mkdtemp(prefix="mpistage-try-"))
+    failures = 0
+    try:
+        sample = work / "sample.bin"
+        rng = np.random.default_rng()
+        with open(sample, "wb") as out:
+            for offset in range(0, size, 16 << 20):
+                out.write(rng.integers(0, 256, min(16 << 20, size - offset), np.uint8).tobytes())
+        digest = file_digest(sample)
+        link = cluster.rate_of(0)
+        print(f"{cluster.hosts} hosts at {format_rate(link)}, {format_bytes(size)} sample, "
+              f"chunk {chunk_size}")
+        probe = cluster.probe(0, 1)
+        print(f"TCP probe h0 -> h1: {probe / 1e6:.1f} Mbit/s")
+        ideal = size * 8 / link
+        p2p = cluster.mpiexec([python, "-m", "mpistage.cluster.p2p", str(size)], hosts=[0, 1],
+                              capture_output=True, text=True, timeout=600)
+        if p2p.returncode != 0:
+            raise ClusterError(f"point-to-point run failed: {p2p.stderr.strip()}")
+        p2p_seconds = float(p2p.stdout.split()[-1])
+        print()
+        print("| run | transfer | × p2p | whole command | copies verified |")
+        print("|---|---|---|---|---|")
+        print(f"| ideal S·8/rate | {ideal:.2f} s | {ideal / p2p_seconds:.2f} | | |")
+        print(f"| MPI point-to-point h0 → h1 | {p2p_seconds:.2f} s | 1.00 | | |")
+        for algorithm in algorithms:
+            report_path = work / f"{algorithm}.json"
+            run = cluster.mpiexec(
+                [python, "-m", "mpistage", "-q", "--algorithm", algorithm, "--chunk-size",
+                 chunk_size, "--report", str(report_path), str(sample), cluster.scratch],
+                capture_output=True, text=True, timeout=1800,
+            )
+            good = sum(
+                (cluster.scratch_dir(i) / sample.name).exists()
+                and file_digest(cluster.scratch_dir(i) / sample.name) == digest
+                for i in range(cluster.hosts)
+            )
+            if run.returncode != 0 or not report_path.exists():
+                failures += 1
+                print(f"| mpistage {algorithm} | failed (exit {run.returncode}) | | | {good}/"
+                      f"{cluster.hosts} |  {run.stderr.strip()[-300:]}")
+                continue
+            report = json.loads(report_path.read_text())
+            transfer = report["transfer_seconds"]
+            failures += good != cluster.hosts
+            print(f"| mpistage {algorithm} | {transfer:.2f} s | {transfer / p2p_seconds:.2f} |"
+                  f" {report['elapsed']:.2f} s | {good}/{cluster.hosts} |")
+            for i in range(cluster.hosts):
+                (cluster.scratch_dir(i) / sample.name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

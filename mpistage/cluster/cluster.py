@@ -1,0 +1,472 @@
+"""Bring an emulated cluster up, run commands on it, and tear it down.
+
+Everything the cluster creates carries its name as a prefix, so :func:`teardown` can
+remove exactly that and nothing else:
+
+* network namespaces ``NAME-sw`` (the switch, with bridge ``br0``) and ``NAME-h0`` …
+  (the hosts, each with ``eth0`` at 198.18.0.<i+1>/24);
+* the state directory ``/run/mpistage-cluster/NAME/`` with the ``hosts`` file, the
+  ``enter`` and ``launcher`` scripts and one tmpfs per host mounted at ``scratch/HOST``;
+* the scratch mount point (``/scratch``) if it did not exist before.
+
+A command runs "on" a host through ``enter HOST CMD…``: ``nsenter`` into the host's
+network namespace, then ``unshare`` a mount and UTS namespace in which the host name is
+set, the cluster's ``hosts`` file is bound over ``/etc/hosts`` and the host's scratch is
+bound over the scratch path.  (``ip netns exec`` is not used: it remounts ``/sys``.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger("mpistage.cluster")
+
+STATE_ROOT = Path("/run/mpistage-cluster")
+SUBNET = "198.18.0"  # inside 198.18.0.0/15, the RFC 2544 benchmarking range
+MAX_HOSTS = 64
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+TOOLS = ("ip", "tc", "nsenter", "unshare", "mount", "umount")
+
+#: Environment that makes the PyPI MPICH wheel talk TCP between hosts (so traffic crosses
+#: the shaped links) and yield the core while waiting (more ranks than cores).
+MPI_ENV = {
+    "MPIR_CVAR_CH4_NETMOD": "ofi",
+    "FI_PROVIDER": "tcp",
+    "MPIR_CVAR_POLLS_BEFORE_YIELD": "10",
+    "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+}
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:bit|bps|b)?\s*$", re.IGNORECASE)
+
+
+class ClusterError(RuntimeError):
+    """The emulated cluster cannot be built or used; the message says what to do."""
+
+
+def parse_rate(text: str | int) -> int:
+    """Link rate in bit/s: ``"100mbit"``, ``"1gbit"``, ``"500kbit"``, ``"1g"``, ``10**8``."""
+    if isinstance(text, int):
+        return text
+    match = _RATE_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid rate {text!r}: expected e.g. 100mbit, 1gbit, 500kbit")
+    number, unit = match.groups()
+    return int(float(number) * {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[unit.lower()])
+
+
+def format_rate(bits: int) -> str:
+    for unit, scale in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits >= scale and bits % scale == 0:
+            return f"{bits // scale}{unit}"
+    return f"{bits}bit"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Per-host overrides: a slower link (a straggler) or a small scratch (disk full)."""
+
+    rate: int | None = None
+    scratch_size: str | None = None
+
+
+@dataclass
+class EmulatedCluster:
+    """N hosts on this machine; use as a context manager, or :meth:`up` / :meth:`down`.
+
+    Args:
+        hosts: number of hosts (2 to 64; the Ka figures use 8 and 16).
+        rate: link rate of every host, both directions (``"100mbit"`` matches the Ka
+            paper's nodes; default ``"1gbit"``).
+        name: prefix of everything created; clusters with different names coexist.
+        scratch: path at which every host sees its own private scratch directory.
+        scratch_size: size of every host's scratch tmpfs (default: tmpfs default, half
+            of RAM, allocated only as used).
+        overrides: per-host :class:`HostSpec`, by host index.
+    """
+
+    hosts: int = 8
+    rate: str | int = "1gbit"
+    name: str = "mpistage"
+    scratch: str = "/scratch"
+    scratch_size: str | None = None
+    overrides: Mapping[int, HostSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ClusterError(f"invalid cluster name {self.name!r}: expected [a-z][a-z0-9]{{0,11}}")
+        if not 1 <= self.hosts <= MAX_HOSTS:
+            raise ClusterError(f"invalid host count {self.hosts}: expected 1 to {MAX_HOSTS}")
+        for index in self.overrides:
+            if not 0 <= index < self.hosts:
+                raise ClusterError(f"override for host {index}, but hosts are 0..{self.hosts - 1}")
+        self.rate_bits = parse_rate(self.rate)
+
+    # -- names and places -----------------------------------------------------------------
+
+    @property
+    def hostnames(self) -> list[str]:
+        return [f"{self.name}-h{i}" for i in range(self.hosts)]
+
+    @property
+    def switch(self) -> str:
+        return f"{self.name}-sw"
+
+    @property
+    def state_dir(self) -> Path:
+        return STATE_ROOT / self.name
+
+    @property
+    def enter_script(self) -> Path:
+        return self.state_dir / "enter"
+
+    @property
+    def launcher(self) -> Path:
+        return self.state_dir / "launcher"
+
+    def host(self, host: int | str) -> str:
+        """Host name of ``host`` (an index or a name)."""
+        if isinstance(host, int):
+            if not 0 <= host < self.hosts:
+                raise ClusterError(f"no host {host}: hosts are 0..{self.hosts - 1}")
+            return self.hostnames[host]
+        if host not in self.hostnames:
+            raise ClusterError(f"no host {host!r}: hosts are {', '.join(self.hostnames)}")
+        return host
+
+    def index(self, host: int | str) -> int:
+        return self.hostnames.index(self.host(host))
+
+    def address(self, host: int | str) -> str:
+        return f"{SUBNET}.{self.index(host) + 1}"
+
+    def scratch_dir(self, host: int | str) -> Path:
+        """The host's private scratch, as seen from outside the cluster."""
+        return self.state_dir / "scratch" / self.host(host)
+
+    def rate_of(self, host: int | str) -> int:
+        spec = self.overrides.get(self.index(host))
+        return spec.rate if spec is not None and spec.rate is not None else self.rate_bits
+
+    @classmethod
+    def attach(cls, name: str = "mpistage") -> EmulatedCluster:
+        """The cluster ``name`` that an earlier :meth:`up` (maybe another process) made."""
+        record_path = STATE_ROOT / name / "state.json"
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            raise ClusterError(
+                f"no cluster named {name!r} is up: 'python -m mpistage.cluster up' makes one"
+            ) from None
+        return cls(
+            hosts=record["hosts"], rate=record["rate"], name=name, scratch=record["scratch"],
+            scratch_size=record["scratch_size"],
+            overrides={int(i): HostSpec(r, s) for i, (r, s) in record["overrides"].items()},
+        )
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def up(self) -> EmulatedCluster:
+        """Create everything; on any failure, remove what was created and raise."""
+        check_prerequisites()
+        if self.switch in _netns_names() or self.state_dir.exists():
+            raise ClusterError(
+                f"a cluster named {self.name!r} already exists: "
+                f"'python -m mpistage.cluster down --name {self.name}' removes it"
+            )
+        try:
+            self._create_state()
+            _ip("netns", "add", self.switch)
+            _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.switch, "link", "set", "br0", "up")
+            for i, host in enumerate(self.hostnames):
+                self._add_host(i, host)
+        except BaseException:
+            teardown(self.name)
+            raise
+        log.info("cluster %s up: %d hosts at %s", self.name, self.hosts, format_rate(self.rate_bits))
+        return self
+
+    def down(self) -> list[str]:
+        """Remove everything this cluster created (idempotent); returns what went."""
+        return teardown(self.name)
+
+    def __enter__(self) -> EmulatedCluster:
+        return self.up()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def _create_state(self) -> None:
+        state = self.state_dir
+        (state / "scratch").mkdir(parents=True)
+        created_mountpoint = False
+        if not os.path.isdir(self.scratch):
+            os.makedirs(self.scratch)
+            created_mountpoint = True
+        (state / "state.json").write_text(json.dumps({
+            "name": self.name, "hosts": self.hosts, "rate": self.rate_bits,
+            "scratch": self.scratch, "scratch_size": self.scratch_size,
+            "overrides": {i: [o.rate, o.scratch_size] for i, o in self.overrides.items()},
+            "created_mountpoint": created_mountpoint,
+        }))
+        head = self.address(0)
+        lines = ["127.0.0.1 localhost", f"{head} {socket.gethostname()}"]
+        lines += [f"{self.address(i)} {h}" for i, h in enumerate(self.hostnames)]
+        (state / "hosts").write_text("\n".join(lines) + "\n")
+        _write_script(self.enter_script, ENTER_SCRIPT.format(
+            hosts=shlex.quote(str(state / "hosts")),
+            scratch_root=shlex.quote(str(state / "scratch")),
+            scratch=shlex.quote(self.scratch),
+        ))
+        _write_script(self.launcher, LAUNCHER_SCRIPT.format(enter=shlex.quote(str(self.enter_script))))
+
+    def _add_host(self, i: int, host: str) -> None:
+        port = f"h{i}"
+        _ip("netns", "add", host)
+        _ip("link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", port,
+            "netns", self.switch)
+        _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
+        _ip("-n", host, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+        _ip("-n", host, "link", "set", "lo", "up")
+        _ip("-n", host, "link", "set", "eth0", "up")
+        self.set_rate(i, self.rate_of(i), replace=False)
+        spec = self.overrides.get(i)
+        size = spec.scratch_size if spec is not None and spec.scratch_size else self.scratch_size
+        directory = self.scratch_dir(i)
+        directory.mkdir()
+        options = "mode=1777" + (f",size={size}" if size else "")
+        _run(["mount", "-t", "tmpfs", "-o", options, f"{self.name}-scratch", str(directory)])
+
+    # -- shaping and faults ---------------------------------------------------------------
+
+    def set_rate(self, host: int | str, rate: str | int, *, replace: bool = True) -> None:
+        """Shape ``host``'s link to ``rate`` in both directions (``tc tbf``)."""
+        bits = parse_rate(rate)
+        i = self.index(host)
+        # tbf needs a bucket of at least one timer tick's worth of bytes (HZ 250) and one
+        # full-size (GSO) packet; 64 KiB is enough up to ~130 Mbit/s.
+        burst = max(64 << 10, bits // 8 // 250)
+        verb = "replace" if replace else "add"
+        for netns, dev in ((self.host(i), "eth0"), (self.switch, f"h{i}")):
+            _run(["tc", "-n", netns, "qdisc", verb, "dev", dev, "root", "tbf",
+                  "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms"])
+
+    def set_link(self, host: int | str, up: bool) -> None:
+        """Take ``host``'s link down (no carrier, packets dropped) or bring it back."""
+        _ip("-n", self.switch, "link", "set", f"h{self.index(host)}", "up" if up else "down")
+
+    # -- running commands -----------------------------------------------------------------
+
+    def command(self, host: int | str, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run on ``host``."""
+        return [str(self.enter_script), self.host(host), *argv]
+
+    def run(self, host: int | str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
+        """Run ``argv`` on ``host`` (``subprocess.run`` keyword arguments apply)."""
+        return subprocess.run(self.command(host, argv), **kwargs)
+
+    def mpiexec_command(
+        self, argv: Sequence[str], *, ppn: int = 1, hosts: Sequence[int | str] | None = None,
+        mpiexec: str | None = None,
+    ) -> list[str]:
+        """The command line that runs ``argv`` under MPI on the cluster, launched from the
+        head host (host 0) so hydra's proxies connect back over the emulated network."""
+        names = [self.host(h) for h in (hosts if hosts is not None else range(self.hosts))]
+        return self.command(0, [
+            mpiexec or find_mpiexec(), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
+            "-hosts", ",".join(names), "-ppn", str(ppn), "-n", str(ppn * len(names)), *argv,
+        ])
+
+    def mpiexec(
+        self, argv: Sequence[str], *, ppn: int = 1, hosts: Sequence[int | str] | None = None,
+        env: Mapping[str, str] | None = None, **kwargs,  # type: ignore[no-untyped-def]
+    ) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        """Run ``argv`` on every host (or ``hosts``) with ``ppn`` ranks per host."""
+        return subprocess.run(
+            self.mpiexec_command(argv, ppn=ppn, hosts=hosts),
+            env=mpi_environment(env), **kwargs,
+        )
+
+    def probe(self, sender: int | str = 0, receiver: int | str = 1, seconds: float = 2.0) -> float:
+        """Measured TCP throughput (bit/s) from ``sender`` to ``receiver``."""
+        from .probe import measure
+
+        return measure(self, sender, receiver, seconds)
+
+
+# -- scripts written into the state directory ---------------------------------------------
+
+ENTER_SCRIPT = """#!/bin/sh
+# Run a command on an emulated host: its network namespace, its host name, its hosts
+# file and its private scratch. Written by mpistage.cluster.   Usage: enter HOST CMD...
+host=$1; shift
+exec nsenter --net="/run/netns/$host" unshare --mount --uts --propagation private \\
+    sh -c 'hostname "$1" && mount --bind {hosts} /etc/hosts &&
+           mount --bind {scratch_root}/"$1" {scratch} && shift && exec "$@"' sh "$host" "$@"
+"""
+
+LAUNCHER_SCRIPT = """#!/bin/sh
+# ssh stand-in for MPICH's hydra: LAUNCHER [ssh options] HOST COMMAND...
+# Like ssh, runs COMMAND (its words joined) through a shell on HOST.
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -[bcDEeFIiJLlmOopQRSWw]) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+host=$1; shift
+exec {enter} "$host" sh -c "$*"
+"""
+
+
+def _write_script(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def check_prerequisites() -> None:
+    """Raise :class:`ClusterError` unless root with iproute2 and util-linux at hand."""
+    if os.geteuid() != 0:
+        raise ClusterError("the emulated cluster needs root (network and mount namespaces)")
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise ClusterError(
+            f"missing {', '.join(missing)}: on Debian, apt-get install iproute2 util-linux mount"
+        )
+
+
+def find_mpiexec() -> str:
+    """``mpiexec`` beside this Python (the venv with the MPICH wheel), else on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise ClusterError("no mpiexec: pip install 'mpistage[mpich]' provides one")
+    return found
+
+
+def mpi_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus :data:`MPI_ENV` (explicit settings win)."""
+    env = {**os.environ}
+    for key, value in MPI_ENV.items():
+        env.setdefault(key, value)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise ClusterError(f"{shlex.join(argv)} failed: {result.stderr.strip() or result.returncode}")
+    return result
+
+
+def _ip(*args: str) -> None:
+    _run(["ip", *args])
+
+
+def _netns_names() -> list[str]:
+    if shutil.which("ip") is None:
+        return []
+    listing = _run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory) + "/"
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return [p for p in points if p.startswith(prefix) or p == str(directory)]
+
+
+def teardown(name: str) -> list[str]:
+    """Remove every namespace, mount and file of cluster ``name``; returns what went.
+
+    Idempotent, and safe to call for a cluster that only half came up: it looks for what
+    exists rather than trusting a record of what was made.  Processes still running in
+    the cluster's namespaces (a hung rank) are killed first.
+    """
+    if not NAME_RE.match(name):
+        raise ClusterError(f"invalid cluster name {name!r}")
+    removed: list[str] = []
+    prefix = f"{name}-"
+    for netns in _netns_names():
+        if not netns.startswith(prefix):
+            continue
+        pids = _run(["ip", "netns", "pids", netns], check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run(["ip", "netns", "del", netns], check=False)
+        removed.append(f"netns {netns}")
+    state = STATE_ROOT / name
+    record: dict[str, object] = {}
+    if (state / "state.json").exists():
+        try:
+            record = json.loads((state / "state.json").read_text())
+        except (OSError, ValueError):
+            record = {}
+    for point in sorted(_mounts_under(state), key=len, reverse=True):
+        _run(["umount", "-l", point], check=False)
+        removed.append(f"mount {point}")
+    if state.exists():
+        shutil.rmtree(state, ignore_errors=True)
+        removed.append(f"dir {state}")
+    mountpoint = record.get("scratch")
+    if record.get("created_mountpoint") and isinstance(mountpoint, str):
+        try:
+            os.rmdir(mountpoint)
+            removed.append(f"dir {mountpoint}")
+        except OSError:
+            pass
+    if STATE_ROOT.exists() and not any(STATE_ROOT.iterdir()):
+        STATE_ROOT.rmdir()
+    return removed
+
+
+@contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so ``finally`` clauses (teardown) run."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
