@@ -3,16 +3,22 @@
 Ranks are grouped by node with ``MPI_COMM_TYPE_SHARED`` (ranks that can share memory
 share a node-local disk too).  One leader per node receives and writes; on the root's
 node the root itself leads, so the source is never sent over the network to its own
-node.  Nodes are ordered by host name, then lowest world rank, so that the order (and so
-the chain) is the same on every run with the same allocation.
+node.  Nodes are ordered by host name (naturally: ``cn2`` before ``cn10``), then lowest
+world rank, so that the order (and so the chain) is the same on every run with the same allocation.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 
 from mpi4py import MPI
+
+
+def host_sort_key(host: str) -> tuple[object, ...]:
+    """Natural order of host names: ``cn2`` before ``cn10`` (usually rack order too)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", host))
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class Topology:
         host = socket.gethostname()
         mine_announced = (host, members[0], leader, members) if comm.rank == leader else None
         announced = [a for a in comm.allgather(mine_announced) if a is not None]
-        announced.sort(key=lambda a: (a[0], a[1]))
+        announced.sort(key=lambda a: (host_sort_key(a[0]), a[1]))
         nodes = tuple(
             NodeInfo(index=i, host=h, leader=ldr, ranks=rks)
             for i, (h, _, ldr, rks) in enumerate(announced)

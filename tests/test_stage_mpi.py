@@ -133,7 +133,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=BAD_INPUTS.keys())
 def test_bad_input_raises_on_every_rank_and_creates_nothing(area, make_file, assert_all, case):
-    src = source_file(area, make_file, 1000)
+    source_file(area, make_file, 1000)  # so that only the case's own fault is wrong
     if COMM.rank == 0:
         (area / "n1" / "sub1").mkdir()  # only node 1 has the subdirectory
     COMM.Barrier()

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -110,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, default=parse_size("64M"))
     p.add_argument("--chunk-size", default="1M")
     p.add_argument("--algorithms", default="chain,binomial,bcast")
+    p.add_argument("--repeat", type=int, default=1, help="runs per row; the median is shown")
 
     p = sub.add_parser("mpiexec", help="run CMD under mpiexec on the cluster that is up")
     p.add_argument("--ppn", type=int, default=1, help="ranks per host (default 1)")
@@ -171,7 +171,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         with _cluster_from(args) as cluster:
             if args.command == "run":
                 return cluster.mpiexec(_command(args.argv), ppn=args.ppn).returncode
-            return try_mpistage(cluster, args.size, args.chunk_size, args.algorithms.split(","))
+            return try_mpistage(cluster, args.size, args.chunk_size, args.algorithms.split(","),
+                                repeat=args.repeat)
     cluster = EmulatedCluster.attach(args.name)
     if args.command == "status":
         _print_status(cluster)
@@ -198,8 +199,11 @@ def _print_status(cluster: EmulatedCluster) -> None:
 
 
 def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,
-                 algorithms: Sequence[str]) -> int:
-    """Stage a random sample with each algorithm; print times next to one p2p transfer."""
+                 algorithms: Sequence[str], repeat: int = 1) -> int:
+    """Stage a random sample with each algorithm; print times next to one p2p transfer.
+
+    Every row is the median of ``repeat`` runs; every copy is checked after every run.
+    """
     python = sys.executable
     work = Path(tempfile.mkdtemp(prefix="mpistage-try-"))
     failures = 0
@@ -216,40 +220,52 @@ def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,
         probe = cluster.probe(0, 1)
         print(f"TCP probe h0 -> h1: {probe / 1e6:.1f} Mbit/s")
         ideal = size * 8 / link
-        p2p = cluster.mpiexec([python, "-m", "mpistage.cluster.p2p", str(size)], hosts=[0, 1],
-                              capture_output=True, text=True, timeout=600)
-        if p2p.returncode != 0:
-            raise ClusterError(f"point-to-point run failed: {p2p.stderr.strip()}")
-        p2p_seconds = float(p2p.stdout.split()[-1])
+        p2p_runs = []
+        for _ in range(repeat):
+            p2p = cluster.mpiexec([python, "-m", "mpistage.cluster.p2p", str(size)],
+                                  hosts=[0, 1], capture_output=True, text=True, timeout=600)
+            if p2p.returncode != 0:
+                raise ClusterError(f"point-to-point run failed: {p2p.stderr.strip()}")
+            p2p_runs.append(float(p2p.stdout.split()[-1]))
+        p2p_seconds = statistics.median(p2p_runs)
         print()
-        print("| run | transfer | × p2p | whole command | copies verified |")
+        print(f"| run (median of {repeat}) | transfer | × p2p | whole command | copies verified |")
         print("|---|---|---|---|---|")
         print(f"| ideal S·8/rate | {ideal:.2f} s | {ideal / p2p_seconds:.2f} | | |")
         print(f"| MPI point-to-point h0 → h1 | {p2p_seconds:.2f} s | 1.00 | | |")
         for algorithm in algorithms:
-            report_path = work / f"{algorithm}.json"
-            run = cluster.mpiexec(
-                [python, "-m", "mpistage", "-q", "--algorithm", algorithm, "--chunk-size",
-                 chunk_size, "--report", str(report_path), str(sample), cluster.scratch],
-                capture_output=True, text=True, timeout=1800,
-            )
-            good = sum(
-                (cluster.scratch_dir(i) / sample.name).exists()
-                and file_digest(cluster.scratch_dir(i) / sample.name) == digest
-                for i in range(cluster.hosts)
-            )
-            if run.returncode != 0 or not report_path.exists():
-                failures += 1
-                print(f"| mpistage {algorithm} | failed (exit {run.returncode}) | | | {good}/"
-                      f"{cluster.hosts} |  {run.stderr.strip()[-300:]}")
+            transfers, totals, verified = [], [], 0
+            for _ in range(repeat):
+                report_path = work / f"{algorithm}.json"
+                report_path.unlink(missing_ok=True)
+                run = cluster.mpiexec(
+                    [python, "-m", "mpistage", "-q", "--algorithm", algorithm, "--chunk-size",
+                     chunk_size, "--report", str(report_path), str(sample), cluster.scratch],
+                    capture_output=True, text=True, timeout=1800,
+                )
+                good = sum(
+                    (cluster.scratch_dir(i) / sample.name).exists()
+                    and file_digest(cluster.scratch_dir(i) / sample.name) == digest
+                    for i in range(cluster.hosts)
+                )
+                for i in range(cluster.hosts):
+                    (cluster.scratch_dir(i) / sample.name).unlink(missing_ok=True)
+                if run.returncode != 0 or not report_path.exists():
+                    print(f"mpistage {algorithm} failed (exit {run.returncode}): "
+                          f"{run.stderr.strip()[-300:]}", file=sys.stderr)
+                    continue
+                report = json.loads(report_path.read_text())
+                transfers.append(report["transfer_seconds"])
+                totals.append(report["elapsed"])
+                verified += good == cluster.hosts
+            failures += verified != repeat
+            if not transfers:
+                print(f"| mpistage {algorithm} | failed | | | {verified}/{repeat} runs |")
                 continue
-            report = json.loads(report_path.read_text())
-            transfer = report["transfer_seconds"]
-            failures += good != cluster.hosts
+            transfer = statistics.median(transfers)
             print(f"| mpistage {algorithm} | {transfer:.2f} s | {transfer / p2p_seconds:.2f} |"
-                  f" {report['elapsed']:.2f} s | {good}/{cluster.hosts} |")
-            for i in range(cluster.hosts):
-                (cluster.scratch_dir(i) / sample.name).unlink(missing_ok=True)
+                  f" {statistics.median(totals):.2f} s | {verified}/{repeat} runs, "
+                  f"{cluster.hosts} hosts each |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0

@@ -1,0 +1,271 @@
+"""The emulated cluster: bring-up and teardown, shaping, and mpistage across real hosts.
+
+Needs root, iproute2 and util-linux (CI has them); skipped with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mpistage
+from mpistage.cluster import ClusterError, EmulatedCluster, HostSpec, parse_rate, teardown
+from mpistage.cluster import cluster as cluster_module
+from mpistage.digest import file_digest
+
+NAME = "msttest"  # not the default name, so a user's own cluster is never touched
+MISSING = [t for t in cluster_module.TOOLS if shutil.which(t) is None]
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason="needs root and iproute2/util-linux (network and mount namespaces)"
+    + (f"; missing {', '.join(MISSING)}" if MISSING else ""),
+)
+pytestmark = pytest.mark.cluster
+TIMEOUT = {"MPIEXEC_TIMEOUT": "300"}
+
+
+def snapshot() -> dict[str, object]:
+    """What a cluster could leave behind on the machine."""
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+
+    return {
+        "netns": sorted(run("ip", "netns", "list").split()),
+        "links": sorted(line.split()[0] for line in run("ip", "-br", "link").splitlines()),
+        "mounts": sorted(Path("/proc/self/mounts").read_text().splitlines()),
+        "state": cluster_module.STATE_ROOT.exists(),
+        "scratch": os.path.exists("/scratch"),
+    }
+
+
+def sample(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "sample.bin"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def stage_on(cluster: EmulatedCluster, tmp_path: Path, src: Path, *options: str,
+             ppn: int = 1, hosts: list[int] | None = None) -> tuple[subprocess.CompletedProcess, dict]:  # type: ignore[type-arg]
+    report = tmp_path / "report.json"
+    report.unlink(missing_ok=True)
+    run = cluster.mpiexec(
+        [sys.executable, "-m", "mpistage", "--report", str(report), *options, str(src),
+         cluster.scratch],
+        ppn=ppn, hosts=hosts, env=TIMEOUT, capture_output=True, text=True, timeout=600,
+    )
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return run, data
+
+
+# -- pure logic, no root needed -----------------------------------------------------------
+
+@pytest.mark.parametrize("text, bits", [("100mbit", 10**8), ("1gbit", 10**9), ("500kbit", 5 * 10**5),
+                                        ("1g", 10**9), ("2.5mbit", 2_500_000), (1234, 1234)])
+def test_parse_rate(text: str | int, bits: int) -> None:
+    assert parse_rate(text) == bits
+
+
+def test_bad_names_and_sizes_are_refused() -> None:
+    with pytest.raises(ClusterError, match="invalid cluster name"):
+        EmulatedCluster(name="Bad-Name")
+    with pytest.raises(ClusterError, match="invalid host count"):
+        EmulatedCluster(hosts=0)
+    with pytest.raises(ClusterError, match="override for host 9"):
+        EmulatedCluster(hosts=4, overrides={9: HostSpec(rate=1)})
+    with pytest.raises(ValueError, match="invalid rate"):
+        parse_rate("fast")
+
+
+def test_clear_error_when_not_root_or_tools_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterError, match="needs root"):
+        EmulatedCluster(hosts=2, name=NAME).up()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool in ("ip", "tc") else "/bin/x")
+    with pytest.raises(ClusterError, match="missing ip, tc: on Debian, apt-get install iproute2"):
+        EmulatedCluster(hosts=2, name=NAME).up()
+
+
+def test_command_line_reports_not_root_in_one_line() -> None:
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and no setpriv to drop privileges")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    else:
+        prefix = []
+    run = subprocess.run([*prefix, sys.executable, "-m", "mpistage.cluster", "--name", NAME, "up",
+                          "--hosts", "2"], capture_output=True, text=True, timeout=60)
+    if "No module named" in run.stderr:
+        pytest.skip("the interpreter is not usable by user nobody")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "mpistage.cluster: error: the emulated cluster needs root (network and mount namespaces)"]
+
+
+# -- life cycle ---------------------------------------------------------------------------
+
+@needs_root
+def test_up_and_down_leave_nothing_behind() -> None:
+    teardown(NAME)
+    before = snapshot()
+    cluster = EmulatedCluster(hosts=3, rate="100mbit", name=NAME).up()
+    try:
+        assert set(cluster.hostnames) | {cluster.switch} <= set(snapshot()["netns"])  # type: ignore[operator]
+        names = [cluster.run(i, ["hostname"], capture_output=True, text=True).stdout.strip()
+                 for i in range(3)]
+        assert names == cluster.hostnames, "every host has its own host name"
+        cluster.run(1, ["sh", "-c", "echo one > /scratch/mine"], check=True)
+        assert (cluster.scratch_dir(1) / "mine").read_text() == "one\n"
+        assert not (cluster.scratch_dir(0) / "mine").exists(), "scratch is private per host"
+        assert not Path("/scratch/mine").exists(), "nothing lands in the machine's own /scratch"
+        with pytest.raises(ClusterError, match="already exists"):
+            EmulatedCluster(hosts=2, name=NAME).up()
+    finally:
+        cluster.down()
+    assert snapshot() == before
+    assert cluster.down() == [], "teardown is idempotent"
+    assert snapshot() == before
+
+
+@needs_root
+def test_teardown_on_error_inside_the_context() -> None:
+    teardown(NAME)
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="boom"):
+        with EmulatedCluster(hosts=2, name=NAME):
+            raise RuntimeError("boom")
+    assert snapshot() == before
+
+
+@needs_root
+def test_command_line_run_is_one_command_and_cleans_up() -> None:
+    teardown(NAME)
+    before = snapshot()
+    run = subprocess.run(
+        [sys.executable, "-m", "mpistage.cluster", "--name", NAME, "run", "--hosts", "3",
+         "--", "hostname"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **TIMEOUT},
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.split()) == [f"{NAME}-h{i}" for i in range(3)]
+    assert snapshot() == before
+
+
+# -- shaping and MPI over the links -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster8() -> Iterator[EmulatedCluster]:
+    if os.geteuid() != 0 or MISSING:
+        pytest.skip("needs root and iproute2/util-linux")
+    teardown(NAME)
+    with EmulatedCluster(hosts=8, rate="100mbit", name=NAME) as cluster:
+        yield cluster
+
+
+@needs_root
+def test_point_to_point_throughput_matches_the_shaping(cluster8: EmulatedCluster) -> None:
+    tcp = cluster8.probe(0, 5, seconds=2.0)
+    assert 90e6 <= tcp <= 110e6, f"TCP probe {tcp / 1e6:.1f} Mbit/s, link 100 Mbit/s"
+    # MPI too: a transport that silently used shared memory between the namespaces would
+    # bypass the shaping and run at GB/s.
+    size = 8 << 20
+    run = cluster8.mpiexec([sys.executable, "-m", "mpistage.cluster.p2p", str(size)],
+                           hosts=[0, 5], env=TIMEOUT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    mpi = size * 8 / float(run.stdout.split()[-1])
+    assert 80e6 <= mpi <= 110e6, f"MPI point-to-point {mpi / 1e6:.1f} Mbit/s over a 100 Mbit/s link"
+
+
+@needs_root
+@pytest.mark.parametrize("algorithm", mpistage.ALGORITHMS)
+def test_mpistage_on_8_hosts_every_algorithm(cluster8: EmulatedCluster, tmp_path: Path,
+                                            algorithm: str) -> None:
+    src = sample(tmp_path, 32 << 20)
+    run, report = stage_on(cluster8, tmp_path, src, "--algorithm", algorithm, "--chunk-size", "1M")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert report["ok"] and report["node_count"] == 8
+    assert sorted(n["host"] for n in report["nodes"]) == sorted(cluster8.hostnames)
+    digest = file_digest(src)
+    for i in range(8):
+        copy = cluster8.scratch_dir(i) / src.name
+        assert file_digest(copy) == digest, f"host {i}"
+        copy.unlink()
+    # 32 MiB over 100 Mbit/s links cannot take less than S·8/rate: the bytes crossed them.
+    assert report["transfer_seconds"] >= 0.9 * (32 << 20) * 8 / 1e8
+
+
+@needs_root
+def test_several_ranks_per_host_one_writer_each(cluster8: EmulatedCluster, tmp_path: Path) -> None:
+    src = sample(tmp_path, 2 << 20)
+    run, report = stage_on(cluster8, tmp_path, src, ppn=3, hosts=[0, 1, 2, 3])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (report["node_count"], report["rank_count"]) == (4, 12)
+    assert sum(r["leader"] for r in report["ranks"]) == 4
+    for i in range(4):
+        assert os.listdir(cluster8.scratch_dir(i)) == [src.name]
+        (cluster8.scratch_dir(i) / src.name).unlink()
+
+
+@needs_root
+def test_link_down_and_up(cluster8: EmulatedCluster) -> None:
+    connect = [sys.executable, "-c",
+               f"import socket; socket.create_connection(('{cluster8.address(6)}', 9), timeout=2)"]
+    refused = cluster8.run(0, connect, capture_output=True, text=True, timeout=30)
+    assert "ConnectionRefused" in refused.stderr, "link up: the host answers (with a refusal)"
+    cluster8.set_link(6, up=False)
+    try:
+        down = cluster8.run(0, connect, capture_output=True, text=True, timeout=30)
+        assert "timed out" in down.stderr or "unreachable" in down.stderr.lower(), down.stderr
+    finally:
+        cluster8.set_link(6, up=True)
+    assert cluster8.probe(0, 6, seconds=1.0) > 50e6
+
+
+# -- stragglers and full disks ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def faulty4() -> Iterator[EmulatedCluster]:
+    """Host 1 has a 20 Mbit/s link; host 2's scratch holds 1 MiB."""
+    if os.geteuid() != 0 or MISSING:
+        pytest.skip("needs root and iproute2/util-linux")
+    teardown(f"{NAME}f")
+    overrides = {1: HostSpec(rate=parse_rate("20mbit")), 2: HostSpec(scratch_size="1m")}
+    with EmulatedCluster(hosts=4, rate="100mbit", name=f"{NAME}f", overrides=overrides) as c:
+        yield c
+
+
+@needs_root
+def test_slow_link_host_gets_its_copy_and_paces_the_chain(faulty4: EmulatedCluster,
+                                                         tmp_path: Path) -> None:
+    assert 18e6 <= faulty4.probe(0, 1, seconds=2.0) <= 22e6, "the straggler's link is shaped"
+    size = 4 << 20
+    src = sample(tmp_path, size)
+    run, report = stage_on(faulty4, tmp_path, src, "--chunk-size", "256K", hosts=[0, 1, 3])
+    assert run.returncode == 0, run.stdout + run.stderr
+    for i in (0, 1, 3):
+        assert file_digest(faulty4.scratch_dir(i) / src.name) == file_digest(src)
+        (faulty4.scratch_dir(i) / src.name).unlink()
+    # The chain cannot run faster than its slowest link.
+    assert report["transfer_seconds"] >= 0.9 * size * 8 / 20e6
+
+
+@needs_root
+def test_full_disk_host_fails_alone(faulty4: EmulatedCluster, tmp_path: Path) -> None:
+    src = sample(tmp_path, 4 << 20)
+    run, report = stage_on(faulty4, tmp_path, src, "--chunk-size", "256K")
+    assert run.returncode == 1, run.stdout + run.stderr
+    failed = [n for n in report["nodes"] if not n["ok"]]
+    assert [n["host"] for n in failed] == [faulty4.hostnames[2]]
+    assert "No space left on device" in failed[0]["error"]
+    assert f"({faulty4.hostnames[2]}, rank 2): write to /scratch/sample.bin failed" in run.stdout
+    assert os.listdir(faulty4.scratch_dir(2)) == [], "no partial or temp file on the full host"
+    for i in (0, 1, 3):  # the node after the full one in the chain still got the file
+        assert file_digest(faulty4.scratch_dir(i) / src.name) == file_digest(src)
+        (faulty4.scratch_dir(i) / src.name).unlink()
