@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import MpistageError, UsageError
-from .pipeline import DEFAULT_DEPTH
+from .errors import MpistageError, Stalled, UsageError
+from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .progress import TerminalProgress
 from .stage import ALGORITHMS, DEFAULT_CHUNK, stage
 from .units import format_bytes, parse_size
@@ -19,8 +19,9 @@ from .units import format_bytes, parse_size
 EPILOG = """\
 DEST is like cp's: an existing directory receives DEST/basename(SRC); anything else is
 the file's path. DEST may contain {node}, {host} and {rank}, expanded on each node.
-exit status: 0 every node holds a verified copy; 1 a node failed (the summary names
-it); 2 usage error (nothing was created).
+exit status: 0 every node holds a verified copy; 1 a node failed or the transfer
+stalled (the summary names the nodes); 2 usage error or failed pre-flight check
+(nothing was created).
 
 examples:
   mpiexec -n 8 mpistage /lustre/ref/genome.fa /scratch
@@ -42,6 +43,16 @@ class _RankZeroParser(argparse.ArgumentParser):
     def _print_message(self, message: str, file=None) -> None:  # type: ignore[no-untyped-def]
         if self.rank == 0:
             super()._print_message(message, file)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds above 0")
+    return value
 
 
 def _size(text: str) -> int:
@@ -77,6 +88,21 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                         help="count every rank as its own node (emulate many nodes on one machine)")
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
                         help=f"chunk buffers per node leader (default {DEFAULT_DEPTH})")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="give up when the transfer makes no progress for this long; must "
+                        f"exceed one chunk's time on the slowest link (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--mkdir", action="store_true",
+                        help="create DEST's directory where it is missing (a DEST ending in / "
+                        "is the directory)")
+    parser.add_argument("--skip-bad-nodes", action="store_true",
+                        help="go on without nodes that fail the pre-flight check (no room, "
+                        "not writable); they are reported and the exit status is 1")
+    parser.add_argument("--quick", action="store_true",
+                        help="an existing copy of the same size and mtime counts as up to "
+                        "date (default: same size and xxh3 digest)")
+    parser.add_argument("--remove-first", action="store_true",
+                        help="delete an outdated copy before writing, for disks that cannot "
+                        "hold the old and the new file together")
     parser.add_argument("--fsync", action="store_true",
                         help="flush each copy to its device before renaming it into place")
     parser.add_argument("--verify", action="store_true",
@@ -91,6 +117,26 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                         help="debug logging from every rank")
     parser.add_argument("--version", action="version", version=f"mpistage {__version__}")
     return parser
+
+
+def _speak(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """Rank 0: the report file, the summary (or, with --quiet, just the failures)."""
+    if args.report:
+        try:
+            report.write_json(args.report)
+        except OSError as exc:
+            print(f"mpistage: error: cannot write report {args.report}: {exc.strerror}",
+                  file=sys.stderr)
+    if not args.quiet:
+        print(report.summary(), flush=True)
+    elif not report.ok:
+        if report.stall:
+            print(f"mpistage: {report.stall}", file=sys.stderr)
+        for node in report.failed:
+            print(f"mpistage: node {node.index} ({node.host}): {node.status}: {node.error}",
+                  file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _process_age() -> float:
@@ -131,19 +177,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = stage(
             args.source, args.dest, comm=comm, algorithm=args.algorithm,
             chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
-            fsync=args.fsync, verify=args.verify, depth=args.depth, progress=progress,
-            started=started,
+            fsync=args.fsync, verify=args.verify, depth=args.depth, timeout=args.timeout,
+            mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
+            remove_first=args.remove_first, progress=progress, started=started,
         )
         if rank == 0:
-            if args.report:
-                report.write_json(args.report)
-            if not args.quiet:
-                print(report.summary(), flush=True)
-            elif not report.ok:
-                for node in report.failed:
-                    print(f"mpistage: node {node.index} ({node.host}): {node.error}",
-                          file=sys.stderr)
+            _speak(report, args)
+            if report.stalled:
+                # Some ranks are gone or cut off: MPI_Finalize could wait for them forever.
+                comm.Abort(report.exit_code)
         return report.exit_code
+    except Stalled as exc:
+        # Rank 0 prints the verdict and ends the job; give it the time to, then end it
+        # from here in case rank 0 cannot be reached.
+        logging.getLogger("mpistage").debug("rank %d: %s", rank, exc)
+        time.sleep(10)
+        comm.Abort(exc.exit_code)
+        return exc.exit_code
     except MpistageError as exc:
         if rank == 0:
             print(f"mpistage: error: {exc}", file=sys.stderr, flush=True)

@@ -23,3 +23,13 @@ class StageFailed(MpistageError, RuntimeError):
     """At least one node did not end up with a verified copy."""
 
     exit_code = 1
+
+
+class Stalled(MpistageError, TimeoutError):
+    """A transfer made no progress within the timeout, or lost a peer.
+
+    After this, MPI communication with some ranks may be impossible: the CLI reports
+    what it knows and aborts the job rather than risk a hang in ``MPI_Finalize``.
+    """
+
+    exit_code = 1

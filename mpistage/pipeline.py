@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
+from . import faults
 from .digest import new_digest
+from .errors import Stalled
 from .plan import Plan
 from .schedules import Schedule
 from .sink import Sink
+from .waiting import poll
 
 log = logging.getLogger("mpistage.pipeline")
 
@@ -39,6 +42,7 @@ log = logging.getLogger("mpistage.pipeline")
 ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_DEPTH = 4
+DEFAULT_TIMEOUT = 120.0
 
 
 def _no_progress(done: int, total: int) -> None:
@@ -124,11 +128,24 @@ class Engine:
         *,
         depth: int = DEFAULT_DEPTH,
         progress: ProgressCallback = _no_progress,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        peer_name: Callable[[int], str] = lambda rank: f"rank {rank}",
+        corrupt: bool = False,
     ) -> None:
+        """
+        Args:
+            timeout: seconds any one wait may go without progress before the transfer
+                counts as stalled (must exceed one chunk's time on the slowest link).
+            peer_name: names a rank of the schedule's communicator for messages.
+            corrupt: test hook: flip a byte of the first chunk before writing it.
+        """
         self.plan = plan
         self.schedule = schedule
         self.sink = sink
         self.progress = progress
+        self.timeout = timeout
+        self.peer_name = peer_name
+        self.corrupt = corrupt
         self.clock = PhaseClock()
         self.pool = BufferPool(max(depth, 2), max(1, min(plan.chunk_size, plan.size)))
         self._ready: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
@@ -199,6 +216,8 @@ class Engine:
         while (item := self._writes.get()) is not None:
             k, index = item
             view = self.pool.buffers[index][: self.plan.chunk_length(k)]
+            if self.corrupt and k == 0:
+                view = faults.flipped(view)  # a copy: forwarded bytes stay intact
             try:
                 if sink is not None and self._result.write_error is None:
                     started = time.perf_counter()
@@ -220,26 +239,38 @@ class Engine:
 
     # -- main thread: all MPI calls -------------------------------------------------------
 
-    def _wait(self, requests: list[MPI.Request]) -> None:
-        """Wait for ``requests``, polling with short sleeps rather than spinning in MPI.
+    def _wait(self, requests: list[MPI.Request], receiving: bool) -> None:
+        """Wait for ``requests`` without spinning (see :mod:`mpistage.waiting`).
 
-        A spinning ``MPI_Wait`` keeps a core busy that this rank's own writer (and, when
-        ranks share cores, other ranks) needs; polling that backs off from 20 us to 1 ms
-        costs at most ~1 ms of latency per wait and leaves the cores to the real work.
+        Raises:
+            Stalled: no progress within the timeout, or MPI reported a lost peer; the
+                message names the peer (node and host) the transfer was waiting on.
         """
         started = time.perf_counter()
-        pause = 20e-6
-        while not MPI.Request.Testall(requests):
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
-        self.clock.add("wait", time.perf_counter() - started)
+        try:
+            done = poll(requests, self.timeout)
+        except MPI.Exception as exc:
+            raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
+        finally:
+            self.clock.add("wait", time.perf_counter() - started)
+        if not done:
+            raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
+
+    def _stalled_on(self, receiving: bool) -> str:
+        parent = getattr(self.schedule, "parent", None)
+        children = getattr(self.schedule, "children", None)
+        if receiving and parent is not None:
+            return f"no data from {self.peer_name(parent)}"
+        if not receiving and children:
+            return f"{', '.join(self.peer_name(c) for c in children)} took no data"
+        return "MPI's broadcast made no progress"
 
     def _retire_sends(self, block: bool) -> None:
         """Release buffers whose sends are done; with ``block``, wait for the oldest."""
         while self._sends:
             k, index, requests = self._sends[0]
             if block:
-                self._wait(requests)
+                self._wait(requests, receiving=False)
                 block = False
             elif not MPI.Request.Testall(requests):
                 return
@@ -261,8 +292,13 @@ class Engine:
                     self._retire_sends(block=True)  # frees a buffer for the reader
                     continue
                 started = time.perf_counter()
-                item = self._ready.get()
-                self.clock.add("wait", time.perf_counter() - started)
+                try:
+                    item = self._ready.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise Stalled(f"reading {self.plan.source} made no progress "
+                                  f"for {self.timeout:g} s") from None
+                finally:
+                    self.clock.add("wait", time.perf_counter() - started)
             assert item is not None
             return item
 
@@ -283,7 +319,7 @@ class Engine:
             self._recvs.append((next_post, index, self.schedule.post_receive(view)))
             next_post += 1
         k, index, request = self._recvs.popleft()
-        self._wait([request])
+        self._wait([request], receiving=True)
         return k, index, next_post
 
     def run(self) -> EngineResult:
@@ -318,7 +354,9 @@ class Engine:
             self.pool.close()
             writer.join()
             if schedule.is_root:
-                reader.join()
+                # After a stall the reader may sit in a read that never returns (a hung
+                # file server); it is a daemon thread, so do not wait for it forever.
+                reader.join(timeout=None if self.timeout is None else self.timeout)
         if schedule.is_root and self._result.write_error is None:
             self._result.digest = self._result.source_digest
         self.clock.add("transfer", time.perf_counter() - started)

@@ -24,18 +24,28 @@ PHASES = (
 )
 
 
+#: What became of a node: it received a verified copy, it already had one, it was left
+#: out by the pre-flight check (``--skip-bad-nodes``), or it failed.
+STATUSES = ("copied", "up-to-date", "skipped", "failed")
+
+
 @dataclass
 class NodeResult:
-    """Outcome on one node, as its leader reported it."""
+    """Outcome on one node, as its leader reported it (or as rank 0 inferred it)."""
 
     index: int
     host: str
     rank: int
     path: str | None
-    ok: bool
+    status: str
     error: str | None = None
     digest: str | None = None
     bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """The node holds a verified copy."""
+        return self.status in ("copied", "up-to-date")
 
 
 @dataclass
@@ -64,6 +74,9 @@ class StageReport:
     ranks: list[RankRecord]
     ok: bool = False
     source_error: str | None = None
+    stalled: bool = False
+    stall: str | None = None
+    missing_ranks: list[int] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -122,7 +135,10 @@ class StageReport:
             "elapsed": self.elapsed,
             "transfer_seconds": self.transfer_seconds,
             "phases": self.phase_stats(),
-            "nodes": [asdict(n) for n in self.nodes],
+            "stalled": self.stalled,
+            "stall": self.stall,
+            "missing_ranks": self.missing_ranks,
+            "nodes": [{**asdict(n), "ok": n.ok} for n in self.nodes],
             "ranks": [asdict(r) for r in self.ranks],
         }
 
@@ -138,6 +154,7 @@ class StageReport:
         """Several lines for a person: the outcome first, then the phase table."""
         n = len(self.nodes)
         good = n - len(self.failed)
+        fresh = [node.index for node in self.nodes if node.status == "up-to-date"]
         lines = [
             f"mpistage: {self.source} ({format_bytes(self.size)}) to {n} node"
             f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
@@ -148,10 +165,16 @@ class StageReport:
             lines.append(f"  all {n} nodes hold a verified copy ({DIGEST_ALGORITHM} {self.source_digest})")
         else:
             lines.append(f"  FAILED: {good} of {n} nodes hold a verified copy")
+            if self.stall:
+                lines.append(f"  {self.stall}")
             if self.source_error:
                 lines.append(f"  source: {self.source_error}")
             for node in self.failed:
-                lines.append(f"  node {node.index} ({node.host}, rank {node.rank}): {node.error}")
+                lines.append(f"  node {node.index} ({node.host}, rank {node.rank}): {node.status}: {node.error}")
+            if self.missing_ranks:
+                lines.append(f"  no status from ranks {_ranges(self.missing_ranks)} (dead or unreachable)")
+        if fresh:
+            lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
         stats = self.phase_stats()
         if stats:
             lines.append(f"  {'phase':<9} {'min':>10} {'median':>10} {'max':>10}  slowest node")
@@ -161,3 +184,14 @@ class StageReport:
                     f" {format_seconds(s['max']):>10}  {s['slowest_node']}"
                 )
         return "\n".join(lines)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0-2, 5, 7-8"``."""
+    parts: list[list[int]] = []
+    for number in sorted(numbers):
+        if parts and parts[-1][1] == number - 1:
+            parts[-1][1] = number
+        else:
+            parts.append([number, number])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)

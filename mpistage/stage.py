@@ -1,8 +1,13 @@
-"""``stage()``: the one collective call that plans, transfers, verifies and reports.
+"""``stage()``: the one collective call that plans, checks, transfers, verifies and reports.
 
 Every rank of ``comm`` calls it with the same arguments and every rank returns the same
 :class:`StageReport` (or raises the same :class:`UsageError`), so an application can act
 on the outcome without further communication.
+
+After the pre-flight check no step waits forever: the transfer stops within ``timeout``
+seconds of making no progress, and the closing exchange (statuses to rank 0, its verdict
+back) is point-to-point with deadlines, so a dead or cut-off node is named in the report
+instead of hanging the job.
 """
 
 from __future__ import annotations
@@ -13,18 +18,28 @@ import time
 
 from mpi4py import MPI
 
-from .errors import UsageError
-from .pipeline import DEFAULT_DEPTH, Engine, EngineResult, ProgressCallback
-from .plan import Plan, check_chunk_size, check_template, make_plan, resolve_dest
+from . import faults
+from .errors import Stalled, UsageError
+from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
+from .plan import Plan, check_chunk_size, check_template, make_plan
+from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .schedules import SCHEDULES
 from .sink import Sink
 from .topology import Topology
+from .waiting import poll, receive_object, receive_objects, send_object
 
 log = logging.getLogger("mpistage.stage")
 
 ALGORITHMS: tuple[str, ...] = tuple(SCHEDULES)
 DEFAULT_CHUNK = 4 << 20
+
+_OUTCOME_TAG = 7101  # root → participants: the source's digest, or why reading failed
+_STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
+_VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"
+
+#: After some rank reported a stall, rank 0 waits this long for the others' statuses.
+STALL_GRACE = 5.0
 
 
 def stage(
@@ -39,6 +54,11 @@ def stage(
     fsync: bool = False,
     verify: bool = False,
     depth: int = DEFAULT_DEPTH,
+    timeout: float = DEFAULT_TIMEOUT,
+    mkdir: bool = False,
+    skip_bad_nodes: bool = False,
+    quick: bool = False,
+    remove_first: bool = False,
     progress: ProgressCallback | None = None,
     started: float | None = None,
 ) -> StageReport:
@@ -56,6 +76,14 @@ def stage(
         fsync: flush every copy to its device before renaming it into place.
         verify: re-read every copy from disk and compare digests before the rename.
         depth: chunk buffers per leader (memory per leader is ``depth * chunk_size``).
+        timeout: seconds a transfer may make no progress before it counts as stalled.
+        mkdir: create the destination directory where it is missing.
+        skip_bad_nodes: go on without nodes that fail the pre-flight check (they are
+            reported, and the run counts as failed) instead of stopping.
+        quick: count an existing copy as up to date on size and mtime alone, instead of
+            size and digest.
+        remove_first: delete an existing, outdated copy before writing, for disks that
+            cannot hold both.
         progress: ``progress(done, total)`` called on the root as chunks leave it.
         started: a ``time.perf_counter()`` value counted as the start of the run; the
             CLI passes the process's start so that start-up includes MPI initialization.
@@ -65,33 +93,49 @@ def stage(
         holds a verified copy.
 
     Raises:
-        UsageError: on every rank, for bad input; nothing has been created then.
+        UsageError: on every rank, for bad input or a failed pre-flight check; nothing
+            has been created then (except directories made by ``mkdir``).
+        Stalled: on a rank that lost contact with rank 0; rank 0 returns a report with
+            ``stalled`` set.  Either way MPI may now be unusable: abort the job.
     """
     entered = time.perf_counter()
+    start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = os.fspath(dest)
-    _check_arguments(comm, algorithm, chunk_size, root, depth, dest)
+    _check_arguments(comm, algorithm, chunk_size, root, depth, dest, timeout)
     comm = comm.Dup()  # our own context: our messages never match the application's
     topo: Topology | None = None
     try:
         topo = Topology.build(comm, root, ranks_as_nodes)
-        phases = {"startup": time.perf_counter() - (entered if started is None else started)}
+        phases = {"startup": time.perf_counter() - start}
 
         mark = time.perf_counter()
         plan = _agree_on_plan(comm, root, source, dest, chunk_size, algorithm)
-        target = _agree_on_targets(topo, plan)
+        checks = preflight(topo, plan, mkdir=mkdir, remove_first=remove_first, quick=quick,
+                           skip_bad_nodes=skip_bad_nodes)
+        transfer_comm = _transfer_communicator(topo, checks)
         phases["plan"] = time.perf_counter() - mark
 
-        node: NodeResult | None = None
-        source: tuple[str | None, str | None] | None = None
-        if topo.leaders is not None:
-            node, source = _transfer_and_commit(
-                topo, plan, target, phases, fsync=fsync, verify=verify, depth=depth,
-                progress=progress,
-            )
-        _quiet_barrier(comm)
-        phases["total"] = time.perf_counter() - (entered if started is None else started)
-        return _gather_report(topo, plan, node, source, phases, depth)
+        result: NodeResult | None = None
+        outcome: tuple[str | None, str | None] | None = None
+        stall: str | None = None
+        if topo.is_leader:
+            mine = next(c for c in checks if c.index == topo.node.index)
+            try:
+                result, outcome = _take_part(
+                    topo, plan, checks, mine, transfer_comm, phases, fsync=fsync,
+                    verify=verify, depth=depth, timeout=timeout, remove_first=remove_first,
+                    progress=progress,
+                )
+            except Stalled as exc:
+                stall = str(exc)
+                log.debug("stalled: %s", stall)
+                result = NodeResult(index=mine.index, host=mine.host, rank=comm.rank,
+                                    path=mine.target, status="failed", error=f"stalled: {stall}")
+        phases["total"] = time.perf_counter() - start
+        record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
+                            leader=topo.is_leader, phases=phases)
+        return _agree_on_report(topo, plan, checks, record, result, outcome, stall, depth, timeout)
     finally:
         if topo is not None:
             topo.free()
@@ -99,7 +143,8 @@ def stage(
 
 
 def _check_arguments(
-    comm: MPI.Comm, algorithm: str, chunk_size: int, root: int, depth: int, dest: str
+    comm: MPI.Comm, algorithm: str, chunk_size: int, root: int, depth: int, dest: str,
+    timeout: float,
 ) -> None:
     """Checks every rank can make alone, so all raise together without talking."""
     if algorithm not in SCHEDULES:
@@ -111,6 +156,8 @@ def _check_arguments(
         raise UsageError(f"invalid root {root}: expected a rank from 0 to {comm.size - 1}")
     if depth < 2:
         raise UsageError(f"invalid depth {depth}: expected at least 2 buffers")
+    if not timeout > 0:
+        raise UsageError(f"invalid timeout {timeout}: expected a number of seconds above 0")
     check_template(dest)
 
 
@@ -131,71 +178,113 @@ def _agree_on_plan(
     return outcome
 
 
-def _agree_on_targets(topo: Topology, plan: Plan) -> str | None:
-    """Each leader resolves its destination; any bad one stops every rank."""
-    target: str | None = None
-    problem: str | None = None
-    if topo.leaders is not None:
-        try:
-            target = str(resolve_dest(
-                plan.dest, plan.source_name,
-                node=topo.node.index, host=topo.node.host, rank=topo.comm.rank,
-            ))
-        except UsageError as exc:
-            problem = f"node {topo.node.index} ({topo.node.host}): {exc}"
-    problems = [p for p in topo.comm.allgather(problem) if p]
-    if problems:
-        reasons = {p.split(": ", 1)[1] for p in problems}
-        if len(problems) == len(topo.nodes) and len(reasons) == 1:
-            raise UsageError(reasons.pop())  # the same on every node: say it once
-        raise UsageError("; ".join(problems))
-    return target
+def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> MPI.Comm | None:
+    """The leaders that take part: those that need the file, and the root (which reads
+    even when its own node needs nothing).  ``None`` elsewhere, or if nobody needs it."""
+    if topo.leaders is None:
+        return None
+    needed = any(c.needs_data for c in checks)
+    mine = next(c for c in checks if c.index == topo.node.index)
+    joins = needed and (mine.needs_data or topo.comm.rank == topo.root)
+    sub = topo.leaders.Split(0 if joins else MPI.UNDEFINED, key=topo.node.index)
+    return sub if joins else None
 
 
-def _transfer_and_commit(
-    topo: Topology, plan: Plan, target: str | None, phases: dict[str, float], *,
-    fsync: bool, verify: bool, depth: int, progress: ProgressCallback | None,
-) -> NodeResult:
-    """Leader only: run the engine, learn the source's digest, commit or discard."""
-    assert topo.leaders is not None and target is not None
+def _take_part(
+    topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
+    transfer_comm: MPI.Comm | None, phases: dict[str, float], *, fsync: bool, verify: bool,
+    depth: int, timeout: float, remove_first: bool, progress: ProgressCallback | None,
+) -> tuple[NodeResult, tuple[str | None, str | None] | None]:
+    """Leader only: transfer (if this node takes part), then commit or discard.
+
+    Returns this node's result and, for nodes that took part, the root's
+    ``(source_digest, source_error)``.
+    """
+    def result(status: str, error: str | None = None, digest: str | None = None,
+               written: int = 0) -> NodeResult:
+        return NodeResult(index=mine.index, host=mine.host, rank=topo.comm.rank,
+                          path=mine.target, status=status, error=error, digest=digest,
+                          bytes=written)
+
+    if transfer_comm is None:
+        if mine.problem:
+            return result("skipped", mine.problem), None
+        return result("up-to-date"), None
+    try:
+        return _transfer_and_commit(
+            topo, plan, checks, mine, transfer_comm, phases, result, fsync=fsync,
+            verify=verify, depth=depth, timeout=timeout, remove_first=remove_first,
+            progress=progress,
+        )
+    finally:
+        transfer_comm.Free()
+
+
+def _transfer_and_commit(  # noqa: PLR0913 - one place where the pieces meet
+    topo, plan, checks, mine, comm, phases, result, *, fsync, verify, depth, timeout,  # type: ignore[no-untyped-def]
+    remove_first, progress,
+):
+    participants = sorted({c.index for c in checks if c.needs_data} | {topo.root_node})
+    names = [f"node {i} ({checks[i].host})" for i in participants]
+    receives = mine.needs_data
     sink: Sink | None = None
     sink_error: str | None = None
+    if receives:
+        try:
+            if remove_first and mine.existing_size is not None:
+                os.unlink(mine.target)  # the disk cannot hold old and new together
+            sink = Sink(mine.target)
+        except OSError as exc:
+            sink_error = f"cannot write beside {mine.target}: {exc.strerror}"
     try:
-        sink = Sink(target)
-    except OSError as exc:
-        sink_error = f"cannot create a temp file beside {target}: {exc.strerror}"
-    try:
-        schedule = SCHEDULES[plan.algorithm](topo.leaders, topo.root_node)
-        is_root = topo.comm.rank == topo.root
+        root_rank = participants.index(topo.root_node)
+        schedule = SCHEDULES[plan.algorithm](comm, root_rank)
+        is_root = comm.rank == root_rank
         engine = Engine(
-            plan, schedule, sink, depth=depth,
+            plan, schedule, sink, depth=depth, timeout=timeout,
+            peer_name=lambda rank: names[rank],
             progress=progress if (progress is not None and is_root) else _noop,
+            corrupt=faults.active("corrupt-chunk", mine.index),
         )
-        result: EngineResult = engine.run()
-        phases.update(result.phases)
-        result.write_error = sink_error or result.write_error
-        source_digest, source_error = topo.leaders.bcast(
-            (result.source_digest, result.read_error), root=topo.root_node
-        )
-        error = _judge(result, source_digest, source_error)
+        outcome: EngineResult = engine.run()
+        phases.update(outcome.phases)
+        source = _share_source_outcome(comm, root_rank, outcome, timeout)
+        if not receives:  # the root, reading for others; its own node needs nothing
+            status = "skipped" if mine.problem else "up-to-date"
+            return result(status, mine.problem), source
+        outcome.write_error = sink_error or outcome.write_error
+        error = _judge(outcome, *source)
         if error is None and sink is not None:
+            if faults.active("corrupt-disk", mine.index) and sink.temp_path is not None:
+                faults.flip_byte_on_disk(sink.temp_path)
             try:
-                sink.commit(
-                    mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
-                    verify_digest=source_digest if verify else None,
-                )
+                sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
+                            verify_digest=source[0] if verify else None)
                 phases.update(sink.timings)
             except (OSError, ValueError) as exc:
-                error = f"finishing {target} failed: {exc}"
-        node = NodeResult(
-            index=topo.node.index, host=topo.node.host, rank=topo.comm.rank,
-            path=target, ok=error is None, error=error, digest=result.digest,
-            bytes=sink.bytes_written if sink is not None else 0,
-        )
-        return node, (source_digest, source_error)
+                error = f"finishing {mine.target} failed: {exc}"
+        written = sink.bytes_written if sink is not None else 0
+        if error is not None:
+            return result("failed", error, outcome.digest, written), source
+        return result("copied", None, outcome.digest, written), source
     finally:
         if sink is not None:
             sink.discard()  # no-op after a commit; removes the temp file otherwise
+
+
+def _share_source_outcome(
+    comm: MPI.Comm, root: int, outcome: EngineResult, timeout: float
+) -> tuple[str | None, str | None]:
+    """The root tells every participant the source's digest (or why reading failed)."""
+    if comm.rank == root:
+        shared = (outcome.source_digest, outcome.read_error)
+        requests = [comm.isend(shared, dest=r, tag=_OUTCOME_TAG) for r in range(comm.size) if r != root]
+        try:
+            poll(requests, timeout)  # a participant that is gone does not hold us up
+        except MPI.Exception:
+            pass
+        return shared
+    return receive_object(comm, root, _OUTCOME_TAG, timeout, "the source's digest from the root")
 
 
 def _judge(result: EngineResult, source_digest: str | None, source_error: str | None) -> str | None:
@@ -213,48 +302,110 @@ def _noop(done: int, total: int) -> None:
     """Progress callback for ranks that do not report progress."""
 
 
-def _quiet_barrier(comm: MPI.Comm) -> None:
-    """A barrier that sleeps instead of spinning, so ranks that wait (non-leaders, fast
-    nodes) leave the cores to the ranks still moving data."""
-    request = comm.Ibarrier()
-    pause = 1e-4
-    while not request.Test():
-        time.sleep(pause)
-        pause = min(pause * 2, 5e-3)
-
-
-def _gather_report(
-    topo: Topology, plan: Plan, node: NodeResult | None,
-    source: tuple[str | None, str | None] | None, phases: dict[str, float], depth: int,
+def _agree_on_report(
+    topo: Topology, plan: Plan, checks: list[NodeCheck], record: RankRecord,
+    result: NodeResult | None, outcome: tuple[str | None, str | None] | None,
+    stall: str | None, depth: int, timeout: float,
 ) -> StageReport:
+    """Statuses go to rank 0 and its verdict comes back, all with deadlines.
+
+    When every rank reported and none stalled, the full report is broadcast; otherwise
+    rank 0 returns a report marked ``stalled`` (naming what it knows) and the other ranks
+    raise :class:`Stalled`.
+    """
     comm = topo.comm
-    record = RankRecord(
-        rank=comm.rank, node=topo.node.index, host=topo.node.host,
-        leader=topo.is_leader, phases=phases,
-    )
-    gathered = comm.gather((record, node, source), root=0)
-    report: StageReport | None = None
-    if comm.rank == 0:
-        assert gathered is not None
-        nodes = sorted((n for _, n, _ in gathered if n is not None), key=lambda n: n.index)
-        source_digest, source_error = next(s for _, _, s in gathered if s is not None)
-        report = StageReport(
-            version=_version(),
-            source=plan.source,
-            size=plan.size,
-            source_digest=source_digest,
-            algorithm=plan.algorithm,
-            chunk_size=plan.chunk_size,
-            depth=depth,
-            nodes=nodes,
-            ranks=sorted((r for r, _, _ in gathered), key=lambda r: r.rank),
-            ok=all(n.ok for n in nodes),
-            source_error=source_error,
-        )
+    status = (record, result, outcome, stall)
+    if comm.rank != 0:
+        if not send_object(comm, status, 0, _STATUS_TAG, timeout):
+            raise Stalled(f"could not report to rank 0 within {timeout:g} s ({stall or 'no stall here'})")
+        # A rank that saw the transfer stall gives rank 0 time to collect and decide;
+        # the others wait as long as the transfer takes (rank 0 ends a broken job).
+        wait = 2 * timeout + 2 * STALL_GRACE if stall else None
+        verdict = receive_object(comm, 0, _VERDICT_TAG, wait, "rank 0's verdict")
+        if verdict is not None:
+            raise Stalled(verdict)
+        return comm.bcast(None, root=0)
+
+    statuses = _collect_statuses(comm, status, timeout)
+    missing = [r for r in range(comm.size) if r not in statuses]
+    stalled = bool(missing) or any(s[3] for s in statuses.values())
+    verdict = _stall_verdict(statuses, missing, topo) if stalled else None
+    report = _build_report(topo, plan, checks, statuses, missing, verdict, depth)
+    requests = [comm.isend(verdict, dest=r, tag=_VERDICT_TAG) for r in statuses if r != 0]
+    if stalled:
+        try:
+            poll(requests, STALL_GRACE)
+        except MPI.Exception:
+            pass
+        return report
+    poll(requests, None)
     return comm.bcast(report, root=0)
 
 
-def _version() -> str:
+def _stall_verdict(statuses: dict[int, tuple], missing: list[int], topo: Topology) -> str:  # type: ignore[type-arg]
+    """One line: where the transfer stalled, as the ranks that noticed it saw it."""
+    seen = []
+    for rank in sorted(statuses):
+        stall = statuses[rank][3]
+        if stall:
+            seen.append(f"node {statuses[rank][0].node} ({statuses[rank][0].host}): {stall}")
+    if missing:
+        hosts = sorted({n.host for n in topo.nodes for r in missing if r in n.ranks})
+        seen.append(f"no status from rank(s) {', '.join(map(str, missing))} on {', '.join(hosts)}")
+    return "transfer stalled: " + "; ".join(seen)
+
+
+def _collect_statuses(comm: MPI.Comm, own: tuple, timeout: float) -> dict[int, tuple]:  # type: ignore[type-arg]
+    """Rank 0: every rank's status.  Waits as long as statuses keep coming; once some
+    rank reported a stall, only :data:`STALL_GRACE` more seconds; after ``2 * timeout``
+    without news, gives up on the rest (they are dead or cut off)."""
+    statuses = {0: own}
+    pending = [r for r in range(1, comm.size)]
+    quiet_since = time.monotonic()
+    while pending:
+        seen_stall = any(s[3] for s in statuses.values())
+        patience = STALL_GRACE if seen_stall else 2 * timeout
+        waited = time.monotonic() - quiet_since
+        if waited >= patience:
+            break
+        got = receive_objects(comm, pending, _STATUS_TAG, min(patience - waited, 0.5))
+        if got:
+            statuses.update(got)
+            pending = [r for r in pending if r not in got]
+            quiet_since = time.monotonic()
+    return statuses
+
+
+def _build_report(
+    topo: Topology, plan: Plan, checks: list[NodeCheck], statuses: dict[int, tuple],  # type: ignore[type-arg]
+    missing: list[int], stall: str | None, depth: int,
+) -> StageReport:
+    results = {s[1].index: s[1] for s in statuses.values() if s[1] is not None}
+    nodes = []
+    for check in checks:
+        if check.index in results:
+            nodes.append(results[check.index])
+        else:
+            nodes.append(NodeResult(index=check.index, host=check.host, rank=check.rank,
+                                    path=check.target, status="failed",
+                                    error="no status from this node (dead or unreachable)"))
+    shared = [s[2] for s in statuses.values() if s[2] is not None]
+    source_digest, source_error = shared[0] if shared else (None, None)
     from . import __version__
 
-    return __version__
+    return StageReport(
+        version=__version__,
+        source=plan.source,
+        size=plan.size,
+        source_digest=source_digest,
+        algorithm=plan.algorithm,
+        chunk_size=plan.chunk_size,
+        depth=depth,
+        nodes=nodes,
+        ranks=[statuses[r][0] for r in sorted(statuses)],
+        ok=stall is None and all(n.ok for n in nodes),
+        source_error=source_error,
+        stalled=stall is not None,
+        stall=stall,
+        missing_ranks=missing,
+    )

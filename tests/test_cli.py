@@ -95,7 +95,7 @@ def test_node_failure_exit_1_names_the_node(src: Path, tmp_path: Path) -> None:
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED: 1 of 2 nodes hold a verified copy" in run.stdout
-    assert re.search(r"node 1 \(.*rank 1\): write to .* failed: .*File too large", run.stdout)
+    assert re.search(r"node 1 \(.*rank 1\): failed: write to .* failed: .*File too large", run.stdout)
     assert os.listdir(tmp_path / "n1") == []
     assert (tmp_path / "n0" / "input.dat").read_bytes() == src.read_bytes()
 

@@ -257,15 +257,26 @@ def test_slow_link_host_gets_its_copy_and_paces_the_chain(faulty4: EmulatedClust
 
 
 @needs_root
-def test_full_disk_host_fails_alone(faulty4: EmulatedCluster, tmp_path: Path) -> None:
+def test_full_disk_host_stops_the_run_before_any_data_moves(faulty4: EmulatedCluster,
+                                                           tmp_path: Path) -> None:
     src = sample(tmp_path, 4 << 20)
-    run, report = stage_on(faulty4, tmp_path, src, "--chunk-size", "256K")
+    run, report = stage_on(faulty4, tmp_path, src)
+    assert run.returncode == 2 and report == {}
+    assert run.stderr.strip() == (f"mpistage: error: node 2 ({faulty4.hostnames[2]}): not enough "
+                                  "space in /scratch: 1.0 MiB free, 4.0 MiB needed")
+    assert all(os.listdir(faulty4.scratch_dir(i)) == [] for i in range(4)), "nothing created"
+
+
+@needs_root
+def test_full_disk_host_skipped_on_request(faulty4: EmulatedCluster, tmp_path: Path) -> None:
+    src = sample(tmp_path, 4 << 20)
+    run, report = stage_on(faulty4, tmp_path, src, "--skip-bad-nodes", "--chunk-size", "256K")
     assert run.returncode == 1, run.stdout + run.stderr
     failed = [n for n in report["nodes"] if not n["ok"]]
-    assert [n["host"] for n in failed] == [faulty4.hostnames[2]]
-    assert "No space left on device" in failed[0]["error"]
-    assert f"({faulty4.hostnames[2]}, rank 2): write to /scratch/sample.bin failed" in run.stdout
-    assert os.listdir(faulty4.scratch_dir(2)) == [], "no partial or temp file on the full host"
-    for i in (0, 1, 3):  # the node after the full one in the chain still got the file
+    assert [(n["host"], n["status"]) for n in failed] == [(faulty4.hostnames[2], "skipped")]
+    assert "not enough space in /scratch" in failed[0]["error"]
+    assert f"({faulty4.hostnames[2]}, rank 2): skipped: not enough space" in run.stdout
+    assert os.listdir(faulty4.scratch_dir(2)) == [], "nothing written on the full host"
+    for i in (0, 1, 3):  # the chain was re-formed around the full host
         assert file_digest(faulty4.scratch_dir(i) / src.name) == file_digest(src)
         (faulty4.scratch_dir(i) / src.name).unlink()

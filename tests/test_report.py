@@ -6,8 +6,9 @@ from mpistage.report import SCHEMA, NodeResult, RankRecord, StageReport
 
 def sample(ok: bool = True) -> StageReport:
     nodes = [
-        NodeResult(index=0, host="a", rank=0, path="/s/f", ok=True, digest="d", bytes=10),
-        NodeResult(index=1, host="b", rank=1, path="/s/f", ok=ok, bytes=4,
+        NodeResult(index=0, host="a", rank=0, path="/s/f", status="copied", digest="d", bytes=10),
+        NodeResult(index=1, host="b", rank=1, path="/s/f", status="copied" if ok else "failed",
+                   bytes=4,
                    error=None if ok else "write to /s/f failed: [Errno 28] No space left"),
     ]
     ranks = [
@@ -42,6 +43,8 @@ def test_json_schema(tmp_path: Path) -> None:
     assert data["source"] == {"path": "/src/f", "size": 10, "digest": "d",
                               "digest_algorithm": "xxh3_128", "error": None}
     assert data["nodes"][1]["error"].startswith("write to /s/f failed")
+    assert (data["nodes"][1]["status"], data["nodes"][1]["ok"]) == ("failed", False)
+    assert (data["stalled"], data["stall"], data["missing_ranks"]) == (False, None, [])
     assert data["ranks"][2] == {"rank": 2, "node": 1, "host": "b", "leader": False,
                                 "phases": {"startup": 0.4, "total": 1.6}}
     assert set(data["phases"]["write"]) == {"min", "median", "max", "slowest_node"}
@@ -51,5 +54,16 @@ def test_json_schema(tmp_path: Path) -> None:
 def test_summary_names_the_failed_node() -> None:
     text = sample(ok=False).summary()
     assert "FAILED: 1 of 2 nodes hold a verified copy" in text
-    assert "node 1 (b, rank 1): write to /s/f failed" in text
+    assert "node 1 (b, rank 1): failed: write to /s/f failed" in text
     assert "all 2 nodes hold a verified copy" in sample().summary()
+
+
+def test_summary_of_a_stalled_run_and_up_to_date_nodes() -> None:
+    report = sample(ok=False)
+    report.nodes[0].status = "up-to-date"
+    report.stalled, report.missing_ranks = True, [2, 3, 4, 7]
+    report.stall = "transfer stalled: node 1 (b): no data from node 0 (a) for 5 s"
+    text = report.summary()
+    assert "  transfer stalled: node 1 (b): no data from node 0 (a) for 5 s" in text
+    assert "no status from ranks 2-4, 7 (dead or unreachable)" in text
+    assert "up to date already, nothing sent: nodes 0" in text

@@ -1,0 +1,156 @@
+"""Before any data moves: can every node take the file, and which nodes already have it?
+
+Every node leader checks its own destination (the directory exists or ``--mkdir`` makes
+it, it is writable, it has room) and looks at what is already there; the checks are
+shared with every rank, so all ranks reach the same decision without further talk:
+abort (one line per bad node), or go on without the bad nodes (``--skip-bad-nodes``), and
+leave out the nodes whose copy is already up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .digest import file_digest
+from .errors import UsageError
+from .plan import Plan, resolve_dest
+from .topology import Topology
+from .units import format_bytes
+
+log = logging.getLogger("mpistage.preflight")
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """What one node's leader found before the transfer.
+
+    Attributes:
+        problem: why this node cannot take the file (``None`` if it can).
+        existing_size, existing_mtime_ns: the regular file already at the destination
+            (never a symlink: a symlink is replaced, not trusted).
+        up_to_date: the existing file already holds the source's content.
+    """
+
+    index: int
+    host: str
+    rank: int
+    target: str | None
+    problem: str | None = None
+    free: int | None = None
+    existing_size: int | None = None
+    existing_mtime_ns: int | None = None
+    up_to_date: bool = False
+
+    @property
+    def needs_data(self) -> bool:
+        return self.problem is None and not self.up_to_date
+
+    def line(self) -> str:
+        return f"node {self.index} ({self.host}): {self.problem}"
+
+
+def check_local(
+    plan: Plan, topo: Topology, *, mkdir: bool, remove_first: bool
+) -> NodeCheck:
+    """This leader's check of its own destination."""
+    node = topo.node
+    base = NodeCheck(index=node.index, host=node.host, rank=topo.comm.rank, target=None)
+    try:
+        if mkdir:
+            _make_parent(plan, topo)
+        target = resolve_dest(plan.dest, plan.source_name, node=node.index, host=node.host,
+                              rank=topo.comm.rank)
+    except UsageError as exc:
+        return replace(base, problem=str(exc))
+    found = replace(base, target=str(target))
+    try:
+        info = os.lstat(target)
+        if stat.S_ISREG(info.st_mode):
+            found = replace(found, existing_size=info.st_size, existing_mtime_ns=info.st_mtime_ns)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return replace(found, problem=f"cannot inspect {target}: {exc.strerror}")
+    try:
+        fs = os.statvfs(target.parent)
+    except OSError as exc:
+        return replace(found, problem=f"cannot inspect {target.parent}: {exc.strerror}")
+    free = fs.f_bavail * fs.f_frsize
+    found = replace(found, free=free)
+    reclaimable = (found.existing_size or 0) if remove_first else 0
+    if free + reclaimable < plan.size:
+        hint = ""
+        if not remove_first and found.existing_size and free + found.existing_size >= plan.size:
+            hint = " (--remove-first would make room by deleting the old copy first)"
+        return replace(found, problem=(
+            f"not enough space in {target.parent}: {format_bytes(free)} free, "
+            f"{format_bytes(plan.size)} needed{hint}"
+        ))
+    return found
+
+
+def _make_parent(plan: Plan, topo: Topology) -> None:
+    """``--mkdir``: create the destination's directory (and its parents) on this node."""
+    node = topo.node
+    expanded = Path(plan.dest.format(node=node.index, host=node.host, rank=topo.comm.rank))
+    directory = expanded if plan.dest.endswith("/") else expanded.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create directory {str(directory)!r}: {exc.strerror}") from None
+
+
+def preflight(
+    topo: Topology, plan: Plan, *, mkdir: bool = False, remove_first: bool = False,
+    quick: bool = False, skip_bad_nodes: bool = False,
+) -> list[NodeCheck]:
+    """Check every node (collective); the same list, in node order, on every rank.
+
+    Raises:
+        UsageError: on every rank, if a node is bad and ``skip_bad_nodes`` is not set;
+            one line per bad node (one line in all when every node has the same problem).
+    """
+    mine = check_local(plan, topo, mkdir=mkdir, remove_first=remove_first) if topo.is_leader else None
+    checks = sorted((c for c in topo.comm.allgather(mine) if c is not None), key=lambda c: c.index)
+    bad = [c for c in checks if c.problem]
+    if bad and not skip_bad_nodes:
+        reasons = {c.problem for c in bad}
+        if len(bad) == len(checks) and len(reasons) == 1:
+            raise UsageError(reasons.pop())  # the same on every node: say it once
+        raise UsageError("\n".join(c.line() for c in bad))
+    return _mark_up_to_date(topo, plan, checks, quick)
+
+
+def _mark_up_to_date(
+    topo: Topology, plan: Plan, checks: list[NodeCheck], quick: bool
+) -> list[NodeCheck]:
+    """Which existing copies already hold the source (size and digest, or with ``quick``
+    size and mtime).  Digests are computed only when some node has a same-size file."""
+    candidates = {c.index for c in checks if c.problem is None and c.existing_size == plan.size}
+    if not candidates:
+        return checks
+    if quick:
+        fresh = {c.index for c in checks
+                 if c.index in candidates and c.existing_mtime_ns == plan.mtime_ns}
+    else:
+        digest = None
+        if topo.comm.rank == topo.root:
+            try:
+                digest = file_digest(plan.source, drop_cache=False)
+            except OSError as exc:
+                log.warning("cannot digest the source to compare with existing copies: %s", exc)
+        digest = topo.comm.bcast(digest, root=topo.root)
+        same = False
+        if digest is not None and topo.is_leader and topo.node.index in candidates:
+            target = next(c.target for c in checks if c.index == topo.node.index)
+            try:
+                same = target is not None and file_digest(target, drop_cache=False) == digest
+            except OSError:
+                same = False
+        flags = topo.comm.allgather((topo.node.index, same) if topo.is_leader else None)
+        fresh = {index for index, ok in (f for f in flags if f is not None) if ok}
+    return [replace(c, up_to_date=c.index in fresh) for c in checks]
