@@ -18,6 +18,7 @@ from pathlib import Path
 from .digest import file_digest
 from .errors import UsageError
 from .plan import Plan, resolve_dest
+from .sink import remove_stale_temps
 from .topology import Topology
 from .units import format_bytes
 
@@ -67,6 +68,8 @@ def check_local(
     except UsageError as exc:
         return replace(base, problem=str(exc))
     found = replace(base, target=str(target))
+    for leftover in remove_stale_temps(target):
+        log.info("removed %s, left by a run that was killed", leftover)
     try:
         info = os.lstat(target)
         if stat.S_ISREG(info.st_mode):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +42,9 @@ class Sink:
         self.final_path = Path(final_path)
         self.bytes_written = 0
         self.timings: dict[str, float] = {}
-        prefix = f".{self.final_path.name}."
+        # The host and pid in the name let a later run tell a leftover of a killed run
+        # from the temp file of a run still in progress (see remove_stale_temps).
+        prefix = f".{self.final_path.name}.{socket.gethostname()}.{os.getpid()}."
         fd, temp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=self.final_path.parent)
         self._fd: int | None = fd
         self.temp_path: Path | None = Path(temp)
@@ -130,6 +134,53 @@ class Sink:
         tb: TracebackType | None,
     ) -> None:
         self.discard()
+
+
+def remove_stale_temps(final_path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp files that a killed run left beside ``final_path`` on this host.
+
+    A run killed with SIGKILL (the launcher ending a job whose rank died) cannot clean up
+    after itself; its temp file never reached the final path, but it takes space.  Only
+    files made on this host by processes that no longer exist are removed.
+    """
+    final = Path(final_path)
+    pattern = re.compile(
+        rf"^\.{re.escape(final.name)}\.{re.escape(socket.gethostname())}\.(\d+)\..*"
+        rf"{re.escape(TEMP_SUFFIX)}$"
+    )
+    removed = []
+    try:
+        names = os.listdir(final.parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        if match and not _process_exists(int(match.group(1))):
+            try:
+                os.unlink(final.parent / name)
+                removed.append(final.parent / name)
+            except OSError:
+                pass
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a live process here (a zombie, killed but not yet reaped by
+    its parent, counts as gone: it will never write again)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

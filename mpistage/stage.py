@@ -16,6 +16,7 @@ import logging
 import os
 import time
 
+import numpy as np
 from mpi4py import MPI
 
 from . import faults
@@ -24,7 +25,7 @@ from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, Prog
 from .plan import Plan, check_chunk_size, check_template, make_plan
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, binomial_children, binomial_parent
 from .sink import Sink
 from .topology import Topology
 from .waiting import poll, receive_object, receive_objects, send_object
@@ -37,9 +38,10 @@ DEFAULT_CHUNK = 4 << 20
 _OUTCOME_TAG = 7101  # root → participants: the source's digest, or why reading failed
 _STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
 _VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"
+_HELLO_TAG = 7104    # start-up: open the connections the closing exchange will use
 
 #: After some rank reported a stall, rank 0 waits this long for the others' statuses.
-STALL_GRACE = 5.0
+STALL_GRACE = 3.0
 
 
 def stage(
@@ -114,6 +116,7 @@ def stage(
         checks = preflight(topo, plan, mkdir=mkdir, remove_first=remove_first, quick=quick,
                            skip_bad_nodes=skip_bad_nodes)
         transfer_comm = _transfer_communicator(topo, checks)
+        _connect_early(topo, plan, checks, transfer_comm, timeout)
         phases["plan"] = time.perf_counter() - mark
 
         result: NodeResult | None = None
@@ -190,6 +193,50 @@ def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> MPI.Comm 
     return sub if joins else None
 
 
+def _outcome_tree(comm: MPI.Comm, root: int) -> tuple[int | None, list[int]]:
+    """Parent and children of this rank in the binomial tree that carries the source's
+    outcome from the root to every participant, whatever the data's schedule was."""
+    size = comm.size
+    vrank = (comm.rank - root) % size
+    parent = binomial_parent(vrank, size)
+    return (
+        None if parent is None else (parent + root) % size,
+        [(c + root) % size for c in binomial_children(vrank, size)],
+    )
+
+
+def _connect_early(
+    topo: Topology, plan: Plan, checks: list[NodeCheck], transfer_comm: MPI.Comm | None,
+    timeout: float,
+) -> None:
+    """Open, while every node is still reachable, the connections that the closing
+    exchange uses (every rank to rank 0; the outcome tree's edges).
+
+    MPI connects lazily, and with a TCP transport a first message to a host that has
+    become unreachable can block inside MPI until the kernel gives up, minutes later:
+    the closing exchange must only use connections that already exist.
+    """
+    comm = topo.comm
+    nothing = np.empty(0, dtype=np.uint8)
+    if comm.rank == 0:
+        requests = [comm.Irecv(nothing, source=r, tag=_HELLO_TAG) for r in range(1, comm.size)]
+    else:
+        requests = [comm.Isend(nothing, dest=0, tag=_HELLO_TAG)]
+    if transfer_comm is not None:
+        root_rank = _participants(topo, checks).index(topo.root_node)
+        parent, children = _outcome_tree(transfer_comm, root_rank)
+        requests += [transfer_comm.Isend(nothing, dest=c, tag=_HELLO_TAG) for c in children]
+        if parent is not None:
+            requests.append(transfer_comm.Irecv(nothing, source=parent, tag=_HELLO_TAG))
+    if not poll(requests, timeout):
+        raise Stalled(f"could not reach every rank within {timeout:g} s at start-up")
+
+
+def _participants(topo: Topology, checks: list[NodeCheck]) -> list[int]:
+    """Node indices of the transfer: those needing the file, and the root's node."""
+    return sorted({c.index for c in checks if c.needs_data} | {topo.root_node})
+
+
 def _take_part(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
     transfer_comm: MPI.Comm | None, phases: dict[str, float], *, fsync: bool, verify: bool,
@@ -224,7 +271,7 @@ def _transfer_and_commit(  # noqa: PLR0913 - one place where the pieces meet
     topo, plan, checks, mine, comm, phases, result, *, fsync, verify, depth, timeout,  # type: ignore[no-untyped-def]
     remove_first, progress,
 ):
-    participants = sorted({c.index for c in checks if c.needs_data} | {topo.root_node})
+    participants = _participants(topo, checks)
     names = [f"node {i} ({checks[i].host})" for i in participants]
     receives = mine.needs_data
     sink: Sink | None = None
@@ -275,16 +322,23 @@ def _transfer_and_commit(  # noqa: PLR0913 - one place where the pieces meet
 def _share_source_outcome(
     comm: MPI.Comm, root: int, outcome: EngineResult, timeout: float
 ) -> tuple[str | None, str | None]:
-    """The root tells every participant the source's digest (or why reading failed)."""
-    if comm.rank == root:
+    """The root's ``(source_digest, read_error)``, passed down the outcome tree.
+
+    Only connections opened by :func:`_connect_early` are used, and a child that does
+    not take its message does not hold this node up (its own wait times out instead).
+    """
+    parent, children = _outcome_tree(comm, root)
+    if parent is None:
         shared = (outcome.source_digest, outcome.read_error)
-        requests = [comm.isend(shared, dest=r, tag=_OUTCOME_TAG) for r in range(comm.size) if r != root]
-        try:
-            poll(requests, timeout)  # a participant that is gone does not hold us up
-        except MPI.Exception:
-            pass
-        return shared
-    return receive_object(comm, root, _OUTCOME_TAG, timeout, "the source's digest from the root")
+    else:
+        shared = receive_object(comm, parent, _OUTCOME_TAG, timeout,
+                                "the source's digest from the root")
+    requests = [comm.isend(shared, dest=c, tag=_OUTCOME_TAG) for c in children]
+    try:
+        poll(requests, min(timeout, STALL_GRACE))
+    except MPI.Exception:
+        pass
+    return shared
 
 
 def _judge(result: EngineResult, source_digest: str | None, source_error: str | None) -> str | None:

@@ -80,3 +80,24 @@ def test_file_digest_matches_streaming_digest(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(data)
     assert file_digest(path) == digest_of(data)
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.bin.{host}.{dead}.abc123{TEMP_SUFFIX}"
+    alive = tmp_path / f".out.bin.{host}.{os.getpid()}.def456{TEMP_SUFFIX}"
+    elsewhere = tmp_path / f".out.bin.otherhost.{dead}.abc123{TEMP_SUFFIX}"
+    other_file = tmp_path / f".other.bin.{host}.{dead}.abc123{TEMP_SUFFIX}"
+    for path in (stale, alive, elsewhere, other_file):
+        path.write_bytes(b"partial")
+    from mpistage.sink import remove_stale_temps
+
+    assert remove_stale_temps(tmp_path / "out.bin") == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (alive, elsewhere, other_file))

@@ -196,3 +196,82 @@ def test_file_larger_than_2_gib(assert_all):
         if pair.rank == 0:
             shutil.rmtree(work, ignore_errors=True)
         pair.Free()
+
+
+def test_rerun_sends_only_to_nodes_without_a_good_copy(area, make_file, assert_all):
+    src = source_file(area, make_file, 500_000)
+    dest = str(area / "n{node}")
+    assert_all(mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, chunk_size=CHUNK).ok)
+    if COMM.rank == 0:  # node 1: same size, other bytes, same mtime; last node: no copy
+        copy = area / "n1" / "src.bin"
+        mtime = copy.stat().st_mtime_ns
+        copy.write_bytes(bytes(500_000))
+        os.utime(copy, ns=(mtime, mtime))
+        (area / f"n{COMM.size - 1}" / "src.bin").unlink()
+    COMM.Barrier()
+    report = mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, chunk_size=CHUNK)
+    expected = {i: "up-to-date" for i in range(COMM.size)}
+    expected[1] = expected[COMM.size - 1] = "copied"
+    assert_all(report.ok and {n.index: n.status for n in report.nodes} == expected, str(report.nodes))
+    assert_all(all(n.bytes == 0 for n in report.nodes if n.status == "up-to-date"))
+    assert_all((area / f"n{COMM.rank}" / "src.bin").read_bytes() == src.read_bytes())
+    # --quick trusts size and mtime: a same-size, same-mtime file with other bytes passes.
+    if COMM.rank == 0:
+        copy = area / "n1" / "src.bin"
+        mtime = copy.stat().st_mtime_ns
+        copy.write_bytes(bytes(500_000))
+        os.utime(copy, ns=(mtime, mtime))
+    COMM.Barrier()
+    quick = mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, quick=True)
+    assert_all({n.status for n in quick.nodes} == {"up-to-date"})
+
+
+def test_mkdir_and_skip_bad_nodes(area, make_file, assert_all):
+    src = source_file(area, make_file, 100_000)
+    with pytest.raises(UsageError, match="does not exist"):
+        mpistage.stage(src, str(area / "new{node}" / "x.bin"), comm=COMM, ranks_as_nodes=True)
+    report = mpistage.stage(src, str(area / "new{node}" / "deep") + "/", comm=COMM,
+                            ranks_as_nodes=True, mkdir=True)
+    assert_all(report.ok)
+    assert_all((area / f"new{COMM.rank}" / "deep" / "src.bin").read_bytes() == src.read_bytes())
+    # Node 1 alone lacks its directory: skipped on request, the others served.
+    if COMM.rank == 0:
+        for node in range(COMM.size):
+            if node != 1:
+                (area / f"only{node}").mkdir()
+    COMM.Barrier()
+    report = mpistage.stage(src, str(area / "only{node}" / "x.bin"), comm=COMM,
+                            ranks_as_nodes=True, skip_bad_nodes=True, chunk_size=CHUNK)
+    assert_all(not report.ok and report.exit_code == 1)
+    assert_all([(n.index, n.status) for n in report.failed] == [(1, "skipped")])
+    assert_all("does not exist" in (report.failed[0].error or ""))
+    assert_all(COMM.rank == 1 or (area / f"only{COMM.rank}" / "x.bin").exists())
+
+
+def test_remove_first_replaces_an_outdated_copy(area, make_file, assert_all):
+    src = source_file(area, make_file, 70_000)
+    old = area / f"n{COMM.rank}" / "src.bin"
+    old.write_bytes(b"old content")
+    COMM.Barrier()
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            remove_first=True, chunk_size=CHUNK)
+    assert_all(report.ok and old.read_bytes() == src.read_bytes())
+    assert_all({n.status for n in report.nodes} == {"copied"})
+
+
+def test_corruption_in_memory_fails_that_node_only(area, make_file, assert_all, monkeypatch):
+    src = source_file(area, make_file, 300_000)
+    monkeypatch.setenv("MPISTAGE_TEST_FAULTS", "corrupt-chunk@1")
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            chunk_size=CHUNK)
+    assert_all([n.index for n in report.failed] == [1])
+    assert_all((report.failed[0].error or "").startswith("digest mismatch"))
+    copy = area / f"n{COMM.rank}" / "src.bin"
+    assert_all(not copy.exists() if COMM.rank == 1 else copy.read_bytes() == src.read_bytes(),
+               "downstream nodes got the uncorrupted bytes")
+
+
+def test_bad_timeout_is_a_usage_error(area, make_file):
+    src = source_file(area, make_file, 10)
+    with pytest.raises(UsageError, match="invalid timeout"):
+        mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True, timeout=0)

@@ -269,6 +269,15 @@ class EmulatedCluster:
             _run(["tc", "-n", netns, "qdisc", verb, "dev", dev, "root", "tbf",
                   "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms"])
 
+    def resize_scratch(self, host: int | str, size: str) -> None:
+        """Give ``host``'s scratch a new size limit (free space on a full disk)."""
+        _run(["mount", "-o", f"remount,size={size}", str(self.scratch_dir(host))])
+
+    def pids(self, host: int | str) -> list[int]:
+        """Processes running on ``host`` (in its network namespace)."""
+        listing = _run(["ip", "netns", "pids", self.host(host)], check=False).stdout
+        return [int(p) for p in listing.split()]
+
     def set_link(self, host: int | str, up: bool) -> None:
         """Take ``host``'s link down (no carrier, packets dropped) or bring it back."""
         _ip("-n", self.switch, "link", "set", f"h{self.index(host)}", "up" if up else "down")

@@ -1,0 +1,243 @@
+"""Faults on the emulated cluster, as the failure-semantics issue lists them (a)-(g).
+
+Each test records how long the fault took to be reported (``seconds_to_report`` in the
+JUnit XML; README "Faults and outcomes" quotes them).  Needs root; skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mpistage.cluster import EmulatedCluster, HostSpec, teardown
+from mpistage.cluster import cluster as cluster_module
+from mpistage.cluster.cluster import mpi_environment
+from mpistage.digest import file_digest
+from mpistage.sink import TEMP_SUFFIX
+
+NAME = "mstfault"
+HOSTS = 5
+MIDDLE = 2
+TIMEOUT = 5
+MISSING = [t for t in cluster_module.TOOLS if shutil.which(t) is None]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(os.geteuid() != 0 or bool(MISSING),
+                       reason="needs root and iproute2/util-linux (network and mount namespaces)"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmulatedCluster]:
+    teardown(NAME)
+    spec = {MIDDLE: HostSpec(scratch_size="1m")}
+    with EmulatedCluster(hosts=HOSTS, rate="100mbit", name=NAME, overrides=spec) as c:
+        yield c
+
+
+@pytest.fixture
+def clean(cluster: EmulatedCluster) -> Iterator[EmulatedCluster]:
+    """Every test starts with empty scratches, the full host full, every link up."""
+    yield cluster
+    for i in range(HOSTS):
+        cluster.set_link(i, up=True)
+        for pid in cluster.pids(i):
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(cluster.scratch_dir(i), ignore_errors=True)  # contents only: a mount
+    cluster.resize_scratch(MIDDLE, "1m")
+
+
+def sample(tmp_path: Path, size: int = 32 << 20) -> Path:
+    path = tmp_path / "sample.bin"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def command(cluster: EmulatedCluster, tmp_path: Path, src: Path, *options: str) -> list[str]:
+    return cluster.mpiexec_command([
+        sys.executable, "-m", "mpistage", "--timeout", str(TIMEOUT), "--chunk-size", "1M",
+        "--report", str(tmp_path / "report.json"), *options, str(src), cluster.scratch])
+
+
+def stage(cluster: EmulatedCluster, tmp_path: Path, src: Path, *options: str,
+          env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict, float]:  # type: ignore[type-arg]
+    (tmp_path / "report.json").unlink(missing_ok=True)
+    started = time.monotonic()
+    run = subprocess.run(command(cluster, tmp_path, src, *options),
+                         env=mpi_environment({"MPIEXEC_TIMEOUT": "300", **(env or {})}),
+                         capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - started
+    report = tmp_path / "report.json"
+    return run, json.loads(report.read_text()) if report.exists() else {}, seconds
+
+
+def launch(cluster: EmulatedCluster, tmp_path: Path, src: Path, *options: str) -> subprocess.Popen:  # type: ignore[type-arg]
+    (tmp_path / "report.json").unlink(missing_ok=True)
+    return subprocess.Popen(command(cluster, tmp_path, src, *options),
+                            env=mpi_environment({"MPIEXEC_TIMEOUT": "300"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_data_flows(cluster: EmulatedCluster, host: int, timeout: float = 30) -> None:
+    """Block until ``host`` has started writing its temp file (the transfer is on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        temps = [p for p in cluster.scratch_dir(host).iterdir() if p.name.endswith(TEMP_SUFFIX)]
+        if temps and temps[0].stat().st_size > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"host {host} never started receiving")
+
+
+def final_files_are_whole(cluster: EmulatedCluster, src: Path) -> list[int]:
+    """Hosts holding the final file; asserts each such file is byte-identical."""
+    holders = []
+    for i in range(HOSTS):
+        final = cluster.scratch_dir(i) / src.name
+        if final.exists():
+            assert file_digest(final) == file_digest(src), f"partial final file on host {i}"
+            holders.append(i)
+    return holders
+
+
+def test_a_full_scratch_middle_node(clean: EmulatedCluster, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+    src = sample(tmp_path, 4 << 20)
+    run, _, seconds = stage(clean, tmp_path, src)
+    assert run.returncode == 2 and "not enough space" in run.stderr, "default: stop before sending"
+    run, report, seconds = stage(clean, tmp_path, src, "--skip-bad-nodes")
+    record_property("seconds_to_report", round(seconds, 2))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert [(n["index"], n["status"]) for n in report["nodes"] if not n["ok"]] == [(MIDDLE, "skipped")]
+    assert final_files_are_whole(clean, src) == [i for i in range(HOSTS) if i != MIDDLE]
+
+
+def test_f_rerun_after_space_is_freed_sends_only_to_the_failed_node(
+        clean: EmulatedCluster, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+    src = sample(tmp_path, 4 << 20)
+    run, _, _ = stage(clean, tmp_path, src, "--skip-bad-nodes")
+    assert run.returncode == 1
+    clean.resize_scratch(MIDDLE, "64m")
+    run, report, seconds = stage(clean, tmp_path, src)
+    record_property("seconds_to_report", round(seconds, 2))
+    assert run.returncode == 0, run.stdout + run.stderr
+    statuses = {n["index"]: (n["status"], n["bytes"]) for n in report["nodes"]}
+    assert statuses == {i: ("copied", 4 << 20) if i == MIDDLE else ("up-to-date", 0)
+                        for i in range(HOSTS)}
+    assert "up to date already, nothing sent: nodes 0-1, 3-4" in run.stdout
+    assert final_files_are_whole(clean, src) == list(range(HOSTS))
+    # --quick decides on size and mtime alone: nothing at all to send now.
+    run, report, _ = stage(clean, tmp_path, src, "--quick")
+    assert run.returncode == 0 and {n["status"] for n in report["nodes"]} == {"up-to-date"}
+
+
+def test_b_link_down_mid_transfer(clean: EmulatedCluster, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path)
+    job = launch(clean, tmp_path, src)
+    wait_until_data_flows(clean, MIDDLE + 1)
+    clean.set_link(MIDDLE, up=False)
+    cut = time.monotonic()
+    out, err = job.communicate(timeout=120)
+    seconds = time.monotonic() - cut
+    record_property("seconds_to_report", round(seconds, 2))
+    assert job.returncode != 0
+    assert seconds <= TIMEOUT + 10, f"took {seconds:.1f} s after the link went down"
+    assert "transfer stalled" in out and clean.hostnames[MIDDLE] in out, out + err
+    assert MIDDLE not in final_files_are_whole(clean, src)
+    for i in range(HOSTS):
+        if i != MIDDLE:  # the cut-off host cleans up too, but nobody can hear it
+            assert not [p for p in os.listdir(clean.scratch_dir(i)) if p.endswith(TEMP_SUFFIX)]
+
+
+def test_c_rank_killed_mid_transfer(clean: EmulatedCluster, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path)
+    job = launch(clean, tmp_path, src)
+    wait_until_data_flows(clean, MIDDLE)
+    victims = [p for p in clean.pids(MIDDLE)
+               if "mpistage" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+               and "mpiexec" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+               and "hydra" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+    assert victims, "the rank on the middle host"
+    os.kill(victims[0], signal.SIGKILL)
+    killed = time.monotonic()
+    out, err = job.communicate(timeout=120)
+    seconds = time.monotonic() - killed
+    record_property("seconds_to_report", round(seconds, 2))
+    assert job.returncode != 0
+    assert seconds <= TIMEOUT + 10
+    # The launcher ends the job when a rank dies and says which one, where.
+    assert "BAD TERMINATION" in out + err and "EXIT CODE: 9" in out + err, out + err
+    assert f"RUNNING AT {clean.hostnames[MIDDLE]}" in out + err
+    assert MIDDLE not in final_files_are_whole(clean, src)
+    # Killed ranks could not clean up; the next run removes their leftovers and completes.
+    deadline = time.monotonic() + 30
+    while any(clean.pids(i) for i in range(HOSTS)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the launcher's SIGKILLs take a moment to land
+    run, report, _ = stage(clean, tmp_path, src)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for i in range(HOSTS):
+        assert os.listdir(clean.scratch_dir(i)) == [src.name]
+
+
+def test_d_corrupted_bytes_are_detected(clean: EmulatedCluster, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path, 4 << 20)
+    run, report, seconds = stage(clean, tmp_path, src, "--verify",
+                                 env={"MPISTAGE_TEST_FAULTS": "corrupt-chunk@1,corrupt-disk@3"})
+    record_property("seconds_to_report", round(seconds, 2))
+    assert run.returncode == 1, run.stdout + run.stderr
+    failed = {n["index"]: n["error"] for n in report["nodes"] if not n["ok"]}
+    assert sorted(failed) == [1, 3]
+    assert failed[1].startswith("digest mismatch"), "corrupted in memory: the node's digest"
+    assert "re-read" in failed[3], "corrupted on disk: --verify's re-read"
+    assert final_files_are_whole(clean, src) == [0, 2, 4]
+    assert os.listdir(clean.scratch_dir(1)) == os.listdir(clean.scratch_dir(3)) == []
+
+
+@pytest.mark.parametrize("change", ["shrink", "grow"])
+def test_e_source_changes_size_during_the_read(clean: EmulatedCluster, tmp_path: Path,
+                                               record_property, change: str) -> None:  # type: ignore[no-untyped-def]
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path)
+    job = launch(clean, tmp_path, src)
+    wait_until_data_flows(clean, 1)
+    if change == "shrink":
+        os.truncate(src, 8 << 20)
+    else:
+        with open(src, "ab") as out:
+            out.write(b"more")
+    out, err = job.communicate(timeout=120)
+    report = json.loads((tmp_path / "report.json").read_text())
+    record_property("seconds_to_report", round(report["elapsed"], 2))
+    assert job.returncode == 1, out + err
+    expected = "shrank during the read" if change == "shrink" else "grew during the read"
+    assert expected in report["source"]["error"], report["source"]
+    assert {n["status"] for n in report["nodes"]} == {"failed"}
+    assert all(os.listdir(clean.scratch_dir(i)) == [] for i in range(HOSTS)), "no copy kept"
+
+
+def test_g_symlink_planted_at_dest_is_not_followed(clean: EmulatedCluster, tmp_path: Path) -> None:
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path, 1 << 20)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (clean.scratch_dir(3) / src.name).symlink_to(victim)
+    run, report, _ = stage(clean, tmp_path, src)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert victim.read_bytes() == b"precious"
+    assert not (clean.scratch_dir(3) / src.name).is_symlink()
+    assert final_files_are_whole(clean, src) == list(range(HOSTS))
