@@ -375,7 +375,9 @@ def _agree_on_report(
         # A rank that saw the transfer stall gives rank 0 time to collect and decide;
         # the others wait as long as the transfer takes (rank 0 ends a broken job).
         wait = 2 * timeout + 2 * STALL_GRACE if stall else None
-        verdict = receive_object(comm, 0, _VERDICT_TAG, wait, "rank 0's verdict")
+        # Ranks that are done (non-leaders: from the start) may wait long: poll gently.
+        verdict = receive_object(comm, 0, _VERDICT_TAG, wait, "rank 0's verdict",
+                                 longest_pause=0.02)
         if verdict is not None:
             raise Stalled(verdict)
         return comm.bcast(None, root=0)

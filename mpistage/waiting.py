@@ -44,11 +44,12 @@ def send_object(comm: MPI.Comm, obj: Any, dest: int, tag: int, timeout: float) -
 
 
 def receive_objects(
-    comm: MPI.Comm, sources: Sequence[int], tag: int, timeout: float | None
+    comm: MPI.Comm, sources: Sequence[int], tag: int, timeout: float | None,
+    longest_pause: float = _LONGEST_PAUSE,
 ) -> dict[int, Any]:
     """Receive one pickled object from each of ``sources``; those that do not send within
     ``timeout`` seconds (dead, unreachable, stuck) are simply absent from the result.
-    ``None`` waits as long as it takes."""
+    ``None`` waits as long as it takes; ``longest_pause`` caps the polling back-off."""
     deadline = float("inf") if timeout is None else time.monotonic() + timeout
     pending = set(sources)
     received: dict[int, Any] = {}
@@ -68,21 +69,22 @@ def receive_objects(
             break
         if not arrived:
             time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
+            pause = min(pause * 2, longest_pause)
         else:
             pause = _FIRST_PAUSE
     return received
 
 
 def receive_object(
-    comm: MPI.Comm, source: int, tag: int, timeout: float | None, what: str
+    comm: MPI.Comm, source: int, tag: int, timeout: float | None, what: str,
+    longest_pause: float = _LONGEST_PAUSE,
 ) -> Any:
     """One pickled object from ``source``.
 
     Raises:
         Stalled: nothing came within ``timeout`` seconds; ``what`` names the missing thing.
     """
-    got = receive_objects(comm, [source], tag, timeout)
+    got = receive_objects(comm, [source], tag, timeout, longest_pause)
     if source not in got:
         raise Stalled(f"{what} did not arrive within {timeout or 0:g} s")
     return got[source]
