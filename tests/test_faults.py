@@ -241,3 +241,17 @@ def test_g_symlink_planted_at_dest_is_not_followed(clean: EmulatedCluster, tmp_p
     assert victim.read_bytes() == b"precious"
     assert not (clean.scratch_dir(3) / src.name).is_symlink()
     assert final_files_are_whole(clean, src) == list(range(HOSTS))
+
+
+def test_remove_first_on_a_disk_too_small_for_both(clean: EmulatedCluster, tmp_path: Path) -> None:
+    """mrsync's -X case: the old copy must go before the new one fits."""
+    clean.resize_scratch(MIDDLE, "3m")
+    old = clean.scratch_dir(MIDDLE) / "sample.bin"
+    old.write_bytes(os.urandom(2 << 20))
+    src = sample(tmp_path, 2 << 20)
+    run, _, _ = stage(clean, tmp_path, src)
+    assert run.returncode == 2
+    assert "--remove-first would make room" in run.stderr
+    run, report, _ = stage(clean, tmp_path, src, "--remove-first")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert final_files_are_whole(clean, src) == list(range(HOSTS))
