@@ -50,6 +50,39 @@ def binomial_children(vrank: int, size: int) -> list[int]:
     return children
 
 
+def kary_parent(vrank: int, size: int, arity: int = 2) -> int | None:
+    """Parent in a complete ``arity``-ary tree laid out level by level."""
+    _check(vrank, size)
+    return (vrank - 1) // arity if vrank > 0 else None
+
+
+def kary_children(vrank: int, size: int, arity: int = 2) -> list[int]:
+    _check(vrank, size)
+    first = vrank * arity + 1
+    return list(range(first, min(first + arity, size)))
+
+
+def kary_height(size: int, arity: int = 2) -> int:
+    """Hops from the root to the deepest node of the ``arity``-ary tree of ``size`` nodes."""
+    height, last, width = 0, 0, 1
+    while last < size - 1:
+        width *= arity
+        last += width
+        height += 1
+    return height
+
+
+def flat_parent(vrank: int, size: int) -> int | None:
+    """Flat tree: the root sends to everyone itself."""
+    _check(vrank, size)
+    return 0 if vrank > 0 else None
+
+
+def flat_children(vrank: int, size: int) -> list[int]:
+    _check(vrank, size)
+    return list(range(1, size)) if vrank == 0 else []
+
+
 def _check(vrank: int, size: int) -> None:
     if not 0 <= vrank < size:
         raise ValueError(f"relative rank {vrank} outside 0..{size - 1}")
@@ -82,21 +115,20 @@ class Schedule(ABC):
 class TreeSchedule(Schedule):
     """A point-to-point schedule given by a parent and children per relative rank."""
 
-    def __init__(self, comm: MPI.Comm, root: int) -> None:
+    def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
         super().__init__(comm, root)
+        self.arity = arity
         size = comm.size
         vrank = (comm.rank - root) % size
         parent = self.parent_of(vrank, size)
         self.parent = None if parent is None else (parent + root) % size
         self.children = [(c + root) % size for c in self.children_of(vrank, size)]
 
-    @staticmethod
     @abstractmethod
-    def parent_of(vrank: int, size: int) -> int | None: ...
+    def parent_of(self, vrank: int, size: int) -> int | None: ...
 
-    @staticmethod
     @abstractmethod
-    def children_of(vrank: int, size: int) -> list[int]: ...
+    def children_of(self, vrank: int, size: int) -> list[int]: ...
 
     def post_receive(self, buf: np.ndarray) -> MPI.Request:
         assert self.parent is not None, "the root receives nothing"
@@ -110,16 +142,48 @@ class ChainSchedule(TreeSchedule):
     """Pipelined chain (Ka, dolly): every leader receives from one and sends to one."""
 
     name = "chain"
-    parent_of = staticmethod(chain_parent)
-    children_of = staticmethod(chain_children)
+
+    def parent_of(self, vrank: int, size: int) -> int | None:
+        return chain_parent(vrank, size)
+
+    def children_of(self, vrank: int, size: int) -> list[int]:
+        return chain_children(vrank, size)
 
 
 class BinomialSchedule(TreeSchedule):
     """Pipelined binomial tree: log2(N) rounds, good for small files."""
 
     name = "binomial"
-    parent_of = staticmethod(binomial_parent)
-    children_of = staticmethod(binomial_children)
+
+    def parent_of(self, vrank: int, size: int) -> int | None:
+        return binomial_parent(vrank, size)
+
+    def children_of(self, vrank: int, size: int) -> list[int]:
+        return binomial_children(vrank, size)
+
+
+class KaryTreeSchedule(TreeSchedule):
+    """Pipelined k-ary tree (Ka's n-ary tree); ``arity`` children per interior node."""
+
+    name = "tree"
+
+    def parent_of(self, vrank: int, size: int) -> int | None:
+        return kary_parent(vrank, size, self.arity)
+
+    def children_of(self, vrank: int, size: int) -> list[int]:
+        return kary_children(vrank, size, self.arity)
+
+
+class FlatSchedule(TreeSchedule):
+    """The root sends every chunk to every node itself: the naive baseline."""
+
+    name = "flat"
+
+    def parent_of(self, vrank: int, size: int) -> int | None:
+        return flat_parent(vrank, size)
+
+    def children_of(self, vrank: int, size: int) -> list[int]:
+        return flat_children(vrank, size)
 
 
 class BcastSchedule(Schedule):
@@ -131,6 +195,9 @@ class BcastSchedule(Schedule):
 
     name = "bcast"
 
+    def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
+        super().__init__(comm, root)
+
     def post_receive(self, buf: np.ndarray) -> MPI.Request:
         return self.comm.Ibcast(buf, root=self.root)
 
@@ -139,5 +206,6 @@ class BcastSchedule(Schedule):
 
 
 SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls for cls in (ChainSchedule, BinomialSchedule, BcastSchedule)
+    cls.name: cls
+    for cls in (ChainSchedule, BinomialSchedule, KaryTreeSchedule, FlatSchedule, BcastSchedule)
 }

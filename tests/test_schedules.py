@@ -12,9 +12,20 @@ from mpistage.schedules import (
     binomial_parent,
     chain_children,
     chain_parent,
+    flat_children,
+    flat_parent,
+    kary_children,
+    kary_height,
+    kary_parent,
 )
 
-SHAPES = {"chain": (chain_parent, chain_children), "binomial": (binomial_parent, binomial_children)}
+SHAPES = {
+    "chain": (chain_parent, chain_children),
+    "binomial": (binomial_parent, binomial_children),
+    "flat": (flat_parent, flat_children),
+    "tree2": (kary_parent, kary_children),
+    "tree3": (lambda v, n: kary_parent(v, n, 3), lambda v, n: kary_children(v, n, 3)),
+}
 
 
 def depth_of(parent, vrank: int, size: int) -> int:  # type: ignore[no-untyped-def]
@@ -62,5 +73,19 @@ def test_relative_rank_out_of_range_is_rejected() -> None:
         chain_parent(5, 4)
 
 
+def test_kary_tree_layout_and_height() -> None:
+    assert [kary_children(v, 8) for v in range(4)] == [[1, 2], [3, 4], [5, 6], [7]]
+    assert kary_children(0, 8, 3) == [1, 2, 3] and kary_parent(7, 8, 3) == 2
+    assert [kary_height(n) for n in (1, 2, 3, 4, 7, 8, 15, 16)] == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert kary_height(13, 3) == 2 and kary_height(14, 3) == 3
+
+
+@pytest.mark.parametrize("arity", [2, 3, 4])
+@given(size=st.integers(min_value=1, max_value=300))
+def test_kary_height_is_the_deepest_node(arity: int, size: int) -> None:
+    parent = lambda v, n: kary_parent(v, n, arity)  # noqa: E731
+    assert max(depth_of(parent, v, size) for v in range(size)) == kary_height(size, arity)
+
+
 def test_registry_names_every_algorithm() -> None:
-    assert set(SCHEDULES) == {"chain", "binomial", "bcast"}
+    assert set(SCHEDULES) == {"chain", "binomial", "tree", "flat", "bcast"}

@@ -1,0 +1,257 @@
+"""The cost model: predicted staging time from five measured parameters, and the choice.
+
+Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
+
+* ``latency`` α — seconds per message on one hop (MPI's own overhead plus the wire's);
+* ``bandwidth`` B — bytes/s one link carries in one direction;
+* ``read_bandwidth`` R — bytes/s the root reads the source;
+* ``write_bandwidth`` W — bytes/s a node writes its copy;
+* ``startup`` I — seconds from launch until every rank is ready.
+
+Every algorithm is pipelined by chunks of ``c`` bytes, ``m = ceil(S / c)`` of them.  One
+hop of one chunk costs ``α + c/B``.  The pipeline advances one *step* per chunk at the
+pace of its slowest stage: the busiest sender pushes the chunk to each of its ``f``
+children in turn (``f`` hops), the root reads it (``c/R``), a node writes it (``c/W``).
+Before that rhythm sets in, the first chunk must reach the last node: the *fill*,
+``F`` hops (a node's later children wait for its earlier ones):
+
+    T = I + (m − 1) · max(f · (α + c/B), c/R, c/W) + F · (α + c/B) + max(c/R, c/W)
+
+=========  ======================  =================================================
+algorithm  busiest fan-out ``f``   fill ``F`` (hops for the first chunk to the last)
+=========  ======================  =================================================
+chain      1                       N − 1
+binomial   ⌈log2 N⌉ (the root)     ⌈log2 N⌉ (each round doubles the holders)
+tree       n (arity)               n · h, h the height of the n-ary tree
+flat       N − 1                   N − 1
+=========  ======================  =================================================
+
+``bcast`` is MPI's own broadcast of each chunk; MPICH moves large messages by a scatter
+and a ring allgather, ``2·(N−1)/N · c/B`` per chunk plus ``(log2 N + N − 1)·α``, and small
+ones (under 512 KiB) by a binomial tree:
+
+    T = I + m · max(2·(N−1)/N · c/B + (⌈log2 N⌉ + N − 1)·α, c/R, c/W)
+
+The Ka paper's terms map onto these (:func:`ka_terms`): its connection set-up ``d`` is a
+per-message cost here, ``d ≈ α`` (MPI connects once, so each chunk pays α, not a TCP
+handshake); its point-to-point transfer time is ``L = S/B``; ``n`` is the arity and its
+``k`` levels are ``h`` hops; the launch time is ``I``; and the mixed scheme's network
+latency ``d′`` is α again.  Ka streams each file through TCP, which pipelines at the
+granularity of the socket buffer; here the granularity is the chunk.  So Ka's chain
+``t = d·(N−1) + L`` is our chain with small chunks, ``I + L + (N−2)·(α + c/B) + m·α``
+(fill plus a per-chunk cost that Ka's byte stream does not pay), and Ka's n-ary tree
+``t = (d·(k−1) + L)·n`` is our tree's ``n·(m + h − 1)·(α + c/B)``: both pay the fan-out
+``n`` on every byte and the depth only in the fill.
+
+The optimal chunk balances the ``m`` steps (fewer with big chunks) against the fill
+(shorter with small chunks): for the network-bound chain,
+``c* = sqrt(S·α·B / (N − 2))``.  :func:`optimal_chunk` finds it numerically for every
+algorithm, among powers of two.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+from .schedules import kary_height
+
+#: Algorithms the model predicts (the names of the schedules).
+MODELLED = ("chain", "binomial", "tree", "flat", "bcast")
+#: Chunk sizes ``auto`` considers.
+CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
+#: MPICH switches its broadcast from a binomial tree to scatter + allgather here.
+BCAST_LONG_MESSAGE = 512 << 10
+
+SCHEMA = "mpistage.calibration/1"
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """Calibrated machine parameters (SI units: seconds, bytes per second)."""
+
+    latency: float
+    bandwidth: float
+    read_bandwidth: float = math.inf
+    write_bandwidth: float = math.inf
+    startup: float = 0.0
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: (None if math.isinf(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float | None]) -> Parameters:
+        return cls(**{k: math.inf if data.get(k) is None else float(data[k])  # type: ignore[arg-type]
+                      for k in ("latency", "bandwidth", "read_bandwidth", "write_bandwidth",
+                                "startup") if k in data})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Parameters:
+        """The parameters of a calibration file written by ``mpistage calibrate``."""
+        with open(path, encoding="utf-8") as source:
+            data = json.load(source)
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"{path} is not an mpistage calibration file (schema {SCHEMA})")
+        return cls.from_dict(data["parameters"])
+
+
+def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
+    """``(fan_out, fill)`` of a point-to-point schedule: the busiest sender's children,
+    and the hops before the first chunk reaches the last node."""
+    if nodes <= 1:
+        return 0, 0
+    if algorithm == "chain":
+        return 1, nodes - 1
+    if algorithm == "binomial":
+        levels = math.ceil(math.log2(nodes))
+        return levels, levels
+    if algorithm == "tree":
+        fan_out = min(arity, nodes - 1)
+        return fan_out, fan_out * kary_height(nodes, arity)
+    if algorithm == "flat":
+        return nodes - 1, nodes - 1
+    raise ValueError(f"no shape for algorithm {algorithm!r}")
+
+
+def predict(
+    algorithm: str, size: int, nodes: int, chunk: int, params: Parameters, arity: int = 2,
+) -> float:
+    """Predicted seconds to stage ``size`` bytes to ``nodes`` nodes (start-up included).
+
+    Raises:
+        ValueError: an unknown algorithm, or a chunk size below one byte.
+    """
+    if algorithm not in MODELLED:
+        raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {', '.join(MODELLED)}")
+    if chunk < 1:
+        raise ValueError(f"invalid chunk size {chunk}")
+    if size == 0:
+        return params.startup
+    chunk = min(chunk, size)
+    chunks = math.ceil(size / chunk)
+    local = max(chunk / params.read_bandwidth, chunk / params.write_bandwidth)
+    hop = params.latency + chunk / params.bandwidth
+    if nodes <= 1:
+        return params.startup + chunks * local
+    if algorithm == "bcast":
+        if chunk >= BCAST_LONG_MESSAGE:
+            per_chunk = (2 * (nodes - 1) / nodes * chunk / params.bandwidth
+                         + (math.ceil(math.log2(nodes)) + nodes - 1) * params.latency)
+        else:
+            per_chunk = math.ceil(math.log2(nodes)) * hop
+        return params.startup + (chunks - 1) * max(per_chunk, local) + per_chunk + local
+    fan_out, fill = shape(algorithm, nodes, arity)
+    step = max(fan_out * hop, local)
+    return params.startup + (chunks - 1) * step + fill * hop + local
+
+
+def optimal_chunk(
+    algorithm: str, size: int, nodes: int, params: Parameters, arity: int = 2,
+    choices: tuple[int, ...] = CHUNK_CHOICES,
+) -> int:
+    """The chunk size among ``choices`` with the lowest predicted time."""
+    candidates = sorted({min(c, max(size, 1)) for c in choices})
+    return min(candidates, key=lambda c: (predict(algorithm, size, nodes, c, params, arity), -c))
+
+
+def chain_optimal_chunk(size: int, nodes: int, params: Parameters) -> float:
+    """Closed form for the network-bound chain: ``sqrt(S·α·B / (N − 2))``."""
+    if nodes <= 2:
+        return float(size)
+    return math.sqrt(size * params.latency * params.bandwidth / (nodes - 2))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model's pick and what it predicted for every candidate."""
+
+    algorithm: str
+    chunk_size: int
+    predicted: float
+    predictions: dict[str, tuple[int, float]]  # algorithm → (its best chunk, seconds)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"algorithm": self.algorithm, "chunk_size": self.chunk_size,
+                "predicted": self.predicted,
+                "predictions": {a: {"chunk_size": c, "seconds": t}
+                                for a, (c, t) in self.predictions.items()}}
+
+
+def choose(
+    size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = MODELLED,
+    chunk_size: int | None = None, arity: int = 2,
+) -> Choice:
+    """The algorithm (and, unless ``chunk_size`` is given, chunk) predicted fastest."""
+    predictions = {}
+    for algorithm in algorithms:
+        chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity)
+        predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params, arity))
+    best = min(predictions, key=lambda a: (predictions[a][1], algorithms.index(a)))
+    return Choice(best, predictions[best][0], predictions[best][1], predictions)
+
+
+def ka_terms(params: Parameters, size: int) -> dict[str, float]:
+    """The Ka paper's symbols in terms of the calibrated parameters (see module doc)."""
+    return {"d": params.latency, "d_prime": params.latency, "L": size / params.bandwidth,
+            "I": params.startup}
+
+
+# -- fitting the model to measured runs ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured run: its configuration and its transfer time (start-up excluded)."""
+
+    algorithm: str
+    size: int
+    nodes: int
+    chunk: int
+    seconds: float
+    arity: int = 2
+
+
+def network_terms(algorithm: str, size: int, nodes: int, chunk: int, arity: int = 2) -> tuple[float, float]:
+    """``(a, b)`` with network-bound transfer time ``a·α + b/B`` (no start-up, R = W = ∞).
+
+    The model is linear in α and 1/B wherever the network is the bottleneck, which lets
+    :func:`fit` use plain linear least squares.
+    """
+    if size == 0 or nodes <= 1:
+        return 0.0, 0.0
+    chunk = min(chunk, size)
+    chunks = math.ceil(size / chunk)
+    if algorithm == "bcast":
+        if chunk >= BCAST_LONG_MESSAGE:
+            return (chunks * (math.ceil(math.log2(nodes)) + nodes - 1),
+                    chunks * 2 * (nodes - 1) / nodes * chunk)
+        hops = chunks * math.ceil(math.log2(nodes))
+        return hops, hops * chunk
+    fan_out, fill = shape(algorithm, nodes, arity)
+    hops = (chunks - 1) * fan_out + fill
+    return hops, hops * chunk
+
+
+def fit(samples: list[Sample], base: Parameters | None = None) -> Parameters:
+    """Least-squares α and B from measured runs, minimising the *relative* error (a 1 s
+    run counts as much as a 60 s one).  Other parameters come from ``base``.
+
+    Raises:
+        ValueError: fewer than two usable samples, or they cannot separate α from B.
+    """
+    import numpy as np
+
+    rows = [(network_terms(s.algorithm, s.size, s.nodes, s.chunk, s.arity), s.seconds)
+            for s in samples if s.seconds > 0 and s.nodes > 1 and s.size > 0]
+    if len(rows) < 2:
+        raise ValueError(f"need at least two runs on two or more nodes to fit, got {len(rows)}")
+    design = np.array([[a / t, b / t] for (a, b), t in rows])
+    target = np.ones(len(rows))
+    (alpha, inverse_bandwidth), *_ = np.linalg.lstsq(design, target, rcond=None)
+    if inverse_bandwidth <= 0:
+        raise ValueError("the runs do not determine a positive bandwidth")
+    base = base or Parameters(latency=0.0, bandwidth=math.inf)
+    return Parameters(latency=max(float(alpha), 0.0), bandwidth=1.0 / float(inverse_bandwidth),
+                      read_bandwidth=base.read_bandwidth, write_bandwidth=base.write_bandwidth,
+                      startup=base.startup)

@@ -1,0 +1,117 @@
+"""The cost model against hand-computed values, the choice, and the fit."""
+
+import math
+
+import pytest
+
+from mpistage.model import (
+    Parameters,
+    Sample,
+    chain_optimal_chunk,
+    choose,
+    fit,
+    ka_terms,
+    optimal_chunk,
+    predict,
+    shape,
+)
+
+P = Parameters(latency=0.001, bandwidth=1e6, startup=0.5)  # 1 ms per message, 1 MB/s
+S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
+
+
+@pytest.mark.parametrize("algorithm, nodes, arity, expected", [
+    # I + (m − 1)·f·hop + F·hop
+    ("chain", 4, 2, 0.5 + 9 * 0.101 + 3 * 0.101),          # 1.712
+    ("binomial", 8, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),   # 3.53
+    ("tree", 8, 2, 0.5 + 9 * 2 * 0.101 + 6 * 0.101),       # 2.924
+    ("tree", 13, 3, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),      # height 2, fill 3·2
+    ("flat", 4, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),       # 3.53
+    ("bcast", 4, 2, 0.5 + 10 * 2 * 0.101),                 # small chunks: binomial, 2.52
+])
+def test_predictions_by_hand(algorithm: str, nodes: int, arity: int, expected: float) -> None:
+    assert predict(algorithm, S, nodes, C, P, arity) == pytest.approx(expected)
+
+
+def test_bcast_of_large_chunks_is_scatter_plus_ring_allgather() -> None:
+    # one chunk of 1 MB ≥ 512 KiB: 2·(N−1)/N·c/B + (log2 N + N − 1)·α = 1.5 + 0.005
+    assert predict("bcast", S, 4, S, P) == pytest.approx(0.5 + 1.505)
+
+
+def test_slow_disk_bounds_the_pipeline() -> None:
+    slow_read = Parameters(latency=0.001, bandwidth=1e6, read_bandwidth=50_000, startup=0.5)
+    # each step takes c/R = 2 s instead of 0.101 s; one more read/write for the first chunk
+    assert predict("chain", S, 4, C, slow_read) == pytest.approx(0.5 + 9 * 2 + 3 * 0.101 + 2)
+    assert predict("chain", S, 1, C, slow_read) == pytest.approx(0.5 + 10 * 2)
+
+
+def test_edge_cases() -> None:
+    assert predict("chain", 0, 8, C, P) == 0.5
+    assert predict("chain", 10, 8, C, P) == pytest.approx(0.5 + 7 * (0.001 + 10 / 1e6))
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        predict("ring", S, 4, C, P)
+    assert shape("binomial", 5, 2) == (3, 3) and shape("flat", 1) == (0, 0)
+
+
+def test_the_chain_tends_to_ka_as_chunks_shrink() -> None:
+    """Ka's t′ = I + L + d′·(N−1): our chain with small chunks, plus α per chunk."""
+    ka = ka_terms(P, S)
+    t = predict("chain", S, 16, 1000, P)
+    chunks = S // 1000
+    assert t == pytest.approx(ka["I"] + ka["L"] + (16 - 2) * (0.001 + 0.001) + chunks * ka["d"])
+
+
+def test_optimal_chunk_matches_the_closed_form() -> None:
+    p = Parameters(latency=50e-6, bandwidth=12e6)
+    size, nodes = 64 << 20, 8
+    closed = chain_optimal_chunk(size, nodes, p)  # ≈ 0.89 MiB
+    best = optimal_chunk("chain", size, nodes, p)
+    assert closed / 2 <= best <= closed * 2
+    assert predict("chain", size, nodes, best, p) <= predict("chain", size, nodes, 64 << 20, p)
+
+
+def test_choice_follows_the_regimes() -> None:
+    link = Parameters(latency=100e-6, bandwidth=12e6)
+    big = choose(64 << 20, 8, link)
+    assert big.algorithm == "chain" and set(big.predictions) == {"chain", "binomial", "tree",
+                                                                 "flat", "bcast"}
+    assert big.predicted == min(t for _, t in big.predictions.values())
+    two = choose(64 << 20, 2, link, algorithms=("chain", "flat"))
+    assert two.algorithm == "chain", "equal predictions: the first listed wins"
+    fixed = choose(1 << 20, 8, link, chunk_size=4096)
+    assert all(c == 4096 for c, _ in fixed.predictions.values())
+
+
+def test_fit_recovers_known_parameters_from_synthetic_runs() -> None:
+    truth = Parameters(latency=250e-6, bandwidth=11.5e6)
+    samples = [Sample(a, size, n, chunk, predict(a, size, n, chunk, truth))
+               for a in ("chain", "binomial", "bcast", "flat")
+               for size in (1 << 20, 16 << 20, 64 << 20)
+               for n in (2, 4, 8)
+               for chunk in (256 << 10, 1 << 20)]
+    got = fit(samples)
+    assert got.latency == pytest.approx(truth.latency, rel=1e-6)
+    assert got.bandwidth == pytest.approx(truth.bandwidth, rel=1e-6)
+    noisy = [Sample(s.algorithm, s.size, s.nodes, s.chunk, s.seconds * (1.03 if i % 2 else 0.97))
+             for i, s in enumerate(samples)]
+    assert fit(noisy).bandwidth == pytest.approx(truth.bandwidth, rel=0.05)
+
+
+def test_fit_needs_enough_runs() -> None:
+    with pytest.raises(ValueError, match="at least two"):
+        fit([Sample("chain", 1 << 20, 4, 1 << 20, 1.0)])
+
+
+def test_parameters_round_trip_with_infinities(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    p = Parameters(latency=1e-4, bandwidth=1e8)
+    assert p.to_dict()["read_bandwidth"] is None
+    assert Parameters.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"schema": "mpistage.calibration/1", "parameters": p.to_dict()}))
+    assert Parameters.load(path) == p
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not an mpistage calibration"):
+        Parameters.load(path)
+    assert math.isinf(Parameters(1, 1).read_bandwidth)
