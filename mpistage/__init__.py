@@ -13,20 +13,28 @@ cost model.
     True
 """
 
-from .errors import MpistageError, StageFailed, UsageError
+from .calibrate import Calibration, calibrate
+from .decide import Prediction
+from .errors import MpistageError, Stalled, UsageError
+from .model import Parameters
 from .report import NodeResult, RankRecord, StageReport
-from .stage import ALGORITHMS, stage
+from .stage import ALGORITHMS, explain, stage
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "Calibration",
     "MpistageError",
     "NodeResult",
+    "Parameters",
+    "Prediction",
     "RankRecord",
-    "StageFailed",
     "StageReport",
+    "Stalled",
     "UsageError",
+    "calibrate",
+    "explain",
     "stage",
     "__version__",
 ]

@@ -13,8 +13,9 @@ from . import __version__
 from .errors import MpistageError, Stalled, UsageError
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .progress import TerminalProgress
-from .stage import ALGORITHMS, DEFAULT_CHUNK, stage
-from .units import format_bytes, parse_size
+from .decide import AUTO
+from .stage import ALGORITHMS, DEFAULT_CHUNK, explain, stage
+from .units import format_bytes, format_seconds, parse_size
 
 EPILOG = """\
 DEST is like cp's: an existing directory receives DEST/basename(SRC); anything else is
@@ -26,7 +27,10 @@ stalled (the summary names the nodes); 2 usage error or failed pre-flight check
 examples:
   mpiexec -n 8 mpistage /lustre/ref/genome.fa /scratch
   mpiexec -n 8 mpistage --algorithm binomial --chunk-size 8M input.dat /scratch/in.dat
+  mpiexec -n 8 mpistage -a auto -c auto --calibration cal.json input.dat /scratch
+  mpiexec -n 8 mpistage --explain input.dat /scratch
   mpiexec -n 4 mpistage --ranks-as-nodes data.bin '/tmp/node{node}/'
+  mpiexec -n 8 mpistage calibrate --dest /scratch --source input.dat -o cal.json
 """
 
 
@@ -55,7 +59,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _size(text: str) -> int:
+def _size(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
     try:
         return parse_size(text)
     except UsageError as exc:
@@ -74,14 +80,25 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("source", metavar="SRC", help="file to read on the root rank")
     parser.add_argument("dest", metavar="DEST", help="directory or file path on every node")
     parser.add_argument(
-        "-a", "--algorithm", choices=ALGORITHMS, default="chain",
+        "-a", "--algorithm", choices=(*ALGORITHMS, AUTO), default="chain",
         help="chain: pipelined chain, best for large files (default); binomial: pipelined "
-        "binomial tree, best for small files; bcast: MPI's own broadcast per chunk (baseline)",
+        "binomial tree, best for small files; tree: pipelined k-ary tree (--arity); flat: "
+        "the root sends to every node; bcast: MPI's own broadcast per chunk (baseline); "
+        "auto: the one the cost model predicts fastest",
     )
     parser.add_argument(
         "-c", "--chunk-size", type=_size, default=DEFAULT_CHUNK, metavar="SIZE",
-        help=f"bytes per pipelined message, K/M/G suffixes (default {format_bytes(DEFAULT_CHUNK)})",
+        help="bytes per pipelined message, K/M/G suffixes, or auto: the model's best "
+        f"(default {format_bytes(DEFAULT_CHUNK)})",
     )
+    parser.add_argument("--arity", type=int, default=2, metavar="K",
+                        help="children per node of the tree algorithm (default 2)")
+    parser.add_argument("--calibration", metavar="FILE.json",
+                        help="model parameters from 'mpistage calibrate' (default: the root "
+                        "measures its first link quickly)")
+    parser.add_argument("--explain", action="store_true",
+                        help="print the predicted time of each algorithm and the choice, "
+                        "without moving data")
     parser.add_argument("--root", type=int, default=0, metavar="RANK",
                         help="rank that reads SRC (default 0)")
     parser.add_argument("--ranks-as-nodes", action="store_true",
@@ -139,6 +156,27 @@ def _speak(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped
     sys.stderr.flush()
 
 
+def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
+    """The --explain table: every algorithm's best chunk and predicted time, the choice."""
+    if prediction is None:
+        return "mpistage --explain: every node already holds the file; nothing would be sent"
+    p = prediction.parameters
+    rates = ", ".join(
+        f"{name} {'-' if value == float('inf') else format_bytes(value) + '/s'}"
+        for name, value in (("B", p.bandwidth), ("R", p.read_bandwidth), ("W", p.write_bandwidth))
+    )
+    lines = [
+        f"mpistage --explain: {prediction.nodes} nodes to serve; parameters from the "
+        f"{prediction.source}: α {format_seconds(p.latency)}, {rates}",
+        f"  {'algorithm':<10} {'chunk':>10} {'predicted transfer':>19}",
+    ]
+    for algorithm, (chunk, seconds) in sorted(prediction.choice.predictions.items(),
+                                              key=lambda item: item[1][1]):
+        mark = "  <- chosen" if algorithm == prediction.choice.algorithm else ""
+        lines.append(f"  {algorithm:<10} {format_bytes(chunk):>10} {format_seconds(seconds):>19}{mark}")
+    return "\n".join(lines)
+
+
 def _process_age() -> float:
     """Seconds since this process started (Linux), so start-up includes MPI_Init."""
     try:
@@ -165,18 +203,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     rank = comm.rank
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["calibrate"]:
+        from .calibrate_cli import main as calibrate_main
+
+        return calibrate_main(argv[1:], started=started)
     try:
         try:
             args = build_parser(rank).parse_args(argv)
         except SystemExit as exc:  # --help, --version
             return int(exc.code or 0)
         _configure_logging(rank, args.verbose)
+        if args.explain:
+            prediction = explain(
+                args.source, args.dest, comm=comm, algorithm=args.algorithm,
+                chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
+                arity=args.arity, calibration=args.calibration, quick=args.quick,
+                timeout=args.timeout,
+            )
+            if rank == 0:
+                print(describe_prediction(prediction), flush=True)
+            return 0
         progress = None
         if args.progress or (not args.quiet and sys.stderr.isatty()):
             progress = TerminalProgress(sys.stderr)
         report = stage(
             args.source, args.dest, comm=comm, algorithm=args.algorithm,
             chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
+            arity=args.arity, calibration=args.calibration,
             fsync=args.fsync, verify=args.verify, depth=args.depth, timeout=args.timeout,
             mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
             remove_first=args.remove_first, progress=progress, started=started,

@@ -19,12 +19,6 @@ class UsageError(MpistageError, ValueError):
     exit_code = 2
 
 
-class StageFailed(MpistageError, RuntimeError):
-    """At least one node did not end up with a verified copy."""
-
-    exit_code = 1
-
-
 class Stalled(MpistageError, TimeoutError):
     """A transfer made no progress within the timeout, or lost a peer.
 

@@ -77,6 +77,7 @@ class StageReport:
     stalled: bool = False
     stall: str | None = None
     missing_ranks: list[int] = field(default_factory=list)
+    prediction: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -135,6 +136,7 @@ class StageReport:
             "elapsed": self.elapsed,
             "transfer_seconds": self.transfer_seconds,
             "phases": self.phase_stats(),
+            "prediction": self.prediction,
             "stalled": self.stalled,
             "stall": self.stall,
             "missing_ranks": self.missing_ranks,
@@ -175,6 +177,15 @@ class StageReport:
                 lines.append(f"  no status from ranks {_ranges(self.missing_ranks)} (dead or unreachable)")
         if fresh:
             lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
+        if self.prediction and self.transfer_seconds > 0:
+            predicted = self.prediction["predicted"]
+            error = (predicted - self.transfer_seconds) / self.transfer_seconds
+            chosen = " (chosen by the model)" if self.prediction["auto"] else ""
+            lines.append(
+                f"  model ({self.prediction['source']}): predicted transfer"
+                f" {format_seconds(predicted)}{chosen}, measured"
+                f" {format_seconds(self.transfer_seconds)} ({error:+.0%})"
+            )
         stats = self.phase_stats()
         if stats:
             lines.append(f"  {'phase':<9} {'min':>10} {'median':>10} {'max':>10}  slowest node")

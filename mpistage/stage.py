@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 from mpi4py import MPI
 
 from . import faults
+from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
+from .model import Parameters
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
 from .plan import Plan, check_chunk_size, check_template, make_plan
 from .preflight import NodeCheck, preflight
@@ -50,9 +53,11 @@ def stage(
     *,
     comm: MPI.Comm | None = None,
     algorithm: str = "chain",
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | str = DEFAULT_CHUNK,
     root: int = 0,
     ranks_as_nodes: bool = False,
+    arity: int = 2,
+    calibration: Parameters | str | os.PathLike[str] | None = None,
     fsync: bool = False,
     verify: bool = False,
     depth: int = DEFAULT_DEPTH,
@@ -71,10 +76,14 @@ def stage(
         dest: where each node writes: an existing directory (the file keeps its name) or
             a file path; may contain ``{node}``, ``{host}`` and ``{rank}``.
         comm: communicator of every rank taking part (default ``MPI.COMM_WORLD``).
-        algorithm: one of :data:`ALGORITHMS`.
-        chunk_size: bytes per pipelined message.
+        algorithm: one of :data:`ALGORITHMS`, or ``"auto"``: the one the cost model
+            predicts fastest.
+        chunk_size: bytes per pipelined message, or ``"auto"``: the model's best.
         root: rank of ``comm`` that reads the source.
         ranks_as_nodes: treat every rank as its own node.
+        arity: children per node of the ``tree`` algorithm.
+        calibration: parameters (or a calibration file) for the model; without them
+            the root measures its first link quickly.
         fsync: flush every copy to its device before renaming it into place.
         verify: re-read every copy from disk and compare digests before the rename.
         depth: chunk buffers per leader (memory per leader is ``depth * chunk_size``).
@@ -104,7 +113,8 @@ def stage(
     start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = os.fspath(dest)
-    _check_arguments(comm, algorithm, chunk_size, root, depth, dest, timeout)
+    params = _check_arguments(comm, algorithm, chunk_size, root, depth, dest, timeout, arity,
+                              calibration)
     comm = comm.Dup()  # our own context: our messages never match the application's
     topo: Topology | None = None
     try:
@@ -117,6 +127,13 @@ def stage(
                            skip_bad_nodes=skip_bad_nodes)
         transfer_comm = _transfer_communicator(topo, checks)
         _connect_early(topo, plan, checks, transfer_comm, timeout)
+        prediction: Prediction | None = None
+        if transfer_comm is not None:
+            plan, prediction = decide(
+                transfer_comm, _participants(topo, checks).index(topo.root_node), plan,
+                calibration=params, auto_algorithm=algorithm == AUTO,
+                auto_chunk=chunk_size == AUTO, arity=arity, timeout=timeout,
+            )
         phases["plan"] = time.perf_counter() - mark
 
         result: NodeResult | None = None
@@ -128,7 +145,7 @@ def stage(
                 result, outcome = _take_part(
                     topo, plan, checks, mine, transfer_comm, phases, fsync=fsync,
                     verify=verify, depth=depth, timeout=timeout, remove_first=remove_first,
-                    progress=progress,
+                    progress=progress, arity=arity,
                 )
             except Stalled as exc:
                 stall = str(exc)
@@ -138,7 +155,8 @@ def stage(
         phases["total"] = time.perf_counter() - start
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
-        return _agree_on_report(topo, plan, checks, record, result, outcome, stall, depth, timeout)
+        return _agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
+                                depth, timeout)
     finally:
         if topo is not None:
             topo.free()
@@ -146,15 +164,21 @@ def stage(
 
 
 def _check_arguments(
-    comm: MPI.Comm, algorithm: str, chunk_size: int, root: int, depth: int, dest: str,
-    timeout: float,
-) -> None:
-    """Checks every rank can make alone, so all raise together without talking."""
-    if algorithm not in SCHEDULES:
+    comm: MPI.Comm, algorithm: str, chunk_size: int | str, root: int, depth: int, dest: str,
+    timeout: float, arity: int, calibration: Parameters | str | os.PathLike[str] | None,
+) -> Parameters | None:
+    """Checks every rank can make alone, so all raise together without talking; returns
+    the calibrated parameters, if any."""
+    if algorithm not in SCHEDULES and algorithm != AUTO:
         raise UsageError(
-            f"invalid algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}"
+            f"invalid algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)} or auto"
         )
-    check_chunk_size(chunk_size)
+    if chunk_size != AUTO:
+        if not isinstance(chunk_size, int):
+            raise UsageError(f"invalid chunk size {chunk_size!r}: expected bytes or auto")
+        check_chunk_size(chunk_size)
+    if arity < 2:
+        raise UsageError(f"invalid arity {arity}: expected 2 or more children per node")
     if not 0 <= root < comm.size:
         raise UsageError(f"invalid root {root}: expected a rank from 0 to {comm.size - 1}")
     if depth < 2:
@@ -162,16 +186,24 @@ def _check_arguments(
     if not timeout > 0:
         raise UsageError(f"invalid timeout {timeout}: expected a number of seconds above 0")
     check_template(dest)
+    if calibration is None or isinstance(calibration, Parameters):
+        return calibration
+    try:
+        return Parameters.load(calibration)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot use calibration {os.fspath(calibration)!r}: {exc}") from None
 
 
 def _agree_on_plan(
     comm: MPI.Comm, root: int, source: str | os.PathLike[str], dest: str,
-    chunk_size: int, algorithm: str,
+    chunk_size: int | str, algorithm: str,
 ) -> Plan:
+    """The root checks the source; ``auto`` choices stay open until :func:`decide`."""
     outcome: Plan | str | None = None
     if comm.rank == root:
         try:
-            outcome = make_plan(source, dest, chunk_size, algorithm)
+            chunk = DEFAULT_CHUNK if chunk_size == AUTO else int(chunk_size)
+            outcome = make_plan(source, dest, chunk, algorithm)
         except UsageError as exc:
             outcome = str(exc)
     outcome = comm.bcast(outcome, root=root)
@@ -241,6 +273,7 @@ def _take_part(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
     transfer_comm: MPI.Comm | None, phases: dict[str, float], *, fsync: bool, verify: bool,
     depth: int, timeout: float, remove_first: bool, progress: ProgressCallback | None,
+    arity: int,
 ) -> tuple[NodeResult, tuple[str | None, str | None] | None]:
     """Leader only: transfer (if this node takes part), then commit or discard.
 
@@ -261,7 +294,7 @@ def _take_part(
         return _transfer_and_commit(
             topo, plan, checks, mine, transfer_comm, phases, result, fsync=fsync,
             verify=verify, depth=depth, timeout=timeout, remove_first=remove_first,
-            progress=progress,
+            progress=progress, arity=arity,
         )
     finally:
         transfer_comm.Free()
@@ -269,7 +302,7 @@ def _take_part(
 
 def _transfer_and_commit(  # noqa: PLR0913 - one place where the pieces meet
     topo, plan, checks, mine, comm, phases, result, *, fsync, verify, depth, timeout,  # type: ignore[no-untyped-def]
-    remove_first, progress,
+    remove_first, progress, arity,
 ):
     participants = _participants(topo, checks)
     names = [f"node {i} ({checks[i].host})" for i in participants]
@@ -285,7 +318,7 @@ def _transfer_and_commit(  # noqa: PLR0913 - one place where the pieces meet
             sink_error = f"cannot write beside {mine.target}: {exc.strerror}"
     try:
         root_rank = participants.index(topo.root_node)
-        schedule = SCHEDULES[plan.algorithm](comm, root_rank)
+        schedule = SCHEDULES[plan.algorithm](comm, root_rank, arity)
         is_root = comm.rank == root_rank
         engine = Engine(
             plan, schedule, sink, depth=depth, timeout=timeout,
@@ -359,7 +392,7 @@ def _noop(done: int, total: int) -> None:
 def _agree_on_report(
     topo: Topology, plan: Plan, checks: list[NodeCheck], record: RankRecord,
     result: NodeResult | None, outcome: tuple[str | None, str | None] | None,
-    stall: str | None, depth: int, timeout: float,
+    prediction: Prediction | None, stall: str | None, depth: int, timeout: float,
 ) -> StageReport:
     """Statuses go to rank 0 and its verdict comes back, all with deadlines.
 
@@ -368,7 +401,7 @@ def _agree_on_report(
     raise :class:`Stalled`.
     """
     comm = topo.comm
-    status = (record, result, outcome, stall)
+    status = (record, result, outcome, stall, prediction)
     if comm.rank != 0:
         if not send_object(comm, status, 0, _STATUS_TAG, timeout):
             raise Stalled(f"could not report to rank 0 within {timeout:g} s ({stall or 'no stall here'})")
@@ -447,6 +480,8 @@ def _build_report(
                                     error="no status from this node (dead or unreachable)"))
     shared = [s[2] for s in statuses.values() if s[2] is not None]
     source_digest, source_error = shared[0] if shared else (None, None)
+    predictions = [s[4] for s in statuses.values() if s[4] is not None]
+    prediction = predictions[0] if predictions else None
     from . import __version__
 
     return StageReport(
@@ -454,8 +489,8 @@ def _build_report(
         source=plan.source,
         size=plan.size,
         source_digest=source_digest,
-        algorithm=plan.algorithm,
-        chunk_size=plan.chunk_size,
+        algorithm=prediction.choice.algorithm if prediction else plan.algorithm,
+        chunk_size=prediction.choice.chunk_size if prediction else plan.chunk_size,
         depth=depth,
         nodes=nodes,
         ranks=[statuses[r][0] for r in sorted(statuses)],
@@ -464,4 +499,58 @@ def _build_report(
         stalled=stall is not None,
         stall=stall,
         missing_ranks=missing,
+        prediction=prediction.to_dict() if prediction else None,
     )
+
+
+def explain(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    comm: MPI.Comm | None = None,
+    algorithm: str = AUTO,
+    chunk_size: int | str = AUTO,
+    root: int = 0,
+    ranks_as_nodes: bool = False,
+    arity: int = 2,
+    calibration: Parameters | str | os.PathLike[str] | None = None,
+    quick: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Prediction | None:
+    """What :func:`stage` would do, without moving the file (collective).
+
+    Runs the same checks (bad nodes are left out rather than stopping it) and the same
+    link measurement, then returns the prediction for every algorithm and the choice
+    (``algorithm`` itself unless it is ``"auto"``); ``None`` if no node needs the file.
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    dest = os.fspath(dest)
+    params = _check_arguments(comm, algorithm, chunk_size, root, 2, dest, timeout, arity,
+                              calibration)
+    comm = comm.Dup()
+    topo: Topology | None = None
+    try:
+        topo = Topology.build(comm, root, ranks_as_nodes)
+        plan = _agree_on_plan(comm, root, source, dest, chunk_size,
+                              "chain" if algorithm == AUTO else algorithm)
+        checks = preflight(topo, plan, quick=quick, skip_bad_nodes=True)
+        transfer_comm = _transfer_communicator(topo, checks)
+        prediction = None
+        if transfer_comm is not None:
+            try:
+                _, prediction = decide(
+                    transfer_comm, _participants(topo, checks).index(topo.root_node), plan,
+                    calibration=params, auto_algorithm=True, auto_chunk=chunk_size == AUTO,
+                    arity=arity, timeout=timeout,
+                )
+            finally:
+                transfer_comm.Free()
+            if algorithm != AUTO:
+                chunk, seconds = prediction.choice.predictions[algorithm]
+                prediction = replace(prediction, auto=chunk_size == AUTO, choice=replace(
+                    prediction.choice, algorithm=algorithm, chunk_size=chunk, predicted=seconds))
+        return comm.bcast(prediction, root=root)
+    finally:
+        if topo is not None:
+            topo.free()
+        comm.Free()

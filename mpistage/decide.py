@@ -1,0 +1,110 @@
+"""Which algorithm and chunk size, and what the model predicts for them.
+
+Every run carries a prediction next to its measurement.  The parameters come from a
+calibration file (``mpistage calibrate``) when one is given, else from a quick
+measurement on the link from the root to its first neighbour: three 1-byte ping-pongs for
+the latency and one message of up to 1 MiB for the bandwidth (a few milliseconds on a
+fast network, ~0.1 s at 100 Mbit/s).  Disk speeds are only known from a calibration;
+without one the model assumes the network is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .errors import Stalled
+from .model import MODELLED, Choice, Parameters, choose
+from .plan import Plan
+from .waiting import poll
+
+AUTO = "auto"
+_PROBE_TAG = 7201
+_PROBE_MIN, _PROBE_MAX = 64 << 10, 1 << 20
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model expects of this run, and from what."""
+
+    source: str  # "calibration" or "quick measurement"
+    parameters: Parameters
+    nodes: int
+    choice: Choice
+    auto: bool
+
+    @property
+    def seconds(self) -> float:
+        """Predicted transfer time of the chosen algorithm (start-up excluded)."""
+        return self.choice.predicted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "parameters": self.parameters.to_dict(),
+                "nodes": self.nodes, "auto": self.auto, **self.choice.to_dict()}
+
+
+def _exchange(comm: MPI.Comm, requests: list[MPI.Request], timeout: float) -> None:
+    if not poll(requests, timeout):
+        raise Stalled(f"the link probe made no progress for {timeout:g} s")
+
+
+def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Parameters | None:
+    """Latency and bandwidth from the root to its next rank (collective over ``comm``;
+    the result on the root only, ``None`` elsewhere or with a single rank)."""
+    if comm.size < 2:
+        return Parameters(latency=0.0, bandwidth=float("inf")) if comm.rank == root else None
+    peer = (root + 1) % comm.size
+    if comm.rank not in (root, peer):
+        return None
+    tiny = np.zeros(1, dtype=np.uint8)
+    probe = np.zeros(min(max(size, _PROBE_MIN), _PROBE_MAX), dtype=np.uint8)
+    if comm.rank == peer:
+        for _ in range(4):
+            _exchange(comm, [comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
+            _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
+        _exchange(comm, [comm.Irecv(probe, source=root, tag=_PROBE_TAG)], timeout)
+        _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
+        return None
+    trips = []
+    for _ in range(4):  # the first round trip may set up the connection: not counted
+        started = time.perf_counter()
+        _exchange(comm, [comm.Isend(tiny, dest=peer, tag=_PROBE_TAG)], timeout)
+        _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
+        trips.append(time.perf_counter() - started)
+    latency = min(trips[1:]) / 2
+    started = time.perf_counter()
+    _exchange(comm, [comm.Isend(probe, dest=peer, tag=_PROBE_TAG)], timeout)
+    _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
+    elapsed = time.perf_counter() - started - 2 * latency
+    return Parameters(latency=latency, bandwidth=probe.size / max(elapsed, 1e-9))
+
+
+def decide(
+    comm: MPI.Comm, root: int, plan: Plan, *, calibration: Parameters | None,
+    auto_algorithm: bool, auto_chunk: bool, arity: int, timeout: float,
+) -> tuple[Plan, Prediction]:
+    """The plan with its algorithm and chunk settled, and the model's prediction; the
+    same on every rank of ``comm`` (the transfer's participants)."""
+    params = calibration
+    if params is None:
+        params = quick_parameters(comm, root, plan.size, timeout)
+    prediction = None
+    if comm.rank == root:
+        assert params is not None
+        algorithms = MODELLED if auto_algorithm else (plan.algorithm,)
+        choice = choose(plan.size, comm.size, replace(params, startup=0.0),
+                        algorithms=algorithms,
+                        chunk_size=None if auto_chunk else plan.chunk_size, arity=arity)
+        prediction = Prediction(
+            source="calibration" if calibration is not None else "quick measurement",
+            parameters=params, nodes=comm.size, choice=choice,
+            auto=auto_algorithm or auto_chunk,
+        )
+    prediction = comm.bcast(prediction, root=root)
+    settled = replace(plan, algorithm=prediction.choice.algorithm,
+                      chunk_size=prediction.choice.chunk_size)
+    return settled, prediction
