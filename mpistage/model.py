@@ -13,18 +13,20 @@ hop of one chunk costs ``α + c/B``.  The pipeline advances one *step* per chunk
 pace of its slowest stage: the busiest sender pushes the chunk to each of its ``f``
 children in turn (``f`` hops), the root reads it (``c/R``), a node writes it (``c/W``).
 Before that rhythm sets in, the first chunk must reach the last node: the *fill*,
-``F`` hops (a node's later children wait for its earlier ones):
+``F`` hops.  A node posts a chunk's sends to all its children at once, so they share its
+link and all get the chunk after ``f`` hops: the fill is the sum of the fan-outs along
+the path to the last node.
 
     T = I + (m − 1) · max(f · (α + c/B), c/R, c/W) + F · (α + c/B) + max(c/R, c/W)
 
-=========  ======================  =================================================
-algorithm  busiest fan-out ``f``   fill ``F`` (hops for the first chunk to the last)
-=========  ======================  =================================================
-chain      1                       N − 1
-binomial   ⌈log2 N⌉ (the root)     ⌈log2 N⌉ (each round doubles the holders)
-tree       n (arity)               n · h, h the height of the n-ary tree
-flat       N − 1                   N − 1
-=========  ======================  =================================================
+=========  ========================  ===============================================
+algorithm  busiest fan-out ``f``     fill ``F`` (hops for the first chunk to the last)
+=========  ========================  ===============================================
+chain      1                         N − 1
+binomial   k = ⌈log2 N⌉ (the root)   k + (k−1) + … + 1 = k(k+1)/2
+tree       n (arity)                 n · h, h the height of the n-ary tree
+flat       N − 1                     N − 1
+=========  ========================  ===============================================
 
 ``bcast`` is MPI's own broadcast of each chunk; MPICH moves large messages by a scatter
 and a ring allgather, ``2·(N−1)/N · c/B`` per chunk plus ``(log2 N + N − 1)·α``, and small
@@ -106,7 +108,7 @@ def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
         return 1, nodes - 1
     if algorithm == "binomial":
         levels = math.ceil(math.log2(nodes))
-        return levels, levels
+        return levels, levels * (levels + 1) // 2
     if algorithm == "tree":
         fan_out = min(arity, nodes - 1)
         return fan_out, fan_out * kary_height(nodes, arity)

@@ -23,7 +23,7 @@ S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
 @pytest.mark.parametrize("algorithm, nodes, arity, expected", [
     # I + (m − 1)·f·hop + F·hop
     ("chain", 4, 2, 0.5 + 9 * 0.101 + 3 * 0.101),          # 1.712
-    ("binomial", 8, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),   # 3.53
+    ("binomial", 8, 2, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),   # fill 3 + 2 + 1
     ("tree", 8, 2, 0.5 + 9 * 2 * 0.101 + 6 * 0.101),       # 2.924
     ("tree", 13, 3, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),      # height 2, fill 3·2
     ("flat", 4, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),       # 3.53
@@ -50,7 +50,7 @@ def test_edge_cases() -> None:
     assert predict("chain", 10, 8, C, P) == pytest.approx(0.5 + 7 * (0.001 + 10 / 1e6))
     with pytest.raises(ValueError, match="unknown algorithm"):
         predict("ring", S, 4, C, P)
-    assert shape("binomial", 5, 2) == (3, 3) and shape("flat", 1) == (0, 0)
+    assert shape("binomial", 5, 2) == (3, 6) and shape("flat", 1) == (0, 0)
 
 
 def test_the_chain_tends_to_ka_as_chunks_shrink() -> None:

@@ -1,0 +1,251 @@
+"""Hold a sweep's measurements against the cost model: fit, errors, choices, plots.
+
+    python bench/report.py --results bench/results/sweep.h5 --plots bench/results
+    python bench/report.py --results a.h5 --merge b.h5 c.h5     # merge sweeps first
+
+Per link rate it fits the model's latency and bandwidth to the mpistage runs by least
+squares (relative errors), prints the model's error per algorithm (with the fitted
+parameters, and with each run's own quick measurement), how often ``--algorithm auto``
+picked the algorithm that measured fastest, mpistage next to MPI's broadcasts and the
+point-to-point bound, and draws measured against predicted time versus file size (one
+panel per node count, as in the Ka paper's figures) and versus node count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from mpistage.model import MODELLED, Parameters, Sample, fit, predict
+from mpistage.results import ResultStore
+from mpistage.units import format_bytes
+
+Run = dict
+
+
+def load(path: str, merge: list[str]) -> list[Run]:
+    with ResultStore(path, "a" if merge else "r") as store:
+        for other in merge:
+            print(f"merged {store.merge(other)} runs from {other}")
+        return [r for r in store.runs() if r.get("ok")]
+
+
+def by_rate(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run["rate"]].append(run)
+    return dict(groups)
+
+
+def staged(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r["method"] == "mpistage" and r["algorithm"] in MODELLED]
+
+
+def fitted(runs: list[Run]) -> Parameters:
+    return fit([Sample(r["algorithm"], r["size"], r["nodes"], r["chunk"], r["seconds"], r["arity"])
+                for r in staged(runs)])
+
+
+def relative_errors(runs: list[Run], params: Parameters) -> dict[str, list[float]]:
+    errors: dict[str, list[float]] = defaultdict(list)
+    for r in staged(runs):
+        predicted = predict(r["algorithm"], r["size"], r["nodes"], r["chunk"], params, r["arity"])
+        errors[r["algorithm"]].append(abs(predicted - r["seconds"]) / r["seconds"])
+    return errors
+
+
+def own_prediction_errors(runs: list[Run]) -> dict[str, list[float]]:
+    errors: dict[str, list[float]] = defaultdict(list)
+    for r in staged(runs):
+        if isinstance(r.get("predicted"), float) and not math.isnan(r["predicted"]):
+            errors[r["algorithm"]].append(abs(r["predicted"] - r["seconds"]) / r["seconds"])
+    return errors
+
+
+def auto_accuracy(runs: list[Run]) -> tuple[int, int, list[str]]:
+    """(auto picked the measured-fastest algorithm, cases, lines)."""
+    best: dict[tuple, tuple[float, str]] = {}
+    autos: dict[tuple, Run] = {}
+    for r in runs:
+        if r["method"] != "mpistage" or r["nodes"] < 2:
+            continue
+        key = (r["nodes"], r["size"])
+        if r["algorithm"] == "auto":
+            autos[key] = r
+        elif r["seconds"] < best.get(key, (math.inf, ""))[0]:
+            best[key] = (r["seconds"], r["algorithm"])
+    hits, lines = 0, []
+    for key in sorted(autos):
+        if key not in best:
+            continue
+        auto, (seconds, fastest) = autos[key], best[key]
+        hit = auto["chosen_algorithm"] == fastest
+        hits += hit
+        lines.append(f"| {key[0]} | {format_bytes(key[1])} | {auto['chosen_algorithm']} "
+                     f"({format_bytes(auto['chosen_chunk'])}) | {fastest} | "
+                     f"{auto['seconds']:.2f} s | {seconds:.2f} s | {'yes' if hit else 'no'} |")
+    return hits, len(lines), lines
+
+
+def baseline_lines(runs: list[Run]) -> list[str]:
+    p2p = {r["size"]: r["seconds"] for r in runs if r["method"] == "p2p"}
+    table: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in runs:
+        key = (r["nodes"], r["size"])
+        if r["method"] == "mpi_bcast":
+            table[key][f"MPI_Bcast {r['algorithm']}"] = r["seconds"]
+        elif r["method"] == "mpistage" and r["algorithm"] in MODELLED:
+            name = f"mpistage {r['algorithm']}"
+            table[key][name] = min(r["seconds"], table[key].get(name, math.inf))
+    columns = ["mpistage chain", "mpistage binomial", "mpistage bcast", "MPI_Bcast auto",
+               "MPI_Bcast scatter_ring_allgather", "MPI_Bcast pipelined_tree"]
+    lines = ["| nodes | size | p2p | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for key in sorted(table):
+        bound = p2p.get(key[1])
+        cells = []
+        for column in columns:
+            value = table[key].get(column)
+            if value is None:
+                cells.append("-")
+            else:
+                ratio = f" ({value / bound:.2f}×)" if bound else ""
+                cells.append(f"{value:.2f} s{ratio}")
+        lines.append(f"| {key[0]} | {format_bytes(key[1])} | "
+                     f"{f'{bound:.2f} s' if bound else '-'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plots(rate: str, runs: list[Run], params: Parameters, directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = dict(zip(MODELLED, ("C0", "C1", "C2", "C3", "C4")))
+    ours = staged(runs)
+    node_counts = sorted({r["nodes"] for r in ours})
+    sizes = sorted({r["size"] for r in ours})
+    saved = []
+
+    fig, axes = plt.subplots(1, len(node_counts), figsize=(4.2 * len(node_counts), 4),
+                             squeeze=False, sharey=True)
+    for ax, nodes in zip(axes[0], node_counts):
+        for algorithm in MODELLED:
+            chunk = 1 << 20
+            points = [(r["size"], r["seconds"]) for r in ours if r["nodes"] == nodes
+                      and r["algorithm"] == algorithm and r["chunk"] == chunk]
+            if not points:
+                continue
+            xs = sorted({s for s, _ in points})
+            ax.plot([s / 2**20 for s, _ in points], [t for _, t in points], "o",
+                    color=colours[algorithm], label=f"{algorithm} measured")
+            ax.plot([s / 2**20 for s in xs],
+                    [predict(algorithm, s, nodes, chunk, params) for s in xs], "-",
+                    color=colours[algorithm], alpha=0.6, label=f"{algorithm} model")
+        p2p = sorted((r["size"], r["seconds"]) for r in runs if r["method"] == "p2p")
+        if p2p:
+            ax.plot([s / 2**20 for s, _ in p2p], [t for _, t in p2p], "k--", label="p2p bound")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{nodes} nodes")
+        ax.set_xlabel("file size (MiB)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("transfer time (s)")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"mpistage at {rate}, 1 MiB chunks: measured (points) and model (lines)")
+    fig.tight_layout()
+    path = directory / f"model-{rate}-size.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    saved.append(path)
+
+    largest = max(sizes)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algorithm in MODELLED:
+        points = sorted((r["nodes"], r["seconds"]) for r in ours if r["size"] == largest
+                        and r["algorithm"] == algorithm and r["chunk"] == 1 << 20)
+        if not points:
+            continue
+        ax.plot([n for n, _ in points], [t for _, t in points], "o", color=colours[algorithm],
+                label=f"{algorithm} measured")
+        xs = sorted({r["nodes"] for r in ours})
+        ax.plot(xs, [predict(algorithm, largest, n, 1 << 20, params) for n in xs], "-",
+                color=colours[algorithm], alpha=0.6, label=f"{algorithm} model")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("transfer time (s)")
+    ax.set_title(f"{format_bytes(largest)} at {rate}, 1 MiB chunks")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = directory / f"model-{rate}-nodes.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    saved.append(path)
+    return saved
+
+
+def percent(values: list[float], how) -> str:  # type: ignore[no-untyped-def]
+    return f"{100 * how(values):.0f} %" if values else "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="bench/results/sweep.h5")
+    parser.add_argument("--merge", nargs="*", default=[], help="merge these files in first")
+    parser.add_argument("--plots", help="directory for the PNG plots")
+    args = parser.parse_args()
+    runs = load(args.results, args.merge)
+    if not runs:
+        print("no runs", file=sys.stderr)
+        return 1
+    out: list[str] = [f"# Sweep report ({len(runs)} runs from {args.results})", ""]
+    for rate, group in sorted(by_rate(runs).items()):
+        params = fitted(group)
+        out += [f"## {rate}", "",
+                f"Fitted by least squares over {len(staged(group))} mpistage runs: "
+                f"α = {params.latency * 1e6:.0f} us per message, "
+                f"B = {params.bandwidth * 8 / 1e6:.1f} Mbit/s per link and direction.", "",
+                "| algorithm | runs | median error (fitted) | max error (fitted) "
+                "| median error (run's own quick measurement) | max |",
+                "|---|---|---|---|---|---|"]
+        fitted_errors = relative_errors(group, params)
+        own = own_prediction_errors(group)
+        for algorithm in MODELLED:
+            e, o = fitted_errors.get(algorithm, []), own.get(algorithm, [])
+            out.append(f"| {algorithm} | {len(e)} | {percent(e, statistics.median)} | "
+                       f"{percent(e, max)} | {percent(o, statistics.median)} | {percent(o, max)} |")
+        hits, cases, lines = auto_accuracy(group)
+        out += ["", f"`--algorithm auto --chunk-size auto` picked the algorithm that measured "
+                f"fastest in {hits} of {cases} cases:", "",
+                "| nodes | size | auto chose | fastest measured | auto's time | fastest time "
+                "| same |", "|---|---|---|---|---|---|---|", *lines]
+        chain8 = [r for r in staged(group) if r["algorithm"] == "chain" and r["nodes"] == 8
+                  and r["size"] == 64 << 20]
+        p2p64 = [r for r in group if r["method"] == "p2p" and r["size"] == 64 << 20]
+        if chain8 and p2p64:
+            best = min(chain8, key=lambda r: r["seconds"])
+            out += ["", f"Chain to 8 hosts, 64 MiB: {best['seconds']:.2f} s (chunk "
+                    f"{format_bytes(best['chunk'])}) against one point-to-point transfer "
+                    f"{p2p64[0]['seconds']:.2f} s: **{best['seconds'] / p2p64[0]['seconds']:.2f}×** "
+                    "(the Ka paper saw 1.10–1.25)."]
+        out += ["", "Best time per method (× the point-to-point bound):", "",
+                *baseline_lines(group), ""]
+        if args.plots:
+            for path in plots(rate, group, params, Path(args.plots)):
+                out.append(f"![{path.stem}]({path.name})")
+            out.append("")
+    text = "\n".join(out)
+    print(text)
+    if args.plots:
+        (Path(args.plots) / "report.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
