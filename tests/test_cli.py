@@ -134,3 +134,23 @@ def test_readme_documents_every_option() -> None:
                if o.startswith("--")]
     missing = [o for o in options if f"`{o}" not in readme]
     assert not missing, f"README lacks options: {missing}"
+
+
+@needs_mpiexec
+def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) -> None:
+    cal = tmp_path / "cal.json"
+    run = mpistage("calibrate", "--ranks-as-nodes", "--dest", str(tmp_path / "n{node}"),
+                   "--source", str(src), "--sample", "1M", "--sizes", "1,64K", "--round-trips",
+                   "20", "-o", str(cal))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("mpistage calibrate: 2 nodes") and "round trips" in run.stdout
+    assert json.loads(cal.read_text())["schema"] == "mpistage.calibration/1"
+    run = mpistage("--explain", "-a", "auto", "--calibration", str(cal), "--ranks-as-nodes",
+                   str(src), str(tmp_path / "n{node}"))
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("mpistage --explain: 2 nodes to serve; parameters from the calibration")
+    assert len(lines) == 2 + 5 and lines[2].endswith("<- chosen"), "sorted, fastest first"
+    assert os.listdir(tmp_path / "n0") == [] and os.listdir(tmp_path / "n1") == []
+    run = mpistage("calibrate", "--dest", str(tmp_path / "missing"), "--sample", "1K")
+    assert run.returncode == 2 and run.stderr.startswith("mpistage calibrate: error: node 0")

@@ -6,6 +6,7 @@ a failure on any rank fails on rank 0 too.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -147,7 +148,10 @@ def test_bad_input_raises_on_every_rank_and_creates_nothing(area, make_file, ass
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"algorithm": "ring"}, "expected one of chain, binomial, bcast"),
+    ({"algorithm": "ring"}, "expected one of chain, binomial, tree, flat, bcast or auto"),
+    ({"chunk_size": "big"}, "expected bytes or auto"),
+    ({"arity": 1}, "invalid arity"),
+    ({"calibration": "/nonexistent.json"}, "cannot use calibration"),
     ({"chunk_size": 0}, "invalid chunk size"),
     ({"root": 99}, "invalid root 99"),
     ({"depth": 1}, "invalid depth"),
@@ -275,3 +279,45 @@ def test_bad_timeout_is_a_usage_error(area, make_file):
     src = source_file(area, make_file, 10)
     with pytest.raises(UsageError, match="invalid timeout"):
         mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True, timeout=0)
+
+
+def test_auto_choice_stages_correctly_and_reports_its_prediction(area, make_file, assert_all):
+    src = source_file(area, make_file, (2 << 20) + 5)
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            algorithm="auto", chunk_size="auto")
+    assert_all(report.ok and report.algorithm in mpistage.ALGORITHMS)
+    assert_all((area / f"n{COMM.rank}" / "src.bin").read_bytes() == src.read_bytes())
+    prediction = report.prediction or {}
+    assert_all(prediction.get("auto") is True and prediction.get("source") == "quick measurement")
+    assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS))
+    assert_all(prediction["algorithm"] == report.algorithm
+               and prediction["chunk_size"] == report.chunk_size)
+    assert_all(prediction["parameters"]["latency"] > 0 and prediction["parameters"]["bandwidth"] > 0)
+
+
+def test_calibrate_then_explain_without_moving_data(area, make_file, assert_all):
+    src = source_file(area, make_file, 3 << 20)
+    result = mpistage.calibrate(COMM, source=str(src), dest=str(area / "n{node}"),
+                                sample=1 << 20, sizes=(1, 4096, 65536), repeats=2,
+                                round_trips=50, ranks_as_nodes=True)
+    p = result.parameters
+    assert_all(result == COMM.bcast(result, root=0), "the same calibration on every rank")
+    assert_all(len(result.links) == COMM.size - 1 and len(result.writes) == COMM.size)
+    assert_all(p.latency > 0 and 0 < p.bandwidth < math.inf and p.read_bandwidth < math.inf
+               and p.write_bandwidth < math.inf and p.startup > 0)
+    assert_all(len(result.rtt) == 50 and sum(c for _, _, c in result.to_dict()["rtt"]["histogram"]) == 50)
+    assert_all(all(os.listdir(area / f"n{i}") == [] for i in range(COMM.size)), "no samples left")
+    path = area / "cal.json"
+    if COMM.rank == 0:
+        result.save(path)
+    COMM.Barrier()
+    assert_all(mpistage.Parameters.load(path) == p)
+    before = sorted(str(x) for x in area.rglob("*"))
+    auto = mpistage.explain(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            calibration=path)
+    assert_all(auto is not None and auto.source == "calibration" and auto.nodes == COMM.size)
+    assert_all(auto.choice.predicted == min(t for _, t in auto.choice.predictions.values()))
+    fixed = mpistage.explain(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                             calibration=path, algorithm="flat", chunk_size=1 << 20)
+    assert_all(fixed.choice.algorithm == "flat" and fixed.choice.chunk_size == 1 << 20)
+    assert_all(sorted(str(x) for x in area.rglob("*")) == before, "--explain moves no data")
