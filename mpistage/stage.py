@@ -113,8 +113,7 @@ def stage(
     start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = os.fspath(dest)
-    params = _check_arguments(comm, algorithm, chunk_size, root, depth, dest, timeout, arity,
-                              calibration)
+    _check_arguments(comm, algorithm, chunk_size, root, depth, dest, timeout, arity)
     comm = comm.Dup()  # our own context: our messages never match the application's
     topo: Topology | None = None
     try:
@@ -122,7 +121,8 @@ def stage(
         phases = {"startup": time.perf_counter() - start}
 
         mark = time.perf_counter()
-        plan = _agree_on_plan(comm, root, source, dest, chunk_size, algorithm)
+        plan, params = _agree_on_plan(comm, root, source, dest, chunk_size, algorithm,
+                                      calibration)
         checks = preflight(topo, plan, mkdir=mkdir, remove_first=remove_first, quick=quick,
                            skip_bad_nodes=skip_bad_nodes)
         transfer_comm = _transfer_communicator(topo, checks)
@@ -165,10 +165,9 @@ def stage(
 
 def _check_arguments(
     comm: MPI.Comm, algorithm: str, chunk_size: int | str, root: int, depth: int, dest: str,
-    timeout: float, arity: int, calibration: Parameters | str | os.PathLike[str] | None,
-) -> Parameters | None:
-    """Checks every rank can make alone, so all raise together without talking; returns
-    the calibrated parameters, if any."""
+    timeout: float, arity: int,
+) -> None:
+    """Checks every rank can make alone, so all raise together without talking."""
     if algorithm not in SCHEDULES and algorithm != AUTO:
         raise UsageError(
             f"invalid algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)} or auto"
@@ -186,6 +185,9 @@ def _check_arguments(
     if not timeout > 0:
         raise UsageError(f"invalid timeout {timeout}: expected a number of seconds above 0")
     check_template(dest)
+
+
+def _load_calibration(calibration: Parameters | str | os.PathLike[str] | None) -> Parameters | None:
     if calibration is None or isinstance(calibration, Parameters):
         return calibration
     try:
@@ -197,19 +199,21 @@ def _check_arguments(
 def _agree_on_plan(
     comm: MPI.Comm, root: int, source: str | os.PathLike[str], dest: str,
     chunk_size: int | str, algorithm: str,
-) -> Plan:
-    """The root checks the source; ``auto`` choices stay open until :func:`decide`."""
-    outcome: Plan | str | None = None
+    calibration: Parameters | str | os.PathLike[str] | None,
+) -> tuple[Plan, Parameters | None]:
+    """The root checks the source and reads the calibration (only it needs to see
+    them); ``auto`` choices stay open until :func:`decide`."""
+    outcome: tuple[Plan, Parameters | None] | str | None = None
     if comm.rank == root:
         try:
             chunk = DEFAULT_CHUNK if chunk_size == AUTO else int(chunk_size)
-            outcome = make_plan(source, dest, chunk, algorithm)
+            outcome = (make_plan(source, dest, chunk, algorithm), _load_calibration(calibration))
         except UsageError as exc:
             outcome = str(exc)
     outcome = comm.bcast(outcome, root=root)
     if isinstance(outcome, str):
         raise UsageError(outcome)
-    assert isinstance(outcome, Plan)
+    assert outcome is not None
     return outcome
 
 
@@ -525,14 +529,13 @@ def explain(
     """
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = os.fspath(dest)
-    params = _check_arguments(comm, algorithm, chunk_size, root, 2, dest, timeout, arity,
-                              calibration)
+    _check_arguments(comm, algorithm, chunk_size, root, 2, dest, timeout, arity)
     comm = comm.Dup()
     topo: Topology | None = None
     try:
         topo = Topology.build(comm, root, ranks_as_nodes)
-        plan = _agree_on_plan(comm, root, source, dest, chunk_size,
-                              "chain" if algorithm == AUTO else algorithm)
+        plan, params = _agree_on_plan(comm, root, source, dest, chunk_size,
+                                      "chain" if algorithm == AUTO else algorithm, calibration)
         checks = preflight(topo, plan, quick=quick, skip_bad_nodes=True)
         transfer_comm = _transfer_communicator(topo, checks)
         prediction = None
