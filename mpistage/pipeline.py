@@ -74,11 +74,11 @@ class BufferPool:
         for index in range(count):
             self._free.put(index)
 
-    def take(self, block: bool = True) -> int | None:
-        """A free buffer's index; ``None`` if none is free and ``block`` is false, or on
-        :meth:`close`."""
+    def take(self, block: bool = True, timeout: float | None = None) -> int | None:
+        """A free buffer's index; ``None`` if none is free (when not blocking, or not
+        within ``timeout``), or on :meth:`close`."""
         try:
-            return self._free.get(block=block)
+            return self._free.get(block=block, timeout=timeout if block else None)
         except queue.Empty:
             return None
 
@@ -313,8 +313,10 @@ class Engine:
                 if self._sends:
                     self._retire_sends(block=True)
                     continue
-                index = self.pool.take(block=True)  # the writer will return one
-                assert index is not None
+                index = self.pool.take(block=True, timeout=self.timeout)  # from the writer
+                if index is None:
+                    raise Stalled(f"writing {self.sink.final_path if self.sink else 'the copy'}"
+                                  f" made no progress for {self.timeout:g} s")
             view = self.pool.buffers[index][: plan.chunk_length(next_post)]
             self._recvs.append((next_post, index, self.schedule.post_receive(view)))
             next_post += 1
