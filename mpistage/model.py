@@ -23,8 +23,8 @@ the path to the last node.
 algorithm  busiest fan-out ``f``     fill ``F`` (hops for the first chunk to the last)
 =========  ========================  ===============================================
 chain      1                         N − 1
-binomial   k = ⌈log2 N⌉ (the root)   k + (k−1) + … + 1 = k(k+1)/2
-tree       n (arity)                 n · h, h the height of the n-ary tree
+binomial   k = ⌈log2 N⌉ (the root)   ≤ k + (k−1) + … + 1 = k(k+1)/2
+tree       n (arity)                 ≤ n · h, h the height of the n-ary tree
 flat       N − 1                     N − 1
 =========  ========================  ===============================================
 
@@ -58,7 +58,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from .schedules import kary_height
+from .schedules import binomial_children, binomial_parent, kary_children, kary_parent
 
 #: Algorithms the model predicts (the names of the schedules).
 MODELLED = ("chain", "binomial", "tree", "flat", "bcast")
@@ -107,14 +107,24 @@ def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
     if algorithm == "chain":
         return 1, nodes - 1
     if algorithm == "binomial":
-        levels = math.ceil(math.log2(nodes))
-        return levels, levels * (levels + 1) // 2
+        return math.ceil(math.log2(nodes)), _fill(binomial_parent, binomial_children, nodes)
     if algorithm == "tree":
-        fan_out = min(arity, nodes - 1)
-        return fan_out, fan_out * kary_height(nodes, arity)
+        return (min(arity, nodes - 1),
+                _fill(lambda v, n: kary_parent(v, n, arity),
+                      lambda v, n: kary_children(v, n, arity), nodes))
     if algorithm == "flat":
         return nodes - 1, nodes - 1
     raise ValueError(f"no shape for algorithm {algorithm!r}")
+
+
+def _fill(parent, children, nodes: int) -> int:  # type: ignore[no-untyped-def]
+    """Hops until the first chunk reaches every node: the largest sum of fan-outs along
+    a path from the root (a node's children all wait for its whole fan-out)."""
+    arrival = [0] * nodes
+    for vrank in range(1, nodes):  # parents have smaller relative ranks in these trees
+        up = parent(vrank, nodes)
+        arrival[vrank] = arrival[up] + len(children(up, nodes))
+    return max(arrival)
 
 
 def predict(
@@ -235,9 +245,20 @@ def network_terms(algorithm: str, size: int, nodes: int, chunk: int, arity: int 
     return hops, hops * chunk
 
 
-def fit(samples: list[Sample], base: Parameters | None = None) -> Parameters:
+def fit(samples: list[Sample], base: Parameters | None = None, huber: float | None = 0.1,
+        latency: float | None = None) -> Parameters:
     """Least-squares α and B from measured runs, minimising the *relative* error (a 1 s
     run counts as much as a 60 s one).  Other parameters come from ``base``.
+
+    Runs the model describes badly (a CPU-bound run, an MPI broadcast whose internal
+    algorithm differs from the modelled one) would drag the fit; with ``huber`` the fit
+    is robust: iteratively reweighted least squares with Huber weights, so residuals
+    beyond ``huber`` (10 %) count linearly, not quadratically.  ``huber=None`` gives the
+    plain least-squares fit.
+
+    When chunks are large, ``c/B`` dwarfs α and the two are nearly collinear; a
+    ``latency`` measured directly (small-message ping-pongs) can then be given, and only
+    B is fitted.
 
     Raises:
         ValueError: fewer than two usable samples, or they cannot separate α from B.
@@ -250,7 +271,19 @@ def fit(samples: list[Sample], base: Parameters | None = None) -> Parameters:
         raise ValueError(f"need at least two runs on two or more nodes to fit, got {len(rows)}")
     design = np.array([[a / t, b / t] for (a, b), t in rows])
     target = np.ones(len(rows))
-    (alpha, inverse_bandwidth), *_ = np.linalg.lstsq(design, target, rcond=None)
+    if latency is not None:  # move the known α·a/t to the right-hand side
+        target = target - design[:, 0] * latency
+        design = design[:, 1:]
+    weights = np.ones(len(rows))
+    for _ in range(50 if huber else 1):
+        root = np.sqrt(weights)[:, None]
+        solution, *_ = np.linalg.lstsq(design * root, target * root[:, 0], rcond=None)
+        residuals = np.abs(design @ solution - target)
+        updated = np.where(residuals <= (huber or np.inf), 1.0, (huber or 1.0) / np.maximum(residuals, 1e-12))
+        if np.allclose(updated, weights):
+            break
+        weights = updated
+    alpha, inverse_bandwidth = (latency, solution[0]) if latency is not None else solution
     if inverse_bandwidth <= 0:
         raise ValueError("the runs do not determine a positive bandwidth")
     base = base or Parameters(latency=0.0, bandwidth=math.inf)

@@ -36,7 +36,7 @@ def test_report_fits_tabulates_and_plots(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     text = run.stdout
-    assert "α = 300 us per message, B = 92.0 Mbit/s" in text, "the fit recovers the truth"
+    assert "α = 300 us, B = 92.0 Mbit/s" in text, "the joint fit recovers the truth"
     assert "| chain | 9 | 0 % | 0 % | 10 % | 10 % |" in text
     assert "picked the algorithm that measured fastest in" in text
     assert "Chain to 8 hosts, 64 MiB:" in text and "against one point-to-point transfer" in text
