@@ -21,9 +21,11 @@ python -m pytest -p no:cacheprovider -m "not mpi" --junitxml="$results/serial.xm
 for ranks in 2 4; do
     echo "== mpiexec -n $ranks pytest --with-mpi -m mpi"
     # Every rank runs the session; rank 0 prints, the others keep logs for a post-mortem.
+    # Each rank gets its own --basetemp: pytest's clean-up of old temp dirs would race.
     mpiexec -n "$ranks" sh -c '
-        if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@"; fi
-        exec "$@" > "'"$results"'/n'"$ranks"'-rank$PMI_RANK.log" 2>&1' sh \
+        base="'"$results"'/tmp-n'"$ranks"'-rank${PMI_RANK:-0}"
+        if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@" --basetemp="$base"; fi
+        exec "$@" --basetemp="$base" > "'"$results"'/n'"$ranks"'-rank$PMI_RANK.log" 2>&1' sh \
         python -m pytest -p no:cacheprovider -q --with-mpi -m mpi \
             --junitxml="$results/mpi$ranks-rankRANK.xml" tests || {
         status=1
