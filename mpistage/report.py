@@ -181,8 +181,11 @@ class StageReport:
             predicted = self.prediction["predicted"]
             error = (predicted - self.transfer_seconds) / self.transfer_seconds
             chosen = " (chosen by the model)" if self.prediction["auto"] else ""
+            basis = self.prediction["source"]
+            if basis == "quick measurement":  # disks unknown: see 'mpistage calibrate'
+                basis = "quick link probe, disks not measured"
             lines.append(
-                f"  model ({self.prediction['source']}): predicted transfer"
+                f"  model ({basis}): predicted transfer"
                 f" {format_seconds(predicted)}{chosen}, measured"
                 f" {format_seconds(self.transfer_seconds)} ({error:+.0%})"
             )

@@ -67,3 +67,14 @@ def test_summary_of_a_stalled_run_and_up_to_date_nodes() -> None:
     assert "  transfer stalled: node 1 (b): no data from node 0 (a) for 5 s" in text
     assert "no status from ranks 2-4, 7 (dead or unreachable)" in text
     assert "up to date already, nothing sent: nodes 0" in text
+
+
+def test_summary_holds_the_prediction_against_the_measurement() -> None:
+    report = sample()
+    report.ranks[0].phases["transfer"] = 2.0
+    report.prediction = {"source": "quick measurement", "predicted": 1.5, "auto": True}
+    assert ("model (quick link probe, disks not measured): predicted transfer 1.50 s "
+            "(chosen by the model), measured 2.00 s (-25%)") in report.summary()
+    report.prediction = {"source": "calibration", "predicted": 2.2, "auto": False}
+    assert "model (calibration): predicted transfer 2.20 s, measured 2.00 s (+10%)" in report.summary()
+    assert report.to_dict()["prediction"]["source"] == "calibration"
