@@ -3,6 +3,8 @@
     python -m mpistage.cluster try --hosts 8 --rate 100mbit --size 64M   # up, stage, check, down
     python -m mpistage.cluster run --hosts 8 --rate 100mbit -- mpistage in.dat /scratch
     python -m mpistage.cluster up --hosts 8 --rate 100mbit --slow 3=10mbit --small-scratch 5=1M
+    python -m mpistage.cluster up --hosts 4 --rate 100mbit --slurm    # and a Slurm on it
+    python -m mpistage.cluster exec 0 -- sbatch --nodes=4 job.sh
     python -m mpistage.cluster mpiexec -- mpistage in.dat /scratch
     python -m mpistage.cluster exec 3 -- ls -l /scratch
     python -m mpistage.cluster probe 0 1
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -32,9 +35,11 @@ from .cluster import (
     HostSpec,
     format_rate,
     interrupts_as_exceptions,
+    mpi_environment,
     parse_rate,
     teardown,
 )
+from .slurm import PARTITION, SlurmError, SlurmSettings
 
 
 def _override(text: str) -> tuple[int, str]:
@@ -63,6 +68,15 @@ def _shape_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="HOST=RATE", help="a straggler: host index with a slower link")
     parser.add_argument("--small-scratch", type=_override, action="append", default=[],
                         metavar="HOST=SIZE", help="a host whose scratch holds only SIZE")
+    parser.add_argument("--slurm", action="store_true",
+                        help="also start a Slurm: munge, slurmctld on host 0, a slurmd on every "
+                        "host, one partition; then 'exec 0 -- sbatch ...' (needs the Debian "
+                        "packages slurmctld slurmd slurm-client munge)")
+    parser.add_argument("--prolog", metavar="SCRIPT",
+                        help="with --slurm: slurm.conf Prolog (PrologFlags=Alloc)")
+    parser.add_argument("--epilog", metavar="SCRIPT", help="with --slurm: slurm.conf Epilog")
+    parser.add_argument("--kill-wait", type=int, default=30, metavar="SECONDS",
+                        help="with --slurm: seconds from SIGTERM to SIGKILL (default 30)")
 
 
 def _cluster_from(args: argparse.Namespace) -> EmulatedCluster:
@@ -72,9 +86,18 @@ def _cluster_from(args: argparse.Namespace) -> EmulatedCluster:
     for host, size in args.small_scratch:
         previous = overrides.get(host, HostSpec())
         overrides[host] = HostSpec(rate=previous.rate, scratch_size=size)
+    slurm = None
+    if args.slurm:
+        slurm = SlurmSettings(
+            prolog=os.path.abspath(args.prolog) if args.prolog else None,
+            epilog=os.path.abspath(args.epilog) if args.epilog else None,
+            kill_wait=args.kill_wait,
+        )
+    elif args.prolog or args.epilog:
+        raise ClusterError("--prolog and --epilog need --slurm")
     return EmulatedCluster(hosts=args.hosts, rate=args.rate, name=args.name,
                            scratch=args.scratch, scratch_size=args.scratch_size,
-                           overrides=overrides)
+                           overrides=overrides, slurm=slurm)
 
 
 def _host(text: str) -> int | str:
@@ -150,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with interrupts_as_exceptions():
             return _dispatch(args)
-    except ClusterError as exc:
+    except (ClusterError, SlurmError) as exc:
         print(f"mpistage.cluster: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -179,7 +202,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "mpiexec":
         return cluster.mpiexec(_command(args.argv), ppn=args.ppn).returncode
     elif args.command == "exec":
-        return cluster.run(args.host, _command(args.argv)).returncode
+        # The MPI settings too: a command may be sbatch or srun starting MPI ranks.
+        return cluster.run(args.host, _command(args.argv), env=mpi_environment()).returncode
     elif args.command == "probe":
         bits = cluster.probe(args.sender, args.receiver, args.seconds)
         print(f"{cluster.host(args.sender)} -> {cluster.host(args.receiver)}: "
@@ -196,6 +220,9 @@ def _print_status(cluster: EmulatedCluster) -> None:
     for i, host in enumerate(cluster.hostnames):
         print(f"  {i:>2} {host:<16} {cluster.address(i):<13} {format_rate(cluster.rate_of(i)):>8}"
               f"  scratch {cluster.scratch_dir(i)}")
+    if cluster.slurm is not None:
+        print(f"Slurm: partition {PARTITION} with every host, slurmctld on {cluster.hostnames[0]}; "
+              f"client commands: python -m mpistage.cluster exec 0 -- sinfo")
 
 
 def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,

@@ -7,12 +7,14 @@ remove exactly that and nothing else:
   (the hosts, each with ``eth0`` at 198.18.0.<i+1>/24);
 * the state directory ``/run/mpistage-cluster/NAME/`` with the ``hosts`` file, the
   ``enter`` and ``launcher`` scripts and one tmpfs per host mounted at ``scratch/HOST``;
-* the scratch mount point (``/scratch``) if it did not exist before.
+* the scratch mount point (``/scratch``) if it did not exist before;
+* with ``slurm``, a Slurm of its own (see :mod:`mpistage.cluster.slurm`): munged,
+  slurmctld on host 0, one slurmd per host, configuration under ``slurm/``.
 
 A command runs "on" a host through ``enter HOST CMD…``: ``nsenter`` into the host's
 network namespace, then ``unshare`` a mount and UTS namespace in which the host name is
-set, the cluster's ``hosts`` file is bound over ``/etc/hosts`` and the host's scratch is
-bound over the scratch path.  (``ip netns exec`` is not used: it remounts ``/sys``.)
+set, the cluster's ``hosts`` file is bound over ``/etc/hosts``, the host's scratch is
+bound over the scratch path and, with Slurm, the cluster's configuration over ``/etc/slurm``.  (``ip netns exec`` is not used: it remounts ``/sys``.)
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from . import slurm as slurm_daemons
+from .slurm import SlurmSettings
 
 log = logging.getLogger("mpistage.cluster")
 
@@ -96,6 +101,8 @@ class EmulatedCluster:
         scratch_size: size of every host's scratch tmpfs (default: tmpfs default, half
             of RAM, allocated only as used).
         overrides: per-host :class:`HostSpec`, by host index.
+        slurm: also start a Slurm (munge, slurmctld, one slurmd per host, one partition
+            holding every host) with these settings; ``None``: no Slurm.
     """
 
     hosts: int = 8
@@ -104,6 +111,7 @@ class EmulatedCluster:
     scratch: str = "/scratch"
     scratch_size: str | None = None
     overrides: Mapping[int, HostSpec] = field(default_factory=dict)
+    slurm: SlurmSettings | None = None
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -175,6 +183,7 @@ class EmulatedCluster:
             hosts=record["hosts"], rate=record["rate"], name=name, scratch=record["scratch"],
             scratch_size=record["scratch_size"],
             overrides={int(i): HostSpec(r, s) for i, (r, s) in record["overrides"].items()},
+            slurm=SlurmSettings(**record["slurm"]) if record.get("slurm") else None,
         )
 
     # -- life cycle -----------------------------------------------------------------------
@@ -194,6 +203,8 @@ class EmulatedCluster:
             _ip("-n", self.switch, "link", "set", "br0", "up")
             for i, host in enumerate(self.hostnames):
                 self._add_host(i, host)
+            if self.slurm is not None:
+                slurm_daemons.start(self, self.slurm)
         except BaseException:
             teardown(self.name)
             raise
@@ -225,6 +236,7 @@ class EmulatedCluster:
             "scratch": self.scratch, "scratch_size": self.scratch_size,
             "overrides": {i: [o.rate, o.scratch_size] for i, o in self.overrides.items()},
             "created_mountpoint": created_mountpoint,
+            "slurm": None if self.slurm is None else asdict(self.slurm),
         }))
         head = self.address(0)
         lines = ["127.0.0.1 localhost", f"{head} {socket.gethostname()}"]
@@ -234,6 +246,7 @@ class EmulatedCluster:
             hosts=shlex.quote(str(state / "hosts")),
             scratch_root=shlex.quote(str(state / "scratch")),
             scratch=shlex.quote(self.scratch),
+            slurm_etc=shlex.quote(str(slurm_daemons.etc_dir(self))),
         ))
         _write_script(self.launcher, LAUNCHER_SCRIPT.format(enter=shlex.quote(str(self.enter_script))))
 
@@ -328,7 +341,9 @@ ENTER_SCRIPT = """#!/bin/sh
 host=$1; shift
 exec nsenter --net="/run/netns/$host" unshare --mount --uts --propagation private \\
     sh -c 'hostname "$1" && mount --bind {hosts} /etc/hosts &&
-           mount --bind {scratch_root}/"$1" {scratch} && shift && exec "$@"' sh "$host" "$@"
+           mount --bind {scratch_root}/"$1" {scratch} &&
+           {{ [ ! -d {slurm_etc} ] || mount --bind {slurm_etc} /etc/slurm; }} &&
+           shift && exec "$@"' sh "$host" "$@"
 """
 
 LAUNCHER_SCRIPT = """#!/bin/sh
@@ -421,6 +436,8 @@ def teardown(name: str) -> list[str]:
         raise ClusterError(f"invalid cluster name {name!r}")
     removed: list[str] = []
     prefix = f"{name}-"
+    state = STATE_ROOT / name
+    removed += [f"daemon {d}" for d in slurm_daemons.stop(state)]
     for netns in _netns_names():
         if not netns.startswith(prefix):
             continue
@@ -432,7 +449,6 @@ def teardown(name: str) -> list[str]:
                 pass
         _run(["ip", "netns", "del", netns], check=False)
         removed.append(f"netns {netns}")
-    state = STATE_ROOT / name
     record: dict[str, object] = {}
     if (state / "state.json").exists():
         try:
