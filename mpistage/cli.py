@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, interrupt
 from .errors import MpistageError, Stalled, UsageError
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .progress import TerminalProgress
@@ -22,7 +22,8 @@ DEST is like cp's: an existing directory receives DEST/basename(SRC); anything e
 the file's path. DEST may contain {node}, {host} and {rank}, expanded on each node.
 exit status: 0 every node holds a verified copy; 1 a node failed or the transfer
 stalled (the summary names the nodes); 2 usage error or failed pre-flight check
-(nothing was created).
+(nothing was created); 128+N ended by signal N (143 SIGTERM, e.g. scancel or a
+time limit; 130 SIGINT): every rank removed its temp file, no partial file is in place.
 
 examples:
   mpiexec -n 8 mpistage /lustre/ref/genome.fa /scratch
@@ -196,13 +197,28 @@ def _configure_logging(rank: int, verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if rank == 0 else logging.ERROR)
 
 
+class _Speaker:
+    """Says, on rank 0 only, which signal ended the run."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def announce(self, signum: int) -> None:
+        if self.rank == 0:
+            os.write(2, f"mpistage: interrupted by {interrupt.signal_name(signum)}: every rank "
+                     "stopped and removed its unfinished copy; copies already in place are "
+                     f"complete (exit status {interrupt.exit_status(signum)})\n".encode())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (0 ok, 1 a node failed, 2 usage)."""
+    """Run the command; returns the exit status (0 ok, 1 a node failed, 2 usage; on
+    SIGTERM/SIGINT the process ends with 128 + the signal number)."""
     started = time.perf_counter() - _process_age()
     from mpi4py import MPI  # initializes MPI; after the clock so start-up counts it
 
     comm = MPI.COMM_WORLD
     rank = comm.rank
+    interrupt.install(_Speaker(rank).announce)  # after MPI_Init, which may set handlers
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["calibrate"]:
         from .calibrate_cli import main as calibrate_main

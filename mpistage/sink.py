@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from . import interrupt
 from .digest import file_digest
 
 log = logging.getLogger("mpistage.sink")
@@ -48,6 +49,7 @@ class Sink:
         fd, temp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=self.final_path.parent)
         self._fd: int | None = fd
         self.temp_path: Path | None = Path(temp)
+        interrupt.register_temp_file(self.temp_path)  # removed on SIGTERM/SIGINT
 
     def write(self, data: memoryview) -> None:
         """Append ``data``; raises ``OSError`` (ENOSPC, EFBIG, EIO …) as the kernel reports."""
@@ -78,6 +80,7 @@ class Sink:
         Raises:
             OSError: any step failed; the temp file is removed first.
             ValueError: the re-read digest differs.
+            mpistage.interrupt.Interrupted: a signal came first (the temp file is gone).
         """
         assert self._fd is not None and self.temp_path is not None, "commit after close"
         try:
@@ -98,7 +101,8 @@ class Sink:
                     )
             started = time.perf_counter()
             os.utime(self.temp_path, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
-            os.rename(self.temp_path, self.final_path)
+            with interrupt.renaming(self.temp_path):
+                os.rename(self.temp_path, self.final_path)
             self.temp_path = None
             if fsync:
                 _fsync_dir(self.final_path.parent)
@@ -116,6 +120,7 @@ class Sink:
                 pass
             self._fd = None
         if self.temp_path is not None:
+            interrupt.forget_temp_file(self.temp_path)
             try:
                 os.unlink(self.temp_path)
             except FileNotFoundError:

@@ -1,0 +1,132 @@
+"""Stopping cleanly on SIGTERM and SIGINT: no temp file left, no partial file in place.
+
+Slurm's time limit and ``scancel`` send SIGTERM to every task (SIGKILL follows after
+``KillWait``, 30 s by default); Ctrl-C sends SIGINT.  A Python signal handler would run
+only when the main thread next returns to the interpreter, which may be never while it
+sits in a blocking MPI call; and blocking the signals does not work either, because MPI's
+own threads (libfabric's progress thread, for one) unblock them.  So :func:`install`
+sets a handler whose C part, run in whichever thread the signal hits, writes the signal
+number to a pipe (``signal.set_wakeup_fd``); a watcher thread reads the pipe, removes
+every temp file still registered here, lets rank 0 say what happened and ends the
+process with status 128 + the signal number.
+
+The temp files themselves are registered by :class:`mpistage.sink.Sink`; its rename
+into place runs under :func:`renaming`, so a signal either comes before the rename (the
+temp file is removed, the final path untouched) or after it (the copy is complete).
+A program that uses :func:`mpistage.stage` with its own signal handling can call
+:func:`remove_temp_files` from its handler.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: The signals that end a run cleanly.
+SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+#: ``announce(signal_number)``: called once, on the watcher thread, before the exit.
+Announce = Callable[[int], None]
+
+
+class Interrupted(Exception):
+    """A signal came before the rename; the temp file is gone, the final path untouched."""
+
+
+class _TempFiles:
+    """Temp files in progress in this process; one lock orders removal and renames."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[Path] = set()
+        self.signal: int | None = None
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._paths.add(path)
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._paths.discard(path)
+
+    @contextmanager
+    def renaming(self, path: Path) -> Iterator[None]:
+        with self._lock:
+            if self.signal is not None:
+                raise Interrupted(f"interrupted by {signal_name(self.signal)}")
+            yield
+            self._paths.discard(path)
+
+    def remove_all(self, signum: int | None = None) -> list[Path]:
+        with self._lock:
+            if signum is not None:
+                self.signal = signum
+            removed = []
+            for path in self._paths:
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except OSError:
+                    pass
+            self._paths.clear()
+            return removed
+
+
+_temp_files = _TempFiles()
+register_temp_file = _temp_files.add
+forget_temp_file = _temp_files.forget
+renaming = _temp_files.renaming
+
+
+def remove_temp_files() -> list[Path]:
+    """Remove every temp file this process still has open for a copy; returns them."""
+    return _temp_files.remove_all()
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_status(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number."""
+    return 128 + signum
+
+
+def install(announce: Announce) -> None:
+    """Turn any of :data:`SIGNALS` into a clean exit of this process.
+
+    Call it from the main thread after MPI is initialized (a library that sets its own
+    handlers during ``MPI_Init`` would replace ours; before then no temp file exists).
+    """
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+    for signum in SIGNALS:
+        signal.signal(signum, _ignore_in_main_thread)
+    watcher = threading.Thread(target=_watch, args=(readable, announce),
+                               name="mpistage-signals", daemon=True)
+    watcher.start()
+
+
+def _ignore_in_main_thread(signum: int, frame: object) -> None:
+    """The Python-level handler: the watcher thread already acts on the signal."""
+
+
+def _watch(readable: int, announce: Announce) -> None:
+    while True:
+        data = os.read(readable, 1)
+        if data and data[0] in {int(s) for s in SIGNALS}:
+            break
+    signum = data[0]
+    _temp_files.remove_all(signum)
+    try:
+        announce(signum)
+    finally:
+        os._exit(exit_status(signum))
