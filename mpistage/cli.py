@@ -121,6 +121,9 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("--remove-first", action="store_true",
                         help="delete an outdated copy before writing, for disks that cannot "
                         "hold the old and the new file together")
+    parser.add_argument("--no-clobber", action="store_true",
+                        help="fail on nodes where DEST already holds something other than an "
+                        "up-to-date copy, instead of replacing it")
     parser.add_argument("--fsync", action="store_true",
                         help="flush each copy to its device before renaming it into place")
     parser.add_argument("--verify", action="store_true",
@@ -249,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             arity=args.arity, calibration=args.calibration,
             fsync=args.fsync, verify=args.verify, depth=args.depth, timeout=args.timeout,
             mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
-            remove_first=args.remove_first, progress=progress, started=started,
+            remove_first=args.remove_first, no_clobber=args.no_clobber, progress=progress,
+            started=started,
         )
         if rank == 0:
             _speak(report, args)

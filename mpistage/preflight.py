@@ -34,6 +34,7 @@ class NodeCheck:
         existing_size, existing_mtime_ns: the regular file already at the destination
             (never a symlink: a symlink is replaced, not trusted).
         up_to_date: the existing file already holds the source's content.
+        occupied: something (of any type) already stands at the destination.
     """
 
     index: int
@@ -45,6 +46,7 @@ class NodeCheck:
     existing_size: int | None = None
     existing_mtime_ns: int | None = None
     up_to_date: bool = False
+    occupied: bool = False
 
     @property
     def needs_data(self) -> bool:
@@ -72,6 +74,7 @@ def check_local(
         log.info("removed %s, left by a run that was killed", leftover)
     try:
         info = os.lstat(target)
+        found = replace(found, occupied=True)
         if stat.S_ISREG(info.st_mode):
             found = replace(found, existing_size=info.st_size, existing_mtime_ns=info.st_mtime_ns)
     except FileNotFoundError:
@@ -109,9 +112,12 @@ def _make_parent(plan: Plan, topo: Topology) -> None:
 
 def preflight(
     topo: Topology, plan: Plan, *, mkdir: bool = False, remove_first: bool = False,
-    quick: bool = False, skip_bad_nodes: bool = False,
+    quick: bool = False, skip_bad_nodes: bool = False, no_clobber: bool = False,
 ) -> list[NodeCheck]:
     """Check every node (collective); the same list, in node order, on every rank.
+
+    With ``no_clobber`` (sbcast's default), a node where something other than an
+    up-to-date copy stands at the destination is a bad node.
 
     Raises:
         UsageError: on every rank, if a node is bad and ``skip_bad_nodes`` is not set;
@@ -119,13 +125,24 @@ def preflight(
     """
     mine = check_local(plan, topo, mkdir=mkdir, remove_first=remove_first) if topo.is_leader else None
     checks = sorted((c for c in topo.comm.allgather(mine) if c is not None), key=lambda c: c.index)
+    _stop_unless_skipping(checks, skip_bad_nodes)
+    checks = _mark_up_to_date(topo, plan, checks, quick)
+    if no_clobber:  # every rank has the same list, so all decide alike without talking
+        checks = [c if c.problem or c.up_to_date or not c.occupied else
+                  replace(c, problem=f"{c.target} exists and differs from the source "
+                          "(--force replaces it)") for c in checks]
+        _stop_unless_skipping(checks, skip_bad_nodes)
+    return checks
+
+
+def _stop_unless_skipping(checks: list[NodeCheck], skip_bad_nodes: bool) -> None:
+    """Raise the bad nodes' problems, unless they are to be left out."""
     bad = [c for c in checks if c.problem]
     if bad and not skip_bad_nodes:
         reasons = {c.problem for c in bad}
         if len(bad) == len(checks) and len(reasons) == 1:
             raise UsageError(reasons.pop())  # the same on every node: say it once
         raise UsageError("\n".join(c.line() for c in bad))
-    return _mark_up_to_date(topo, plan, checks, quick)
 
 
 def _mark_up_to_date(

@@ -58,6 +58,7 @@ def stage(
     skip_bad_nodes: bool = False,
     quick: bool = False,
     remove_first: bool = False,
+    no_clobber: bool = False,
     progress: ProgressCallback | None = None,
     started: float | None = None,
 ) -> StageReport:
@@ -87,6 +88,9 @@ def stage(
             size and digest.
         remove_first: delete an existing, outdated copy before writing, for disks that
             cannot hold both.
+        no_clobber: fail on nodes where something other than an up-to-date copy
+            already stands at the destination, instead of replacing it (sbcast's
+            default; its ``--force`` is this option's absence).
         progress: ``progress(done, total)`` called on the root as chunks leave it.
         started: a ``time.perf_counter()`` value counted as the start of the run; the
             CLI passes the process's start so that start-up includes MPI initialization.
@@ -116,7 +120,7 @@ def stage(
         plan, params = _agree_on_plan(comm, root, source, dest, chunk_size, algorithm,
                                       calibration)
         checks = preflight(topo, plan, mkdir=mkdir, remove_first=remove_first, quick=quick,
-                           skip_bad_nodes=skip_bad_nodes)
+                           skip_bad_nodes=skip_bad_nodes, no_clobber=no_clobber)
         transfer_comm = _transfer_communicator(topo, checks)
         connect_early(topo, checks, transfer_comm, timeout)
         prediction: Prediction | None = None
