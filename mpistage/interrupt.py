@@ -7,8 +7,10 @@ sits in a blocking MPI call; and blocking the signals does not work either, beca
 own threads (libfabric's progress thread, for one) unblock them.  So :func:`install`
 sets a handler whose C part, run in whichever thread the signal hits, writes the signal
 number to a pipe (``signal.set_wakeup_fd``); a watcher thread reads the pipe, removes
-every temp file still registered here, lets rank 0 say what happened and ends the
-process with status 128 + the signal number.
+every temp file still registered here and the shared-memory files that MPI maps in
+``/dev/shm`` (MPICH unlinks them in ``MPI_Finalize``, which an interrupted rank never
+reaches: without this every interrupted run would leave one per rank on every node),
+lets rank 0 say what happened and ends the process with status 128 + the signal number.
 
 The temp files themselves are registered by :class:`mpistage.sink.Sink`; its rename
 into place runs under :func:`renaming`, so a signal either comes before the rename (the
@@ -119,6 +121,25 @@ def _ignore_in_main_thread(signum: int, frame: object) -> None:
     """The Python-level handler: the watcher thread already acts on the signal."""
 
 
+def remove_mapped_shared_memory() -> list[str]:
+    """Unlink the files in ``/dev/shm`` that this process maps and owns (MPI's
+    shared-memory segments).  Other processes mapping them keep their mappings."""
+    removed = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+    except OSError:
+        return removed
+    for path in sorted(p for p in paths if p.startswith("/dev/shm/") and not p.endswith("(deleted)")):
+        try:
+            if os.stat(path).st_uid == os.geteuid():
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def _watch(readable: int, announce: Announce) -> None:
     while True:
         data = os.read(readable, 1)
@@ -126,6 +147,7 @@ def _watch(readable: int, announce: Announce) -> None:
             break
     signum = data[0]
     _temp_files.remove_all(signum)
+    remove_mapped_shared_memory()
     try:
         announce(signum)
     finally:

@@ -129,7 +129,9 @@ def allocated_nodes(environ: os._Environ[str] | dict[str, str]) -> int:
 
 
 def mpi_family() -> str:
-    """``"openmpi"`` or ``"mpich"`` (MPICH and its derivatives), without ``MPI_Init``."""
+    """``"openmpi"`` or ``"mpich"`` (MPICH and its derivatives), without ``MPI_Init``:
+    this process becomes srun, and an MPI singleton that never finalizes leaves its
+    shared-memory file in /dev/shm."""
     import mpi4py
 
     mpi4py.rc.initialize = False

@@ -6,7 +6,8 @@ remove exactly that and nothing else:
 * network namespaces ``NAME-sw`` (the switch, with bridge ``br0``) and ``NAME-h0`` …
   (the hosts, each with ``eth0`` at 198.18.0.<i+1>/24);
 * the state directory ``/run/mpistage-cluster/NAME/`` with the ``hosts`` file, the
-  ``enter`` and ``launcher`` scripts and one tmpfs per host mounted at ``scratch/HOST``;
+  ``enter`` and ``launcher`` scripts and two tmpfs per host, mounted at ``scratch/HOST``
+  and ``shm/HOST`` (the host's own ``/dev/shm``, as a real node has);
 * the scratch mount point (``/scratch``) if it did not exist before;
 * with ``slurm``, a Slurm of its own (see :mod:`mpistage.cluster.slurm`): munged,
   slurmctld on host 0, one slurmd per host, configuration under ``slurm/``.
@@ -14,7 +15,7 @@ remove exactly that and nothing else:
 A command runs "on" a host through ``enter HOST CMD…``: ``nsenter`` into the host's
 network namespace, then ``unshare`` a mount and UTS namespace in which the host name is
 set, the cluster's ``hosts`` file is bound over ``/etc/hosts``, the host's scratch is
-bound over the scratch path and, with Slurm, the cluster's configuration over ``/etc/slurm``.  (``ip netns exec`` is not used: it remounts ``/sys``.)
+bound over the scratch path, its shm over ``/dev/shm`` and, with Slurm, the cluster's configuration over ``/etc/slurm``.  (``ip netns exec`` is not used: it remounts ``/sys``.)
 """
 
 from __future__ import annotations
@@ -165,6 +166,10 @@ class EmulatedCluster:
         """The host's private scratch, as seen from outside the cluster."""
         return self.state_dir / "scratch" / self.host(host)
 
+    def shm_dir(self, host: int | str) -> Path:
+        """The host's private ``/dev/shm``, as seen from outside the cluster."""
+        return self.state_dir / "shm" / self.host(host)
+
     def rate_of(self, host: int | str) -> int:
         spec = self.overrides.get(self.index(host))
         return spec.rate if spec is not None and spec.rate is not None else self.rate_bits
@@ -227,6 +232,7 @@ class EmulatedCluster:
     def _create_state(self) -> None:
         state = self.state_dir
         (state / "scratch").mkdir(parents=True)
+        (state / "shm").mkdir()
         created_mountpoint = False
         if not os.path.isdir(self.scratch):
             os.makedirs(self.scratch)
@@ -245,6 +251,7 @@ class EmulatedCluster:
         _write_script(self.enter_script, ENTER_SCRIPT.format(
             hosts=shlex.quote(str(state / "hosts")),
             scratch_root=shlex.quote(str(state / "scratch")),
+            shm_root=shlex.quote(str(state / "shm")),
             scratch=shlex.quote(self.scratch),
             slurm_etc=shlex.quote(str(slurm_daemons.etc_dir(self))),
         ))
@@ -266,6 +273,9 @@ class EmulatedCluster:
         directory.mkdir()
         options = "mode=1777" + (f",size={size}" if size else "")
         _run(["mount", "-t", "tmpfs", "-o", options, f"{self.name}-scratch", str(directory)])
+        shm = self.shm_dir(i)
+        shm.mkdir()
+        _run(["mount", "-t", "tmpfs", "-o", "mode=1777", f"{self.name}-shm", str(shm)])
 
     # -- shaping and faults ---------------------------------------------------------------
 
@@ -341,7 +351,7 @@ ENTER_SCRIPT = """#!/bin/sh
 host=$1; shift
 exec nsenter --net="/run/netns/$host" unshare --mount --uts --propagation private \\
     sh -c 'hostname "$1" && mount --bind {hosts} /etc/hosts &&
-           mount --bind {scratch_root}/"$1" {scratch} &&
+           mount --bind {scratch_root}/"$1" {scratch} && mount --bind {shm_root}/"$1" /dev/shm &&
            {{ [ ! -d {slurm_etc} ] || mount --bind {slurm_etc} /etc/slurm; }} &&
            shift && exec "$@"' sh "$host" "$@"
 """

@@ -148,12 +148,10 @@ def start(cluster: EmulatedCluster, settings: SlurmSettings = SlurmSettings()) -
     write_config(cluster, settings)
     _start_munge(cluster)
     base = slurm_dir(cluster)
-    _spawn(cluster.command(0, ["slurmctld", "-D", "-i"]), base / "ctld" / "slurmctld.out",
-           base / "ctld" / "slurmctld.launcher-pid")
+    _spawn(cluster.command(0, ["slurmctld", "-D", "-i"]), base / "ctld" / "slurmctld.out")
     for name in cluster.hostnames:
-        node = base / "nodes" / name
-        _spawn(cluster.command(name, ["slurmd", "-D", "-N", name]), node / "slurmd.out",
-               node / "slurmd.launcher-pid")
+        _spawn(cluster.command(name, ["slurmd", "-D", "-N", name]),
+               base / "nodes" / name / "slurmd.out")
     wait_until_idle(cluster)
 
 
@@ -207,11 +205,11 @@ def _start_munge(cluster: EmulatedCluster) -> None:
         raise SlurmError(f"munged failed: {run.stderr.strip() or run.returncode}")
 
 
-def _spawn(argv: list[str], output: Path, pid_file: Path) -> None:
+def _spawn(argv: list[str], output: Path) -> None:
+    """Start a daemon detached from us (``setsid --fork``); it writes its own pid file."""
     with open(output, "ab") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                   start_new_session=True)
-    pid_file.write_text(f"{process.pid}\n")
+        subprocess.run(["setsid", "--fork", *argv], stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=out, check=True)
 
 
 def _read_pid(path: Path) -> int | None:
