@@ -13,35 +13,12 @@ cost model.
     True
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .calibrate import Calibration, calibrate
-    from .decide import Prediction
-    from .errors import MpistageError, Stalled, UsageError
-    from .model import Parameters
-    from .report import NodeResult, RankRecord, StageReport
-    from .stage import ALGORITHMS, explain, stage
-
-#: Where each public name lives.  They are imported on first use, because importing
-#: mpi4py initializes MPI: ``mpistage-sbcast`` and the emulated cluster, which import
-#: parts of this package without being MPI programs, must not become MPI singletons.
-_PUBLIC = {
-    "Calibration": "calibrate", "calibrate": "calibrate", "Prediction": "decide",
-    "MpistageError": "errors", "Stalled": "errors", "UsageError": "errors",
-    "Parameters": "model", "NodeResult": "report", "RankRecord": "report",
-    "StageReport": "report", "ALGORITHMS": "stage", "explain": "stage", "stage": "stage",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .calibrate import Calibration, calibrate
+from .decide import Prediction
+from .errors import MpistageError, Stalled, UsageError
+from .model import Parameters
+from .report import NodeResult, RankRecord, StageReport
+from .stage import ALGORITHMS, explain, stage
 
 __version__ = "0.1.0"
 

@@ -3,9 +3,9 @@
 Run from the batch script itself, not under MPI: it starts ``mpistage`` with one rank
 per allocated node through ``srun`` (or, where there is no ``srun``, through the MPI
 library's own ``mpiexec``, which reads the allocation from Slurm's environment) and
-takes that run's exit status.  It never initializes MPI itself: it only asks the MPI
-library which family it is, to choose ``srun``'s PMI plugin (``pmi2`` for MPICH and
-its derivatives, ``pmix`` for Open MPI).
+takes that run's exit status.  It asks the MPI library which family it is, to choose
+``srun``'s PMI plugin (``pmi2`` for MPICH and its derivatives, ``pmix`` for Open MPI),
+and finalizes MPI before it becomes the launcher.
 
 Like sbcast, it refuses to replace a different file already at DEST unless given
 ``--force``, and ``--preserve`` keeps the source's permission bits exactly (mpistage
@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.preserve:
         os.umask(0)  # srun hands the umask to every task (SLURM_UMASK); mpiexec's children inherit it
     sys.stdout.flush()
+    _finalize_mpi()
     try:
         os.execvp(command[0], command)
     except OSError as exc:
@@ -129,16 +130,19 @@ def allocated_nodes(environ: os._Environ[str] | dict[str, str]) -> int:
 
 
 def mpi_family() -> str:
-    """``"openmpi"`` or ``"mpich"`` (MPICH and its derivatives), without ``MPI_Init``:
-    this process becomes srun, and an MPI singleton that never finalizes leaves its
-    shared-memory file in /dev/shm."""
-    import mpi4py
-
-    mpi4py.rc.initialize = False
-    mpi4py.rc.finalize = False
+    """``"openmpi"`` or ``"mpich"`` (MPICH and its derivatives)."""
     from mpi4py import MPI
 
     return "openmpi" if "Open MPI" in MPI.Get_library_version() else "mpich"
+
+
+def _finalize_mpi() -> None:
+    """Importing the package initialized MPI (a singleton); finalize it before this
+    process becomes srun, or MPICH leaves its shared-memory file in /dev/shm."""
+    from mpi4py import MPI
+
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
 
 
 def _mpiexec() -> str:

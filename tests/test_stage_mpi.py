@@ -321,3 +321,22 @@ def test_calibrate_then_explain_without_moving_data(area, make_file, assert_all)
                              calibration=path, algorithm="flat", chunk_size=1 << 20)
     assert_all(fixed.choice.algorithm == "flat" and fixed.choice.chunk_size == 1 << 20)
     assert_all(sorted(str(x) for x in area.rglob("*")) == before, "--explain moves no data")
+
+
+def test_no_clobber_refuses_a_different_file_and_keeps_an_identical_one(area, make_file,
+                                                                        assert_all):
+    """sbcast's rule (``mpistage-sbcast`` without --force): only node 1 holds a different
+    file; the run stops before any byte moves and names it, and nothing changes."""
+    src = source_file(area, make_file, 70_000)
+    dest = str(area / "n{node}")
+    assert_all(mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, chunk_size=CHUNK).ok)
+    again = mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, no_clobber=True)
+    assert_all(again.ok and {n.status for n in again.nodes} == {"up-to-date"})
+    if COMM.rank == 0:
+        (area / "n1" / "src.bin").write_bytes(b"someone else's file")
+    COMM.Barrier()
+    with pytest.raises(UsageError, match=r"node 1 .*exists and differs from the source "
+                       r"\(--force replaces it\)"):
+        mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, no_clobber=True)
+    assert_all((area / "n1" / "src.bin").read_bytes() == b"someone else's file")
+    assert_all(leftovers(area / f"n{COMM.rank}") == [])

@@ -1,0 +1,59 @@
+"""``mpistage-sbcast``: the command it runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mpistage import sbcast
+
+
+def command(argv: list[str], env: dict[str, str], family: str = "mpich",
+            which: str | None = "/usr/bin/srun", monkeypatch: pytest.MonkeyPatch | None = None
+            ) -> list[str]:
+    assert monkeypatch is not None
+    monkeypatch.setattr(sbcast, "mpi_family", lambda: family)
+    monkeypatch.setattr(sbcast.shutil, "which", lambda name: which if name == "srun" else None)
+    ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
+        else (argv, [])
+    return sbcast.launch_command(sbcast.build_parser().parse_args(ours), passed_on, env)
+
+
+def test_srun_with_one_rank_per_node_and_sbcasts_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = command(["in.dat", "/scratch/in.dat"], {"SLURM_JOB_NUM_NODES": "8"},
+                  monkeypatch=monkeypatch)
+    assert got == ["srun", "--mpi=pmi2", "--nodes=8", "--ntasks=8", "--ntasks-per-node=1",
+                   sys.executable, "-m", "mpistage", "--chunk-size", "auto", "--algorithm",
+                   "auto", "--no-clobber", "in.dat", "/scratch/in.dat"]
+
+
+def test_force_size_timeout_and_options_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = command(["-f", "-s", "1M", "-t", "30", "in.dat", "/scratch/", "--", "--verify",
+                   "--report", "r.json"], {"SLURM_NNODES": "3"}, family="openmpi",
+                  monkeypatch=monkeypatch)
+    assert got[:2] == ["srun", "--mpi=pmix"]
+    assert got[5:] == [sys.executable, "-m", "mpistage", "--chunk-size", "1M", "--algorithm",
+                       "auto", "--timeout", "30", "--verify", "--report", "r.json", "in.dat",
+                       "/scratch/"]
+
+
+def test_plugin_from_the_environment_and_mpiexec_without_srun(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SLURM_JOB_NUM_NODES": "2", "MPISTAGE_SRUN_MPI": "pmi2"}
+    assert command(["a", "b"], env, family="openmpi", monkeypatch=monkeypatch)[1] == "--mpi=pmi2"
+    no_srun = command(["a", "b"], env, which=None, monkeypatch=monkeypatch)
+    assert no_srun[0].endswith("mpiexec") and no_srun[1:5] == ["-n", "2", "-ppn", "1"]
+    ompi = command(["a", "b"], env, family="openmpi", which=None, monkeypatch=monkeypatch)
+    assert ompi[1:5] == ["-n", "2", "--map-by", "ppr:1:node"]
+
+
+def test_outside_an_allocation_one_line_and_exit_2() -> None:
+    run = subprocess.run([sys.executable, "-m", "mpistage.sbcast", "in.dat", "/scratch"],
+                         capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "mpistage-sbcast: error: not inside a Slurm allocation (no SLURM_JOB_NUM_NODES): run "
+        "it from an sbatch script or under salloc; elsewhere use mpiexec mpistage SRC DEST"]
