@@ -472,7 +472,10 @@ def teardown(name: str) -> list[str]:
         shutil.rmtree(state, ignore_errors=True)
         removed.append(f"dir {state}")
     mountpoint = record.get("scratch")
-    if record.get("created_mountpoint") and isinstance(mountpoint, str):
+    others = STATE_ROOT.exists() and any(STATE_ROOT.iterdir())
+    # Another cluster may be using the same mount point (removing it would detach its
+    # hosts' scratch mounts); the last one down removes it.
+    if record.get("created_mountpoint") and isinstance(mountpoint, str) and not others:
         try:
             os.rmdir(mountpoint)
             removed.append(f"dir {mountpoint}")
