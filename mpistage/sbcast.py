@@ -22,6 +22,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
+from . import mpi_library
 from .errors import UsageError
 from .units import parse_size
 
@@ -110,13 +111,13 @@ def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
     if launcher == "auto":
         launcher = "srun" if shutil.which("srun") else "mpiexec"
     if launcher == "srun":
-        plugin = args.mpi or environ.get("MPISTAGE_SRUN_MPI") or SRUN_MPI_PLUGIN[mpi_family()]
+        plugin = args.mpi or environ.get("MPISTAGE_SRUN_MPI") or SRUN_MPI_PLUGIN[mpi_library.family()]
         return ["srun", f"--mpi={plugin}", f"--nodes={nodes}", f"--ntasks={nodes}",
                 "--ntasks-per-node=1", *stage]
-    mpiexec = _mpiexec()
-    if mpi_family() == "openmpi":
-        return [mpiexec, "-n", str(nodes), "--map-by", "ppr:1:node", *stage]
-    return [mpiexec, "-n", str(nodes), "-ppn", "1", *stage]
+    mpiexec = mpi_library.find_mpiexec()
+    if mpiexec is None:
+        raise UsageError("neither srun nor mpiexec found on PATH")
+    return [mpiexec, "-n", str(nodes), *mpi_library.ranks_per_node_options(1), *stage]
 
 
 def allocated_nodes(environ: os._Environ[str] | dict[str, str]) -> int:
@@ -129,13 +130,6 @@ def allocated_nodes(environ: os._Environ[str] | dict[str, str]) -> int:
                      "sbatch script or under salloc; elsewhere use mpiexec mpistage SRC DEST")
 
 
-def mpi_family() -> str:
-    """``"openmpi"`` or ``"mpich"`` (MPICH and its derivatives)."""
-    from mpi4py import MPI
-
-    return "openmpi" if "Open MPI" in MPI.Get_library_version() else "mpich"
-
-
 def _finalize_mpi() -> None:
     """Importing the package initialized MPI (a singleton); finalize it before this
     process becomes srun, or MPICH leaves its shared-memory file in /dev/shm."""
@@ -143,14 +137,6 @@ def _finalize_mpi() -> None:
 
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.Finalize()
-
-
-def _mpiexec() -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
-    if found is None:
-        raise UsageError("neither srun nor mpiexec found on PATH")
-    return found
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 source jobscripts/env.sh || exit 1
 export MPIEXEC_TIMEOUT=${MPIEXEC_TIMEOUT:-900}  # no run hangs forever, tests included
+if [ "$(id -u)" = 0 ]; then  # CI runs as root; Open MPI's mpiexec refuses root unless told
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
 
 results=$(mktemp -d "${TMPDIR:-/tmp}/mpistage-tests.XXXXXX")
 status=0
@@ -23,9 +26,10 @@ for ranks in 2 4; do
     # Every rank runs the session; rank 0 prints, the others keep logs for a post-mortem.
     # Each rank gets its own --basetemp: pytest's clean-up of old temp dirs would race.
     mpiexec -n "$ranks" sh -c '
-        base="'"$results"'/tmp-n'"$ranks"'-rank${PMI_RANK:-0}"
-        if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@" --basetemp="$base"; fi
-        exec "$@" --basetemp="$base" > "'"$results"'/n'"$ranks"'-rank$PMI_RANK.log" 2>&1' sh \
+        rank=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-0}}  # MPICH (hydra), Open MPI
+        base="'"$results"'/tmp-n'"$ranks"'-rank$rank"
+        if [ "$rank" = 0 ]; then exec "$@" --basetemp="$base"; fi
+        exec "$@" --basetemp="$base" > "'"$results"'/n'"$ranks"'-rank$rank.log" 2>&1' sh \
         python -m pytest -p no:cacheprovider -q --with-mpi -m mpi \
             --junitxml="$results/mpi$ranks-rankRANK.xml" tests || {
         status=1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ def command(argv: list[str], env: dict[str, str], family: str = "mpich",
             which: str | None = "/usr/bin/srun", monkeypatch: pytest.MonkeyPatch | None = None
             ) -> list[str]:
     assert monkeypatch is not None
-    monkeypatch.setattr(sbcast, "mpi_family", lambda: family)
+    monkeypatch.setattr(sbcast.mpi_library, "family", lambda: family)
     monkeypatch.setattr(sbcast.shutil, "which", lambda name: which if name == "srun" else None)
     ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])
@@ -52,7 +53,8 @@ def test_plugin_from_the_environment_and_mpiexec_without_srun(
 def test_outside_an_allocation_one_line_and_exit_2() -> None:
     run = subprocess.run([sys.executable, "-m", "mpistage.sbcast", "in.dat", "/scratch"],
                          capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+                         env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")},
+                         timeout=60)  # Open MPI's MPI_Init (a singleton) fails without HOME
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
         "mpistage-sbcast: error: not inside a Slurm allocation (no SLURM_JOB_NUM_NODES): run "

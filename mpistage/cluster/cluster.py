@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from .. import mpi_library
 from . import slurm as slurm_daemons
 from .slurm import SlurmSettings
 
@@ -48,12 +49,11 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 TOOLS = ("ip", "tc", "nsenter", "unshare", "mount", "umount")
 
 #: Environment that makes the PyPI MPICH wheel talk TCP between hosts (so traffic crosses
-#: the shaped links) and yield the core while waiting (more ranks than cores).
+#: the shaped links); :func:`mpistage.mpi_library.launch_environment` adds the settings for
+#: oversubscribed ranks (more ranks than cores) and, for Open MPI, running as root.
 MPI_ENV = {
     "MPIR_CVAR_CH4_NETMOD": "ofi",
     "FI_PROVIDER": "tcp",
-    "MPIR_CVAR_POLLS_BEFORE_YIELD": "10",
-    "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
 }
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:bit|bps|b)?\s*$", re.IGNORECASE)
@@ -319,12 +319,22 @@ class EmulatedCluster:
         mpiexec: str | None = None,
     ) -> list[str]:
         """The command line that runs ``argv`` under MPI on the cluster, launched from the
-        head host (host 0) so hydra's proxies connect back over the emulated network."""
+        head host (host 0) so the launcher's daemons (hydra's proxies, Open MPI's prted)
+        connect back over the emulated network; :attr:`launcher` stands in for ssh."""
         names = [self.host(h) for h in (hosts if hosts is not None else range(self.hosts))]
-        return self.command(0, [
-            mpiexec or find_mpiexec(), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
-            "-hosts", ",".join(names), "-ppn", str(ppn), "-n", str(ppn * len(names)), *argv,
-        ])
+        mpiexec = mpiexec or find_mpiexec()
+        if mpi_library.family() == "openmpi":
+            # PRRTE's ssh agent, the hosts with their slots, and every byte (the runtime's
+            # own wire-up included) over eth0, the emulated link.
+            launch = [mpiexec, "--prtemca", "plm_ssh_agent", str(self.launcher),
+                      "--prtemca", "oob_tcp_if_include", "eth0",
+                      "--mca", "btl", "self,sm,tcp", "--mca", "btl_tcp_if_include", "eth0",
+                      "--host", ",".join(f"{name}:{ppn}" for name in names)]
+        else:
+            launch = [mpiexec, "-launcher", "ssh", "-launcher-exec", str(self.launcher),
+                      "-hosts", ",".join(names)]
+        return self.command(0, [*launch, *mpi_library.ranks_per_node_options(ppn),
+                                "-n", str(ppn * len(names)), *argv])
 
     def mpiexec(
         self, argv: Sequence[str], *, ppn: int = 1, hosts: Sequence[int | str] | None = None,
@@ -390,11 +400,8 @@ def check_prerequisites() -> None:
 
 
 def find_mpiexec() -> str:
-    """``mpiexec`` beside this Python (the venv with the MPICH wheel), else on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("mpiexec")
+    """``mpiexec`` of this Python's MPI (see :func:`mpistage.mpi_library.find_mpiexec`)."""
+    found = mpi_library.find_mpiexec()
     if found is None:
         raise ClusterError("no mpiexec: pip install 'mpistage[mpich]' provides one")
     return found
@@ -403,7 +410,7 @@ def find_mpiexec() -> str:
 def mpi_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment plus :data:`MPI_ENV` (explicit settings win)."""
     env = {**os.environ}
-    for key, value in MPI_ENV.items():
+    for key, value in {**MPI_ENV, **mpi_library.launch_environment(as_root=True)}.items():
         env.setdefault(key, value)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})

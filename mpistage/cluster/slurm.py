@@ -112,6 +112,9 @@ def write_config(cluster: EmulatedCluster, settings: SlurmSettings) -> Path:
         "SchedulerType=sched/backfill",
         "ReturnToService=2",
         "MpiDefault=none",
+        # Node-local temporary files (the pmix plugin's per-step directories among them):
+        # /tmp is one directory shared by every emulated host, /dev/shm is each host's own.
+        "TmpFS=/dev/shm",
         f"KillWait={settings.kill_wait}",
         "SlurmctldTimeout=30",
         "SlurmdTimeout=60",

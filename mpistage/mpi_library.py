@@ -1,0 +1,78 @@
+"""Which MPI library this Python's mpi4py runs on, and how that library is launched.
+
+mpistage runs on MPICH (the PyPI wheel, or a site's MPICH or derivative such as Cray MPICH
+or Intel MPI) and on Open MPI (the PyPI wheel, or a site's).  Their launchers differ in
+spelling only, and the few places that start MPI jobs themselves (``mpistage-sbcast``,
+the emulated cluster, the tests) ask here instead of guessing.
+
+Open MPI refuses to run as root and to start more ranks than cores unless told; hydra
+(MPICH) does both without asking.  :func:`launch_environment` holds the settings that make
+both behave alike on a laptop, in CI and on the emulated cluster: oversubscribed ranks that
+yield the core while they wait.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Literal
+
+Family = Literal["mpich", "openmpi"]
+
+#: Settings for oversubscribed ranks (more ranks than cores): each library's knob that makes
+#: a waiting rank yield its core instead of spinning (see ../shared/docs/emulated-cluster.md).
+YIELD_ENV: dict[str, str] = {
+    "MPIR_CVAR_POLLS_BEFORE_YIELD": "10",
+    "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+}
+
+#: Open MPI's mpirun: place more ranks than cores (hydra does so unasked).
+OPENMPI_OVERSUBSCRIBE_ENV: dict[str, str] = {
+    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+}
+
+#: Open MPI's mpirun refuses root unless both are set (the emulated cluster runs as root).
+OPENMPI_ROOT_ENV: dict[str, str] = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+}
+
+
+@functools.cache
+def family() -> Family:
+    """``"openmpi"`` or ``"mpich"`` (MPICH and its derivatives), from the library mpi4py
+    loaded.  Safe before ``MPI_Init``: ``MPI_Get_library_version`` may be called any time."""
+    from mpi4py import MPI
+
+    return "openmpi" if "Open MPI" in MPI.Get_library_version() else "mpich"
+
+
+def find_mpiexec() -> str | None:
+    """The ``mpiexec`` that belongs to this Python's MPI: the one beside the interpreter
+    (a venv with the PyPI wheel) first, else the first on ``PATH``."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("mpiexec")
+
+
+def launch_environment(*, as_root: bool | None = None) -> dict[str, str]:
+    """Environment settings that let ``mpiexec`` start oversubscribed, yielding ranks with
+    either library (and as root with Open MPI, when ``as_root``; default: when euid is 0)."""
+    env = dict(YIELD_ENV)
+    if family() == "openmpi":
+        env.update(OPENMPI_OVERSUBSCRIBE_ENV)
+        if as_root if as_root is not None else os.geteuid() == 0:
+            env.update(OPENMPI_ROOT_ENV)
+    return env
+
+
+def ranks_per_node_options(ranks_per_node: int) -> list[str]:
+    """``mpiexec`` options that place ``ranks_per_node`` ranks on each host."""
+    if family() == "openmpi":
+        return ["--map-by", f"ppr:{ranks_per_node}:node"]
+    return ["-ppn", str(ranks_per_node)]
