@@ -284,7 +284,14 @@ def test_scancel_mid_transfer_stops_every_rank_cleanly(
     assert time.monotonic() - cancelled < 10  # Slurm's own bookkeeping included
     text = Path(str(out).replace("%j", job)).read_text()
     assert text.count("mpistage: interrupted by SIGTERM") == 1, text
-    assert len(re.findall(r"task \d+: Exited with exit code 143", text)) == HOSTS, text
+    codes = re.findall(r"task \d+: Exited with exit code (\d+)", text)
+    if mpi_library.family() == "openmpi":
+        # Open MPI: a task whose neighbour in the chain ended first can be ended by Open
+        # MPI's own error handling (exit 14, "writev failed: Broken pipe") before its
+        # SIGTERM handler ran; the epilog removes what it left.  README: Signals.
+        assert len(codes) == HOSTS and set(codes) <= {"143", "14"} and "143" in codes, text
+    else:
+        assert codes == ["143"] * HOSTS, text
     wait_for(lambda: all(not names for names in scratch_listing(cluster).values()), 30,
              "the epilog to empty every node's scratch")
 
