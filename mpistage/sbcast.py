@@ -111,7 +111,8 @@ def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
     if launcher == "auto":
         launcher = "srun" if shutil.which("srun") else "mpiexec"
     if launcher == "srun":
-        plugin = args.mpi or environ.get("MPISTAGE_SRUN_MPI") or SRUN_MPI_PLUGIN[mpi_library.family()]
+        plugin = (args.mpi or environ.get("MPISTAGE_SRUN_MPI")
+                  or SRUN_MPI_PLUGIN[mpi_library.family()])
         return ["srun", f"--mpi={plugin}", f"--nodes={nodes}", f"--ntasks={nodes}",
                 "--ntasks-per-node=1", *stage]
     mpiexec = mpi_library.find_mpiexec()

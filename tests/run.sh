@@ -6,6 +6,7 @@
 # then one closing line with the totals. Exits non-zero if any test failed.
 #
 #   bash tests/run.sh [extra pytest arguments for step 1]
+#   MPISTAGE_MPI=openmpi|site bash tests/run.sh ...   # another MPI (see jobscripts/env.sh)
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"

@@ -353,7 +353,7 @@ def test_sigterm_under_mpiexec_leaves_nothing(cluster: EmulatedCluster, shared: 
         assert started.returncode == 128 + signal.SIGTERM, stderr
         assert scratch_listing(cluster) == {i: [] for i in range(HOSTS)}
     # MPI's shared-memory files, which MPI_Finalize would have removed, are gone too.
-    # (Compared with before: Open MPI's sm_segment files that its launcher failed to
-    # remove after earlier jobs with two ranks per node under Slurm are not this run's.)
+    # (Compared with before: the sm_segment files that Open MPI left in /dev/shm after
+    # the earlier Slurm jobs of this module are not this run's.)
     assert [sorted(os.listdir(cluster.shm_dir(i))) for i in range(HOSTS)] == shm_before
 
