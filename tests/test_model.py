@@ -125,3 +125,17 @@ def test_parameters_round_trip_with_infinities(tmp_path) -> None:  # type: ignor
     with pytest.raises(ValueError, match="not an mpistage calibration"):
         Parameters.load(path)
     assert math.isinf(Parameters(1, 1).read_bandwidth)
+
+
+def test_link_fit_recovers_a_clean_link_and_never_returns_zero_or_infinity() -> None:
+    """fit_link: exact on noiseless samples; on samples where noise hides the size term
+    or the start-up term, positive and finite (direct readings, not a fitted 0 or ∞)."""
+    from mpistage.calibrate import fit_link
+    clean = [(s, 20e-6 + s / 1e9) for s in (1, 4096, 65536) for _ in range(2)]
+    alpha, bandwidth = fit_link(clean)
+    assert alpha == pytest.approx(20e-6) and bandwidth == pytest.approx(1e9)
+    flat = [(1, 3e-3), (1, 2e-3), (4096, 1e-3), (4096, 2e-3), (65536, 1e-3), (65536, 1.5e-3)]
+    assert fit_link(flat)[1] == pytest.approx(65536 / 1.25e-3)  # fitted 1/B < 0
+    steep = [(4096, 1e-4), (4096, 1e-4), (65536, 1e-2), (65536, 1e-2)]
+    alpha, bandwidth = fit_link(steep)  # fitted α < 0
+    assert alpha == pytest.approx(1e-4) and bandwidth == pytest.approx(61440 / 9.9e-3)

@@ -119,6 +119,10 @@ def scratch_listing(cluster: EmulatedCluster) -> dict[int, list[str]]:
 
 
 def clear_scratch(cluster: EmulatedCluster) -> None:
+    """Empty every node's scratch once the previous test's jobs are gone, epilogs included
+    (a job stays in squeue, state CG, until its epilog has finished on every node)."""
+    wait_for(lambda: slurm(cluster, "squeue", "--noheader", "--all").stdout.strip() == "", 60,
+             "the previous jobs and their epilogs to finish")
     for i in range(cluster.hosts):
         for entry in cluster.scratch_dir(i).iterdir():
             if entry.is_dir() and not entry.is_symlink():
