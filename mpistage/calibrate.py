@@ -30,6 +30,7 @@ from mpi4py import MPI
 
 from .errors import UsageError
 from .model import SCHEMA, Parameters
+from .plan import expand
 from .topology import Topology
 from .units import format_bytes, format_seconds
 
@@ -140,14 +141,24 @@ def _ping_pong(comm: MPI.Comm, peer: int, leader: bool, size: int, repeats: int)
 
 
 def fit_link(samples: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares ``(α, B)`` of ``one_way = α + size/B`` (relative errors weighted)."""
+    """Least-squares ``(α, B)`` of ``one_way = α + size/B`` (relative errors weighted).
+
+    Noise (oversubscribed ranks, shared memory where 64 KiB takes microseconds) can
+    make the fitted α or 1/B come out at or below zero. Neither is a measurement, and
+    both would mislead the model, so each falls back to a direct, conservative
+    reading: α to the fastest smallest message, B to the largest size over its
+    median time (a lower bound of the link's rate).
+    """
     sizes = np.array([s for s, _ in samples], dtype=float)
     times = np.array([t for _, t in samples], dtype=float)
     design = np.stack([1 / times, sizes / times], axis=1)
     (alpha, inverse), *_ = np.linalg.lstsq(design, np.ones(len(times)), rcond=None)
+    if alpha <= 0:
+        alpha = float(times[sizes == sizes.min()].min())
     if inverse <= 0:
-        return max(float(alpha), 0.0), math.inf
-    return max(float(alpha), 0.0), 1 / float(inverse)
+        largest = sizes.max()
+        inverse = float(np.median(times[sizes == largest])) / largest if largest > 0 else 0.0
+    return float(alpha), (1 / float(inverse) if inverse > 0 else math.inf)
 
 
 def _timed_read(path: str, limit: int) -> dict[str, Any]:
@@ -224,12 +235,14 @@ def calibrate(
                 read = {"path": source, "error": exc.strerror}
         write = None
         if dest is not None and topo.is_leader:
-            directory = dest.format(node=topo.node.index, host=topo.node.host, rank=comm.rank)
             try:
+                directory = expand(dest, node=topo.node.index, host=topo.node.host, rank=comm.rank)
                 write = {"node": topo.node.index, "host": topo.node.host,
                          **_timed_write(directory, sample)}
             except OSError as exc:
                 write = {"node": topo.node.index, "host": topo.node.host, "error": exc.strerror}
+            except UsageError as exc:
+                write = {"node": topo.node.index, "host": topo.node.host, "error": str(exc)}
         writes = [w for w in comm.gather(write, root=0) or [] if w is not None]
         result = None
         if comm.rank == 0:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from . import __version__, interrupt
 from .errors import MpistageError, Stalled, UsageError
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
+from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
 from .progress import TerminalProgress
 from .decide import AUTO
 from .stage import ALGORITHMS, DEFAULT_CHUNK, explain, stage
@@ -54,10 +55,11 @@ def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds above 0")
-    return value
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds") from None
+    try:
+        return check_timeout(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _size(text: str) -> int | str:
@@ -105,10 +107,12 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("--ranks-as-nodes", action="store_true",
                         help="count every rank as its own node (emulate many nodes on one machine)")
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
-                        help=f"chunk buffers per node leader (default {DEFAULT_DEPTH})")
+                        help=f"chunk buffers per node leader, {MIN_DEPTH} to {MAX_DEPTH} "
+                        f"(default {DEFAULT_DEPTH})")
     parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="give up when the transfer makes no progress for this long; must "
-                        f"exceed one chunk's time on the slowest link (default {DEFAULT_TIMEOUT:g})")
+                        f"exceed one chunk's time on the slowest link; at most a week "
+                        f"(default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--mkdir", action="store_true",
                         help="create DEST's directory where it is missing (a DEST ending in / "
                         "is the directory)")

@@ -31,7 +31,7 @@ from mpi4py import MPI
 from . import faults
 from .digest import new_digest
 from .errors import Stalled
-from .plan import Plan
+from .plan import Plan, file_identity
 from .schedules import Schedule
 from .sink import Sink
 from .waiting import poll
@@ -147,7 +147,8 @@ class Engine:
         self.peer_name = peer_name
         self.corrupt = corrupt
         self.clock = PhaseClock()
-        self.pool = BufferPool(max(depth, 2), max(1, min(plan.chunk_size, plan.size)))
+        # More buffers than chunks would only hold memory.
+        self.pool = BufferPool(max(2, min(depth, plan.nchunks)), max(1, min(plan.chunk_size, plan.size)))
         self._ready: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._writes: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._sends: deque[tuple[int, int, list[MPI.Request]]] = deque()
@@ -164,9 +165,8 @@ class Engine:
         digest = new_digest()
         fd = -1
         try:
-            fd = os.open(plan.source, os.O_RDONLY)
-            if os.fstat(fd).st_size != plan.size:
-                self._result.read_error = f"source {plan.source} changed size before the read"
+            fd = os.open(plan.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            self._result.read_error = self._source_changed(fd, "since it was checked")
         except OSError as exc:
             self._result.read_error = f"cannot open source {plan.source}: {exc.strerror}"
         try:
@@ -196,13 +196,41 @@ class Engine:
                 if self._result.read_error is not None:
                     view[:] = 0
                 self._ready.put((k, index))
-            if self._result.read_error is None and fd >= 0 and os.pread(fd, 1, plan.size):
-                self._result.read_error = f"source {plan.source} grew during the read"
+            if self._result.read_error is None:
+                self._result.read_error = self._source_changed(fd, "while it was read")
             if self._result.read_error is None:
                 self._result.source_digest = digest.hexdigest()
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _source_changed(self, fd: int, when: str) -> str | None:
+        """Why the open source is not the file the plan describes, or ``None``.
+
+        Device, inode, size, modification and change time are compared, so a file
+        replaced, truncated, appended to or rewritten in place (``rsync --inplace``, a
+        job still writing it) is never staged as a mix of old and new bytes.
+        """
+        planned = self.plan.identity
+        if planned is None:
+            return None
+        now = file_identity(os.fstat(fd))  # what is being read
+        try:
+            path_now = os.stat(self.plan.source)  # what the path names now
+        except FileNotFoundError:
+            path_now = None
+        if path_now is None:
+            what = "was removed"
+        elif now[:2] != planned[:2] or file_identity(path_now)[:2] != planned[:2]:
+            what = "was replaced by another file"
+        elif now == planned:
+            return None
+        elif now[2] != planned[2]:
+            what = f"changed size ({planned[2]} to {now[2]} bytes)"
+        else:
+            what = "was modified"
+        return (f"source {self.plan.source} {what} {when}; no copy was kept "
+                "(stage it again once it is complete)")
 
     def _write_loop(self) -> None:
         """Write chunks in order and digest what was written; after a write error, keep

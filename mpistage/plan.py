@@ -19,6 +19,11 @@ PLACEHOLDERS = ("node", "host", "rank")
 
 MIN_CHUNK = 1
 MAX_CHUNK = 1 << 30  # a few chunks stay in memory per rank; keep that bounded
+MIN_DEPTH = 2        # one buffer in flight while the next one fills
+MAX_DEPTH = 64       # more buffers than that only hold memory; none helps past nchunks
+#: Longest ``--timeout``: a week.  Longer (or ``inf``) overflows the clocks that the waits
+#: use, and a stall that takes a week to notice is a hang.
+MAX_TIMEOUT = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,10 @@ class Plan:
         chunk_size: bytes per pipeline message.
         algorithm: schedule name.
         dest: destination template as given (placeholders not yet expanded).
+        identity: the source's ``(device, inode, size, mtime_ns, ctime_ns)`` when planned;
+            the root checks it again before and after reading, so a file replaced or
+            written to meanwhile is never staged as a mix of old and new bytes
+            (:func:`make_plan` always sets it; ``None`` only in hand-made plans).
     """
 
     source: str
@@ -42,6 +51,7 @@ class Plan:
     chunk_size: int
     algorithm: str
     dest: str
+    identity: tuple[int, int, int, int, int] | None = None
 
     @property
     def nchunks(self) -> int:
@@ -65,19 +75,59 @@ def check_chunk_size(chunk_size: int) -> int:
     return chunk_size
 
 
+def check_depth(depth: int) -> int:
+    """Return ``depth`` (chunk buffers per leader) if usable, else raise :class:`UsageError`."""
+    if not MIN_DEPTH <= depth <= MAX_DEPTH:
+        raise UsageError(f"invalid depth {depth}: expected {MIN_DEPTH} to {MAX_DEPTH} buffers")
+    return depth
+
+
+def check_timeout(timeout: float) -> float:
+    """Return ``timeout`` (seconds) if usable, else raise :class:`UsageError`."""
+    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan
+        raise UsageError(f"invalid timeout {timeout:g}: expected seconds above 0, "
+                         f"at most {MAX_TIMEOUT:g} (a week)")
+    return timeout
+
+
+def file_identity(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What tells a file apart from a replaced or rewritten one: device, inode, size,
+    modification and change time (``rsync`` and ``tar`` compare the same)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def describe_file_type(mode: int) -> str:
+    """``"a FIFO"``, ``"a character device"`` …: for messages refusing a file's type."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algorithm: str) -> Plan:
     """Check the source on the root and describe the transfer.
 
+    The type is checked before the file is opened (opening a FIFO waits for a writer;
+    opening a tape device may rewind it), and the open does not block either, in case
+    the path was swapped in between.
+
     Raises:
-        UsageError: the source is missing, unreadable, a directory or not a regular file.
+        UsageError: the source is missing, unreadable, or not a regular file.
     """
     path = os.fspath(source)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        before = os.stat(path)
     except FileNotFoundError:
         raise UsageError(f"source {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"source {path!r} is a directory; mpistage stages one file") from None
+    except OSError as exc:
+        raise UsageError(f"source {path!r} cannot be examined: {exc.strerror}") from None
+    _refuse_unless_regular(path, before.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise UsageError(f"source {path!r} does not exist") from None
     except PermissionError:
         raise UsageError(f"source {path!r} is not readable (permission denied)") from None
     except OSError as exc:
@@ -86,10 +136,7 @@ def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algori
         info = os.fstat(fd)
     finally:
         os.close(fd)
-    if stat.S_ISDIR(info.st_mode):
-        raise UsageError(f"source {path!r} is a directory; mpistage stages one file")
-    if not stat.S_ISREG(info.st_mode):
-        raise UsageError(f"source {path!r} is not a regular file")
+    _refuse_unless_regular(path, info.st_mode)
     check_template(dest)
     return Plan(
         source=os.path.abspath(path),
@@ -99,11 +146,21 @@ def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algori
         chunk_size=check_chunk_size(chunk_size),
         algorithm=algorithm,
         dest=dest,
+        identity=file_identity(info),
     )
 
 
+def _refuse_unless_regular(path: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"source {path!r} is a directory; mpistage stages one file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"source {path!r} is {describe_file_type(mode)}; "
+                         "mpistage stages regular files only")
+
+
 def check_template(dest: str) -> None:
-    """Raise :class:`UsageError` unless ``dest`` uses only known placeholders."""
+    """Raise :class:`UsageError` unless ``dest`` uses only known placeholders, with
+    format specs that suit their values (``{node:03d}`` is fine, ``{node:s}`` is not)."""
     if not dest:
         raise UsageError("destination is empty")
     try:
@@ -116,6 +173,22 @@ def check_template(dest: str) -> None:
                 f"destination {dest!r} has unknown placeholder {{{name}}}; "
                 "expected {node}, {host} or {rank}"
             )
+    try:
+        expand(dest, node=0, host="host", rank=0)
+    except UsageError as exc:
+        raise UsageError(f"destination {dest!r}: {exc}") from None
+
+
+def expand(dest: str, *, node: int, host: str, rank: int) -> str:
+    """``dest`` with its placeholders filled in.
+
+    Raises:
+        UsageError: a placeholder's format spec does not suit its value.
+    """
+    try:
+        return dest.format(node=node, host=host, rank=rank)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise UsageError(f"cannot expand the placeholders: {exc}") from None
 
 
 def resolve_dest(dest: str, source_name: str, *, node: int, host: str, rank: int) -> Path:
@@ -123,12 +196,27 @@ def resolve_dest(dest: str, source_name: str, *, node: int, host: str, rank: int
 
     The placeholders are expanded first; then, if the result is an existing directory,
     the file goes inside it under the source's name, otherwise the result is the file
-    path and its parent directory must exist.
+    path and its parent directory must exist.  A result ending in ``/`` names a
+    directory, which must exist (``--mkdir`` makes it first).
 
     Raises:
-        UsageError: the directory that would hold the file does not exist or is not one.
+        UsageError: the directory that would hold the file does not exist or is not one;
+            a name in the path is too long; the final path holds something other than a
+            regular file or a symlink (a directory, a device, a FIFO, a socket).
     """
-    expanded = Path(dest.format(node=node, host=host, rank=rank))
+    text = expand(dest, node=node, host=host, rank=rank)
+    try:
+        return _resolve(text, source_name)
+    except OSError as exc:  # e.g. ENAMETOOLONG, ELOOP from a directory on the way
+        raise UsageError(f"destination {text!r}: {exc.strerror}") from None
+
+
+def _resolve(text: str, source_name: str) -> Path:
+    expanded = Path(text)
+    if text.endswith("/") and not expanded.is_dir():
+        if expanded.exists():
+            raise UsageError(f"destination {text!r} is not a directory")
+        raise UsageError(f"destination directory {text!r} does not exist (--mkdir creates it)")
     target = expanded / source_name if expanded.is_dir() else expanded
     parent = target.parent
     if not parent.exists():
@@ -137,6 +225,19 @@ def resolve_dest(dest: str, source_name: str, *, node: int, host: str, rank: int
         raise UsageError(f"destination {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"destination directory {str(parent)!r} is not writable")
-    if target.is_dir():
+    longest = os.pathconf(parent, "PC_NAME_MAX")
+    if len(os.fsencode(target.name)) > longest:
+        raise UsageError(f"destination name {target.name[:40]!r}... is longer than the "
+                         f"{longest} bytes a file name may have")
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise UsageError(f"cannot inspect {str(target)!r}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode) or (stat.S_ISLNK(mode) and target.is_dir()):
         raise UsageError(f"destination {str(target)!r} is a directory")
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise UsageError(f"destination {str(target)!r} is {describe_file_type(mode)}; "
+                         "mpistage replaces only regular files and symlinks")
     return target

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .digest import file_digest
 from .errors import UsageError
-from .plan import Plan, resolve_dest
+from .plan import Plan, expand, resolve_dest
 from .sink import remove_stale_temps
 from .topology import Topology
 from .units import format_bytes
@@ -102,7 +102,7 @@ def check_local(
 def _make_parent(plan: Plan, topo: Topology) -> None:
     """``--mkdir``: create the destination's directory (and its parents) on this node."""
     node = topo.node
-    expanded = Path(plan.dest.format(node=node.index, host=node.host, rank=topo.comm.rank))
+    expanded = Path(expand(plan.dest, node=node.index, host=node.host, rank=topo.comm.rank))
     directory = expanded if plan.dest.endswith("/") else expanded.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)

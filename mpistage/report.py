@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .digest import ALGORITHM as DIGEST_ALGORITHM
+from .sink import current_umask
 from .units import format_bytes, format_rate, format_seconds
 
 SCHEMA = "mpistage.report/1"
@@ -145,26 +147,46 @@ class StageReport:
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the report as JSON (atomically: a reader never sees half a report)."""
-        temp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        with open(temp, "w", encoding="utf-8") as out:
-            json.dump(self.to_dict(), out, indent=2)
-            out.write("\n")
-        os.replace(temp, path)
+        """Write the report as JSON, atomically (a reader never sees half a report) and
+        safely in a shared directory: the temp file has an unpredictable name and is
+        created exclusively, so a symlink planted beside ``path`` redirects nothing."""
+        final = os.path.abspath(os.fspath(path))
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(final)[:100]}.",
+                                    suffix=".tmp", dir=os.path.dirname(final))
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+            with open(fd, "w", encoding="utf-8") as out:
+                json.dump(self.to_dict(), out, indent=2)
+                out.write("\n")
+            os.replace(temp, final)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
 
     def summary(self) -> str:
         """Several lines for a person: the outcome first, then the phase table."""
         n = len(self.nodes)
         good = n - len(self.failed)
         fresh = [node.index for node in self.nodes if node.status == "up-to-date"]
+        if self.transfer_seconds <= 0:
+            moved = "nothing to send"
+        elif self.size == 0:
+            moved = f"transfer {format_seconds(self.transfer_seconds)} (an empty file)"
+        else:
+            moved = (f"transfer {format_seconds(self.transfer_seconds)}"
+                     f" ({format_rate(self.size, self.transfer_seconds)} into every node)")
         lines = [
             f"mpistage: {self.source} ({format_bytes(self.size)}) to {n} node"
             f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
-            f" {format_seconds(self.elapsed)} in all, transfer {format_seconds(self.transfer_seconds)}"
-            f" ({format_rate(self.size, self.transfer_seconds)} into every node)",
+            f" {format_seconds(self.elapsed)} in all, {moved}",
         ]
         if self.ok:
-            lines.append(f"  all {n} nodes hold a verified copy ({DIGEST_ALGORITHM} {self.source_digest})")
+            digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
+            holders = "the node holds" if n == 1 else f"all {n} nodes hold"
+            lines.append(f"  {holders} a verified copy{digest}")
         else:
             lines.append(f"  FAILED: {good} of {n} nodes hold a verified copy")
             if self.stall:

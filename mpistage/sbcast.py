@@ -8,8 +8,8 @@ takes that run's exit status.  It asks the MPI library which family it is, to ch
 and finalizes MPI before it becomes the launcher.
 
 Like sbcast, it refuses to replace a different file already at DEST unless given
-``--force``, and ``--preserve`` keeps the source's permission bits exactly (mpistage
-always keeps the modification time).  Every copy is verified and renamed into place
+``--force``, and ``--preserve`` keeps the source's permission bits exactly, except
+setuid and setgid, which no copy gets (mpistage always keeps the modification time).  Every copy is verified and renamed into place
 atomically, as with ``mpistage`` itself; options after ``--`` are passed on to it.
 """
 
@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a different file already at DEST (default: fail on "
                         "those nodes, as sbcast does; an identical copy is left as it is)")
     parser.add_argument("-p", "--preserve", action="store_true",
-                        help="keep the source's permission bits exactly, not reduced by the "
-                        "umask (the modification time is always kept)")
+                        help="keep the source's permission bits, not reduced by the umask "
+                        "(setuid and setgid are always dropped; the modification time is "
+                        "always kept)")
     parser.add_argument("-s", "--size", metavar="SIZE",
                         help="bytes per pipelined message, as mpistage's --chunk-size "
                         "(default: the model's choice)")

@@ -25,11 +25,39 @@ log = logging.getLogger("mpistage.sink")
 TEMP_SUFFIX = ".mpistage-tmp"
 
 
-def _umask() -> int:
+#: Random characters ``tempfile.mkstemp`` puts between prefix and suffix.
+_RANDOM_PART = 8
+_NAME_MAX = 255
+_PID_DIGITS = 7  # pid_max is at most 2**22
+
+
+def temp_prefix(final_name: str, pid: int) -> str:
+    """``.NAME.HOST.PID.``: the start of a temp file's name beside ``final_name``.
+
+    The host and pid let a later run (and the Slurm epilog) tell a leftover of a killed
+    run from the temp file of a run still in progress (see :func:`remove_stale_temps`).
+    NAME is cut short where needed, so that the whole temp name fits in the 255 bytes a
+    file name may have whenever the final name itself does.
+    """
+    host = socket.gethostname()
+    room = (_NAME_MAX - len(os.fsencode(f"..{host}..")) - _PID_DIGITS - _RANDOM_PART
+            - len(TEMP_SUFFIX))  # the same for every pid, so remove_stale_temps finds it
+    name = os.fsdecode(os.fsencode(final_name)[:max(room, 1)])
+    return f".{name}.{host}.{pid}."
+
+
+def current_umask() -> int:
     # os.umask can only be read by setting it; set it straight back.
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def copy_mode(source_mode: int) -> int:
+    """The permission bits every copy gets: the source's, minus the umask, never
+    world-writable, and never setuid or setgid (as ``cp`` without ``-p``: a setuid
+    binary owned by root must not become setuid on a thousand nodes)."""
+    return source_mode & ~current_umask() & ~0o002 & 0o1777
 
 
 class Sink:
@@ -43,10 +71,8 @@ class Sink:
         self.final_path = Path(final_path)
         self.bytes_written = 0
         self.timings: dict[str, float] = {}
-        # The host and pid in the name let a later run tell a leftover of a killed run
-        # from the temp file of a run still in progress (see remove_stale_temps).
-        prefix = f".{self.final_path.name}.{socket.gethostname()}.{os.getpid()}."
-        fd, temp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=self.final_path.parent)
+        fd, temp = tempfile.mkstemp(prefix=temp_prefix(self.final_path.name, os.getpid()),
+                                    suffix=TEMP_SUFFIX, dir=self.final_path.parent)
         self._fd: int | None = fd
         self.temp_path: Path | None = Path(temp)
         interrupt.register_temp_file(self.temp_path)  # removed on SIGTERM/SIGINT
@@ -71,8 +97,7 @@ class Sink:
         """Make the copy final: fsync, re-read check, permissions, mtime, atomic rename.
 
         Args:
-            mode: source permission bits; applied minus the umask and never
-                world-writable, like ``cp`` without ``-p``.
+            mode: source permission bits; applied as :func:`copy_mode` says.
             mtime_ns: source modification time, preserved.
             fsync: flush data to the device before the rename (and the directory after).
             verify_digest: when given, re-read the written file and compare.
@@ -88,7 +113,7 @@ class Sink:
                 started = time.perf_counter()
                 os.fsync(self._fd)
                 self.timings["fsync"] = time.perf_counter() - started
-            os.fchmod(self._fd, mode & ~_umask() & ~0o002 & 0o7777)
+            os.fchmod(self._fd, copy_mode(mode))
             os.close(self._fd)
             self._fd = None
             if verify_digest is not None:
@@ -149,10 +174,8 @@ def remove_stale_temps(final_path: str | os.PathLike[str]) -> list[Path]:
     files made on this host by processes that no longer exist are removed.
     """
     final = Path(final_path)
-    pattern = re.compile(
-        rf"^\.{re.escape(final.name)}\.{re.escape(socket.gethostname())}\.(\d+)\..*"
-        rf"{re.escape(TEMP_SUFFIX)}$"
-    )
+    stem = temp_prefix(final.name, 0)[: -len(".0.")]  # .NAME.HOST
+    pattern = re.compile(rf"^{re.escape(stem)}\.(\d+)\..*{re.escape(TEMP_SUFFIX)}$")
     removed = []
     try:
         names = os.listdir(final.parent)

@@ -26,7 +26,7 @@ from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
 from .model import Parameters
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
-from .plan import Plan, check_chunk_size, check_template, make_plan
+from .plan import Plan, check_chunk_size, check_depth, check_template, check_timeout, make_plan
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .schedules import SCHEDULES
@@ -176,10 +176,8 @@ def _check_arguments(
         raise UsageError(f"invalid arity {arity}: expected 2 or more children per node")
     if not 0 <= root < comm.size:
         raise UsageError(f"invalid root {root}: expected a rank from 0 to {comm.size - 1}")
-    if depth < 2:
-        raise UsageError(f"invalid depth {depth}: expected at least 2 buffers")
-    if not timeout > 0:
-        raise UsageError(f"invalid timeout {timeout}: expected a number of seconds above 0")
+    check_depth(depth)
+    check_timeout(timeout)
     check_template(dest)
 
 

@@ -50,6 +50,8 @@ def format_rate(count: float, seconds: float) -> str:
 
 def format_seconds(seconds: float) -> str:
     """``0.0123`` → ``"12.3 ms"``, ``75`` → ``"75.0 s"``."""
+    if seconds < 0.5e-6:
+        return "0 s" if seconds <= 0 else "<1 us"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} us"
     if seconds < 1:

@@ -34,11 +34,12 @@ def without_launcher_box(stderr: str) -> str:
     return LAUNCHER_BOX.sub("", stderr)
 
 
-def mpistage(*args: str, n: int | None = 2, prefix: tuple[str, ...] = (), **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def mpistage(*args: str, n: int | None = 2, prefix: tuple[str, ...] = (), timeout: float = 180,
+             **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     command = [*prefix, sys.executable, "-m", "mpistage", *args]
     if n is not None:
         command = [MPIEXEC, "-n", str(n), *command]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=180, **kw)
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=timeout, **kw)
 
 
 @pytest.fixture
@@ -75,11 +76,27 @@ def test_stage_prints_one_summary_and_writes_the_report(src: Path, tmp_path: Pat
     (["-a", "ring", "{src}", "{tmp}/n0"], "invalid choice: 'ring'"),
     (["--root", "5", "{src}", "{tmp}/n0"], "invalid root 5: expected a rank from 0 to 1"),
     (["{src}"], "the following arguments are required: DEST"),
+    (["{src}", "{tmp}/n{{node:s}}"], "Unknown format code 's'"),
+    (["{src}", "{tmp}/n{{rank!x}}"], "Unknown conversion specifier"),
+    (["{src}", "{tmp}/" + "a" * 256], "File name too long"),
+    (["{src}", "{tmp}/new/"], "destination directory '{tmp}/new/' does not exist (--mkdir creates it)"),
+    (["{src}", "/dev/null"], "'/dev/null' is a character device; mpistage replaces only regular"),
+    (["{tmp}/fifo", "{tmp}/n0"], "source '{tmp}/fifo' is a FIFO; mpistage stages regular files only"),
+    (["/dev/zero", "{tmp}/n0"], "is a character device"),
+    (["--timeout", "inf", "{src}", "{tmp}/n0"], "invalid timeout inf"),
+    (["--timeout", "1e10", "{src}", "{tmp}/n0"], "at most 604800"),
+    (["--timeout", "0", "{src}", "{tmp}/n0"], "expected seconds above 0"),
+    (["--timeout", "-5", "{src}", "{tmp}/n0"], "expected seconds above 0"),
+    (["--timeout", "soon", "{src}", "{tmp}/n0"], "invalid timeout 'soon'"),
+    (["--depth", "0", "{src}", "{tmp}/n0"], "invalid depth 0: expected 2 to 64 buffers"),
+    (["--depth", "100000000", "{src}", "{tmp}/n0"], "invalid depth 100000000"),
+    (["-c", "0", "{src}", "{tmp}/n0"], "invalid chunk size 0"),
 ])
 def test_bad_input_one_line_exit_2_nothing_created(src: Path, tmp_path: Path, args, message):  # type: ignore[no-untyped-def]
+    os.mkfifo(tmp_path / "fifo")
     before = sorted(tmp_path.rglob("*"))
     filled = [a.format(tmp=tmp_path, src=src) for a in args]
-    run = mpistage("--ranks-as-nodes", *filled)
+    run = mpistage("--ranks-as-nodes", *filled, timeout=60)
     assert run.returncode == 2
     lines = without_launcher_box(run.stderr).strip().splitlines()
     assert len(lines) == 1, f"one line from rank 0, got: {run.stderr!r}"

@@ -51,6 +51,28 @@ def test_json_schema(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [out]
 
 
+def test_report_file_is_written_safely_beside_planted_symlinks(tmp_path: Path) -> None:
+    """No predictable temp name: a symlink planted at the old ``FILE.tmp-PID`` name (or
+    anywhere) is neither written through nor renamed into place."""
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "r.json"
+    for pid in (os.getpid(), os.getpid() + 1):
+        (tmp_path / f"r.json.tmp-{pid}").symlink_to(victim)
+    old = os.umask(0o022)
+    try:
+        sample().write_json(out)
+    finally:
+        os.umask(old)
+    assert victim.read_text() == "precious"
+    assert not out.is_symlink() and json.loads(out.read_text())["ok"] is True
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["victim", "r.json", f"r.json.tmp-{os.getpid()}", f"r.json.tmp-{os.getpid() + 1}"])
+
+
 def test_summary_names_the_failed_node() -> None:
     text = sample(ok=False).summary()
     assert "FAILED: 1 of 2 nodes hold a verified copy" in text
@@ -67,6 +89,23 @@ def test_summary_of_a_stalled_run_and_up_to_date_nodes() -> None:
     assert "  transfer stalled: node 1 (b): no data from node 0 (a) for 5 s" in text
     assert "no status from ranks 2-4, 7 (dead or unreachable)" in text
     assert "up to date already, nothing sent: nodes 0" in text
+
+
+def test_summary_wording_when_nothing_moved_or_the_file_is_empty() -> None:
+    report = sample()
+    for node in report.nodes:
+        node.status = "up-to-date"
+    report.source_digest = None
+    first, second = report.summary().splitlines()[:2]
+    assert first.endswith("nothing to send") and "0 us" not in first and " - " not in first
+    assert second == "  all 2 nodes hold a verified copy", "no 'xxh3_128 None'"
+    report = sample()
+    report.size = 0
+    report.ranks[0].phases["transfer"] = 0.002
+    report.nodes = report.nodes[:1]
+    first, second = report.summary().splitlines()[:2]
+    assert first.endswith("transfer 2.0 ms (an empty file)")
+    assert second == "  the node holds a verified copy (xxh3_128 d)"
 
 
 def test_summary_holds_the_prediction_against_the_measurement() -> None:

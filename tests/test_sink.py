@@ -47,6 +47,27 @@ def test_mode_follows_source_minus_umask_and_never_world_writable(tmp_path: Path
         os.umask(old)
 
 
+def test_setuid_and_setgid_are_never_carried(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        for mode, expected in [(0o4755, 0o755), (0o2755, 0o755), (0o6775, 0o755), (0o1777, 0o1755)]:
+            final = tmp_path / f"m{mode:o}"
+            Sink(final).commit(mode=mode, mtime_ns=0)
+            assert stat.S_IMODE(final.stat().st_mode) == expected, oct(mode)
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("length", [1, 100, 200, 250, 255])
+def test_the_temp_name_always_fits_where_the_final_name_does(tmp_path: Path, length: int) -> None:
+    final = tmp_path / ("é" * (length // 2) + "x" * (length % 2))  # 2-byte characters too
+    sink = Sink(final)
+    sink.write(memoryview(b"data"))
+    assert sink.temp_path is not None and len(os.fsencode(sink.temp_path.name)) <= 255
+    sink.commit(mode=0o644, mtime_ns=0)
+    assert os.listdir(tmp_path) == [final.name] and final.read_bytes() == b"data"
+
+
 def test_discard_removes_the_temp_file_and_is_idempotent(tmp_path: Path) -> None:
     with Sink(tmp_path / "out.bin") as sink:
         sink.write(memoryview(b"partial"))
@@ -101,3 +122,17 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert remove_stale_temps(tmp_path / "out.bin") == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (alive, elsewhere, other_file))
+
+
+def test_stale_temp_files_of_long_names_are_found_too(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mpistage.sink import remove_stale_temps, temp_prefix
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    final = tmp_path / ("n" * 250)
+    stale = tmp_path / f"{temp_prefix(final.name, dead)}abcdefgh{TEMP_SUFFIX}"
+    stale.write_bytes(b"partial")
+    assert remove_stale_temps(final) == [stale]

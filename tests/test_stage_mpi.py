@@ -129,6 +129,13 @@ BAD_INPUTS = {
     "dest parent missing on one node": (
         lambda a: (a / "src.bin", a / "n{node}" / "sub{node}" / "x"), "node 0 .*does not exist"),
     "bad placeholder": (lambda a: (a / "src.bin", a / "{nodes}"), "unknown placeholder"),
+    "format spec unfit for the value": (lambda a: (a / "src.bin", a / "n{node:s}"),
+                                        "Unknown format code 's'"),
+    "missing directory named by a trailing slash": (
+        lambda a: (a / "src.bin", str(a / "n{node}" / "sub") + "/"), "does not exist .*--mkdir"),
+    "device node at the final path": (lambda a: (a / "src.bin", "/dev/null"),
+                                      "is a character device"),
+    "fifo as the source": (lambda a: (a / "fifo", a / "n{node}"), "is a FIFO"),
 }
 
 
@@ -137,6 +144,7 @@ def test_bad_input_raises_on_every_rank_and_creates_nothing(area, make_file, ass
     source_file(area, make_file, 1000)  # so that only the case's own fault is wrong
     if COMM.rank == 0:
         (area / "n1" / "sub1").mkdir()  # only node 1 has the subdirectory
+        os.mkfifo(area / "fifo")
     COMM.Barrier()
     paths, message = BAD_INPUTS[case]
     source, dest = paths(area)
@@ -155,6 +163,9 @@ def test_bad_input_raises_on_every_rank_and_creates_nothing(area, make_file, ass
     ({"chunk_size": 0}, "invalid chunk size"),
     ({"root": 99}, "invalid root 99"),
     ({"depth": 1}, "invalid depth"),
+    ({"depth": 65}, "expected 2 to 64 buffers"),
+    ({"timeout": math.inf}, "invalid timeout"),
+    ({"timeout": 1e10}, "invalid timeout"),
 ])
 def test_bad_options_raise_on_every_rank(area, make_file, kwargs, message):
     src = source_file(area, make_file, 10)
@@ -273,6 +284,44 @@ def test_corruption_in_memory_fails_that_node_only(area, make_file, assert_all, 
     copy = area / f"n{COMM.rank}" / "src.bin"
     assert_all(not copy.exists() if COMM.rank == 1 else copy.read_bytes() == src.read_bytes(),
                "downstream nodes got the uncorrupted bytes")
+
+
+@pytest.mark.parametrize("change", ["rewrite in place", "append", "replace"])
+def test_a_source_changed_while_it_is_read_is_never_staged(area, make_file, assert_all, change):
+    """The root's progress callback changes the source after the first chunk has left
+    (the reader is then at most ``depth`` chunks ahead, far from the end): every node
+    fails with the reason, no copy is renamed into place, no temp file is left."""
+    size = 64 * CHUNK
+    src = source_file(area, make_file, size)
+    changed = []
+
+    def meddle(done: int, total: int) -> None:
+        if changed:
+            return
+        changed.append(done)
+        if change == "rewrite in place":
+            with open(src, "r+b") as f:
+                f.seek(size - 10)
+                f.write(b"new bytes!")
+        elif change == "append":
+            with open(src, "ab") as f:
+                f.write(b"more")
+        else:
+            os.replace(source_file_copy, src)
+
+    source_file_copy = area / "replacement.bin"
+    if COMM.rank == 0:
+        shutil.copyfile(src, source_file_copy)
+    COMM.Barrier()
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            chunk_size=CHUNK, depth=2, progress=meddle)
+    expected = {"rewrite in place": "was modified while it was read",
+                "append": f"changed size ({size} to {size + 4} bytes) while it was read",
+                "replace": "was replaced by another file while it was read"}[change]
+    assert_all(not report.ok and report.exit_code == 1)
+    assert_all(expected in (report.source_error or ""), str(report.source_error))
+    assert_all(len(report.failed) == COMM.size)
+    assert_all(os.listdir(area / f"n{COMM.rank}") == [], "no copy, no temp file")
 
 
 def test_bad_timeout_is_a_usage_error(area, make_file):
