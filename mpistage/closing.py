@@ -16,6 +16,7 @@ from mpi4py import MPI
 
 from .decide import Prediction
 from .errors import Stalled
+from .liveness import drain_heartbeats
 from .pipeline import EngineResult
 from .plan import Plan
 from .preflight import NodeCheck
@@ -154,9 +155,11 @@ def _stall_verdict(statuses: dict[int, tuple], missing: list[int], topo: Topolog
 
 
 def _collect_statuses(comm: MPI.Comm, own: tuple, timeout: float) -> dict[int, tuple]:  # type: ignore[type-arg]
-    """Rank 0: every rank's status.  Waits as long as statuses keep coming; once some
-    rank reported a stall, only :data:`STALL_GRACE` more seconds; after ``2 * timeout``
-    without news, gives up on the rest (they are dead or cut off)."""
+    """Rank 0: every rank's status.  Waits as long as there is news: statuses, or
+    heartbeats from nodes still writing, flushing or re-reading their copy (however
+    long that takes, see :mod:`mpistage.liveness`); once some rank reported a stall,
+    only :data:`STALL_GRACE` more seconds; after ``2 * timeout`` without news, gives up
+    on the rest (they are dead, cut off, or stuck)."""
     statuses = {0: own}
     pending = [r for r in range(1, comm.size)]
     quiet_since = time.monotonic()
@@ -170,7 +173,9 @@ def _collect_statuses(comm: MPI.Comm, own: tuple, timeout: float) -> dict[int, t
         if got:
             statuses.update(got)
             pending = [r for r in pending if r not in got]
+        if got or drain_heartbeats(comm).intersection(pending):
             quiet_since = time.monotonic()
+    drain_heartbeats(comm)
     return statuses
 
 

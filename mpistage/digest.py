@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import xxhash
 
@@ -15,11 +16,13 @@ def new_digest() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
-def file_digest(path: str | os.PathLike[str], *, drop_cache: bool = True) -> str:
+def file_digest(path: str | os.PathLike[str], *, drop_cache: bool = True,
+                progress: Callable[[int], None] | None = None) -> str:
     """Hex digest of a file as it is on disk.
 
     With ``drop_cache`` the kernel is first asked to forget the file's clean pages, so
     the bytes come from the device where it can (pages not yet written back stay).
+    ``progress(count)`` is told of every block read (a watchdog's sign of life).
     """
     digest = new_digest()
     fd = os.open(path, os.O_RDONLY)
@@ -30,6 +33,8 @@ def file_digest(path: str | os.PathLike[str], *, drop_cache: bool = True) -> str
         view = memoryview(buf)
         while n := os.readv(fd, [view]):
             digest.update(view[:n])
+            if progress is not None:
+                progress(n)
     finally:
         os.close(fd)
     return digest.hexdigest()

@@ -3,15 +3,25 @@
 ``MPISTAGE_TEST_FAULTS="corrupt-chunk@2,corrupt-disk@3"`` makes node 2 write a flipped
 byte in its first chunk (as if the network corrupted it: the node's digest of what it
 wrote differs from the source's) and node 3 flip a byte of its file on disk after
-writing (only ``--verify``, which re-reads the file, can see that).  The tests use these
-to prove that corruption is detected; nothing else reads this variable.
+writing (only ``--verify``, which re-reads the file, can see that).
+``slow-commit@N`` makes node N's commit take 5 s more while making progress (a long
+``--verify`` or ``--fsync``); ``hang-write@N`` makes node N's next write never return
+(a hung file server, a dead disk).  The tests use these to prove that corruption is
+detected and that a slow node is waited for while a stuck one is not; nothing else
+reads this variable.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .sink import Sink
 
 ENV = "MPISTAGE_TEST_FAULTS"
 
@@ -39,3 +49,25 @@ def flip_byte_on_disk(path: str | os.PathLike[str]) -> None:
             os.pwrite(fd, bytes([first[0] ^ 0xFF]), 0)
     finally:
         os.close(fd)
+
+
+#: How much longer ``slow-commit`` makes a commit.
+SLOW_COMMIT_SECONDS = 5.0
+
+
+def make_writes_hang(sink: Sink) -> None:
+    """``hang-write``: every write of ``sink`` from now on blocks forever."""
+    def hang(fd: int, data: memoryview) -> int:
+        threading.Event().wait()
+        return 0
+
+    sink._write_some = hang  # noqa: SLF001 (a test hook)
+
+
+def slow_commit(sink: Sink) -> None:
+    """``slow-commit``: take :data:`SLOW_COMMIT_SECONDS` while showing progress, as a
+    long flush or re-read does."""
+    deadline = time.monotonic() + SLOW_COMMIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        sink.progress += 1

@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,7 @@ from mpi4py import MPI
 from . import faults
 from .digest import new_digest
 from .errors import Stalled
+from .liveness import follow, no_heartbeat
 from .plan import Plan, file_identity
 from .schedules import Schedule
 from .sink import Sink
@@ -118,7 +119,8 @@ class EngineResult:
 
 
 class Engine:
-    """Moves one file through one schedule on one leader (call :meth:`run` once)."""
+    """Moves one file through one schedule on one leader: :meth:`transfer`, then
+    :meth:`finish_writes`; :meth:`close` in any case."""
 
     def __init__(
         self,
@@ -155,6 +157,13 @@ class Engine:
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._result = EngineResult()
         self._done_bytes = 0
+        self._writer = threading.Thread(target=self._write_loop, name="mpistage-writer",
+                                        daemon=True)
+        self._writing_since: float | None = None  # when the current write began
+        self._writer_abandoned = False
+        self._chunks_written = 0
+        self._started = 0.0
+        self._closed = False
 
     # -- threads --------------------------------------------------------------------------
 
@@ -243,27 +252,79 @@ class Engine:
         digest = new_digest() if not self.schedule.is_root else None
         while (item := self._writes.get()) is not None:
             k, index = item
-            view = self.pool.buffers[index][: self.plan.chunk_length(k)]
-            if self.corrupt and k == 0:
-                view = faults.flipped(view)  # a copy: forwarded bytes stay intact
             try:
+                if self._writer_abandoned:
+                    continue
+                view = self.pool.buffers[index][: self.plan.chunk_length(k)]
+                if self.corrupt and k == 0:
+                    view = faults.flipped(view)  # a copy: forwarded bytes stay intact
                 if sink is not None and self._result.write_error is None:
                     started = time.perf_counter()
+                    self._writing_since = time.monotonic()
                     try:
                         sink.write(view)
                     except OSError as exc:
-                        self._result.write_error = f"write to {sink.final_path} failed: {exc}"
+                        if self._result.write_error is None:
+                            self._result.write_error = f"write to {sink.final_path} failed: {exc}"
                         log.debug("write failed on chunk %d: %s", k, exc)
                         sink.discard()
+                    finally:
+                        self._writing_since = None
                     clock.add("write", time.perf_counter() - started)
                 if digest is not None and self._result.write_error is None:
                     started = time.perf_counter()
                     digest.update(view)
                     clock.add("digest", time.perf_counter() - started)
+                self._chunks_written += 1
             finally:
                 self.pool.release(index)
         if self._result.write_error is None and digest is not None:
             self._result.digest = digest.hexdigest()
+
+    def _writer_stuck(self) -> bool:
+        """Whether the writer has been inside one write (of at most 8 MiB) for half the
+        timeout: a dead disk or a hung file server.  Half, because while this node's
+        buffers are all with the writer it posts no receives, and its parent counts that
+        against the same timeout: this node must give up its copy and take data again
+        before its parent gives up on it."""
+        since = self._writing_since
+        return (since is not None and self.timeout is not None and not self._writer_abandoned
+                and time.monotonic() - since >= self.timeout / 2)
+
+    def _abandon_writer(self) -> None:
+        """Give up this node's copy, not the transfer: chunks are no longer queued for
+        writing and the buffers of those already queued come back, so this node keeps
+        forwarding to the nodes after it.  The stuck write keeps its one buffer."""
+        self._writer_abandoned = True
+        if self._result.write_error is None:
+            where = self.sink.final_path if self.sink is not None else "the copy"
+            self._result.write_error = (
+                f"writing {where} made no progress for {self.timeout / 2:g} s (a hung disk "
+                "or file server?); this node went on forwarding to the others")
+        log.debug("%s", self._result.write_error)
+        while True:
+            try:
+                item = self._writes.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:  # the end marker: leave it for the writer
+                self._writes.put(None)
+                return
+            self.pool.release(item[1])
+
+    def _buffer_back_from_writer(self) -> int:
+        """Every buffer is with the writer: wait for one to come back.  If the writer is
+        stuck, abandon this node's copy (and get the buffers back) instead."""
+        assert self.timeout is not None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            index = self.pool.take(block=True, timeout=min(0.1, self.timeout))
+            if index is not None:
+                return index
+            if self._writer_stuck():
+                self._abandon_writer()
+            elif time.monotonic() >= deadline and self._writing_since is None:
+                raise Stalled(f"no buffer came back from the writer for {self.timeout:g} s")
 
     # -- main thread: all MPI calls -------------------------------------------------------
 
@@ -321,14 +382,27 @@ class Engine:
                     continue
                 started = time.perf_counter()
                 try:
-                    item = self._ready.get(timeout=self.timeout)
-                except queue.Empty:
-                    raise Stalled(f"reading {self.plan.source} made no progress "
-                                  f"for {self.timeout:g} s") from None
+                    item = self._ready_chunk()
                 finally:
                     self.clock.add("wait", time.perf_counter() - started)
             assert item is not None
             return item
+
+    def _ready_chunk(self) -> tuple[int, int] | None:
+        """The reader's next chunk.  The reader may be waiting for a buffer that a stuck
+        writer holds: then this node's copy is abandoned and reading goes on."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            if self._writer_stuck():
+                self._abandon_writer()
+            elif (deadline is not None and time.monotonic() >= deadline
+                  and self._writing_since is None):
+                raise Stalled(f"reading {self.plan.source} made no progress "
+                              f"for {self.timeout:g} s")
 
     def _next_from_parent(self, next_post: int) -> tuple[int, int, int]:
         """Keep receives posted ahead; return the oldest once it arrived."""
@@ -341,10 +415,7 @@ class Engine:
                 if self._sends:
                     self._retire_sends(block=True)
                     continue
-                index = self.pool.take(block=True, timeout=self.timeout)  # from the writer
-                if index is None:
-                    raise Stalled(f"writing {self.sink.final_path if self.sink else 'the copy'}"
-                                  f" made no progress for {self.timeout:g} s")
+                index = self._buffer_back_from_writer()
             view = self.pool.buffers[index][: plan.chunk_length(next_post)]
             self._recvs.append((next_post, index, self.schedule.post_receive(view)))
             next_post += 1
@@ -352,13 +423,17 @@ class Engine:
         self._wait([request], receiving=True)
         return k, index, next_post
 
-    def run(self) -> EngineResult:
-        """Move every chunk; returns once all sends and writes are done."""
+    def transfer(self) -> EngineResult:
+        """Move every chunk through the schedule (call once).
+
+        Returns once every chunk has been received and forwarded; on the root the
+        result then holds the source's digest or why reading failed.  This node's own
+        writes may still be under way: :meth:`finish_writes` waits for them.
+        """
         plan, schedule = self.plan, self.schedule
-        started = time.perf_counter()
+        self._started = time.perf_counter()
+        self._writer.start()
         reader = threading.Thread(target=self._read_loop, name="mpistage-reader", daemon=True)
-        writer = threading.Thread(target=self._write_loop, name="mpistage-writer", daemon=True)
-        writer.start()
         if schedule.is_root:
             reader.start()
         next_post = 0
@@ -368,30 +443,66 @@ class Engine:
                     k, index = self._next_from_reader()
                 else:
                     k, index, next_post = self._next_from_parent(next_post)
-                view = self.pool.buffers[index][: plan.chunk_length(k)]
-                requests = schedule.post_forward(view)
-                self.pool.hold(index, 2 if requests else 1)
-                self._writes.put((k, index))
-                if requests:
-                    self._sends.append((k, index, requests))
-                else:
-                    self._sent(len(view))
+                self._dispatch(k, index)
                 self._retire_sends(block=False)
             while self._sends:
                 self._retire_sends(block=True)
+        except BaseException:
+            self.close()
+            raise
         finally:
-            self._writes.put(None)
-            self.pool.close()
-            writer.join()
             if schedule.is_root:
                 # After a stall the reader may sit in a read that never returns (a hung
                 # file server); it is a daemon thread, so do not wait for it forever.
-                reader.join(timeout=None if self.timeout is None else self.timeout)
-        if schedule.is_root and self._result.write_error is None:
+                reader.join(timeout=self.timeout)
+        return self._result
+
+    def _dispatch(self, k: int, index: int) -> None:
+        """Chunk ``k`` is here: forward it to the schedule's children and queue it for
+        writing (unless this node's copy was abandoned)."""
+        view = self.pool.buffers[index][: self.plan.chunk_length(k)]
+        requests = self.schedule.post_forward(view)
+        writes = not self._writer_abandoned
+        holders = bool(requests) + writes
+        self.pool.hold(index, max(holders, 1))
+        if writes:
+            self._writes.put((k, index))
+        if requests:
+            self._sends.append((k, index, requests))
+        else:
+            self._sent(len(view))
+        if not holders:
+            self.pool.release(index)
+
+    def finish_writes(self, heartbeat: Callable[[Hashable], None] = no_heartbeat) -> EngineResult:
+        """Wait for this node's writes to end, as long as they make progress (each
+        change is passed to ``heartbeat``, so rank 0 knows this node is alive); a write
+        that stands still for the timeout abandons this node's copy."""
+        self._writes.put(None)
+        if not self._writer_abandoned:
+            try:
+                follow(self._writer, self._write_progress,
+                       timeout=self.timeout if self.timeout is not None else float("inf"),
+                       heartbeat=heartbeat, what="writing")
+            except Stalled:
+                self._abandon_writer()
+        self.pool.close()
+        if self.schedule.is_root and self._result.write_error is None:
             self._result.digest = self._result.source_digest
-        self.clock.add("transfer", time.perf_counter() - started)
+        self.clock.add("transfer", time.perf_counter() - self._started)
         self._result.phases = dict(self.clock.seconds)
         return self._result
+
+    def _write_progress(self) -> tuple[int, int]:
+        return self._chunks_written, self.sink.progress if self.sink is not None else 0
+
+    def close(self) -> None:
+        """Stop the writer (idempotent; it may still be inside a write that never
+        returns, which the sink's owner makes harmless with ``Sink.discard``)."""
+        if not self._closed:
+            self._closed = True
+            self._writes.put(None)
+            self.pool.close()
 
 
 def _pread_full(fd: int, view: np.ndarray, offset: int) -> int:

@@ -8,12 +8,16 @@ included) without writing through it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import socket
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -23,6 +27,7 @@ from .digest import file_digest
 log = logging.getLogger("mpistage.sink")
 
 TEMP_SUFFIX = ".mpistage-tmp"
+_WRITE_SLICE = 8 << 20
 
 
 #: Random characters ``tempfile.mkstemp`` puts between prefix and suffix.
@@ -60,31 +65,74 @@ def copy_mode(source_mode: int) -> int:
     return source_mode & ~current_umask() & ~0o002 & 0o1777
 
 
+class Abandoned(OSError):
+    """The owner gave up on this copy (its disk made no progress); nothing is kept."""
+
+
 class Sink:
     """Receives the file's bytes in order and puts them in place when asked.
 
-    Not thread-safe: one writer thread calls :meth:`write`; the owner calls
-    :meth:`commit` or :meth:`discard` after that thread has finished.
+    One writer thread calls :meth:`write`, then one thread :meth:`commit`.  The owner may
+    call :meth:`discard` at any time, also while a write or a commit hangs in another
+    thread (a dead disk, a hung file server): the temp file is removed at once and the
+    copy can no longer be renamed into place, but its descriptor is closed only by the
+    last thread to leave it, so no other file that reuses the number is written to.
+
+    Attributes:
+        progress: bytes written, flushed or re-read so far; a watchdog that sees it stand
+            still for the timeout knows the disk is stuck (see :mod:`mpistage.liveness`).
     """
 
     def __init__(self, final_path: str | os.PathLike[str]) -> None:
         self.final_path = Path(final_path)
         self.bytes_written = 0
+        self.progress = 0
         self.timings: dict[str, float] = {}
         fd, temp = tempfile.mkstemp(prefix=temp_prefix(self.final_path.name, os.getpid()),
                                     suffix=TEMP_SUFFIX, dir=self.final_path.parent)
         self._fd: int | None = fd
         self.temp_path: Path | None = Path(temp)
         interrupt.register_temp_file(self.temp_path)  # removed on SIGTERM/SIGINT
+        self._lock = threading.Lock()
+        self._users = 0  # threads inside write or commit
+        self._abandoned = False
+        self._write_some = os.write  # a test fault may make it hang (mpistage.faults)
+
+    @contextmanager
+    def _using(self) -> Iterator[int]:
+        """The descriptor, held open for this thread until it leaves."""
+        with self._lock:
+            if self._abandoned or self._fd is None:
+                raise Abandoned(errno.ECANCELED, f"the copy at {self.final_path} was abandoned")
+            self._users += 1
+            fd = self._fd
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._abandoned and self._users == 0:
+                    self._close()
+
+    def _close(self) -> None:
+        """Close the descriptor (idempotent; call with the lock held)."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
     def write(self, data: memoryview) -> None:
         """Append ``data``; raises ``OSError`` (ENOSPC, EFBIG, EIO …) as the kernel reports."""
-        assert self._fd is not None, "write after close"
-        view = memoryview(data).cast("B")
-        while view:
-            written = os.write(self._fd, view)
-            self.bytes_written += written
-            view = view[written:]
+        with self._using() as fd:
+            view = memoryview(data).cast("B")
+            while view:
+                # At most a slice per call, so that progress shows during a large chunk.
+                written = self._write_some(fd, view[:_WRITE_SLICE])
+                self.bytes_written += written
+                self.progress += written
+                view = view[written:]
 
     def commit(
         self,
@@ -103,32 +151,37 @@ class Sink:
             verify_digest: when given, re-read the written file and compare.
 
         Raises:
-            OSError: any step failed; the temp file is removed first.
+            OSError: any step failed, or the owner discarded the copy meanwhile
+                (:class:`Abandoned`); the temp file is removed first.
             ValueError: the re-read digest differs.
             mpistage.interrupt.Interrupted: a signal came first (the temp file is gone).
         """
-        assert self._fd is not None and self.temp_path is not None, "commit after close"
+        temp = self.temp_path
+        assert temp is not None, "commit after close"
         try:
-            if fsync:
-                started = time.perf_counter()
-                os.fsync(self._fd)
-                self.timings["fsync"] = time.perf_counter() - started
-            os.fchmod(self._fd, copy_mode(mode))
-            os.close(self._fd)
-            self._fd = None
+            with self._using() as fd:
+                if fsync:
+                    started = time.perf_counter()
+                    os.fsync(fd)
+                    self.timings["fsync"] = time.perf_counter() - started
+                os.fchmod(fd, copy_mode(mode))
+                with self._lock:
+                    self._close()
             if verify_digest is not None:
                 started = time.perf_counter()
-                on_disk = file_digest(self.temp_path)
+                on_disk = file_digest(temp, progress=self._advance)
                 self.timings["verify"] = time.perf_counter() - started
                 if on_disk != verify_digest:
                     raise ValueError(
-                        f"re-read of {self.temp_path} gave digest {on_disk}, expected {verify_digest}"
+                        f"re-read of {temp} gave digest {on_disk}, expected {verify_digest}"
                     )
             started = time.perf_counter()
-            os.utime(self.temp_path, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
-            with interrupt.renaming(self.temp_path):
-                os.rename(self.temp_path, self.final_path)
-            self.temp_path = None
+            os.utime(temp, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
+            with self._lock, interrupt.renaming(temp):
+                if self._abandoned:
+                    raise Abandoned(errno.ECANCELED, f"the copy at {self.final_path} was abandoned")
+                os.rename(temp, self.final_path)
+                self.temp_path = None
             if fsync:
                 _fsync_dir(self.final_path.parent)
             self.timings["rename"] = time.perf_counter() - started
@@ -136,23 +189,25 @@ class Sink:
             self.discard()
             raise
 
+    def _advance(self, count: int) -> None:
+        self.progress += count
+
     def discard(self) -> None:
-        """Close and remove the temp file, if any (idempotent)."""
-        if self._fd is not None:
+        """Remove the temp file, if any, and make sure it is never renamed into place
+        (idempotent; safe while another thread hangs in :meth:`write` or :meth:`commit`)."""
+        with self._lock:
+            self._abandoned = True
+            temp, self.temp_path = self.temp_path, None
+            if self._users == 0:
+                self._close()
+        if temp is not None:
+            interrupt.forget_temp_file(temp)
             try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
-        if self.temp_path is not None:
-            interrupt.forget_temp_file(self.temp_path)
-            try:
-                os.unlink(self.temp_path)
+                os.unlink(temp)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("could not remove temp file %s: %s", self.temp_path, exc)
-            self.temp_path = None
+                log.warning("could not remove temp file %s: %s", temp, exc)
 
     def __enter__(self) -> Sink:
         return self

@@ -24,6 +24,7 @@ from . import faults
 from .closing import agree_on_report, connect_early, participants, share_source_outcome
 from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
+from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
 from .plan import Plan, check_chunk_size, check_depth, check_template, check_timeout, make_plan
@@ -271,8 +272,13 @@ def _transfer_and_commit(
             if remove_first and mine.existing_size is not None:
                 os.unlink(mine.target)  # the disk cannot hold old and new together
             sink = Sink(mine.target)
+            if faults.active("hang-write", mine.index):
+                faults.make_writes_hang(sink)
         except OSError as exc:
             sink_error = f"cannot write beside {mine.target}: {exc.strerror}"
+    # Signs of life for rank 0 while this node's own writes, flush and re-read go on.
+    heartbeat = Heartbeat(topo.comm, interval=min(timeout / 4, 1.0))
+    engine: Engine | None = None
     try:
         root_rank = taking_part.index(topo.root_node)
         schedule = SCHEDULES[plan.algorithm](comm, root_rank, arity)
@@ -283,30 +289,51 @@ def _transfer_and_commit(
             progress=progress if (progress is not None and is_root) else _noop,
             corrupt=faults.active("corrupt-chunk", mine.index),
         )
-        outcome: EngineResult = engine.run()
+        source = share_source_outcome(comm, root_rank, engine.transfer(), timeout)
+        outcome: EngineResult = engine.finish_writes(heartbeat)
         phases.update(outcome.phases)
-        source = share_source_outcome(comm, root_rank, outcome, timeout)
         if not receives:  # the root, reading for others; its own node needs nothing
             status = "skipped" if mine.problem else "up-to-date"
             return result(status, mine.problem), source
         outcome.write_error = sink_error or outcome.write_error
         error = _judge(outcome, *source)
         if error is None and sink is not None:
-            if faults.active("corrupt-disk", mine.index) and sink.temp_path is not None:
-                faults.flip_byte_on_disk(sink.temp_path)
-            try:
-                sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
-                            verify_digest=source[0] if verify else None)
-                phases.update(sink.timings)
-            except (OSError, ValueError) as exc:
-                error = f"finishing {mine.target} failed: {exc}"
+            error = _commit(sink, plan, mine, fsync=fsync,
+                            verify_digest=source[0] if verify else None,
+                            timeout=timeout, heartbeat=heartbeat)
+            phases.update(sink.timings)
         written = sink.bytes_written if sink is not None else 0
         if error is not None:
             return result("failed", error, outcome.digest, written), source
         return result("copied", None, outcome.digest, written), source
     finally:
+        heartbeat.close(timeout)
+        if engine is not None:
+            engine.close()
         if sink is not None:
             sink.discard()  # no-op after a commit; removes the temp file otherwise
+
+
+def _commit(sink: Sink, plan: Plan, mine: NodeCheck, *, fsync: bool,
+            verify_digest: str | None, timeout: float, heartbeat: Heartbeat) -> str | None:
+    """Put this node's copy in place, waiting as long as the flush and re-read make
+    progress; why it failed, or ``None``."""
+    def finish() -> None:
+        if faults.active("corrupt-disk", mine.index) and sink.temp_path is not None:
+            faults.flip_byte_on_disk(sink.temp_path)
+        if faults.active("slow-commit", mine.index):
+            faults.slow_commit(sink)
+        sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
+                    verify_digest=verify_digest)
+
+    try:
+        watch(finish, lambda: (sink.progress, writeback_activity()), timeout=timeout,
+              heartbeat=heartbeat, what=f"finishing {mine.target}")
+    except Stalled as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        return f"finishing {mine.target} failed: {exc}"
+    return None
 
 
 def _judge(result: EngineResult, source_digest: str | None, source_error: str | None) -> str | None:

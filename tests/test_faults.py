@@ -208,26 +208,65 @@ def test_d_corrupted_bytes_are_detected(clean: EmulatedCluster, tmp_path: Path, 
     assert os.listdir(clean.scratch_dir(1)) == os.listdir(clean.scratch_dir(3)) == []
 
 
-@pytest.mark.parametrize("change", ["shrink", "grow"])
-def test_e_source_changes_size_during_the_read(clean: EmulatedCluster, tmp_path: Path,
-                                               record_property, change: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("change", ["shrink", "grow", "rewrite in place"])
+def test_e_source_changes_during_the_read(clean: EmulatedCluster, tmp_path: Path,
+                                          record_property, change: str) -> None:  # type: ignore[no-untyped-def]
     clean.resize_scratch(MIDDLE, "64m")
     src = sample(tmp_path)
     job = launch(clean, tmp_path, src)
     wait_until_data_flows(clean, 1)
     if change == "shrink":
         os.truncate(src, 8 << 20)
-    else:
+    elif change == "grow":
         with open(src, "ab") as out:
             out.write(b"more")
+    else:  # rsync --inplace, or a job still writing its output: same size, new bytes
+        with open(src, "r+b") as out:
+            out.seek(30 << 20)
+            out.write(os.urandom(1 << 20))
     out, err = job.communicate(timeout=120)
     report = json.loads((tmp_path / "report.json").read_text())
     record_property("seconds_to_report", round(report["elapsed"], 2))
     assert job.returncode == 1, out + err
-    expected = "shrank during the read" if change == "shrink" else "grew during the read"
+    expected = {"shrink": "shrank during the read",
+                "grow": f"changed size ({32 << 20} to {(32 << 20) + 4} bytes) while it was read",
+                "rewrite in place": "was modified while it was read"}[change]
     assert expected in report["source"]["error"], report["source"]
     assert {n["status"] for n in report["nodes"]} == {"failed"}
     assert all(os.listdir(clean.scratch_dir(i)) == [] for i in range(HOSTS)), "no copy kept"
+
+
+def test_h_a_slow_node_is_not_a_dead_node(clean: EmulatedCluster, tmp_path: Path,
+                                          record_property) -> None:  # type: ignore[no-untyped-def]
+    """slow-commit@3 with --timeout 1: node 3's commit takes 5 s more (a long flush or
+    re-read) while showing progress; it is waited for and every node holds the copy."""
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path, 4 << 20)
+    run, report, seconds = stage(clean, tmp_path, src, "--timeout", "1",
+                                 env={"MPISTAGE_TEST_FAULTS": "slow-commit@3"})
+    record_property("seconds_to_report", round(seconds, 2))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert report["ok"] and report["elapsed"] >= 5
+    assert final_files_are_whole(clean, src) == list(range(HOSTS))
+
+
+def test_i_a_hung_write_is_given_up_and_the_others_still_get_the_file(
+        clean: EmulatedCluster, tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
+    """hang-write@2 with --timeout 3: node 2's next write never returns (a hung NFS, a
+    dead disk).  It gives up its copy and goes on forwarding; the run ends within
+    --timeout + 15 s, exit 1, the summary naming node 2, and no temp file anywhere."""
+    clean.resize_scratch(MIDDLE, "64m")
+    src = sample(tmp_path, 8 << 20)
+    run, report, seconds = stage(clean, tmp_path, src, "--timeout", "3",
+                                 env={"MPISTAGE_TEST_FAULTS": "hang-write@2"})
+    record_property("seconds_to_report", round(seconds, 2))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert seconds < 3 + 15
+    assert [n["index"] for n in report["nodes"] if not n["ok"]] == [2]
+    assert "node 2 " in run.stdout and "made no progress" in run.stdout
+    assert final_files_are_whole(clean, src) == [0, 1, 3, 4]
+    assert all(not any(p.name.endswith(TEMP_SUFFIX) for p in clean.scratch_dir(i).iterdir())
+               for i in range(HOSTS))
 
 
 def test_g_symlink_planted_at_dest_is_not_followed(clean: EmulatedCluster, tmp_path: Path) -> None:

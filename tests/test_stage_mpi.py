@@ -324,6 +324,43 @@ def test_a_source_changed_while_it_is_read_is_never_staged(area, make_file, asse
     assert_all(os.listdir(area / f"n{COMM.rank}") == [], "no copy, no temp file")
 
 
+def test_a_slow_node_is_waited_for_while_it_makes_progress(area, make_file, assert_all,
+                                                          monkeypatch):
+    """slow-commit: the last node's commit takes 5 s more (a long --verify or --fsync),
+    far beyond 2 x --timeout; it shows progress, so it is waited for, not declared dead."""
+    src = source_file(area, make_file, 300_000)
+    last = COMM.size - 1
+    monkeypatch.setenv("MPISTAGE_TEST_FAULTS", f"slow-commit@{last}")
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            chunk_size=CHUNK, timeout=1)
+    assert_all(report.ok and report.exit_code == 0, report.summary())
+    assert_all(report.elapsed >= 5)
+    assert_all((area / f"n{COMM.rank}" / "src.bin").read_bytes() == src.read_bytes())
+
+
+@pytest.mark.parametrize("where", ["root", "middle", "last"])
+def test_a_hung_write_costs_that_node_its_copy_only(area, make_file, assert_all, monkeypatch,
+                                                    where):
+    """hang-write: that node's next write never returns (a dead disk, a hung NFS).  The
+    node gives up its copy, goes on forwarding, and the run ends within --timeout + 15 s
+    with exit 1 naming it; every other node holds its copy; no temp file anywhere."""
+    src = source_file(area, make_file, 40 * CHUNK)
+    victim = {"root": 0, "middle": COMM.size // 2, "last": COMM.size - 1}[where]
+    monkeypatch.setenv("MPISTAGE_TEST_FAULTS", f"hang-write@{victim}")
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            chunk_size=CHUNK, timeout=2)
+    assert_all(report.exit_code == 1 and not report.stalled, report.summary())
+    assert_all(report.elapsed < 2 + 15, f"took {report.elapsed:.1f} s")
+    assert_all([n.index for n in report.failed] == [victim], report.summary())
+    assert_all("made no progress" in (report.failed[0].error or ""), str(report.failed[0].error))
+    mine = area / f"n{COMM.rank}"
+    if COMM.rank == victim:
+        assert_all(os.listdir(mine) == [], "the hung node's temp file is removed")
+    else:
+        assert_all(os.listdir(mine) == ["src.bin"] and
+                   (mine / "src.bin").read_bytes() == src.read_bytes())
+
+
 def test_bad_timeout_is_a_usage_error(area, make_file):
     src = source_file(area, make_file, 10)
     with pytest.raises(UsageError, match="invalid timeout"):
