@@ -121,6 +121,8 @@ def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algori
         before = os.stat(path)
     except FileNotFoundError:
         raise UsageError(f"source {path!r} does not exist") from None
+    except PermissionError:
+        raise UsageError(f"source {path!r} is not readable (permission denied)") from None
     except OSError as exc:
         raise UsageError(f"source {path!r} cannot be examined: {exc.strerror}") from None
     _refuse_unless_regular(path, before.st_mode)

@@ -381,6 +381,9 @@ def explain(
         plan, params = _agree_on_plan(comm, root, source, dest, chunk_size,
                                       "chain" if algorithm == AUTO else algorithm, calibration)
         checks = preflight(topo, plan, quick=quick, skip_bad_nodes=True)
+        bad = [c for c in checks if c.problem]
+        if bad and not any(c.needs_data for c in checks):
+            raise UsageError("\n".join(c.line() for c in bad))  # no node could take it
         transfer_comm = _transfer_communicator(topo, checks)
         prediction = None
         if transfer_comm is not None:
