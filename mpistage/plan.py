@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import stat
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,23 +119,11 @@ def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algori
         UsageError: the source is missing, unreadable, or not a regular file.
     """
     path = os.fspath(source)
-    try:
+    with _source_errors(path, "examined"):
         before = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"source {path!r} does not exist") from None
-    except PermissionError:
-        raise UsageError(f"source {path!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise UsageError(f"source {path!r} cannot be examined: {exc.strerror}") from None
     _refuse_unless_regular(path, before.st_mode)
-    try:
+    with _source_errors(path, "opened"):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise UsageError(f"source {path!r} does not exist") from None
-    except PermissionError:
-        raise UsageError(f"source {path!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise UsageError(f"source {path!r} cannot be opened: {exc.strerror}") from exc
     try:
         info = os.fstat(fd)
     finally:
@@ -150,6 +140,19 @@ def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algori
         dest=dest,
         identity=file_identity(info),
     )
+
+
+@contextmanager
+def _source_errors(path: str, doing: str) -> Iterator[None]:
+    """The source's ``OSError`` as a one-line :class:`UsageError`."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UsageError(f"source {path!r} does not exist") from None
+    except PermissionError:
+        raise UsageError(f"source {path!r} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise UsageError(f"source {path!r} cannot be {doing}: {exc.strerror}") from None
 
 
 def _refuse_unless_regular(path: str, mode: int) -> None:
