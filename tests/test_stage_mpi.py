@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mpi4py import MPI
 
 import mpistage
@@ -359,6 +361,36 @@ def test_a_hung_write_costs_that_node_its_copy_only(area, make_file, assert_all,
     else:
         assert_all(os.listdir(mine) == ["src.bin"] and
                    (mine / "src.bin").read_bytes() == src.read_bytes())
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(size=st.integers(0, 3 * CHUNK + 5), chunk=st.integers(1, 2 * CHUNK),
+       algorithm=st.sampled_from(mpistage.ALGORITHMS), depth=st.integers(2, 6),
+       root=st.integers(0, 3), existing=st.sampled_from(["none", "same", "other", "link"]))
+def test_randomised_transfers_are_byte_identical(area, make_file, assert_all, size, chunk,
+                                                 algorithm, depth, root, existing):
+    """Drawn alike on every rank (derandomized): sizes, chunks, algorithms, depths, roots
+    and what already stands at DEST; every node ends with the source's bytes, nothing else."""
+    root %= COMM.size
+    src = area / "src.bin"
+    mine = area / f"n{COMM.rank}"
+    if COMM.rank == 0:
+        make_file(src, size, seed=size ^ chunk)
+    COMM.Barrier()
+    for name in os.listdir(mine):
+        os.unlink(mine / name)
+    if existing == "same":
+        shutil.copyfile(src, mine / "src.bin")
+    elif existing == "other":
+        (mine / "src.bin").write_bytes(b"old" * 100)
+    elif existing == "link":
+        (mine / "src.bin").symlink_to(src)
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            algorithm=algorithm, chunk_size=chunk, depth=depth, root=root)
+    assert_all(report.ok, report.summary())
+    assert_all(os.listdir(mine) == ["src.bin"] and not (mine / "src.bin").is_symlink())
+    assert_all((mine / "src.bin").read_bytes() == src.read_bytes())
 
 
 def test_bad_timeout_is_a_usage_error(area, make_file):
