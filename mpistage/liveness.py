@@ -51,7 +51,6 @@ class Heartbeat:
         if not self._requests:  # never more than one in flight: rank 0 may be busy
             self._requests.append(self.comm.Isend(self._message, dest=0, tag=_HEARTBEAT_TAG))
 
-
     def close(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) for the last heartbeat to leave."""
         try:

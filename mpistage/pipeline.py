@@ -291,7 +291,7 @@ class Engine:
         return (since is not None and self.timeout is not None and not self._writer_abandoned
                 and time.monotonic() - since >= self.timeout / 2)
 
-    def _abandon_writer(self) -> None:
+    def _abandon_writer(self, stuck_for: float) -> None:
         """Give up this node's copy, not the transfer: chunks are no longer queued for
         writing and the buffers of those already queued come back, so this node keeps
         forwarding to the nodes after it.  The stuck write keeps its one buffer."""
@@ -299,8 +299,8 @@ class Engine:
         if self._result.write_error is None:
             where = self.sink.final_path if self.sink is not None else "the copy"
             self._result.write_error = (
-                f"writing {where} made no progress for {self.timeout / 2:g} s (a hung disk "
-                "or file server?); this node went on forwarding to the others")
+                f"writing {where} made no progress for {stuck_for:g} s (a hung disk or "
+                "file server?); this node went on forwarding to the others")
         log.debug("%s", self._result.write_error)
         while True:
             try:
@@ -322,7 +322,7 @@ class Engine:
             if index is not None:
                 return index
             if self._writer_stuck():
-                self._abandon_writer()
+                self._abandon_writer(self.timeout / 2)
             elif time.monotonic() >= deadline and self._writing_since is None:
                 raise Stalled(f"no buffer came back from the writer for {self.timeout:g} s")
 
@@ -398,7 +398,7 @@ class Engine:
             except queue.Empty:
                 pass
             if self._writer_stuck():
-                self._abandon_writer()
+                self._abandon_writer(self.timeout / 2)
             elif (deadline is not None and time.monotonic() >= deadline
                   and self._writing_since is None):
                 raise Stalled(f"reading {self.plan.source} made no progress "
@@ -485,7 +485,7 @@ class Engine:
                        timeout=self.timeout if self.timeout is not None else float("inf"),
                        heartbeat=heartbeat, what="writing")
             except Stalled:
-                self._abandon_writer()
+                self._abandon_writer(self.timeout)
         self.pool.close()
         if self.schedule.is_root and self._result.write_error is None:
             self._result.digest = self._result.source_digest

@@ -29,9 +29,16 @@ LAUNCHER_BOX = re.compile(r"^-{20,}\n(?:prterun|mpirun|mpiexec) detected that.*?
                           re.MULTILINE | re.DOTALL)
 
 
+#: Open MPI's launcher may also log a PMIx error of its own when every rank ends at
+#: once with a non-zero status ("[host:pid] PMIX ERROR: PMIX_ERR_UNREACH in file
+#: …/pmix_server.c at line …"): the launcher's server racing the ranks' exits.
+LAUNCHER_PMIX_ERROR = re.compile(r"^\[[^\]]+:\d+\] PMIX ERROR: .*\n?", re.MULTILINE)
+
+
 def without_launcher_box(stderr: str) -> str:
-    """``stderr`` without the box in which Open MPI's launcher names the failed rank."""
-    return LAUNCHER_BOX.sub("", stderr)
+    """``stderr`` without what Open MPI's launcher adds: the box in which it names the
+    failed rank, and its own PMIx errors."""
+    return LAUNCHER_PMIX_ERROR.sub("", LAUNCHER_BOX.sub("", stderr))
 
 
 def mpistage(*args: str, n: int | None = 2, prefix: tuple[str, ...] = (), timeout: float = 180,
