@@ -1,0 +1,62 @@
+"""The chunk buffers one leader works with, and the clock of its phases.
+
+A small fixed pool of numpy buffers bounds memory whatever the file size; the source,
+the engine and the writer pass buffers by index, and a buffer goes back to the pool when
+its last holder (the sends of a chunk, its write) lets go.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+
+
+class PhaseClock:
+    """Seconds spent per phase; each phase is added to by one thread only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+class BufferPool:
+    """A fixed set of chunk buffers, handed out by index.
+
+    A buffer in use may have several holders (the sends of a chunk, its write); it
+    returns to the pool when the last one lets go.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self.buffers = [np.empty(size, dtype=np.uint8) for _ in range(count)]
+        self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._holders = [0] * count
+        self._lock = threading.Lock()
+        for index in range(count):
+            self._free.put(index)
+
+    def take(self, block: bool = True, timeout: float | None = None) -> int | None:
+        """A free buffer's index; ``None`` if none is free (when not blocking, or not
+        within ``timeout``), or on :meth:`close`."""
+        try:
+            return self._free.get(block=block, timeout=timeout if block else None)
+        except queue.Empty:
+            return None
+
+    def hold(self, index: int, holders: int) -> None:
+        with self._lock:
+            self._holders[index] = holders
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            self._holders[index] -= 1
+            free = self._holders[index] <= 0
+        if free:
+            self._free.put(index)
+
+    def close(self) -> None:
+        """Wake a thread blocked in :meth:`take` (it gets ``None``)."""
+        self._free.put(None)

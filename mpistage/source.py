@@ -1,0 +1,161 @@
+"""The source: the root's file, read ahead into free buffers and digested as it goes.
+
+The reader runs in its own thread, so reading chunk k+1, k+2 … overlaps the sends of
+chunk k.  It checks that the file is still the one the plan describes (device, inode,
+size, mtime, ctime) before and after reading, so a file replaced or rewritten meanwhile
+is never staged as a mix of old and new bytes.  After an error it zero-fills the rest,
+so that the pipeline still completes and every rank learns the outcome at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .buffers import BufferPool, PhaseClock
+from .digest import new_digest
+from .errors import Stalled
+from .plan import Plan, file_identity
+
+
+class FileSource:
+    """Reads :attr:`Plan.source` chunk by chunk (call :meth:`start` once).
+
+    Attributes:
+        digest: hex xxh3-128 of the file as read, once every chunk was read cleanly.
+        error: why reading failed (``None`` while it has not).
+    """
+
+    def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> None:
+        self.plan = plan
+        self.pool = pool
+        self.clock = clock
+        self.digest: str | None = None
+        self.error: str | None = None
+        self._ready: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._read_all, name="mpistage-reader",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None) -> None:
+        """Wait for the reader to end; after a stall it may sit in a read that never
+        returns (a hung file server), so the wait is bounded."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def ready_chunk(self) -> tuple[int, int] | None:
+        """The next chunk read, ``(k, buffer index)``, or ``None`` if none is ready."""
+        try:
+            return self._ready.get_nowait()
+        except queue.Empty:
+            return None
+
+    def next_chunk(self, timeout: float | None, excused: Callable[[], bool]) -> tuple[int, int]:
+        """Wait for the next chunk.
+
+        Raises:
+            Stalled: reading made no progress for ``timeout`` seconds, and ``excused()``
+                (asked every 0.1 s: is something else holding the buffers the reader
+                waits for?) did not explain the wait.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            if not excused() and deadline is not None and time.monotonic() >= deadline:
+                raise Stalled(f"reading {self.plan.source} made no progress for {timeout:g} s")
+
+    def _read_all(self) -> None:
+        plan, clock = self.plan, self.clock
+        digest = new_digest()
+        fd = -1
+        try:
+            fd = os.open(plan.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            self.error = self._changed(fd, "since it was checked")
+        except OSError as exc:
+            self.error = f"cannot open source {plan.source}: {exc.strerror}"
+        try:
+            for k in range(plan.nchunks):
+                index = self.pool.take()
+                if index is None:  # the engine closed the pool: the transfer is over
+                    return
+                view = self.pool.buffers[index][: plan.chunk_length(k)]
+                if self.error is None:
+                    self._read_chunk(fd, k, view, digest)
+                if self.error is not None:
+                    view[:] = 0
+                self._ready.put((k, index))
+            if self.error is None:
+                self.error = self._changed(fd, "while it was read")
+            if self.error is None:
+                self.digest = digest.hexdigest()
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _read_chunk(self, fd: int, k: int, view: np.ndarray, digest) -> None:  # type: ignore[no-untyped-def]
+        plan = self.plan
+        started = time.perf_counter()
+        try:
+            got = _pread_full(fd, view, k * plan.chunk_size)
+        except OSError as exc:
+            self.error = f"reading {plan.source} failed: {exc.strerror}"
+            return
+        finally:
+            self.clock.add("read", time.perf_counter() - started)
+        if got < len(view):
+            self.error = (f"source {plan.source} shrank during the read "
+                          f"(ended at byte {k * plan.chunk_size + got} of {plan.size})")
+            return
+        started = time.perf_counter()
+        digest.update(view)
+        self.clock.add("digest", time.perf_counter() - started)
+
+    def _changed(self, fd: int, when: str) -> str | None:
+        """Why the open source is not the file the plan describes, or ``None``.
+
+        Device, inode, size, modification and change time are compared, so a file
+        replaced, truncated, appended to or rewritten in place (``rsync --inplace``, a
+        job still writing it) is never staged as a mix of old and new bytes.
+        """
+        planned = self.plan.identity
+        if planned is None:
+            return None
+        now = file_identity(os.fstat(fd))  # what is being read
+        try:
+            path_now = os.stat(self.plan.source)  # what the path names now
+        except FileNotFoundError:
+            path_now = None
+        if path_now is None:
+            what = "was removed"
+        elif now[:2] != planned[:2] or file_identity(path_now)[:2] != planned[:2]:
+            what = "was replaced by another file"
+        elif now == planned:
+            return None
+        elif now[2] != planned[2]:
+            what = f"changed size ({planned[2]} to {now[2]} bytes)"
+        else:
+            what = "was modified"
+        return (f"source {self.plan.source} {what} {when}; no copy was kept "
+                "(stage it again once it is complete)")
+
+
+def _pread_full(fd: int, view: np.ndarray, offset: int) -> int:
+    """Read until ``view`` is full or the file ends; returns the bytes read."""
+    total = 0
+    mv = memoryview(view)
+    while total < len(mv):
+        got = os.preadv(fd, [mv[total:]], offset + total)
+        if got == 0:
+            break
+        total += got
+    return total

@@ -1,0 +1,149 @@
+"""This node's own copy: a thread that writes chunks to the sink in order.
+
+The writer digests what it wrote, so the node's copy is checked against the source's
+digest at the end.  A write that fails (disk full, EIO) ends this node's copy but not
+the transfer: the writer keeps draining, so buffers return to the pool and the node
+goes on forwarding.  A write that hangs (a dead disk, a hung file server) is given up on
+by the engine (:meth:`ChunkWriter.abandon`) for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+from . import faults
+from .buffers import BufferPool, PhaseClock
+from .digest import new_digest
+from .errors import Stalled
+from .liveness import follow
+from .plan import Plan
+from .sink import Sink
+
+log = logging.getLogger("mpistage.writer")
+
+
+class ChunkWriter:
+    """Writes chunks handed over by :meth:`put` (call :meth:`start` once).
+
+    Attributes:
+        digest: hex xxh3-128 of what was written, once all of it was written cleanly
+            (``None`` without ``digests``: the root's buffers are the source's, already
+            digested by the reader; hashing them again would prove nothing).
+        error: why this node's copy failed (``None`` while it has not).
+        abandoned: the copy was given up; chunks are no longer taken.
+    """
+
+    def __init__(self, plan: Plan, sink: Sink | None, pool: BufferPool, clock: PhaseClock,
+                 *, digests: bool, corrupt: bool = False) -> None:
+        """
+        Args:
+            corrupt: test hook: flip a byte of the first chunk before writing it.
+        """
+        self.plan = plan
+        self.sink = sink
+        self.pool = pool
+        self.clock = clock
+        self.corrupt = corrupt
+        self.digest: str | None = None
+        self.error: str | None = None
+        self.abandoned = False
+        self._digest = new_digest() if digests else None
+        self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._writing_since: float | None = None  # when the current write began
+        self._chunks_done = 0
+        self._thread = threading.Thread(target=self._write_all, name="mpistage-writer",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, k: int, index: int) -> None:
+        """Write chunk ``k``, held in buffer ``index``; the buffer is released after."""
+        self._queue.put((k, index))
+
+    def stuck(self, after: float) -> bool:
+        """Whether one write has gone on for ``after`` seconds (each is at most 8 MiB)."""
+        since = self._writing_since
+        return since is not None and not self.abandoned and time.monotonic() - since >= after
+
+    @property
+    def busy(self) -> bool:
+        """Inside a write now."""
+        return self._writing_since is not None
+
+    def abandon(self, stuck_for: float) -> None:
+        """Give up this node's copy, not the transfer: chunks are no longer taken and the
+        buffers of those already queued come back.  The stuck write keeps its buffer."""
+        self.abandoned = True
+        if self.error is None:
+            where = self.sink.final_path if self.sink is not None else "the copy"
+            self.error = (f"writing {where} made no progress for {stuck_for:g} s (a hung "
+                          "disk or file server?); this node went on forwarding to the others")
+        log.debug("%s", self.error)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:  # the end marker: leave it for the thread
+                self._queue.put(None)
+                return
+            self.pool.release(item[1])
+
+    def finish(self, timeout: float, heartbeat: Callable[[Hashable], None]) -> None:
+        """No more chunks: wait for the last writes as long as they make progress (each
+        change goes to ``heartbeat``); a write that stands still for ``timeout`` seconds
+        abandons the copy."""
+        self.close()
+        if self.abandoned:
+            return
+        try:
+            follow(self._thread, self._progress, timeout=timeout, heartbeat=heartbeat,
+                   what="writing")
+        except Stalled:
+            self.abandon(timeout)
+
+    def close(self) -> None:
+        """Let the thread end once the queued chunks are written (idempotent)."""
+        self._queue.put(None)
+
+    def _progress(self) -> tuple[int, int]:
+        return self._chunks_done, self.sink.progress if self.sink is not None else 0
+
+    def _write_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            k, index = item
+            try:
+                if not self.abandoned:
+                    self._write_chunk(k, self.pool.buffers[index][: self.plan.chunk_length(k)])
+                self._chunks_done += 1
+            finally:
+                self.pool.release(index)
+        if self.error is None and self._digest is not None:
+            self.digest = self._digest.hexdigest()
+
+    def _write_chunk(self, k: int, view) -> None:  # type: ignore[no-untyped-def]
+        if self.corrupt and k == 0:
+            view = faults.flipped(view)  # a copy: forwarded bytes stay intact
+        sink = self.sink
+        if sink is not None and self.error is None:
+            started = time.perf_counter()
+            self._writing_since = time.monotonic()
+            try:
+                sink.write(view)
+            except OSError as exc:
+                if self.error is None:
+                    self.error = f"write to {sink.final_path} failed: {exc}"
+                log.debug("write failed on chunk %d: %s", k, exc)
+                sink.discard()
+            finally:
+                self._writing_since = None
+            self.clock.add("write", time.perf_counter() - started)
+        if self._digest is not None and self.error is None:
+            started = time.perf_counter()
+            self._digest.update(view)
+            self.clock.add("digest", time.perf_counter() - started)
