@@ -20,8 +20,8 @@ from .liveness import drain_heartbeats
 from .pipeline import EngineResult
 from .plan import Plan
 from .preflight import NodeCheck
-from .report import NodeResult, RankRecord, StageReport
-from .schedules import binomial_children, binomial_parent
+from .report import NodeResult, RankRecord, RankStatus, StageReport, build_report
+from .schedules import BinomialSchedule
 from .topology import Topology
 from .waiting import poll, receive_object, receive_objects, send_object
 
@@ -42,13 +42,8 @@ def participants(topo: Topology, checks: list[NodeCheck]) -> list[int]:
 def _outcome_tree(comm: MPI.Comm, root: int) -> tuple[int | None, list[int]]:
     """Parent and children of this rank in the binomial tree that carries the source's
     outcome from the root to every participant, whatever the data's schedule was."""
-    size = comm.size
-    vrank = (comm.rank - root) % size
-    parent = binomial_parent(vrank, size)
-    return (
-        None if parent is None else (parent + root) % size,
-        [(c + root) % size for c in binomial_children(vrank, size)],
-    )
+    tree = BinomialSchedule(comm, root)
+    return tree.parent, tree.children
 
 
 def connect_early(
@@ -111,7 +106,7 @@ def agree_on_report(
     raise :class:`Stalled`.
     """
     comm = topo.comm
-    status = (record, result, outcome, stall, prediction)
+    status = RankStatus(record, result, outcome, stall, prediction)
     if comm.rank != 0:
         if not send_object(comm, status, 0, _STATUS_TAG, timeout):
             raise Stalled(f"could not report to rank 0 within {timeout:g} s ({stall or 'no stall here'})")
@@ -127,9 +122,10 @@ def agree_on_report(
 
     statuses = _collect_statuses(comm, status, timeout)
     missing = [r for r in range(comm.size) if r not in statuses]
-    stalled = bool(missing) or any(s[3] for s in statuses.values())
+    stalled = bool(missing) or any(s.stall for s in statuses.values())
     verdict = _stall_verdict(statuses, missing, topo) if stalled else None
-    report = _build_report(topo, plan, checks, statuses, missing, verdict, depth)
+    report = build_report(plan, checks, [statuses[r] for r in sorted(statuses)], missing,
+                          verdict, depth)
     requests = [comm.isend(verdict, dest=r, tag=_VERDICT_TAG) for r in statuses if r != 0]
     if stalled:
         try:
@@ -141,20 +137,20 @@ def agree_on_report(
     return comm.bcast(report, root=0)
 
 
-def _stall_verdict(statuses: dict[int, tuple], missing: list[int], topo: Topology) -> str:  # type: ignore[type-arg]
+def _stall_verdict(statuses: dict[int, RankStatus], missing: list[int], topo: Topology) -> str:
     """One line: where the transfer stalled, as the ranks that noticed it saw it."""
     seen = []
     for rank in sorted(statuses):
-        stall = statuses[rank][3]
-        if stall:
-            seen.append(f"node {statuses[rank][0].node} ({statuses[rank][0].host}): {stall}")
+        status = statuses[rank]
+        if status.stall:
+            seen.append(f"node {status.record.node} ({status.record.host}): {status.stall}")
     if missing:
         hosts = sorted({n.host for n in topo.nodes for r in missing if r in n.ranks})
         seen.append(f"no status from rank(s) {', '.join(map(str, missing))} on {', '.join(hosts)}")
     return "transfer stalled: " + "; ".join(seen)
 
 
-def _collect_statuses(comm: MPI.Comm, own: tuple, timeout: float) -> dict[int, tuple]:  # type: ignore[type-arg]
+def _collect_statuses(comm: MPI.Comm, own: RankStatus, timeout: float) -> dict[int, RankStatus]:
     """Rank 0: every rank's status.  Waits as long as there is news: statuses, or
     heartbeats from nodes still writing, flushing or re-reading their copy (however
     long that takes, see :mod:`mpistage.liveness`); once some rank reported a stall,
@@ -164,7 +160,7 @@ def _collect_statuses(comm: MPI.Comm, own: tuple, timeout: float) -> dict[int, t
     pending = [r for r in range(1, comm.size)]
     quiet_since = time.monotonic()
     while pending:
-        seen_stall = any(s[3] for s in statuses.values())
+        seen_stall = any(s.stall for s in statuses.values())
         patience = STALL_GRACE if seen_stall else 2 * timeout
         waited = time.monotonic() - quiet_since
         if waited >= patience:
@@ -177,41 +173,3 @@ def _collect_statuses(comm: MPI.Comm, own: tuple, timeout: float) -> dict[int, t
             quiet_since = time.monotonic()
     drain_heartbeats(comm)
     return statuses
-
-
-def _build_report(
-    topo: Topology, plan: Plan, checks: list[NodeCheck], statuses: dict[int, tuple],  # type: ignore[type-arg]
-    missing: list[int], stall: str | None, depth: int,
-) -> StageReport:
-    results = {s[1].index: s[1] for s in statuses.values() if s[1] is not None}
-    nodes = []
-    for check in checks:
-        if check.index in results:
-            nodes.append(results[check.index])
-        else:
-            nodes.append(NodeResult(index=check.index, host=check.host, rank=check.rank,
-                                    path=check.target, status="failed",
-                                    error="no status from this node (dead or unreachable)"))
-    shared = [s[2] for s in statuses.values() if s[2] is not None]
-    source_digest, source_error = shared[0] if shared else (None, None)
-    predictions = [s[4] for s in statuses.values() if s[4] is not None]
-    prediction = predictions[0] if predictions else None
-    from . import __version__
-
-    return StageReport(
-        version=__version__,
-        source=plan.source,
-        size=plan.size,
-        source_digest=source_digest,
-        algorithm=prediction.choice.algorithm if prediction else plan.algorithm,
-        chunk_size=prediction.choice.chunk_size if prediction else plan.chunk_size,
-        depth=depth,
-        nodes=nodes,
-        ranks=[statuses[r][0] for r in sorted(statuses)],
-        ok=stall is None and all(n.ok for n in nodes),
-        source_error=source_error,
-        stalled=stall is not None,
-        stall=stall,
-        missing_ranks=missing,
-        prediction=prediction.to_dict() if prediction else None,
-    )

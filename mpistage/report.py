@@ -11,11 +11,16 @@ import os
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .digest import ALGORITHM as DIGEST_ALGORITHM
 from .sink import current_umask
 from .units import format_bytes, format_rate, format_seconds
+
+if TYPE_CHECKING:
+    from .decide import Prediction
+    from .plan import Plan
+    from .preflight import NodeCheck
 
 SCHEMA = "mpistage.report/1"
 
@@ -59,6 +64,25 @@ class RankRecord:
     host: str
     leader: bool
     phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RankStatus:
+    """What one rank tells rank 0 at the end of a run (pickled, a few hundred bytes).
+
+    Attributes:
+        result: its node's outcome (node leaders only).
+        source_outcome: the root's ``(source_digest, read_error)`` as this rank learnt it
+            (the transfer's participants only).
+        stall: why this rank's transfer stalled, if it did.
+        prediction: the model's prediction (the transfer's participants only).
+    """
+
+    record: RankRecord
+    result: NodeResult | None = None
+    source_outcome: tuple[str | None, str | None] | None = None
+    stall: str | None = None
+    prediction: Prediction | None = None
 
 
 @dataclass
@@ -220,6 +244,42 @@ class StageReport:
                     f" {format_seconds(s['max']):>10}  {s['slowest_node']}"
                 )
         return "\n".join(lines)
+
+
+def build_report(
+    plan: Plan, checks: list[NodeCheck], statuses: list[RankStatus], missing: list[int],
+    stall: str | None, depth: int,
+) -> StageReport:
+    """Rank 0: the report of a run from the statuses that reached it (in rank order);
+    a node without a status is reported failed, dead or unreachable."""
+    results = {s.result.index: s.result for s in statuses if s.result is not None}
+    nodes = [results.get(check.index) or NodeResult(
+                index=check.index, host=check.host, rank=check.rank, path=check.target,
+                status="failed", error="no status from this node (dead or unreachable)")
+             for check in checks]
+    outcomes = [s.source_outcome for s in statuses if s.source_outcome is not None]
+    source_digest, source_error = outcomes[0] if outcomes else (None, None)
+    predictions = [s.prediction for s in statuses if s.prediction is not None]
+    prediction = predictions[0] if predictions else None
+    from . import __version__
+
+    return StageReport(
+        version=__version__,
+        source=plan.source,
+        size=plan.size,
+        source_digest=source_digest,
+        algorithm=prediction.choice.algorithm if prediction else plan.algorithm,
+        chunk_size=prediction.choice.chunk_size if prediction else plan.chunk_size,
+        depth=depth,
+        nodes=nodes,
+        ranks=[s.record for s in statuses],
+        ok=stall is None and all(n.ok for n in nodes),
+        source_error=source_error,
+        stalled=stall is not None,
+        stall=stall,
+        missing_ranks=missing,
+        prediction=prediction.to_dict() if prediction else None,
+    )
 
 
 def _ranges(numbers: list[int]) -> str:
