@@ -17,8 +17,9 @@ from .calibrate import Calibration, calibrate
 from .decide import Prediction
 from .errors import MpistageError, Stalled, UsageError
 from .model import Parameters
+from .options import ALGORITHMS
 from .report import NodeResult, RankRecord, StageReport
-from .stage import ALGORITHMS, explain, stage
+from .stage import explain, stage
 
 __version__ = "0.1.0"
 

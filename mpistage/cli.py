@@ -10,12 +10,13 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, interrupt
+from .decide import AUTO
 from .errors import MpistageError, Stalled, UsageError
+from .options import ALGORITHMS, DEFAULT_CHUNK
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
 from .progress import TerminalProgress
-from .decide import AUTO
-from .stage import ALGORITHMS, DEFAULT_CHUNK, explain, stage
+from .stage import explain, stage
 from .units import format_bytes, format_seconds, parse_size
 
 EPILOG = """\

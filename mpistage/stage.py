@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from mpi4py import MPI
@@ -26,8 +27,9 @@ from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
+from .options import DEFAULT_CHUNK, StageOptions
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
-from .plan import Plan, check_chunk_size, check_depth, check_template, check_timeout, make_plan
+from .plan import Plan, check_template, make_plan
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .schedules import SCHEDULES
@@ -36,8 +38,6 @@ from .topology import Topology
 
 log = logging.getLogger("mpistage.stage")
 
-ALGORITHMS: tuple[str, ...] = tuple(SCHEDULES)
-DEFAULT_CHUNK = 4 << 20
 
 
 def stage(
@@ -110,99 +110,83 @@ def stage(
     start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = os.fspath(dest)
-    _check_arguments(comm, algorithm, chunk_size, root, depth, dest, timeout, arity)
-    comm = comm.Dup()  # our own context: our messages never match the application's
-    topo: Topology | None = None
-    try:
-        topo = Topology.build(comm, root, ranks_as_nodes)
+    options = StageOptions(
+        algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
+        arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
+        timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes, quick=quick,
+        remove_first=remove_first, no_clobber=no_clobber,
+    )
+    options.check(comm.size)
+    check_template(dest)
+    with _own_communicator(comm) as comm, _topology(comm, options) as topo:
         phases = {"startup": time.perf_counter() - start}
-
         mark = time.perf_counter()
-        plan, params = _agree_on_plan(comm, root, source, dest, chunk_size, algorithm,
-                                      calibration)
+        plan, params = _agree_on_plan(comm, source, dest, options)
         checks = preflight(topo, plan, mkdir=mkdir, remove_first=remove_first, quick=quick,
                            skip_bad_nodes=skip_bad_nodes, no_clobber=no_clobber)
-        transfer_comm = _transfer_communicator(topo, checks)
-        connect_early(topo, checks, transfer_comm, timeout)
-        prediction: Prediction | None = None
-        if transfer_comm is not None:
-            plan, prediction = decide(
-                transfer_comm, participants(topo, checks).index(topo.root_node), plan,
-                calibration=params, auto_algorithm=algorithm == AUTO,
-                auto_chunk=chunk_size == AUTO, arity=arity, timeout=timeout,
-            )
-        phases["plan"] = time.perf_counter() - mark
-
         result: NodeResult | None = None
         outcome: tuple[str | None, str | None] | None = None
+        prediction: Prediction | None = None
         stall: str | None = None
-        if topo.is_leader:
-            mine = next(c for c in checks if c.index == topo.node.index)
-            try:
-                result, outcome = _take_part(
-                    topo, plan, checks, mine, transfer_comm, phases, fsync=fsync,
-                    verify=verify, depth=depth, timeout=timeout, remove_first=remove_first,
-                    progress=progress, arity=arity,
+        with _transfer_communicator(topo, checks) as transfer_comm:
+            connect_early(topo, checks, transfer_comm, timeout)
+            if transfer_comm is not None:
+                plan, prediction = decide(
+                    transfer_comm, participants(topo, checks).index(topo.root_node), plan,
+                    calibration=params, auto_algorithm=options.auto_algorithm,
+                    auto_chunk=options.auto_chunk, arity=arity, timeout=timeout,
                 )
-            except Stalled as exc:
-                stall = str(exc)
-                log.debug("stalled: %s", stall)
-                result = NodeResult(index=mine.index, host=mine.host, rank=comm.rank,
-                                    path=mine.target, status="failed", error=f"stalled: {stall}")
+            phases["plan"] = time.perf_counter() - mark
+            if topo.is_leader:
+                mine = next(c for c in checks if c.index == topo.node.index)
+                try:
+                    result, outcome = _take_part(topo, plan, checks, mine, transfer_comm,
+                                                 phases, options, progress)
+                except Stalled as exc:
+                    stall = str(exc)
+                    log.debug("stalled: %s", stall)
+                    result = NodeResult(index=mine.index, host=mine.host, rank=comm.rank,
+                                        path=mine.target, status="failed",
+                                        error=f"stalled: {stall}")
         phases["total"] = time.perf_counter() - start
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
-                                depth, timeout)
-    finally:
-        if topo is not None:
-            topo.free()
-        comm.Free()
+                               depth, timeout)
 
 
-def _check_arguments(
-    comm: MPI.Comm, algorithm: str, chunk_size: int | str, root: int, depth: int, dest: str,
-    timeout: float, arity: int,
-) -> None:
-    """Checks every rank can make alone, so all raise together without talking."""
-    if algorithm not in SCHEDULES and algorithm != AUTO:
-        raise UsageError(
-            f"invalid algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)} or auto"
-        )
-    if chunk_size != AUTO:
-        if not isinstance(chunk_size, int):
-            raise UsageError(f"invalid chunk size {chunk_size!r}: expected bytes or auto")
-        check_chunk_size(chunk_size)
-    if arity < 2:
-        raise UsageError(f"invalid arity {arity}: expected 2 or more children per node")
-    if not 0 <= root < comm.size:
-        raise UsageError(f"invalid root {root}: expected a rank from 0 to {comm.size - 1}")
-    check_depth(depth)
-    check_timeout(timeout)
-    check_template(dest)
-
-
-def _load_calibration(calibration: Parameters | str | os.PathLike[str] | None) -> Parameters | None:
-    if calibration is None or isinstance(calibration, Parameters):
-        return calibration
+@contextmanager
+def _own_communicator(comm: MPI.Comm) -> Iterator[MPI.Comm]:
+    """A duplicate of ``comm``: our own context, so our messages never match the
+    application's; freed on the way out."""
+    own = comm.Dup()
     try:
-        return Parameters.load(calibration)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"cannot use calibration {os.fspath(calibration)!r}: {exc}") from None
+        yield own
+    finally:
+        own.Free()
+
+
+@contextmanager
+def _topology(comm: MPI.Comm, options: StageOptions) -> Iterator[Topology]:
+    topo = Topology.build(comm, options.root, options.ranks_as_nodes)
+    try:
+        yield topo
+    finally:
+        topo.free()
 
 
 def _agree_on_plan(
-    comm: MPI.Comm, root: int, source: str | os.PathLike[str], dest: str,
-    chunk_size: int | str, algorithm: str,
-    calibration: Parameters | str | os.PathLike[str] | None,
+    comm: MPI.Comm, source: str | os.PathLike[str], dest: str, options: StageOptions,
 ) -> tuple[Plan, Parameters | None]:
     """The root checks the source and reads the calibration (only it needs to see
     them); ``auto`` choices stay open until :func:`decide`."""
+    root = options.root
     outcome: tuple[Plan, Parameters | None] | str | None = None
     if comm.rank == root:
         try:
-            chunk = DEFAULT_CHUNK if chunk_size == AUTO else int(chunk_size)
-            outcome = (make_plan(source, dest, chunk, algorithm), _load_calibration(calibration))
+            chunk = DEFAULT_CHUNK if options.auto_chunk else int(options.chunk_size)
+            outcome = (make_plan(source, dest, chunk, options.algorithm),
+                       options.load_calibration())
         except UsageError as exc:
             outcome = str(exc)
     outcome = comm.bcast(outcome, root=root)
@@ -212,23 +196,29 @@ def _agree_on_plan(
     return outcome
 
 
-def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> MPI.Comm | None:
+@contextmanager
+def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> Iterator[MPI.Comm | None]:
     """The leaders that take part: those that need the file, and the root (which reads
-    even when its own node needs nothing).  ``None`` elsewhere, or if nobody needs it."""
+    even when its own node needs nothing).  ``None`` elsewhere, or if nobody needs it;
+    freed on the way out, whatever happened."""
     if topo.leaders is None:
-        return None
+        yield None
+        return
     needed = any(c.needs_data for c in checks)
     mine = next(c for c in checks if c.index == topo.node.index)
     joins = needed and (mine.needs_data or topo.comm.rank == topo.root)
     sub = topo.leaders.Split(0 if joins else MPI.UNDEFINED, key=topo.node.index)
-    return sub if joins else None
+    try:
+        yield sub if joins else None
+    finally:
+        if joins:
+            sub.Free()
 
 
 def _take_part(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
-    transfer_comm: MPI.Comm | None, phases: dict[str, float], *, fsync: bool, verify: bool,
-    depth: int, timeout: float, remove_first: bool, progress: ProgressCallback | None,
-    arity: int,
+    transfer_comm: MPI.Comm | None, phases: dict[str, float], options: StageOptions,
+    progress: ProgressCallback | None,
 ) -> tuple[NodeResult, tuple[str | None, str | None] | None]:
     """Leader only: transfer (if this node takes part), then commit or discard.
 
@@ -245,23 +235,17 @@ def _take_part(
         if mine.problem:
             return result("skipped", mine.problem), None
         return result("up-to-date"), None
-    try:
-        return _transfer_and_commit(
-            topo, plan, checks, mine, transfer_comm, phases, result, fsync=fsync,
-            verify=verify, depth=depth, timeout=timeout, remove_first=remove_first,
-            progress=progress, arity=arity,
-        )
-    finally:
-        transfer_comm.Free()
+    return _transfer_and_commit(topo, plan, checks, mine, transfer_comm, phases, result,
+                                options, progress)
 
 
 def _transfer_and_commit(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck, comm: MPI.Comm,
-    phases: dict[str, float], result: Callable[..., NodeResult], *, fsync: bool,
-    verify: bool, depth: int, timeout: float, remove_first: bool,
-    progress: ProgressCallback | None, arity: int,
+    phases: dict[str, float], result: Callable[..., NodeResult], options: StageOptions,
+    progress: ProgressCallback | None,
 ) -> tuple[NodeResult, tuple[str | None, str | None]]:
     """Participant: run the engine, learn the source's outcome, commit or discard."""
+    timeout = options.timeout
     taking_part = participants(topo, checks)
     names = [f"node {i} ({checks[i].host})" for i in taking_part]
     receives = mine.needs_data
@@ -269,7 +253,7 @@ def _transfer_and_commit(
     sink_error: str | None = None
     if receives:
         try:
-            if remove_first and mine.existing_size is not None:
+            if options.remove_first and mine.existing_size is not None:
                 os.unlink(mine.target)  # the disk cannot hold old and new together
             sink = Sink(mine.target)
             if faults.active("hang-write", mine.index):
@@ -281,10 +265,10 @@ def _transfer_and_commit(
     engine: Engine | None = None
     try:
         root_rank = taking_part.index(topo.root_node)
-        schedule = SCHEDULES[plan.algorithm](comm, root_rank, arity)
+        schedule = SCHEDULES[plan.algorithm](comm, root_rank, options.arity)
         is_root = comm.rank == root_rank
         engine = Engine(
-            plan, schedule, sink, depth=depth, timeout=timeout,
+            plan, schedule, sink, depth=options.depth, timeout=timeout,
             peer_name=lambda rank: names[rank],
             progress=progress if (progress is not None and is_root) else _noop,
             corrupt=faults.active("corrupt-chunk", mine.index),
@@ -298,8 +282,8 @@ def _transfer_and_commit(
         outcome.write_error = sink_error or outcome.write_error
         error = _judge(outcome, *source)
         if error is None and sink is not None:
-            error = _commit(sink, plan, mine, fsync=fsync,
-                            verify_digest=source[0] if verify else None,
+            error = _commit(sink, plan, mine, fsync=options.fsync,
+                            verify_digest=source[0] if options.verify else None,
                             timeout=timeout, heartbeat=heartbeat)
             phases.update(sink.timings)
         written = sink.bytes_written if sink is not None else 0
@@ -373,34 +357,29 @@ def explain(
     """
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = os.fspath(dest)
-    _check_arguments(comm, algorithm, chunk_size, root, 2, dest, timeout, arity)
-    comm = comm.Dup()
-    topo: Topology | None = None
-    try:
-        topo = Topology.build(comm, root, ranks_as_nodes)
-        plan, params = _agree_on_plan(comm, root, source, dest, chunk_size,
-                                      "chain" if algorithm == AUTO else algorithm, calibration)
+    options = StageOptions(algorithm=algorithm, chunk_size=chunk_size, root=root,
+                           ranks_as_nodes=ranks_as_nodes, arity=arity,
+                           calibration=calibration, quick=quick, timeout=timeout)
+    options.check(comm.size)
+    check_template(dest)
+    with _own_communicator(comm) as comm, _topology(comm, options) as topo:
+        plan, params = _agree_on_plan(
+            comm, source, dest,
+            replace(options, algorithm="chain") if options.auto_algorithm else options)
         checks = preflight(topo, plan, quick=quick, skip_bad_nodes=True)
         bad = [c for c in checks if c.problem]
         if bad and not any(c.needs_data for c in checks):
             raise UsageError("\n".join(c.line() for c in bad))  # no node could take it
-        transfer_comm = _transfer_communicator(topo, checks)
         prediction = None
-        if transfer_comm is not None:
-            try:
+        with _transfer_communicator(topo, checks) as transfer_comm:
+            if transfer_comm is not None:
                 _, prediction = decide(
                     transfer_comm, participants(topo, checks).index(topo.root_node), plan,
-                    calibration=params, auto_algorithm=True, auto_chunk=chunk_size == AUTO,
+                    calibration=params, auto_algorithm=True, auto_chunk=options.auto_chunk,
                     arity=arity, timeout=timeout,
                 )
-            finally:
-                transfer_comm.Free()
-            if algorithm != AUTO:
-                chunk, seconds = prediction.choice.predictions[algorithm]
-                prediction = replace(prediction, auto=chunk_size == AUTO, choice=replace(
-                    prediction.choice, algorithm=algorithm, chunk_size=chunk, predicted=seconds))
+        if prediction is not None and not options.auto_algorithm:
+            chunk, seconds = prediction.choice.predictions[algorithm]
+            prediction = replace(prediction, auto=options.auto_chunk, choice=replace(
+                prediction.choice, algorithm=algorithm, chunk_size=chunk, predicted=seconds))
         return comm.bcast(prediction, root=root)
-    finally:
-        if topo is not None:
-            topo.free()
-        comm.Free()
