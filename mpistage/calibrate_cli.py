@@ -7,14 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from .calibrate import DEFAULT_SIZES, calibrate
+from .cli_base import RankZeroParser
 from .errors import MpistageError
 from .units import format_bytes, parse_size
 
 
 def build_parser(rank: int) -> argparse.ArgumentParser:
-    from .cli import _RankZeroParser
-
-    parser = _RankZeroParser(
+    parser = RankZeroParser(
         prog="mpistage calibrate",
         description="Measure the cost model's parameters between node leaders: per-message "
         "latency and bandwidth (ping-pong over a range of sizes), a histogram of round "

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, interrupt
+from .cli_base import RankZeroParser
 from .decide import AUTO
 from .errors import MpistageError, Stalled, UsageError
 from .options import ALGORITHMS, DEFAULT_CHUNK
@@ -37,21 +38,6 @@ examples:
 """
 
 
-class _RankZeroParser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting and prints help on rank 0 only."""
-
-    def __init__(self, *args, rank: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.rank = rank
-
-    def error(self, message: str):  # type: ignore[no-untyped-def]
-        raise UsageError(message)
-
-    def _print_message(self, message: str, file=None) -> None:  # type: ignore[no-untyped-def]
-        if self.rank == 0:
-            super()._print_message(message, file)
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -73,7 +59,7 @@ def _size(text: str) -> int | str:
 
 
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
-    parser = _RankZeroParser(
+    parser = RankZeroParser(
         prog="mpistage",
         description="Stage one file from one MPI rank to node-local storage on every node: "
         "one read, a pipelined chain or tree, a verified copy everywhere.",
