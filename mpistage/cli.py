@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, interrupt
+from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
 from .decide import AUTO
 from .errors import MpistageError, Stalled, UsageError
@@ -71,10 +72,7 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("dest", metavar="DEST", help="directory or file path on every node")
     parser.add_argument(
         "-a", "--algorithm", choices=(*ALGORITHMS, AUTO), default="chain",
-        help="chain: pipelined chain, best for large files (default); binomial: pipelined "
-        "binomial tree, best for small files; tree: pipelined k-ary tree (--arity); flat: "
-        "the root sends to every node; bcast: MPI's own broadcast per chunk (baseline); "
-        "auto: the one the cost model predicts fastest",
+        help=f"{algorithm_help()}; auto: the one the cost model predicts fastest",
     )
     parser.add_argument(
         "-c", "--chunk-size", type=_size, default=DEFAULT_CHUNK, metavar="SIZE",

@@ -58,10 +58,11 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from .schedules import binomial_children, binomial_parent, kary_children, kary_parent
+from .algorithms import SCHEDULES
+from .schedules import TreeSchedule
 
 #: Algorithms the model predicts (the names of the schedules).
-MODELLED = ("chain", "binomial", "tree", "flat", "bcast")
+MODELLED: tuple[str, ...] = tuple(SCHEDULES)
 #: Chunk sizes ``auto`` considers.
 CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
 #: MPICH switches its broadcast from a binomial tree to scatter + allgather here.
@@ -101,30 +102,12 @@ class Parameters:
 
 def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
     """``(fan_out, fill)`` of a point-to-point schedule: the busiest sender's children,
-    and the hops before the first chunk reaches the last node."""
-    if nodes <= 1:
-        return 0, 0
-    if algorithm == "chain":
-        return 1, nodes - 1
-    if algorithm == "binomial":
-        return math.ceil(math.log2(nodes)), _fill(binomial_parent, binomial_children, nodes)
-    if algorithm == "tree":
-        return (min(arity, nodes - 1),
-                _fill(lambda v, n: kary_parent(v, n, arity),
-                      lambda v, n: kary_children(v, n, arity), nodes))
-    if algorithm == "flat":
-        return nodes - 1, nodes - 1
-    raise ValueError(f"no shape for algorithm {algorithm!r}")
-
-
-def _fill(parent, children, nodes: int) -> int:  # type: ignore[no-untyped-def]
-    """Hops until the first chunk reaches every node: the largest sum of fan-outs along
-    a path from the root (a node's children all wait for its whole fan-out)."""
-    arrival = [0] * nodes
-    for vrank in range(1, nodes):  # parents have smaller relative ranks in these trees
-        up = parent(vrank, nodes)
-        arrival[vrank] = arrival[up] + len(children(up, nodes))
-    return max(arrival)
+    and the hops before the first chunk reaches the last node (from the schedule's own
+    parent and children, :meth:`mpistage.schedules.TreeSchedule.shape`)."""
+    schedule = SCHEDULES.get(algorithm)
+    if schedule is None or not issubclass(schedule, TreeSchedule):
+        raise ValueError(f"no shape for algorithm {algorithm!r}")
+    return schedule.shape(nodes, arity)
 
 
 def predict(
@@ -147,7 +130,7 @@ def predict(
     hop = params.latency + chunk / params.bandwidth
     if nodes <= 1:
         return params.startup + chunks * local
-    if algorithm == "bcast":
+    if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
         if chunk >= BCAST_LONG_MESSAGE:
             per_chunk = (2 * (nodes - 1) / nodes * chunk / params.bandwidth
                          + (math.ceil(math.log2(nodes)) + nodes - 1) * params.latency)
@@ -234,7 +217,7 @@ def network_terms(algorithm: str, size: int, nodes: int, chunk: int, arity: int 
         return 0.0, 0.0
     chunk = min(chunk, size)
     chunks = math.ceil(size / chunk)
-    if algorithm == "bcast":
+    if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
         if chunk >= BCAST_LONG_MESSAGE:
             return (chunks * (math.ceil(math.log2(nodes)) + nodes - 1),
                     chunks * 2 * (nodes - 1) / nodes * chunk)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .algorithms import SCHEDULES
 from .decide import AUTO
 from .errors import UsageError
 from .model import Parameters
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import check_chunk_size, check_depth, check_timeout
-from .schedules import SCHEDULES
 
 ALGORITHMS: tuple[str, ...] = tuple(SCHEDULES)
 DEFAULT_CHUNK = 4 << 20

@@ -9,6 +9,8 @@ of them chunk by chunk.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from functools import cache
 
 import numpy as np
 from mpi4py import MPI
@@ -83,6 +85,18 @@ def flat_children(vrank: int, size: int) -> list[int]:
     return list(range(1, size)) if vrank == 0 else []
 
 
+def fill_hops(parent: Callable[[int, int], int | None],
+              children: Callable[[int, int], list[int]], nodes: int) -> int:
+    """Hops until the first chunk reaches every node: the largest sum of fan-outs along
+    a path from the root (a node's children all wait for its whole fan-out)."""
+    arrival = [0] * nodes
+    for vrank in range(1, nodes):  # parents have smaller relative ranks in these trees
+        up = parent(vrank, nodes)
+        assert up is not None
+        arrival[vrank] = arrival[up] + len(children(up, nodes))
+    return max(arrival)
+
+
 def _check(vrank: int, size: int) -> None:
     if not 0 <= vrank < size:
         raise ValueError(f"relative rank {vrank} outside 0..{size - 1}")
@@ -91,9 +105,23 @@ def _check(vrank: int, size: int) -> None:
 # -- schedules bound to a communicator ----------------------------------------------------
 
 class Schedule(ABC):
-    """How one leader takes part in broadcasting a chunk over ``comm`` from ``root``."""
+    """How one leader takes part in broadcasting a chunk over ``comm`` from ``root``.
+
+    Each subclass is one algorithm, registered in :data:`mpistage.algorithms.SCHEDULES`
+    under its ``name``; the CLI's choices and help, ``auto``'s candidates and the cost
+    model all come from that registry, so a new schedule is one file and one line there.
+
+    Attributes:
+        name: the algorithm's name (``--algorithm NAME``).
+        help: one line for ``--help``.
+        point_to_point: its messages are the ones it posts itself, so the model's shape
+            (:meth:`TreeSchedule.shape`) describes it; otherwise the model treats it as
+            MPI's own collective.
+    """
 
     name: str = ""
+    help: str = ""
+    point_to_point: bool = True
 
     def __init__(self, comm: MPI.Comm, root: int) -> None:
         self.comm = comm
@@ -120,15 +148,29 @@ class TreeSchedule(Schedule):
         self.arity = arity
         size = comm.size
         vrank = (comm.rank - root) % size
-        parent = self.parent_of(vrank, size)
+        parent = self.parent_of(vrank, size, arity)
         self.parent = None if parent is None else (parent + root) % size
-        self.children = [(c + root) % size for c in self.children_of(vrank, size)]
+        self.children = [(c + root) % size for c in self.children_of(vrank, size, arity)]
 
+    @staticmethod
     @abstractmethod
-    def parent_of(self, vrank: int, size: int) -> int | None: ...
+    def parent_of(vrank: int, size: int, arity: int) -> int | None: ...
 
+    @staticmethod
     @abstractmethod
-    def children_of(self, vrank: int, size: int) -> list[int]: ...
+    def children_of(vrank: int, size: int, arity: int) -> list[int]: ...
+
+    @classmethod
+    @cache
+    def shape(cls, nodes: int, arity: int = 2) -> tuple[int, int]:
+        """``(fan_out, fill)`` for the cost model: the busiest sender's children, and
+        the hops before the first chunk reaches the last node."""
+        if nodes <= 1:
+            return 0, 0
+        fan_out = max(len(cls.children_of(v, nodes, arity)) for v in range(nodes))
+        fill = fill_hops(lambda v, n: cls.parent_of(v, n, arity),
+                         lambda v, n: cls.children_of(v, n, arity), nodes)
+        return fan_out, fill
 
     def post_receive(self, buf: np.ndarray) -> MPI.Request:
         assert self.parent is not None, "the root receives nothing"
@@ -142,11 +184,14 @@ class ChainSchedule(TreeSchedule):
     """Pipelined chain (Ka, dolly): every leader receives from one and sends to one."""
 
     name = "chain"
+    help = "pipelined chain, best for large files (default)"
 
-    def parent_of(self, vrank: int, size: int) -> int | None:
+    @staticmethod
+    def parent_of(vrank: int, size: int, arity: int) -> int | None:
         return chain_parent(vrank, size)
 
-    def children_of(self, vrank: int, size: int) -> list[int]:
+    @staticmethod
+    def children_of(vrank: int, size: int, arity: int) -> list[int]:
         return chain_children(vrank, size)
 
 
@@ -154,11 +199,14 @@ class BinomialSchedule(TreeSchedule):
     """Pipelined binomial tree: log2(N) rounds, good for small files."""
 
     name = "binomial"
+    help = "pipelined binomial tree, best for small files"
 
-    def parent_of(self, vrank: int, size: int) -> int | None:
+    @staticmethod
+    def parent_of(vrank: int, size: int, arity: int) -> int | None:
         return binomial_parent(vrank, size)
 
-    def children_of(self, vrank: int, size: int) -> list[int]:
+    @staticmethod
+    def children_of(vrank: int, size: int, arity: int) -> list[int]:
         return binomial_children(vrank, size)
 
 
@@ -166,23 +214,29 @@ class KaryTreeSchedule(TreeSchedule):
     """Pipelined k-ary tree (Ka's n-ary tree); ``arity`` children per interior node."""
 
     name = "tree"
+    help = "pipelined k-ary tree (--arity)"
 
-    def parent_of(self, vrank: int, size: int) -> int | None:
-        return kary_parent(vrank, size, self.arity)
+    @staticmethod
+    def parent_of(vrank: int, size: int, arity: int) -> int | None:
+        return kary_parent(vrank, size, arity)
 
-    def children_of(self, vrank: int, size: int) -> list[int]:
-        return kary_children(vrank, size, self.arity)
+    @staticmethod
+    def children_of(vrank: int, size: int, arity: int) -> list[int]:
+        return kary_children(vrank, size, arity)
 
 
 class FlatSchedule(TreeSchedule):
     """The root sends every chunk to every node itself: the naive baseline."""
 
     name = "flat"
+    help = "the root sends to every node"
 
-    def parent_of(self, vrank: int, size: int) -> int | None:
+    @staticmethod
+    def parent_of(vrank: int, size: int, arity: int) -> int | None:
         return flat_parent(vrank, size)
 
-    def children_of(self, vrank: int, size: int) -> list[int]:
+    @staticmethod
+    def children_of(vrank: int, size: int, arity: int) -> list[int]:
         return flat_children(vrank, size)
 
 
@@ -194,6 +248,8 @@ class BcastSchedule(Schedule):
     """
 
     name = "bcast"
+    help = "MPI's own broadcast per chunk (baseline)"
+    point_to_point = False
 
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
         super().__init__(comm, root)
@@ -203,9 +259,3 @@ class BcastSchedule(Schedule):
 
     def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
         return [self.comm.Ibcast(buf, root=self.root)] if self.is_root else []
-
-
-SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls
-    for cls in (ChainSchedule, BinomialSchedule, KaryTreeSchedule, FlatSchedule, BcastSchedule)
-}

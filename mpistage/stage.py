@@ -22,6 +22,7 @@ from dataclasses import replace
 from mpi4py import MPI
 
 from . import faults
+from .algorithms import SCHEDULES
 from .closing import agree_on_report, connect_early, participants, share_source_outcome
 from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
@@ -32,7 +33,6 @@ from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, Prog
 from .plan import Plan, check_template, make_plan
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
-from .schedules import SCHEDULES
 from .sink import Sink
 from .topology import Topology
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mpistage.algorithms import SCHEDULES
 from mpistage.schedules import (
-    SCHEDULES,
     binomial_children,
     binomial_parent,
     chain_children,
