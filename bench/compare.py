@@ -34,6 +34,7 @@ import numpy as np
 from mpi4py import MPI
 
 import mpistage
+from mpistage.samples import write_random_file
 from mpistage.units import format_bytes, parse_size
 
 COMM = MPI.COMM_WORLD
@@ -65,10 +66,7 @@ def main() -> int:
     if COMM.rank == 0:
         for node in range(COMM.size):
             (work / f"n{node}").mkdir(parents=True)
-        rng = np.random.default_rng(1)
-        with open(work / "source.bin", "wb") as out:
-            for offset in range(0, args.size, 64 << 20):
-                out.write(rng.integers(0, 256, min(64 << 20, args.size - offset), np.uint8))
+        write_random_file(work / "source.bin", args.size, seed=1)
     COMM.Barrier()
     source = work / "source.bin"
     payload = np.empty(args.size, dtype=np.uint8)

@@ -16,7 +16,6 @@ once).  Every copy is checked on every node after every run.  Prints a Markdown 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from mpistage.cluster import EmulatedCluster, teardown
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.cluster.slurm import SlurmSettings
 from mpistage.digest import file_digest
+from mpistage.samples import write_random_file
 from mpistage.units import format_bytes, parse_size
 
 NAME = "sbbench"
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mpistage-sbcast-bench-") as tmp:
         work = Path(tmp)
         src = work / "input.bin"
-        with open(src, "wb") as out:
-            out.write(os.urandom(args.size))
+        write_random_file(src, args.size)
         with EmulatedCluster(hosts=max(counts), rate=args.rate, name=NAME,
                              slurm=SlurmSettings()) as cluster:
             for nodes in counts:

@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mpistage.cluster import EmulatedCluster, parse_rate, teardown
 from mpistage.model import Parameters, predict
 from mpistage.results import ResultStore
+from mpistage.samples import write_random_file
 from mpistage.units import format_bytes, parse_size
 
 #: MPICH's broadcast algorithms worth forcing for large messages (MPICH 5.0 names).
@@ -39,10 +38,7 @@ DEFAULT_RUNS = "chain:256K,chain:1M,chain:4M,binomial:1M,tree:1M,flat:1M,bcast:1
 def sample_file(directory: Path, size: int) -> Path:
     path = directory / f"sample-{size}.bin"
     if not path.exists():
-        rng = np.random.default_rng(size)
-        with open(path, "wb") as out:
-            for offset in range(0, size, 16 << 20):
-                out.write(rng.integers(0, 256, min(16 << 20, size - offset), np.uint8).tobytes())
+        write_random_file(path, size, seed=size)
     return path
 
 

@@ -75,7 +75,7 @@ class FileSource:
                 raise Stalled(f"reading {self.plan.source} made no progress for {timeout:g} s")
 
     def _read_all(self) -> None:
-        plan, clock = self.plan, self.clock
+        plan = self.plan
         digest = new_digest()
         fd = -1
         try:

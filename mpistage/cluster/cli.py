@@ -25,15 +25,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..digest import file_digest
+from ..samples import write_random_file
 from ..units import format_bytes, parse_size
 from .cluster import (
     ClusterError,
     EmulatedCluster,
     HostSpec,
-    format_rate,
+    format_link_rate,
     interrupts_as_exceptions,
     mpi_environment,
     parse_rate,
@@ -207,7 +206,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "probe":
         bits = cluster.probe(args.sender, args.receiver, args.seconds)
         print(f"{cluster.host(args.sender)} -> {cluster.host(args.receiver)}: "
-              f"{bits / 1e6:.1f} Mbit/s (link {format_rate(cluster.rate_of(args.receiver))})")
+              f"{bits / 1e6:.1f} Mbit/s (link {format_link_rate(cluster.rate_of(args.receiver))})")
     elif args.command == "link":
         cluster.set_link(args.host, args.state == "up")
     elif args.command == "rate":
@@ -218,7 +217,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _print_status(cluster: EmulatedCluster) -> None:
     print(f"cluster {cluster.name}: {cluster.hosts} hosts, scratch at {cluster.scratch} on each")
     for i, host in enumerate(cluster.hostnames):
-        print(f"  {i:>2} {host:<16} {cluster.address(i):<13} {format_rate(cluster.rate_of(i)):>8}"
+        print(f"  {i:>2} {host:<16} {cluster.address(i):<13} {format_link_rate(cluster.rate_of(i)):>8}"
               f"  scratch {cluster.scratch_dir(i)}")
     if cluster.slurm is not None:
         print(f"Slurm: partition {PARTITION} with every host, slurmctld on {cluster.hostnames[0]}; "
@@ -236,13 +235,10 @@ def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,
     failures = 0
     try:
         sample = work / "sample.bin"
-        rng = np.random.default_rng()
-        with open(sample, "wb") as out:
-            for offset in range(0, size, 16 << 20):
-                out.write(rng.integers(0, 256, min(16 << 20, size - offset), np.uint8).tobytes())
+        write_random_file(sample, size)
         digest = file_digest(sample)
         link = cluster.rate_of(0)
-        print(f"{cluster.hosts} hosts at {format_rate(link)}, {format_bytes(size)} sample, "
+        print(f"{cluster.hosts} hosts at {format_link_rate(link)}, {format_bytes(size)} sample, "
               f"chunk {chunk_size}")
         probe = cluster.probe(0, 1)
         print(f"TCP probe h0 -> h1: {probe / 1e6:.1f} Mbit/s")

@@ -74,7 +74,9 @@ def parse_rate(text: str | int) -> int:
     return int(float(number) * {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[unit.lower()])
 
 
-def format_rate(bits: int) -> str:
+def format_link_rate(bits: int) -> str:
+    """A link's rate in bits/s as tc writes it: ``100000000`` → ``"100mbit"`` (not to be
+    confused with :func:`mpistage.units.format_rate`, a throughput in bytes/s)."""
     for unit, scale in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
         if bits >= scale and bits % scale == 0:
             return f"{bits // scale}{unit}"
@@ -213,7 +215,7 @@ class EmulatedCluster:
         except BaseException:
             teardown(self.name)
             raise
-        log.info("cluster %s up: %d hosts at %s", self.name, self.hosts, format_rate(self.rate_bits))
+        log.info("cluster %s up: %d hosts at %s", self.name, self.hosts, format_link_rate(self.rate_bits))
         return self
 
     def down(self) -> list[str]:
