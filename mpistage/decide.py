@@ -19,7 +19,7 @@ from mpi4py import MPI
 
 from .errors import Stalled
 from .model import MODELLED, Choice, Parameters, choose
-from .plan import Plan
+from .plan import Plan, SourceInfo
 from .waiting import poll
 
 AUTO = "auto"
@@ -84,27 +84,28 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
 
 
 def decide(
-    comm: MPI.Comm, root: int, plan: Plan, *, calibration: Parameters | None,
-    auto_algorithm: bool, auto_chunk: bool, arity: int, timeout: float,
-) -> tuple[Plan, Prediction]:
-    """The plan with its algorithm and chunk settled, and the model's prediction; the
-    same on every rank of ``comm`` (the transfer's participants)."""
+    comm: MPI.Comm, root: int, info: SourceInfo, *, calibration: Parameters | None,
+    algorithm: str, chunk_size: int | str, arity: int, timeout: float,
+) -> tuple[Plan, Prediction] | None:
+    """The plan, with ``auto`` resolved by the model, and the model's prediction; on the
+    root of ``comm`` (the transfer's participants), ``None`` on its other ranks.
+
+    Collective over ``comm``: without a calibration the root measures its first link.
+    """
     params = calibration
     if params is None:
-        params = quick_parameters(comm, root, plan.size, timeout)
-    prediction = None
-    if comm.rank == root:
-        assert params is not None
-        algorithms = MODELLED if auto_algorithm else (plan.algorithm,)
-        choice = choose(plan.size, comm.size, replace(params, startup=0.0),
-                        algorithms=algorithms,
-                        chunk_size=None if auto_chunk else plan.chunk_size, arity=arity)
-        prediction = Prediction(
-            source="calibration" if calibration is not None else "quick measurement",
-            parameters=params, nodes=comm.size, choice=choice,
-            auto=auto_algorithm or auto_chunk,
-        )
-    prediction = comm.bcast(prediction, root=root)
-    settled = replace(plan, algorithm=prediction.choice.algorithm,
-                      chunk_size=prediction.choice.chunk_size)
-    return settled, prediction
+        params = quick_parameters(comm, root, info.size, timeout)
+    if comm.rank != root:
+        return None
+    assert params is not None
+    auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
+    choice = choose(info.size, comm.size, replace(params, startup=0.0),
+                    algorithms=MODELLED if auto_algorithm else (algorithm,),
+                    chunk_size=None if auto_chunk else int(chunk_size), arity=arity)
+    prediction = Prediction(
+        source="calibration" if calibration is not None else "quick measurement",
+        parameters=params, nodes=comm.size, choice=choice,
+        auto=auto_algorithm or auto_chunk,
+    )
+    plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm)
+    return plan, prediction

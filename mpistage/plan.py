@@ -1,7 +1,10 @@
-"""What is sent: decided once on the root, broadcast once, the same on every rank.
+"""What is sent, and how: described and decided on the root, the same on every rank.
 
-The plan holds only metadata (a few hundred bytes), so it travels pickled in one
-``bcast``; the file's bytes never do.
+Two small objects travel pickled (a few hundred bytes each; the file's bytes never do):
+first the :class:`SourceInfo`, what is to be sent, which every node needs for its
+pre-flight check; then, once the root has measured the links among the nodes that need
+the file and resolved ``auto``, the :class:`Plan`: the source with its algorithm and
+chunk size, final, the one every rank holds and the report reads.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import stat
 import string
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import UsageError
@@ -28,32 +31,51 @@ MAX_DEPTH = 64       # more buffers than that only hold memory; none helps past 
 MAX_TIMEOUT = 7 * 24 * 3600.0
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The transfer every rank agrees on.
+@dataclass(frozen=True, kw_only=True)
+class SourceInfo:
+    """What is to be sent: the source as the root found it, and where it goes.
 
     Attributes:
         source: path of the source file on the root.
         size: bytes to send (a Python int: files over 2 GiB need no special case).
         mode: permission bits of the source.
         mtime_ns: modification time of the source, preserved on every copy.
-        chunk_size: bytes per pipeline message.
-        algorithm: schedule name.
         dest: destination template as given (placeholders not yet expanded).
-        identity: the source's ``(device, inode, size, mtime_ns, ctime_ns)`` when planned;
-            the root checks it again before and after reading, so a file replaced or
-            written to meanwhile is never staged as a mix of old and new bytes
-            (:func:`make_plan` always sets it; ``None`` only in hand-made plans).
+        identity: the source's ``(device, inode, size, mtime_ns, ctime_ns)`` when it was
+            described; the root checks it again before and after reading, so a file
+            replaced or written to meanwhile is never staged as a mix of old and new
+            bytes (:func:`describe_source` always sets it; ``None`` only in hand-made
+            descriptions).
     """
 
     source: str
     size: int
     mode: int
     mtime_ns: int
-    chunk_size: int
-    algorithm: str
     dest: str
     identity: tuple[int, int, int, int, int] | None = None
+
+    @property
+    def source_name(self) -> str:
+        return os.path.basename(self.source)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan(SourceInfo):
+    """The transfer every rank agrees on: the source, and how it is sent.
+
+    Attributes:
+        chunk_size: bytes per pipeline message.
+        algorithm: schedule name (never ``auto``: the root resolves it first).
+    """
+
+    chunk_size: int
+    algorithm: str
+
+    @classmethod
+    def of(cls, info: SourceInfo, *, chunk_size: int, algorithm: str) -> Plan:
+        return cls(**{f.name: getattr(info, f.name) for f in fields(SourceInfo)},
+                   chunk_size=check_chunk_size(chunk_size), algorithm=algorithm)
 
     @property
     def nchunks(self) -> int:
@@ -64,10 +86,6 @@ class Plan:
         if not 0 <= index < self.nchunks:
             raise IndexError(f"chunk {index} outside 0..{self.nchunks - 1}")
         return min(self.chunk_size, self.size - index * self.chunk_size)
-
-    @property
-    def source_name(self) -> str:
-        return os.path.basename(self.source)
 
 
 def check_chunk_size(chunk_size: int) -> int:
@@ -109,7 +127,16 @@ def describe_file_type(mode: int) -> str:
 
 
 def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algorithm: str) -> Plan:
-    """Check the source on the root and describe the transfer.
+    """The plan of sending ``source`` with a known algorithm and chunk size.
+
+    Raises:
+        UsageError: as :func:`describe_source`, or an unusable chunk size.
+    """
+    return Plan.of(describe_source(source, dest), chunk_size=chunk_size, algorithm=algorithm)
+
+
+def describe_source(source: str | os.PathLike[str], dest: str) -> SourceInfo:
+    """Check the source on the root and describe it.
 
     The type is checked before the file is opened (opening a FIFO waits for a writer;
     opening a tape device may rewind it), and the open does not block either, in case
@@ -130,13 +157,11 @@ def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algori
         os.close(fd)
     _refuse_unless_regular(path, info.st_mode)
     check_template(dest)
-    return Plan(
+    return SourceInfo(
         source=os.path.abspath(path),
         size=info.st_size,
         mode=stat.S_IMODE(info.st_mode),
         mtime_ns=info.st_mtime_ns,
-        chunk_size=check_chunk_size(chunk_size),
-        algorithm=algorithm,
         dest=dest,
         identity=file_identity(info),
     )

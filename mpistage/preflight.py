@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .digest import file_digest
 from .errors import UsageError
-from .plan import Plan, expand, resolve_dest
+from .plan import SourceInfo, expand, resolve_dest
 from .sink import remove_stale_temps
 from .topology import Topology
 from .units import format_bytes
@@ -57,15 +57,15 @@ class NodeCheck:
 
 
 def check_local(
-    plan: Plan, topo: Topology, *, mkdir: bool, remove_first: bool
+    info: SourceInfo, topo: Topology, *, mkdir: bool, remove_first: bool
 ) -> NodeCheck:
     """This leader's check of its own destination."""
     node = topo.node
     base = NodeCheck(index=node.index, host=node.host, rank=topo.comm.rank, target=None)
     try:
         if mkdir:
-            _make_parent(plan, topo)
-        target = resolve_dest(plan.dest, plan.source_name, node=node.index, host=node.host,
+            _make_parent(info, topo)
+        target = resolve_dest(info.dest, info.source_name, node=node.index, host=node.host,
                               rank=topo.comm.rank)
     except UsageError as exc:
         return replace(base, problem=str(exc))
@@ -73,10 +73,11 @@ def check_local(
     for leftover in remove_stale_temps(target):
         log.info("removed %s, left by a run that was killed", leftover)
     try:
-        info = os.lstat(target)
+        existing = os.lstat(target)
         found = replace(found, occupied=True)
-        if stat.S_ISREG(info.st_mode):
-            found = replace(found, existing_size=info.st_size, existing_mtime_ns=info.st_mtime_ns)
+        if stat.S_ISREG(existing.st_mode):
+            found = replace(found, existing_size=existing.st_size,
+                            existing_mtime_ns=existing.st_mtime_ns)
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -88,22 +89,22 @@ def check_local(
     free = fs.f_bavail * fs.f_frsize
     found = replace(found, free=free)
     reclaimable = (found.existing_size or 0) if remove_first else 0
-    if free + reclaimable < plan.size:
+    if free + reclaimable < info.size:
         hint = ""
-        if not remove_first and found.existing_size and free + found.existing_size >= plan.size:
+        if not remove_first and found.existing_size and free + found.existing_size >= info.size:
             hint = " (--remove-first would make room by deleting the old copy first)"
         return replace(found, problem=(
             f"not enough space in {target.parent}: {format_bytes(free)} free, "
-            f"{format_bytes(plan.size)} needed{hint}"
+            f"{format_bytes(info.size)} needed{hint}"
         ))
     return found
 
 
-def _make_parent(plan: Plan, topo: Topology) -> None:
+def _make_parent(info: SourceInfo, topo: Topology) -> None:
     """``--mkdir``: create the destination's directory (and its parents) on this node."""
     node = topo.node
-    expanded = Path(expand(plan.dest, node=node.index, host=node.host, rank=topo.comm.rank))
-    directory = expanded if plan.dest.endswith("/") else expanded.parent
+    expanded = Path(expand(info.dest, node=node.index, host=node.host, rank=topo.comm.rank))
+    directory = expanded if info.dest.endswith("/") else expanded.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -111,7 +112,7 @@ def _make_parent(plan: Plan, topo: Topology) -> None:
 
 
 def preflight(
-    topo: Topology, plan: Plan, *, mkdir: bool = False, remove_first: bool = False,
+    topo: Topology, info: SourceInfo, *, mkdir: bool = False, remove_first: bool = False,
     quick: bool = False, skip_bad_nodes: bool = False, no_clobber: bool = False,
 ) -> list[NodeCheck]:
     """Check every node (collective); the same list, in node order, on every rank.
@@ -123,10 +124,10 @@ def preflight(
         UsageError: on every rank, if a node is bad and ``skip_bad_nodes`` is not set;
             one line per bad node (one line in all when every node has the same problem).
     """
-    mine = check_local(plan, topo, mkdir=mkdir, remove_first=remove_first) if topo.is_leader else None
+    mine = check_local(info, topo, mkdir=mkdir, remove_first=remove_first) if topo.is_leader else None
     checks = sorted((c for c in topo.comm.allgather(mine) if c is not None), key=lambda c: c.index)
     _stop_unless_skipping(checks, skip_bad_nodes)
-    checks = _mark_up_to_date(topo, plan, checks, quick)
+    checks = _mark_up_to_date(topo, info, checks, quick)
     if no_clobber:  # every rank has the same list, so all decide alike without talking
         checks = [c if c.problem or c.up_to_date or not c.occupied else
                   replace(c, problem=f"{c.target} exists and differs from the source "
@@ -146,21 +147,21 @@ def _stop_unless_skipping(checks: list[NodeCheck], skip_bad_nodes: bool) -> None
 
 
 def _mark_up_to_date(
-    topo: Topology, plan: Plan, checks: list[NodeCheck], quick: bool
+    topo: Topology, info: SourceInfo, checks: list[NodeCheck], quick: bool
 ) -> list[NodeCheck]:
     """Which existing copies already hold the source (size and digest, or with ``quick``
     size and mtime).  Digests are computed only when some node has a same-size file."""
-    candidates = {c.index for c in checks if c.problem is None and c.existing_size == plan.size}
+    candidates = {c.index for c in checks if c.problem is None and c.existing_size == info.size}
     if not candidates:
         return checks
     if quick:
         fresh = {c.index for c in checks
-                 if c.index in candidates and c.existing_mtime_ns == plan.mtime_ns}
+                 if c.index in candidates and c.existing_mtime_ns == info.mtime_ns}
     else:
         digest = None
         if topo.comm.rank == topo.root:
             try:
-                digest = file_digest(plan.source, drop_cache=False)
+                digest = file_digest(info.source, drop_cache=False)
             except OSError as exc:
                 log.warning("cannot digest the source to compare with existing copies: %s", exc)
         digest = topo.comm.bcast(digest, root=topo.root)

@@ -30,7 +30,7 @@ from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .options import DEFAULT_CHUNK, StageOptions
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
-from .plan import Plan, check_template, make_plan
+from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
@@ -121,21 +121,15 @@ def stage(
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
         phases = {"startup": time.perf_counter() - start}
         mark = time.perf_counter()
-        plan, params = _agree_on_plan(comm, source, dest, options)
-        checks = preflight(topo, plan, mkdir=mkdir, remove_first=remove_first, quick=quick,
+        info, params = _agree_on_source(comm, source, dest, options)
+        checks = preflight(topo, info, mkdir=mkdir, remove_first=remove_first, quick=quick,
                            skip_bad_nodes=skip_bad_nodes, no_clobber=no_clobber)
         result: NodeResult | None = None
         outcome: tuple[str | None, str | None] | None = None
-        prediction: Prediction | None = None
         stall: str | None = None
         with _transfer_communicator(topo, checks) as transfer_comm:
             connect_early(topo, checks, transfer_comm, timeout)
-            if transfer_comm is not None:
-                plan, prediction = decide(
-                    transfer_comm, participants(topo, checks).index(topo.root_node), plan,
-                    calibration=params, auto_algorithm=options.auto_algorithm,
-                    auto_chunk=options.auto_chunk, arity=arity, timeout=timeout,
-                )
+            plan, prediction = _decide_plan(topo, checks, transfer_comm, info, params, options)
             phases["plan"] = time.perf_counter() - mark
             if topo.is_leader:
                 mine = next(c for c in checks if c.index == topo.node.index)
@@ -175,25 +169,46 @@ def _topology(comm: MPI.Comm, options: StageOptions) -> Iterator[Topology]:
         topo.free()
 
 
-def _agree_on_plan(
+def _agree_on_source(
     comm: MPI.Comm, source: str | os.PathLike[str], dest: str, options: StageOptions,
-) -> tuple[Plan, Parameters | None]:
-    """The root checks the source and reads the calibration (only it needs to see
-    them); ``auto`` choices stay open until :func:`decide`."""
-    root = options.root
-    outcome: tuple[Plan, Parameters | None] | str | None = None
-    if comm.rank == root:
+) -> tuple[SourceInfo, Parameters | None]:
+    """The root checks the source and reads the calibration (only it can see them);
+    every rank learns what is to be sent, for its pre-flight check."""
+    outcome: tuple[SourceInfo, Parameters | None] | str | None = None
+    if comm.rank == options.root:
         try:
-            chunk = DEFAULT_CHUNK if options.auto_chunk else int(options.chunk_size)
-            outcome = (make_plan(source, dest, chunk, options.algorithm),
-                       options.load_calibration())
+            outcome = (describe_source(source, dest), options.load_calibration())
         except UsageError as exc:
             outcome = str(exc)
-    outcome = comm.bcast(outcome, root=root)
+    outcome = comm.bcast(outcome, root=options.root)
     if isinstance(outcome, str):
         raise UsageError(outcome)
     assert outcome is not None
     return outcome
+
+
+def _decide_plan(
+    topo: Topology, checks: list[NodeCheck], transfer_comm: MPI.Comm | None,
+    info: SourceInfo, params: Parameters | None, options: StageOptions,
+) -> tuple[Plan, Prediction | None]:
+    """The plan, decided once on the root and broadcast to every rank: ``auto`` resolved
+    by the model over the links among the nodes that need the file (the root measures
+    one when there is no calibration).  When no node needs the file nothing is measured
+    and ``auto`` means the defaults."""
+    decided: tuple[Plan, Prediction | None] | None = None
+    if transfer_comm is not None:
+        decided = decide(transfer_comm, participants(topo, checks).index(topo.root_node),
+                         info, calibration=params, algorithm=options.algorithm,
+                         chunk_size=options.chunk_size, arity=options.arity,
+                         timeout=options.timeout)
+    if topo.comm.rank == options.root and decided is None:
+        decided = (Plan.of(info, chunk_size=DEFAULT_CHUNK if options.auto_chunk
+                           else int(options.chunk_size),
+                           algorithm="chain" if options.auto_algorithm else options.algorithm),
+                   None)
+    decided = topo.comm.bcast(decided, root=options.root)
+    assert decided is not None
+    return decided
 
 
 @contextmanager
@@ -363,21 +378,20 @@ def explain(
     options.check(comm.size)
     check_template(dest)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
-        plan, params = _agree_on_plan(
-            comm, source, dest,
-            replace(options, algorithm="chain") if options.auto_algorithm else options)
-        checks = preflight(topo, plan, quick=quick, skip_bad_nodes=True)
+        info, params = _agree_on_source(comm, source, dest, options)
+        checks = preflight(topo, info, quick=quick, skip_bad_nodes=True)
         bad = [c for c in checks if c.problem]
         if bad and not any(c.needs_data for c in checks):
             raise UsageError("\n".join(c.line() for c in bad))  # no node could take it
         prediction = None
         with _transfer_communicator(topo, checks) as transfer_comm:
             if transfer_comm is not None:
-                _, prediction = decide(
-                    transfer_comm, participants(topo, checks).index(topo.root_node), plan,
-                    calibration=params, auto_algorithm=True, auto_chunk=options.auto_chunk,
+                decided = decide(
+                    transfer_comm, participants(topo, checks).index(topo.root_node), info,
+                    calibration=params, algorithm=AUTO, chunk_size=options.chunk_size,
                     arity=arity, timeout=timeout,
                 )
+                prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:
             chunk, seconds = prediction.choice.predictions[algorithm]
             prediction = replace(prediction, auto=options.auto_chunk, choice=replace(
