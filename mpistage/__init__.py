@@ -13,6 +13,7 @@ cost model.
     True
 """
 
+from ._version import __version__
 from .calibrate import Calibration, calibrate
 from .decide import Prediction
 from .errors import MpistageError, Stalled, UsageError
@@ -20,8 +21,6 @@ from .model import Parameters
 from .options import ALGORITHMS
 from .report import NodeResult, RankRecord, StageReport
 from .stage import explain, stage
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",

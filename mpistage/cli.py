@@ -9,7 +9,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__, interrupt
+from . import interrupt
+from ._version import __version__
 from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
 from .decide import AUTO

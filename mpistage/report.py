@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .digest import ALGORITHM as DIGEST_ALGORITHM
 from .sink import current_umask
 from .units import format_bytes, format_rate, format_seconds
@@ -261,8 +262,6 @@ def build_report(
     source_digest, source_error = outcomes[0] if outcomes else (None, None)
     predictions = [s.prediction for s in statuses if s.prediction is not None]
     prediction = predictions[0] if predictions else None
-    from . import __version__
-
     return StageReport(
         version=__version__,
         source=plan.source,

@@ -38,6 +38,7 @@ from types import TracebackType
 
 from .. import mpi_library
 from . import slurm as slurm_daemons
+from .hosts import ClusterError
 from .slurm import SlurmSettings
 
 log = logging.getLogger("mpistage.cluster")
@@ -57,10 +58,6 @@ MPI_ENV = {
 }
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:bit|bps|b)?\s*$", re.IGNORECASE)
-
-
-class ClusterError(RuntimeError):
-    """The emulated cluster cannot be built or used; the message says what to do."""
 
 
 def parse_rate(text: str | int) -> int:

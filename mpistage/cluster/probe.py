@@ -12,10 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .cluster import EmulatedCluster
+from .hosts import ClusterError, Hosts
 
 PORT = 5201
 BLOCK = 256 << 10
@@ -50,11 +48,9 @@ def send(address: str, port: int, seconds: float) -> None:
             conn.sendall(block)
 
 
-def measure(cluster: EmulatedCluster, sender: int | str, receiver: int | str,
+def measure(cluster: Hosts, sender: int | str, receiver: int | str,
             seconds: float = 2.0) -> float:
     """Throughput in bit/s from ``sender`` to ``receiver`` over the emulated network."""
-    from .cluster import ClusterError
-
     address = cluster.address(receiver)
     me = [sys.executable, "-m", "mpistage.cluster.probe"]
     server = subprocess.Popen(

@@ -24,10 +24,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .cluster import EmulatedCluster
+from .hosts import Hosts
 
 log = logging.getLogger("mpistage.cluster.slurm")
 
@@ -68,20 +66,20 @@ def missing_tools() -> list[str]:
     return [tool for tool in (*DAEMONS, *CLIENTS) if shutil.which(tool) is None]
 
 
-def slurm_dir(cluster: EmulatedCluster) -> Path:
+def slurm_dir(cluster: Hosts) -> Path:
     return cluster.state_dir / "slurm"
 
 
-def etc_dir(cluster: EmulatedCluster) -> Path:
+def etc_dir(cluster: Hosts) -> Path:
     """Bound over ``/etc/slurm`` on every emulated host."""
     return slurm_dir(cluster) / "etc"
 
 
-def munge_socket(cluster: EmulatedCluster) -> Path:
+def munge_socket(cluster: Hosts) -> Path:
     return slurm_dir(cluster) / "munge" / "munge.socket"
 
 
-def write_config(cluster: EmulatedCluster, settings: SlurmSettings) -> Path:
+def write_config(cluster: Hosts, settings: SlurmSettings) -> Path:
     """Write slurm.conf (and an empty cgroup.conf) for ``cluster``; returns slurm.conf."""
     base = slurm_dir(cluster)
     etc = etc_dir(cluster)
@@ -137,7 +135,7 @@ def write_config(cluster: EmulatedCluster, settings: SlurmSettings) -> Path:
     return conf
 
 
-def start(cluster: EmulatedCluster, settings: SlurmSettings = SlurmSettings()) -> None:
+def start(cluster: Hosts, settings: SlurmSettings = SlurmSettings()) -> None:
     """Start munged, slurmctld and every slurmd; return once every node is idle.
 
     Raises:
@@ -158,7 +156,7 @@ def start(cluster: EmulatedCluster, settings: SlurmSettings = SlurmSettings()) -
     wait_until_idle(cluster)
 
 
-def wait_until_idle(cluster: EmulatedCluster, timeout: float = START_TIMEOUT) -> None:
+def wait_until_idle(cluster: Hosts, timeout: float = START_TIMEOUT) -> None:
     """Wait until ``sinfo`` shows every node idle."""
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
@@ -191,7 +189,7 @@ def stop(state_dir: Path) -> list[str]:
     return stopped
 
 
-def _start_munge(cluster: EmulatedCluster) -> None:
+def _start_munge(cluster: Hosts) -> None:
     directory = munge_socket(cluster).parent
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
