@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from mpistage.cluster import EmulatedCluster, parse_rate, teardown
+from mpistage.cluster.runs import stage_with_report
 from mpistage.model import Parameters, predict
 from mpistage.results import ResultStore
 from mpistage.samples import write_random_file
@@ -49,20 +50,15 @@ def rough_seconds(algorithm: str, size: int, nodes: int, chunk: int, rate: int) 
 
 
 def run_mpistage(cluster: EmulatedCluster, hosts: list[int], src: Path, algorithm: str,
-                 chunk: str, work: Path) -> dict:
-    report_path = work / "report.json"
-    report_path.unlink(missing_ok=True)
-    run = cluster.mpiexec(
-        [sys.executable, "-m", "mpistage", "-q", "--report", str(report_path), "--algorithm",
-         algorithm, "--chunk-size", chunk, "--timeout", "120", str(src), cluster.scratch],
-        hosts=hosts, env={"MPIEXEC_TIMEOUT": "900"}, capture_output=True, text=True,
-        timeout=1200,
-    )
+                 chunk: str) -> dict:
+    run, report = stage_with_report(
+        cluster, src, ["--algorithm", algorithm, "--chunk-size", chunk, "--timeout", "120"],
+        hosts=hosts, env={"MPIEXEC_TIMEOUT": "900"}, timeout=1200)
     for i in hosts:
         (cluster.scratch_dir(i) / src.name).unlink(missing_ok=True)
-    if run.returncode != 0 or not report_path.exists():
+    if run.returncode != 0 or report is None:
         return {"ok": False, "error": (run.stderr or run.stdout).strip()[-500:]}
-    return json.loads(report_path.read_text())
+    return report
 
 
 def run_mpi(cluster: EmulatedCluster, module: str, hosts: list[int], size: int,
@@ -135,7 +131,7 @@ def record(store: ResultStore, cluster: EmulatedCluster, hosts: list[int], src: 
                               "ok": seconds is not None})
     else:
         algorithm, chunk = detail  # type: ignore[misc]
-        report = run_mpistage(cluster, hosts, src, algorithm, chunk, work)
+        report = run_mpistage(cluster, hosts, src, algorithm, chunk)
         if not report.get("ok"):
             store.append(config, {"seconds": float("nan"), "ok": False,
                                   "error": report.get("error", "")})

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from mpi4py import MPI
 
 from .buffers import BufferPool, PhaseClock
+from .codec import IDENTITY, Codec
 from .errors import Stalled
 from .liveness import no_heartbeat
 from .plan import Plan
@@ -79,6 +80,7 @@ class Engine:
         progress: ProgressCallback = _no_progress,
         timeout: float = DEFAULT_TIMEOUT,
         peer_name: Callable[[int], str] = lambda rank: f"rank {rank}",
+        codec: Codec = IDENTITY,
         corrupt: bool = False,
     ) -> None:
         """
@@ -86,6 +88,8 @@ class Engine:
             timeout: seconds any one wait may go without progress before the transfer
                 counts as stalled (must exceed one chunk's time on the slowest link).
             peer_name: names a rank of the schedule's communicator for messages.
+            codec: how chunks travel (:mod:`mpistage.codec`): encoded once on the
+                root, forwarded as they came, decoded by each node's writer.
             corrupt: test hook: flip a byte of the first chunk before writing it.
         """
         self.plan = plan
@@ -97,9 +101,13 @@ class Engine:
         # More buffers than chunks would only hold memory.
         self.pool = BufferPool(max(2, min(depth, plan.nchunks)),
                                max(1, min(plan.chunk_size, plan.size)))
+        self.codec = codec
         self.source = FileSource(plan, self.pool, self.clock) if schedule.is_root else None
+        # The root writes what it read; the others decode what came.
         self.writer = ChunkWriter(plan, sink, self.pool, self.clock,
-                                  digests=not schedule.is_root, corrupt=corrupt)
+                                  digests=not schedule.is_root,
+                                  codec=IDENTITY if schedule.is_root else codec,
+                                  corrupt=corrupt)
         self._sends: deque[tuple[int, int, list[MPI.Request]]] = deque()
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._done_bytes = 0
@@ -239,6 +247,8 @@ class Engine:
         """Chunk ``k`` is here: forward it to the schedule's children and hand it to the
         writer (unless this node's copy was abandoned)."""
         view = self.pool.buffers[index][: self.plan.chunk_length(k)]
+        if self.source is not None:
+            view = self.codec.encode(view)  # once, on the root; nodes forward it as it came
         requests = self.schedule.post_forward(view)
         writes = not self.writer.abandoned
         holders = bool(requests) + writes

@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable
 
 from . import faults
 from .buffers import BufferPool, PhaseClock
+from .codec import IDENTITY, Codec
 from .digest import new_digest
 from .errors import Stalled
 from .liveness import follow
@@ -38,7 +39,7 @@ class ChunkWriter:
     """
 
     def __init__(self, plan: Plan, sink: Sink | None, pool: BufferPool, clock: PhaseClock,
-                 *, digests: bool, corrupt: bool = False) -> None:
+                 *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False) -> None:
         """
         Args:
             corrupt: test hook: flip a byte of the first chunk before writing it.
@@ -47,6 +48,7 @@ class ChunkWriter:
         self.sink = sink
         self.pool = pool
         self.clock = clock
+        self.codec = codec
         self.corrupt = corrupt
         self.digest: str | None = None
         self.error: str | None = None
@@ -127,6 +129,7 @@ class ChunkWriter:
             self.digest = self._digest.hexdigest()
 
     def _write_chunk(self, k: int, view) -> None:  # type: ignore[no-untyped-def]
+        view = self.codec.decode(view)
         if self.corrupt and k == 0:
             view = faults.flipped(view)  # a copy: forwarded bytes stay intact
         sink = self.sink

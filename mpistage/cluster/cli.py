@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -38,6 +37,7 @@ from .cluster import (
     parse_rate,
     teardown,
 )
+from .runs import stage_with_report
 from .slurm import PARTITION, SlurmError, SlurmSettings
 
 
@@ -259,13 +259,8 @@ def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,
         for algorithm in algorithms:
             transfers, totals, verified = [], [], 0
             for _ in range(repeat):
-                report_path = work / f"{algorithm}.json"
-                report_path.unlink(missing_ok=True)
-                run = cluster.mpiexec(
-                    [python, "-m", "mpistage", "-q", "--algorithm", algorithm, "--chunk-size",
-                     chunk_size, "--report", str(report_path), str(sample), cluster.scratch],
-                    capture_output=True, text=True, timeout=1800,
-                )
+                run, report = stage_with_report(
+                    cluster, sample, ["--algorithm", algorithm, "--chunk-size", chunk_size])
                 good = sum(
                     (cluster.scratch_dir(i) / sample.name).exists()
                     and file_digest(cluster.scratch_dir(i) / sample.name) == digest
@@ -273,11 +268,10 @@ def try_mpistage(cluster: EmulatedCluster, size: int, chunk_size: str,
                 )
                 for i in range(cluster.hosts):
                     (cluster.scratch_dir(i) / sample.name).unlink(missing_ok=True)
-                if run.returncode != 0 or not report_path.exists():
+                if run.returncode != 0 or report is None:
                     print(f"mpistage {algorithm} failed (exit {run.returncode}): "
                           f"{run.stderr.strip()[-300:]}", file=sys.stderr)
                     continue
-                report = json.loads(report_path.read_text())
                 transfers.append(report["transfer_seconds"])
                 totals.append(report["elapsed"])
                 verified += good == cluster.hosts
