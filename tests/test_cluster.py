@@ -17,11 +17,11 @@ import pytest
 
 import mpistage
 from mpistage.cluster import ClusterError, EmulatedCluster, HostSpec, parse_rate, teardown
-from mpistage.cluster import cluster as cluster_module
+from mpistage.cluster import system
 from mpistage.digest import file_digest
 
 NAME = "msttest"  # not the default name, so a user's own cluster is never touched
-MISSING = [t for t in cluster_module.TOOLS if shutil.which(t) is None]
+MISSING = [t for t in system.TOOLS if shutil.which(t) is None]
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or bool(MISSING),
     reason="needs root and iproute2/util-linux (network and mount namespaces)"
@@ -47,7 +47,7 @@ def snapshot() -> dict[str, object]:
         "netns": sorted(run("ip", "netns", "list").split()),
         "links": sorted(line.split()[0] for line in run("ip", "-br", "link").splitlines()),
         "mounts": sorted(m for m in mounts if m.split()[1] != "/run/netns"),
-        "state": cluster_module.STATE_ROOT.exists(),
+        "state": system.STATE_ROOT.exists(),
         "scratch": os.path.exists("/scratch"),
     }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mpistage.cluster import EmulatedCluster, HostSpec, teardown
-from mpistage.cluster import cluster as cluster_module
+from mpistage.cluster import system
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sink import TEMP_SUFFIX
@@ -28,7 +28,7 @@ NAME = "mstfault"
 HOSTS = 5
 MIDDLE = 2
 TIMEOUT = 5
-MISSING = [t for t in cluster_module.TOOLS if shutil.which(t) is None]
+MISSING = [t for t in system.TOOLS if shutil.which(t) is None]
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(os.geteuid() != 0 or bool(MISSING),

@@ -24,7 +24,7 @@ import pytest
 
 from mpistage import mpi_library
 from mpistage.cluster import EmulatedCluster, teardown
-from mpistage.cluster import cluster as cluster_module
+from mpistage.cluster import system
 from mpistage.cluster import slurm as slurm_module
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.cluster.slurm import SlurmSettings
@@ -35,7 +35,7 @@ NAME = "slmtest"
 TOP = Path(__file__).resolve().parents[1]
 JOBSCRIPTS = TOP / "jobscripts"
 NOBODY = 65534
-MISSING = [t for t in cluster_module.TOOLS if shutil.which(t) is None] + slurm_module.missing_tools()
+MISSING = [t for t in system.TOOLS if shutil.which(t) is None] + slurm_module.missing_tools()
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(

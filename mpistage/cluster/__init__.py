@@ -13,6 +13,8 @@ ssh-like launcher, with MPICH's TCP transport, so MPI traffic crosses the shaped
 Needs root, ``ip``/``tc`` (iproute2) and ``nsenter``/``unshare`` (util-linux).
 """
 
-from .cluster import ClusterError, EmulatedCluster, HostSpec, parse_rate, teardown
+from .cluster import EmulatedCluster, HostSpec, parse_rate
+from .hosts import ClusterError
+from .system import teardown
 
 __all__ = ["ClusterError", "EmulatedCluster", "HostSpec", "parse_rate", "teardown"]

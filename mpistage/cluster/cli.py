@@ -27,18 +27,11 @@ from pathlib import Path
 from ..digest import file_digest
 from ..samples import write_random_file
 from ..units import format_bytes, parse_size
-from .cluster import (
-    ClusterError,
-    EmulatedCluster,
-    HostSpec,
-    format_link_rate,
-    interrupts_as_exceptions,
-    mpi_environment,
-    parse_rate,
-    teardown,
-)
+from .cluster import EmulatedCluster, HostSpec, format_link_rate, mpi_environment, parse_rate
+from .hosts import ClusterError
 from .runs import stage_with_report
 from .slurm import PARTITION, SlurmError, SlurmSettings
+from .system import interrupts_as_exceptions, teardown
 
 
 def _override(text: str) -> tuple[int, str]:

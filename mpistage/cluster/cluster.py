@@ -25,13 +25,10 @@ import logging
 import os
 import re
 import shlex
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,14 +37,14 @@ from .. import mpi_library
 from . import slurm as slurm_daemons
 from .hosts import ClusterError
 from .slurm import SlurmSettings
+from .system import (
+    NAME_RE, STATE_ROOT, check_prerequisites, ip, netns_names, run_command, teardown,
+)
 
 log = logging.getLogger("mpistage.cluster")
 
-STATE_ROOT = Path("/run/mpistage-cluster")
 SUBNET = "198.18.0"  # inside 198.18.0.0/15, the RFC 2544 benchmarking range
 MAX_HOSTS = 64
-NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
-TOOLS = ("ip", "tc", "nsenter", "unshare", "mount", "umount")
 
 #: Environment that makes the PyPI MPICH wheel talk TCP between hosts (so traffic crosses
 #: the shaped links); :func:`mpistage.mpi_library.launch_environment` adds the settings for
@@ -195,16 +192,16 @@ class EmulatedCluster:
     def up(self) -> EmulatedCluster:
         """Create everything; on any failure, remove what was created and raise."""
         check_prerequisites()
-        if self.switch in _netns_names() or self.state_dir.exists():
+        if self.switch in netns_names() or self.state_dir.exists():
             raise ClusterError(
                 f"a cluster named {self.name!r} already exists: "
                 f"'python -m mpistage.cluster down --name {self.name}' removes it"
             )
         try:
             self._create_state()
-            _ip("netns", "add", self.switch)
-            _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-            _ip("-n", self.switch, "link", "set", "br0", "up")
+            ip("netns", "add", self.switch)
+            ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.switch, "link", "set", "br0", "up")
             for i, host in enumerate(self.hostnames):
                 self._add_host(i, host)
             if self.slurm is not None:
@@ -258,23 +255,23 @@ class EmulatedCluster:
 
     def _add_host(self, i: int, host: str) -> None:
         port = f"h{i}"
-        _ip("netns", "add", host)
-        _ip("link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", port,
+        ip("netns", "add", host)
+        ip("link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", port,
             "netns", self.switch)
-        _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
-        _ip("-n", host, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
-        _ip("-n", host, "link", "set", "lo", "up")
-        _ip("-n", host, "link", "set", "eth0", "up")
+        ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
+        ip("-n", host, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+        ip("-n", host, "link", "set", "lo", "up")
+        ip("-n", host, "link", "set", "eth0", "up")
         self.set_rate(i, self.rate_of(i), replace=False)
         spec = self.overrides.get(i)
         size = spec.scratch_size if spec is not None and spec.scratch_size else self.scratch_size
         directory = self.scratch_dir(i)
         directory.mkdir()
         options = "mode=1777" + (f",size={size}" if size else "")
-        _run(["mount", "-t", "tmpfs", "-o", options, f"{self.name}-scratch", str(directory)])
+        run_command(["mount", "-t", "tmpfs", "-o", options, f"{self.name}-scratch", str(directory)])
         shm = self.shm_dir(i)
         shm.mkdir()
-        _run(["mount", "-t", "tmpfs", "-o", "mode=1777", f"{self.name}-shm", str(shm)])
+        run_command(["mount", "-t", "tmpfs", "-o", "mode=1777", f"{self.name}-shm", str(shm)])
 
     # -- shaping and faults ---------------------------------------------------------------
 
@@ -287,21 +284,21 @@ class EmulatedCluster:
         burst = max(64 << 10, bits // 8 // 250)
         verb = "replace" if replace else "add"
         for netns, dev in ((self.host(i), "eth0"), (self.switch, f"h{i}")):
-            _run(["tc", "-n", netns, "qdisc", verb, "dev", dev, "root", "tbf",
+            run_command(["tc", "-n", netns, "qdisc", verb, "dev", dev, "root", "tbf",
                   "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms"])
 
     def resize_scratch(self, host: int | str, size: str) -> None:
         """Give ``host``'s scratch a new size limit (free space on a full disk)."""
-        _run(["mount", "-o", f"remount,size={size}", str(self.scratch_dir(host))])
+        run_command(["mount", "-o", f"remount,size={size}", str(self.scratch_dir(host))])
 
     def pids(self, host: int | str) -> list[int]:
         """Processes running on ``host`` (in its network namespace)."""
-        listing = _run(["ip", "netns", "pids", self.host(host)], check=False).stdout
+        listing = run_command(["ip", "netns", "pids", self.host(host)], check=False).stdout
         return [int(p) for p in listing.split()]
 
     def set_link(self, host: int | str, up: bool) -> None:
         """Take ``host``'s link down (no carrier, packets dropped) or bring it back."""
-        _ip("-n", self.switch, "link", "set", f"h{self.index(host)}", "up" if up else "down")
+        ip("-n", self.switch, "link", "set", f"h{self.index(host)}", "up" if up else "down")
 
     # -- running commands -----------------------------------------------------------------
 
@@ -385,18 +382,7 @@ def _write_script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-# -- helpers ------------------------------------------------------------------------------
-
-def check_prerequisites() -> None:
-    """Raise :class:`ClusterError` unless root with iproute2 and util-linux at hand."""
-    if os.geteuid() != 0:
-        raise ClusterError("the emulated cluster needs root (network and mount namespaces)")
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        raise ClusterError(
-            f"missing {', '.join(missing)}: on Debian, apt-get install iproute2 util-linux mount"
-        )
-
+# -- MPI on the cluster -------------------------------------------------------------------
 
 def find_mpiexec() -> str:
     """``mpiexec`` of this Python's MPI (see :func:`mpistage.mpi_library.find_mpiexec`)."""
@@ -414,92 +400,3 @@ def mpi_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
-
-
-def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(argv), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise ClusterError(f"{shlex.join(argv)} failed: {result.stderr.strip() or result.returncode}")
-    return result
-
-
-def _ip(*args: str) -> None:
-    _run(["ip", *args])
-
-
-def _netns_names() -> list[str]:
-    if shutil.which("ip") is None:
-        return []
-    listing = _run(["ip", "netns", "list"], check=False).stdout
-    return [line.split()[0] for line in listing.splitlines() if line.strip()]
-
-
-def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory) + "/"
-    with open("/proc/self/mounts", encoding="utf-8") as mounts:
-        points = [line.split()[1].replace("\\040", " ") for line in mounts]
-    return [p for p in points if p.startswith(prefix) or p == str(directory)]
-
-
-def teardown(name: str) -> list[str]:
-    """Remove every namespace, mount and file of cluster ``name``; returns what went.
-
-    Idempotent, and safe to call for a cluster that only half came up: it looks for what
-    exists rather than trusting a record of what was made.  Processes still running in
-    the cluster's namespaces (a hung rank) are killed first.
-    """
-    if not NAME_RE.match(name):
-        raise ClusterError(f"invalid cluster name {name!r}")
-    removed: list[str] = []
-    prefix = f"{name}-"
-    state = STATE_ROOT / name
-    removed += [f"daemon {d}" for d in slurm_daemons.stop(state)]
-    for netns in _netns_names():
-        if not netns.startswith(prefix):
-            continue
-        pids = _run(["ip", "netns", "pids", netns], check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        _run(["ip", "netns", "del", netns], check=False)
-        removed.append(f"netns {netns}")
-    record: dict[str, object] = {}
-    if (state / "state.json").exists():
-        try:
-            record = json.loads((state / "state.json").read_text())
-        except (OSError, ValueError):
-            record = {}
-    for point in sorted(_mounts_under(state), key=len, reverse=True):
-        _run(["umount", "-l", point], check=False)
-        removed.append(f"mount {point}")
-    if state.exists():
-        shutil.rmtree(state, ignore_errors=True)
-        removed.append(f"dir {state}")
-    mountpoint = record.get("scratch")
-    others = STATE_ROOT.exists() and any(STATE_ROOT.iterdir())
-    # Another cluster may be using the same mount point (removing it would detach its
-    # hosts' scratch mounts); the last one down removes it.
-    if record.get("created_mountpoint") and isinstance(mountpoint, str) and not others:
-        try:
-            os.rmdir(mountpoint)
-            removed.append(f"dir {mountpoint}")
-        except OSError:
-            pass
-    if STATE_ROOT.exists() and not any(STATE_ROOT.iterdir()):
-        STATE_ROOT.rmdir()
-    return removed
-
-
-@contextmanager
-def interrupts_as_exceptions() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` clauses (teardown) run."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
