@@ -126,15 +126,6 @@ def describe_file_type(mode: int) -> str:
     return "not a regular file"
 
 
-def make_plan(source: str | os.PathLike[str], dest: str, chunk_size: int, algorithm: str) -> Plan:
-    """The plan of sending ``source`` with a known algorithm and chunk size.
-
-    Raises:
-        UsageError: as :func:`describe_source`, or an unusable chunk size.
-    """
-    return Plan.of(describe_source(source, dest), chunk_size=chunk_size, algorithm=algorithm)
-
-
 def describe_source(source: str | os.PathLike[str], dest: str) -> SourceInfo:
     """Check the source on the root and describe it.
 

@@ -8,7 +8,7 @@ import pytest
 
 from mpistage.errors import UsageError
 from mpistage.plan import (
-    Plan, check_chunk_size, check_depth, check_template, check_timeout, make_plan, resolve_dest,
+    Plan, check_chunk_size, check_depth, check_template, check_timeout, describe_source, resolve_dest,
 )
 
 
@@ -34,12 +34,12 @@ def test_chunks_of_a_file_over_4_gib_cover_it_exactly() -> None:
         plan.chunk_length(plan.nchunks)
 
 
-def test_make_plan_describes_the_source(tmp_path: Path) -> None:
+def test_the_plan_describes_the_source(tmp_path: Path) -> None:
     src = tmp_path / "input.dat"
     src.write_bytes(b"x" * 100)
     os.chmod(src, 0o640)
     os.utime(src, ns=(0, 1_234_567_890_123_456_789))
-    plan = make_plan(src, "/scratch", 1 << 20, "chain")
+    plan = Plan.of(describe_source(src, "/scratch"), chunk_size=1 << 20, algorithm="chain")
     assert (plan.size, plan.mode, plan.mtime_ns, plan.source_name) == (
         100, 0o640, 1_234_567_890_123_456_789, "input.dat")
     assert plan.nchunks == 1
@@ -47,17 +47,17 @@ def test_make_plan_describes_the_source(tmp_path: Path) -> None:
 
 def test_missing_source(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
-        make_plan(tmp_path / "nope", "/scratch", 1024, "chain")
+        describe_source(tmp_path / "nope", "/scratch")
 
 
 def test_directory_source(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is a directory"):
-        make_plan(tmp_path, "/scratch", 1024, "chain")
+        describe_source(tmp_path, "/scratch")
 
 
 def test_special_file_source() -> None:
     with pytest.raises(UsageError, match="is a character device; mpistage stages regular files only"):
-        make_plan("/dev/null", "/scratch", 1024, "chain")
+        describe_source("/dev/null", "/scratch")
 
 
 def test_fifo_source_is_refused_at_once_without_waiting_for_a_writer(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_fifo_source_is_refused_at_once_without_waiting_for_a_writer(tmp_path: P
     os.mkfifo(fifo)
     started = time.monotonic()
     with pytest.raises(UsageError, match="is a FIFO"):
-        make_plan(fifo, "/scratch", 1024, "chain")
+        describe_source(fifo, "/scratch")
     assert time.monotonic() - started < 1
 
 
@@ -73,14 +73,14 @@ def test_socket_source_is_refused(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(tmp_path / "sock"))
         with pytest.raises(UsageError, match="is a socket"):
-            make_plan(tmp_path / "sock", "/scratch", 1024, "chain")
+            describe_source(tmp_path / "sock", "/scratch")
 
 
 def test_plan_records_the_source_identity(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(b"x" * 10)
     info = os.stat(src)
-    plan = make_plan(src, "/scratch", 1024, "chain")
+    plan = Plan.of(describe_source(src, "/scratch"), chunk_size=1024, algorithm="chain")
     assert plan.identity == (info.st_dev, info.st_ino, 10, info.st_mtime_ns, info.st_ctime_ns)
 
 
