@@ -13,14 +13,28 @@ cost model.
     True
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .calibrate import Calibration, calibrate
 from .decide import Prediction
 from .errors import MpistageError, Stalled, UsageError
 from .model import Parameters
 from .options import ALGORITHMS
 from .report import NodeResult, RankRecord, StageReport
 from .stage import explain, stage
+
+if TYPE_CHECKING:
+    from .calibration import Calibration, calibrate
+
+
+def __getattr__(name: str) -> Any:
+    """``calibrate`` and ``Calibration`` on first use: calibrating needs numpy, which a
+    run that only stages a file never imports (PEP 562)."""
+    if name in ("calibrate", "Calibration"):
+        from . import calibration
+
+        return getattr(calibration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ALGORITHMS",

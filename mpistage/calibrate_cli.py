@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .calibrate import DEFAULT_SIZES, calibrate
+from .calibration import DEFAULT_SIZES, calibrate
 from .cli_base import RankZeroParser
 from .errors import MpistageError
 from .units import format_bytes, parse_size

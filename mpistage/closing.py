@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from mpi4py import MPI
 
 from .decide import Prediction
@@ -57,7 +56,7 @@ def connect_early(
     the closing exchange must only use connections that already exist.
     """
     comm = topo.comm
-    nothing = np.empty(0, dtype=np.uint8)
+    nothing = bytearray(0)
     if comm.rank == 0:
         requests = [comm.Irecv(nothing, source=r, tag=_HELLO_TAG) for r in range(1, comm.size)]
     else:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
+from .buffers import Buffer
+
 
 
 class Codec(Protocol):
@@ -19,10 +20,10 @@ class Codec(Protocol):
 
     name: str
 
-    def encode(self, chunk: np.ndarray) -> np.ndarray:
+    def encode(self, chunk: Buffer) -> Buffer:
         """On the root, after reading: the bytes to send for ``chunk``."""
 
-    def decode(self, chunk: np.ndarray) -> np.ndarray:
+    def decode(self, chunk: Buffer) -> Buffer:
         """On every node, before writing: the source's bytes for what arrived."""
 
 
@@ -31,10 +32,10 @@ class Identity:
 
     name = "none"
 
-    def encode(self, chunk: np.ndarray) -> np.ndarray:
+    def encode(self, chunk: Buffer) -> Buffer:
         return chunk
 
-    def decode(self, chunk: np.ndarray) -> np.ndarray:
+    def decode(self, chunk: Buffer) -> Buffer:
         return chunk
 
 

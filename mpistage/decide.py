@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 from mpi4py import MPI
 
 from .errors import Stalled
@@ -60,8 +59,8 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
     peer = (root + 1) % comm.size
     if comm.rank not in (root, peer):
         return None
-    tiny = np.zeros(1, dtype=np.uint8)
-    probe = np.zeros(min(max(size, _PROBE_MIN), _PROBE_MAX), dtype=np.uint8)
+    tiny = bytearray(1)
+    probe = bytearray(min(max(size, _PROBE_MIN), _PROBE_MAX))
     if comm.rank == peer:
         for _ in range(4):
             _exchange(comm, [comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
@@ -80,7 +79,7 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
     _exchange(comm, [comm.Isend(probe, dest=peer, tag=_PROBE_TAG)], timeout)
     _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
     elapsed = time.perf_counter() - started - 2 * latency
-    return Parameters(latency=latency, bandwidth=probe.size / max(elapsed, 1e-9))
+    return Parameters(latency=latency, bandwidth=len(probe) / max(elapsed, 1e-9))
 
 
 def decide(

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
+from .buffers import Buffer
 
 if TYPE_CHECKING:
     from .sink import Sink
@@ -32,12 +32,12 @@ def active(kind: str, node: int) -> bool:
     return f"{kind}@{node}" in {item.strip() for item in spec.split(",")}
 
 
-def flipped(view: np.ndarray) -> np.ndarray:
+def flipped(view: Buffer) -> Buffer:
     """A copy of ``view`` with its first byte inverted."""
-    copy = np.array(view, copy=True)
-    if copy.size:
+    copy = bytearray(view)
+    if copy:
         copy[0] ^= 0xFF
-    return copy
+    return memoryview(copy)
 
 
 def flip_byte_on_disk(path: str | os.PathLike[str]) -> None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
-import numpy as np
 from mpi4py import MPI
 
 from .errors import Stalled
@@ -39,7 +38,7 @@ class Heartbeat:
         self.interval = interval
         self._last: Hashable = None
         self._sent_at = time.monotonic()
-        self._message = np.zeros(1, dtype=np.int64)
+        self._message = bytearray(8)
         self._requests: list[MPI.Request] = []
 
     def __call__(self, progress: Hashable) -> None:
@@ -68,7 +67,7 @@ def drain_heartbeats(comm: MPI.Comm) -> set[int]:
     """Rank 0: receive every heartbeat that has arrived; the ranks that sent one."""
     senders: set[int] = set()
     status = MPI.Status()
-    sink = np.zeros(1, dtype=np.int64)
+    sink = bytearray(8)
     while comm.Iprobe(source=MPI.ANY_SOURCE, tag=_HEARTBEAT_TAG, status=status):
         comm.Recv(sink, source=status.Get_source(), tag=_HEARTBEAT_TAG)
         senders.add(status.Get_source())

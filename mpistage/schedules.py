@@ -12,8 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import cache
 
-import numpy as np
 from mpi4py import MPI
+
+from .buffers import Buffer
 
 #: Tag of every data message; MPI keeps messages between two ranks in order, so one tag
 #: and posting receives in chunk order is enough to match chunk k with chunk k.
@@ -129,11 +130,11 @@ class Schedule(ABC):
         self.is_root = comm.rank == root
 
     @abstractmethod
-    def post_receive(self, buf: np.ndarray) -> MPI.Request:
+    def post_receive(self, buf: Buffer) -> MPI.Request:
         """Start receiving the next chunk into ``buf`` (never called on the root)."""
 
     @abstractmethod
-    def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
+    def post_forward(self, buf: Buffer) -> list[MPI.Request]:
         """Start passing on a chunk that is now complete in ``buf``."""
 
     def describe(self) -> str:
@@ -172,11 +173,11 @@ class TreeSchedule(Schedule):
                          lambda v, n: cls.children_of(v, n, arity), nodes)
         return fan_out, fill
 
-    def post_receive(self, buf: np.ndarray) -> MPI.Request:
+    def post_receive(self, buf: Buffer) -> MPI.Request:
         assert self.parent is not None, "the root receives nothing"
         return self.comm.Irecv(buf, source=self.parent, tag=DATA_TAG)
 
-    def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
+    def post_forward(self, buf: Buffer) -> list[MPI.Request]:
         return [self.comm.Isend(buf, dest=child, tag=DATA_TAG) for child in self.children]
 
 
@@ -254,8 +255,8 @@ class BcastSchedule(Schedule):
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
         super().__init__(comm, root)
 
-    def post_receive(self, buf: np.ndarray) -> MPI.Request:
+    def post_receive(self, buf: Buffer) -> MPI.Request:
         return self.comm.Ibcast(buf, root=self.root)
 
-    def post_forward(self, buf: np.ndarray) -> list[MPI.Request]:
+    def post_forward(self, buf: Buffer) -> list[MPI.Request]:
         return [self.comm.Ibcast(buf, root=self.root)] if self.is_root else []

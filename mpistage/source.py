@@ -15,9 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
 
-from .buffers import BufferPool, PhaseClock
+from .buffers import Buffer, BufferPool, PhaseClock
 from .digest import new_digest
 from .errors import Stalled
 from .plan import Plan, file_identity
@@ -102,7 +101,7 @@ class FileSource:
             if fd >= 0:
                 os.close(fd)
 
-    def _read_chunk(self, fd: int, k: int, view: np.ndarray, digest) -> None:  # type: ignore[no-untyped-def]
+    def _read_chunk(self, fd: int, k: int, view: Buffer, digest) -> None:  # type: ignore[no-untyped-def]
         plan = self.plan
         started = time.perf_counter()
         try:
@@ -149,7 +148,7 @@ class FileSource:
                 "(stage it again once it is complete)")
 
 
-def _pread_full(fd: int, view: np.ndarray, offset: int) -> int:
+def _pread_full(fd: int, view: Buffer, offset: int) -> int:
     """Read until ``view`` is full or the file ends; returns the bytes read."""
     total = 0
     mv = memoryview(view)

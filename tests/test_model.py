@@ -130,7 +130,7 @@ def test_parameters_round_trip_with_infinities(tmp_path) -> None:  # type: ignor
 def test_link_fit_recovers_a_clean_link_and_never_returns_zero_or_infinity() -> None:
     """fit_link: exact on noiseless samples; on samples where noise hides the size term
     or the start-up term, positive and finite (direct readings, not a fitted 0 or ∞)."""
-    from mpistage.calibrate import fit_link
+    from mpistage.calibration import fit_link
     clean = [(s, 20e-6 + s / 1e9) for s in (1, 4096, 65536) for _ in range(2)]
     alpha, bandwidth = fit_link(clean)
     assert alpha == pytest.approx(20e-6) and bandwidth == pytest.approx(1e9)
