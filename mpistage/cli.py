@@ -15,7 +15,7 @@ from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
 from .decide import AUTO
 from .errors import MpistageError, Stalled, UsageError
-from .options import ALGORITHMS, DEFAULT_CHUNK
+from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
 from .progress import TerminalProgress
@@ -33,7 +33,7 @@ time limit; 130 SIGINT): every rank removed its temp file, no partial file is in
 examples:
   mpiexec -n 8 mpistage /lustre/ref/genome.fa /scratch
   mpiexec -n 8 mpistage --algorithm binomial --chunk-size 8M input.dat /scratch/in.dat
-  mpiexec -n 8 mpistage -a auto -c auto --calibration cal.json input.dat /scratch
+  mpiexec -n 8 mpistage --calibration cal.json input.dat /scratch
   mpiexec -n 8 mpistage --explain input.dat /scratch
   mpiexec -n 4 mpistage --ranks-as-nodes data.bin '/tmp/node{node}/'
   mpiexec -n 8 mpistage calibrate --dest /scratch --source input.dat -o cal.json
@@ -60,6 +60,13 @@ def _size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _memory(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser = RankZeroParser(
         prog="mpistage",
@@ -72,19 +79,21 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("source", metavar="SRC", help="file to read on the root rank")
     parser.add_argument("dest", metavar="DEST", help="directory or file path on every node")
     parser.add_argument(
-        "-a", "--algorithm", choices=(*ALGORITHMS, AUTO), default="chain",
-        help=f"{algorithm_help()}; auto: the one the cost model predicts fastest",
+        "-a", "--algorithm", choices=(*ALGORITHMS, AUTO), default=AUTO,
+        help=f"{algorithm_help()}; auto (the default): the one the cost model predicts "
+        "fastest",
     )
     parser.add_argument(
-        "-c", "--chunk-size", type=_size, default=DEFAULT_CHUNK, metavar="SIZE",
-        help="bytes per pipelined message, K/M/G suffixes, or auto: the model's best "
-        f"(default {format_bytes(DEFAULT_CHUNK)})",
+        "-c", "--chunk-size", type=_size, default=AUTO, metavar="SIZE",
+        help="bytes per pipelined message, K/M/G suffixes, or auto (the default): the "
+        "model's best within --memory",
     )
     parser.add_argument("--arity", type=int, default=2, metavar="K",
                         help="children per node of the tree algorithm (default 2)")
     parser.add_argument("--calibration", metavar="FILE.json",
-                        help="model parameters from 'mpistage calibrate' (default: the root "
-                        "measures its first link quickly)")
+                        help="model parameters from 'mpistage calibrate' (default: the file "
+                        f"${CALIBRATION_ENV} names, else the root measures its first link "
+                        "quickly, unless the file is too small for the link to matter)")
     parser.add_argument("--explain", action="store_true",
                         help="print the predicted time of each algorithm and the choice, "
                         "without moving data")
@@ -94,7 +103,10 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                         help="count every rank as its own node (emulate many nodes on one machine)")
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
                         help=f"chunk buffers per node leader, {MIN_DEPTH} to {MAX_DEPTH} "
-                        f"(default {DEFAULT_DEPTH})")
+                        f"(default {DEFAULT_DEPTH}; fewer if they exceed --memory)")
+    parser.add_argument("--memory", type=_memory, default=DEFAULT_MEMORY, metavar="SIZE",
+                        help="chunk buffer memory per node leader: depth × chunk stays "
+                        f"within it (default {format_bytes(DEFAULT_MEMORY)})")
     parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="give up when the transfer makes no progress for this long; must "
                         f"exceed one chunk's time on the slowest link; at most a week "
@@ -228,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.source, args.dest, comm=comm, algorithm=args.algorithm,
                 chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
                 arity=args.arity, calibration=args.calibration, quick=args.quick,
-                timeout=args.timeout,
+                depth=args.depth, memory=args.memory, timeout=args.timeout,
             )
             if rank == 0:
                 print(describe_prediction(prediction), flush=True)
@@ -240,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.source, args.dest, comm=comm, algorithm=args.algorithm,
             chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
             arity=args.arity, calibration=args.calibration,
-            fsync=args.fsync, verify=args.verify, depth=args.depth, timeout=args.timeout,
+            fsync=args.fsync, verify=args.verify, depth=args.depth, memory=args.memory,
+            timeout=args.timeout,
             mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
             remove_first=args.remove_first, no_clobber=args.no_clobber, progress=progress,
             started=started,

@@ -4,7 +4,8 @@ Every run carries a prediction next to its measurement.  The parameters come fro
 calibration file (``mpistage calibrate``) when one is given, else from a quick
 measurement on the link from the root to its first neighbour: three 1-byte ping-pongs for
 the latency and one message of up to 1 MiB for the bandwidth (a few milliseconds on a
-fast network, ~0.1 s at 100 Mbit/s).  Disk speeds are only known from a calibration;
+fast network, ~0.1 s at 100 Mbit/s); a file so small that no link could change the
+choice is not worth that, and the prediction then assumes a typical link.  Disk speeds are only known from a calibration;
 without one the model assumes the network is the bottleneck.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from mpi4py import MPI
 
 from .errors import Stalled
-from .model import MODELLED, Choice, Parameters, choose
+from .model import ASSUMED, MODELLED, Choice, Parameters, choice_is_settled, choose
 from .plan import Plan, SourceInfo
 from .waiting import poll
 
@@ -30,7 +31,7 @@ _PROBE_MIN, _PROBE_MAX = 64 << 10, 1 << 20
 class Prediction:
     """What the model expects of this run, and from what."""
 
-    source: str  # "calibration" or "quick measurement"
+    source: str  # "calibration", "quick measurement" or "assumed"
     parameters: Parameters
     nodes: int
     choice: Choice
@@ -85,26 +86,31 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
 def decide(
     comm: MPI.Comm, root: int, info: SourceInfo, *, calibration: Parameters | None,
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
+    max_chunk: int | None = None,
 ) -> tuple[Plan, Prediction] | None:
-    """The plan, with ``auto`` resolved by the model, and the model's prediction; on the
-    root of ``comm`` (the transfer's participants), ``None`` on its other ranks.
+    """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
+    ``max_chunk``, the memory budget's limit), and the model's prediction; on the root
+    of ``comm`` (the transfer's participants), ``None`` on its other ranks.
 
-    Collective over ``comm``: without a calibration the root measures its first link.
+    Collective over ``comm``: without a calibration the root measures its first link,
+    unless the model's choice is the same whatever the link (a small file): every rank
+    knows that without talking, from the size and the options.
     """
-    params = calibration
-    if params is None:
+    auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
+    candidates = dict(algorithms=MODELLED if auto_algorithm else (algorithm,),
+                      chunk_size=None if auto_chunk else int(chunk_size), arity=arity,
+                      max_chunk=max_chunk)
+    params, source = calibration, "calibration"
+    if params is None and choice_is_settled(info.size, comm.size, **candidates):
+        params, source = ASSUMED, "assumed"
+    elif params is None:
         params = quick_parameters(comm, root, info.size, timeout)
+        source = "quick measurement"
     if comm.rank != root:
         return None
     assert params is not None
-    auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
-    choice = choose(info.size, comm.size, replace(params, startup=0.0),
-                    algorithms=MODELLED if auto_algorithm else (algorithm,),
-                    chunk_size=None if auto_chunk else int(chunk_size), arity=arity)
-    prediction = Prediction(
-        source="calibration" if calibration is not None else "quick measurement",
-        parameters=params, nodes=comm.size, choice=choice,
-        auto=auto_algorithm or auto_chunk,
-    )
+    choice = choose(info.size, comm.size, replace(params, startup=0.0), **candidates)
+    prediction = Prediction(source=source, parameters=params, nodes=comm.size, choice=choice,
+                            auto=auto_algorithm or auto_chunk)
     plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm)
     return plan, prediction

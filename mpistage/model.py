@@ -144,9 +144,12 @@ def predict(
 
 def optimal_chunk(
     algorithm: str, size: int, nodes: int, params: Parameters, arity: int = 2,
-    choices: tuple[int, ...] = CHUNK_CHOICES,
+    choices: tuple[int, ...] = CHUNK_CHOICES, max_chunk: int | None = None,
 ) -> int:
-    """The chunk size among ``choices`` with the lowest predicted time."""
+    """The chunk size among ``choices`` (none above ``max_chunk``, the memory budget's
+    limit; the smallest choice always stays) with the lowest predicted time."""
+    if max_chunk is not None:
+        choices = tuple(c for c in choices if c <= max_chunk) or (min(choices),)
     candidates = sorted({min(c, max(size, 1)) for c in choices})
     return min(candidates, key=lambda c: (predict(algorithm, size, nodes, c, params, arity), -c))
 
@@ -176,15 +179,42 @@ class Choice:
 
 def choose(
     size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = MODELLED,
-    chunk_size: int | None = None, arity: int = 2,
+    chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
 ) -> Choice:
-    """The algorithm (and, unless ``chunk_size`` is given, chunk) predicted fastest."""
+    """The algorithm (and, unless ``chunk_size`` is given, chunk, at most ``max_chunk``)
+    predicted fastest."""
     predictions = {}
     for algorithm in algorithms:
-        chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity)
+        chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity,
+                                            max_chunk=max_chunk)
         predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params, arity))
     best = min(predictions, key=lambda a: (predictions[a][1], algorithms.index(a)))
     return Choice(best, predictions[best][0], predictions[best][1], predictions)
+
+
+#: Links as far apart as our users' (a 100 Mbit/s Ethernet, a fast fabric, and between):
+#: a choice that is the same for all of them is one a measurement of the link cannot change.
+BRACKET = (
+    Parameters(latency=100e-6, bandwidth=12.5e6),
+    Parameters(latency=20e-6, bandwidth=1.25e9),
+    Parameters(latency=2e-6, bandwidth=25e9),
+)
+#: What a run assumes of the link when the choice is settled without measuring it.
+ASSUMED = BRACKET[1]
+
+
+def choice_is_settled(
+    size: int, nodes: int, *, algorithms: tuple[str, ...] = MODELLED,
+    chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
+) -> bool:
+    """Whether :func:`choose` picks the same algorithm and chunk whatever the link
+    (over :data:`BRACKET`): then measuring the link first is time lost.  It is, e.g.,
+    for a file that fits one chunk (the schedule with the fewest hops wins), and never
+    for a large file, whose best chunk depends on latency × bandwidth."""
+    picks = {(c.algorithm, c.chunk_size) for c in (
+        choose(size, nodes, params, algorithms=algorithms, chunk_size=chunk_size,
+               arity=arity, max_chunk=max_chunk) for params in BRACKET)}
+    return len(picks) == 1
 
 
 def ka_terms(params: Parameters, size: int) -> dict[str, float]:

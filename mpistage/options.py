@@ -15,18 +15,28 @@ from .decide import AUTO
 from .errors import UsageError
 from .model import Parameters
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
-from .plan import check_chunk_size, check_depth, check_timeout
+from .plan import MIN_DEPTH, check_chunk_size, check_depth, check_timeout
+from .units import format_bytes
 
 ALGORITHMS: tuple[str, ...] = tuple(SCHEDULES)
+#: The chunk when the model is not asked (no node needs the file).
 DEFAULT_CHUNK = 4 << 20
+#: Chunk buffer memory per node leader: depth × chunk stays within it.  64 MiB keeps a
+#: rank's peak RSS near 100 MB; past 16 MiB chunks (64 MiB / the default depth of 4) the
+#: model sees no gain on any link we know.
+DEFAULT_MEMORY = 64 << 20
+#: Smallest budget: two buffers of the smallest chunk ``auto`` picks.
+MIN_MEMORY = 128 << 10
+#: A calibration file used when none is given (a site may set it for its cluster).
+CALIBRATION_ENV = "MPISTAGE_CALIBRATION"
 
 
 @dataclass(frozen=True)
 class StageOptions:
     """How to stage; the fields are :func:`mpistage.stage`'s keyword arguments."""
 
-    algorithm: str = "chain"
-    chunk_size: int | str = DEFAULT_CHUNK
+    algorithm: str = AUTO
+    chunk_size: int | str = AUTO
     root: int = 0
     ranks_as_nodes: bool = False
     arity: int = 2
@@ -34,6 +44,7 @@ class StageOptions:
     fsync: bool = False
     verify: bool = False
     depth: int = DEFAULT_DEPTH
+    memory: int = DEFAULT_MEMORY
     timeout: float = DEFAULT_TIMEOUT
     mkdir: bool = False
     skip_bad_nodes: bool = False
@@ -64,10 +75,31 @@ class StageOptions:
             raise UsageError(f"invalid root {self.root}: expected a rank from 0 to {ranks - 1}")
         check_depth(self.depth)
         check_timeout(self.timeout)
+        if not isinstance(self.memory, int) or self.memory < MIN_MEMORY:
+            raise UsageError(f"invalid memory budget {self.memory!r}: expected at least "
+                             f"{format_bytes(MIN_MEMORY)}")
+        if self.chunk_size != AUTO and MIN_DEPTH * int(self.chunk_size) > self.memory:
+            raise UsageError(
+                f"chunk size {format_bytes(int(self.chunk_size))} needs {MIN_DEPTH} buffers, "
+                f"more than the memory budget of {format_bytes(self.memory)}: use a smaller "
+                "chunk or a larger --memory")
+
+    @property
+    def max_auto_chunk(self) -> int:
+        """The largest chunk ``auto`` may pick: ``depth`` of them fit the memory budget."""
+        return self.memory // self.depth
+
+    def buffers(self, chunk_size: int) -> int:
+        """Chunk buffers per leader: ``depth``, fewer where ``depth × chunk`` would
+        exceed the memory budget (never fewer than two: one in flight, one filling)."""
+        return max(MIN_DEPTH, min(self.depth, self.memory // max(chunk_size, 1)))
 
     def load_calibration(self) -> Parameters | None:
-        """The calibration's parameters (read on the root only)."""
+        """The calibration's parameters (read on the root only): the one given, else the
+        file named by ``$MPISTAGE_CALIBRATION``, else ``None`` (measure the link)."""
         calibration = self.calibration
+        if calibration is None:
+            calibration = os.environ.get(CALIBRATION_ENV) or None
         if calibration is None or isinstance(calibration, Parameters):
             return calibration
         try:

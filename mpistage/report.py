@@ -208,7 +208,11 @@ class StageReport:
             f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
             f" {format_seconds(self.elapsed)} in all, {moved}",
         ]
-        if self.ok:
+        if self.ok and len(fresh) == n:
+            holders = "the node was" if n == 1 else f"all {n} nodes were"
+            lines.append(f"  {holders} up to date already; nothing was sent")
+            fresh = []
+        elif self.ok:
             digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
             holders = "the node holds" if n == 1 else f"all {n} nodes hold"
             lines.append(f"  {holders} a verified copy{digest}")

@@ -28,7 +28,7 @@ from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
-from .options import DEFAULT_CHUNK, StageOptions
+from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, preflight
@@ -45,8 +45,8 @@ def stage(
     dest: str | os.PathLike[str],
     *,
     comm: MPI.Comm | None = None,
-    algorithm: str = "chain",
-    chunk_size: int | str = DEFAULT_CHUNK,
+    algorithm: str = AUTO,
+    chunk_size: int | str = AUTO,
     root: int = 0,
     ranks_as_nodes: bool = False,
     arity: int = 2,
@@ -54,6 +54,7 @@ def stage(
     fsync: bool = False,
     verify: bool = False,
     depth: int = DEFAULT_DEPTH,
+    memory: int = DEFAULT_MEMORY,
     timeout: float = DEFAULT_TIMEOUT,
     mkdir: bool = False,
     skip_bad_nodes: bool = False,
@@ -70,17 +71,22 @@ def stage(
         dest: where each node writes: an existing directory (the file keeps its name) or
             a file path; may contain ``{node}``, ``{host}`` and ``{rank}``.
         comm: communicator of every rank taking part (default ``MPI.COMM_WORLD``).
-        algorithm: one of :data:`ALGORITHMS`, or ``"auto"``: the one the cost model
-            predicts fastest.
-        chunk_size: bytes per pipelined message, or ``"auto"``: the model's best.
+        algorithm: one of :data:`ALGORITHMS`, or ``"auto"`` (the default): the one the
+            cost model predicts fastest.
+        chunk_size: bytes per pipelined message, or ``"auto"`` (the default): the
+            model's best within the memory budget.
         root: rank of ``comm`` that reads the source.
         ranks_as_nodes: treat every rank as its own node.
         arity: children per node of the ``tree`` algorithm.
         calibration: parameters (or a calibration file) for the model; without them
-            the root measures its first link quickly.
+            the file named by ``$MPISTAGE_CALIBRATION``, else the root measures its
+            first link quickly (not for a file too small for the link to matter).
         fsync: flush every copy to its device before renaming it into place.
         verify: re-read every copy from disk and compare digests before the rename.
-        depth: chunk buffers per leader (memory per leader is ``depth * chunk_size``).
+        depth: chunk buffers per leader (fewer where ``depth * chunk_size`` would
+            exceed ``memory``).
+        memory: bytes of chunk buffers per leader; ``auto`` picks chunks of at most
+            ``memory // depth``, and a chunk size above ``memory / 2`` is refused.
         timeout: seconds a transfer may make no progress before it counts as stalled.
         mkdir: create the destination directory where it is missing.
         skip_bad_nodes: go on without nodes that fail the pre-flight check (they are
@@ -113,8 +119,8 @@ def stage(
     options = StageOptions(
         algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
-        timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes, quick=quick,
-        remove_first=remove_first, no_clobber=no_clobber,
+        memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
+        quick=quick, remove_first=remove_first, no_clobber=no_clobber,
     )
     options.check(comm.size)
     check_template(dest)
@@ -146,7 +152,7 @@ def stage(
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
-                               depth, timeout)
+                               options.buffers(plan.chunk_size), timeout)
 
 
 @contextmanager
@@ -200,9 +206,10 @@ def _decide_plan(
         decided = decide(transfer_comm, participants(topo, checks).index(topo.root_node),
                          info, calibration=params, algorithm=options.algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
-                         timeout=options.timeout)
+                         timeout=options.timeout, max_chunk=options.max_auto_chunk)
     if topo.comm.rank == options.root and decided is None:
-        decided = (Plan.of(info, chunk_size=DEFAULT_CHUNK if options.auto_chunk
+        decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
+                           if options.auto_chunk
                            else int(options.chunk_size),
                            algorithm="chain" if options.auto_algorithm else options.algorithm),
                    None)
@@ -283,7 +290,7 @@ def _transfer_and_commit(
         schedule = SCHEDULES[plan.algorithm](comm, root_rank, options.arity)
         is_root = comm.rank == root_rank
         engine = Engine(
-            plan, schedule, sink, depth=options.depth, timeout=timeout,
+            plan, schedule, sink, depth=options.buffers(plan.chunk_size), timeout=timeout,
             peer_name=lambda rank: names[rank],
             progress=progress if (progress is not None and is_root) else _noop,
             corrupt=faults.active("corrupt-chunk", mine.index),
@@ -362,6 +369,8 @@ def explain(
     arity: int = 2,
     calibration: Parameters | str | os.PathLike[str] | None = None,
     quick: bool = False,
+    depth: int = DEFAULT_DEPTH,
+    memory: int = DEFAULT_MEMORY,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Prediction | None:
     """What :func:`stage` would do, without moving the file (collective).
@@ -374,7 +383,8 @@ def explain(
     dest = os.fspath(dest)
     options = StageOptions(algorithm=algorithm, chunk_size=chunk_size, root=root,
                            ranks_as_nodes=ranks_as_nodes, arity=arity,
-                           calibration=calibration, quick=quick, timeout=timeout)
+                           calibration=calibration, quick=quick, depth=depth,
+                           memory=memory, timeout=timeout)
     options.check(comm.size)
     check_template(dest)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
@@ -389,7 +399,7 @@ def explain(
                 decided = decide(
                     transfer_comm, participants(topo, checks).index(topo.root_node), info,
                     calibration=params, algorithm=AUTO, chunk_size=options.chunk_size,
-                    arity=arity, timeout=timeout,
+                    arity=arity, timeout=timeout, max_chunk=options.max_auto_chunk,
                 )
                 prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:

@@ -20,6 +20,8 @@ from mpi4py import MPI
 
 import mpistage
 from mpistage import UsageError
+from mpistage import decide as decide_module
+from mpistage.options import DEFAULT_MEMORY
 from mpistage.digest import file_digest
 from mpistage.sink import TEMP_SUFFIX
 
@@ -200,7 +202,7 @@ def test_file_larger_than_2_gib(assert_all):
                 out.write(b"tail")
         pair.Barrier()
         report = mpistage.stage(src, str(work / "n{node}"), comm=pair, ranks_as_nodes=True,
-                                chunk_size=64 << 20)
+                                chunk_size=64 << 20, memory=128 << 20)
         copy = work / f"n{pair.rank}" / "big.bin"
         ok = report.ok and copy.stat().st_size == size
         with open(copy, "rb") as data:
@@ -400,17 +402,43 @@ def test_bad_timeout_is_a_usage_error(area, make_file):
 
 
 def test_auto_choice_stages_correctly_and_reports_its_prediction(area, make_file, assert_all):
-    src = source_file(area, make_file, (2 << 20) + 5)
-    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
-                            algorithm="auto", chunk_size="auto")
+    size = (2 << 20) + 5
+    src = source_file(area, make_file, size)
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True)
     assert_all(report.ok and report.algorithm in mpistage.ALGORITHMS)
     assert_all((area / f"n{COMM.rank}" / "src.bin").read_bytes() == src.read_bytes())
     prediction = report.prediction or {}
-    assert_all(prediction.get("auto") is True and prediction.get("source") == "quick measurement")
+    # Between two nodes every schedule is one copy and the largest chunk wins whatever
+    # the link: nothing to measure.  With more nodes the best chunk depends on the link.
+    measured = "assumed" if COMM.size == 2 else "quick measurement"
+    assert_all(prediction.get("auto") is True and prediction.get("source") == measured)
+    assert_all(report.chunk_size <= DEFAULT_MEMORY // 4, "auto stays within the memory budget")
     assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS))
     assert_all(prediction["algorithm"] == report.algorithm
                and prediction["chunk_size"] == report.chunk_size)
     assert_all(prediction["parameters"]["latency"] > 0 and prediction["parameters"]["bandwidth"] > 0)
+
+
+def test_a_small_file_is_staged_without_measuring_the_link(area, make_file, assert_all,
+                                                            monkeypatch):
+    src = source_file(area, make_file, 1000)
+    probes: list[int] = []
+    monkeypatch.setattr(decide_module, "quick_parameters", lambda *a: probes.append(1))
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True)
+    assert_all(report.ok and not probes and report.prediction["source"] == "assumed")
+    # The fewest hops wins for one chunk: a binomial tree (or MPI's), never a long chain.
+    assert_all(report.chunk_size == 1000 and (COMM.size <= 2 or report.algorithm != "chain"))
+
+
+def test_memory_budget_bounds_the_buffers_and_refuses_a_chunk_that_cannot_fit(
+        area, make_file, assert_all):
+    src = source_file(area, make_file, 5 << 20)
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            chunk_size=1 << 20, depth=8, memory=3 << 20)
+    assert_all(report.ok and report.depth == 3, "8 buffers of 1 MiB do not fit 3 MiB: 3 do")
+    with pytest.raises(UsageError, match="memory budget"):
+        mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                       chunk_size=2 << 20, memory=3 << 20)
 
 
 def test_calibrate_then_explain_without_moving_data(area, make_file, assert_all):

@@ -72,6 +72,14 @@ def _receive(conn: socket.socket, view: memoryview, size: int,
     return received
 
 
+def _connect(address: str, port: int, timeout: float) -> socket.socket:
+    """A connection without Nagle's delay, so the last small block and the one-byte
+    acknowledgement leave at once instead of waiting for an ACK."""
+    conn = socket.create_connection((address, port), timeout=timeout)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
 def serve(address: str, port: int, size: int, next_address: str | None = None, *,
           block: int = BLOCK, timeout: float = 60.0) -> dict[str, Any]:
     """Relay (or, without ``next_address``, sink) ``size`` bytes; return this host's result.
@@ -85,9 +93,10 @@ def serve(address: str, port: int, size: int, next_address: str | None = None, *
     with socket.create_server((address, port)) as server:
         server.settimeout(timeout)
         if next_address is not None:
-            downstream = socket.create_connection((next_address, port), timeout=timeout)
+            downstream = _connect(next_address, port, timeout)
         print("ready", flush=True)
         conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(max(1, block))
     with conn:
         conn.settimeout(timeout)
@@ -111,7 +120,7 @@ def send(address: str, port: int, size: int, *, block: int = BLOCK,
     """Send ``size`` bytes from one preallocated block to ``address:port``; the seconds
     from the first byte until the last host's acknowledgement came back."""
     payload = memoryview(bytearray(max(1, block)))
-    with socket.create_connection((address, port), timeout=timeout) as conn:
+    with _connect(address, port, timeout) as conn:
         started = time.perf_counter()
         remaining = size
         while remaining > 0:
