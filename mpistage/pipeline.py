@@ -33,7 +33,7 @@ from .plan import Plan
 from .schedules import Schedule
 from .sink import Sink
 from .source import FileSource
-from .waiting import poll
+from .waiting import Pace, poll
 from .writer import ChunkWriter
 
 #: ``progress(bytes_done, bytes_total)``; called on the root only.
@@ -112,6 +112,8 @@ class Engine:
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._done_bytes = 0
         self._started = 0.0
+        # How long waiting for a chunk, or for a send to finish, has been taking.
+        self._paces = {True: Pace(), False: Pace()}
 
     # -- the writer, seen from the MPI loop -----------------------------------------------
 
@@ -138,19 +140,23 @@ class Engine:
     # -- main thread: all MPI calls -------------------------------------------------------
 
     def _wait(self, requests: list[MPI.Request], receiving: bool) -> None:
-        """Wait for ``requests`` without spinning (see :mod:`mpistage.waiting`).
+        """Wait for ``requests`` without spinning, at the pace such waits have had
+        (see :mod:`mpistage.waiting`).
 
         Raises:
             Stalled: no progress within the timeout, or MPI reported a lost peer; the
                 message names the peer (node and host) the transfer was waiting on.
         """
         started = time.perf_counter()
+        pace = self._paces[receiving]
         try:
-            done = poll(requests, self.timeout)
+            done = poll(requests, self.timeout, expected=pace.expected)
         except MPI.Exception as exc:
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
         finally:
-            self.clock.add("wait", time.perf_counter() - started)
+            waited = time.perf_counter() - started
+            self.clock.add("wait", waited)
+            pace.add(waited)
         if not done:
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
 
