@@ -20,6 +20,16 @@ import threading
 #: One chunk buffer (or a slice of one).
 Buffer = memoryview
 
+#: Bytes read (or written) and then digested in one go: a piece this size is still in
+#: the CPU's cache when xxhash reads it, so the digest costs no second pass over memory
+#: (a whole 16 MiB chunk would have left the cache: +0.15 s of CPU per GiB).
+PIECE = 1 << 20
+
+
+def pieces(view: Buffer) -> list[Buffer]:
+    """``view`` cut into :data:`PIECE`-sized slices (no copies)."""
+    return [view[start:start + PIECE] for start in range(0, len(view), PIECE)] or [view]
+
 
 class PhaseClock:
     """Seconds spent per phase; each phase is added to by one thread only."""

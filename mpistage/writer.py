@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Hashable
 
 from . import faults
-from .buffers import BufferPool, PhaseClock
+from .buffers import BufferPool, PhaseClock, pieces
 from .codec import IDENTITY, Codec
 from .digest import new_digest
 from .errors import Stalled
@@ -68,7 +68,7 @@ class ChunkWriter:
         self._queue.put((k, index))
 
     def stuck(self, after: float) -> bool:
-        """Whether one write has gone on for ``after`` seconds (each is at most 8 MiB)."""
+        """Whether one write has gone on for ``after`` seconds (each is one piece, 1 MiB)."""
         since = self._writing_since
         return since is not None and not self.abandoned and time.monotonic() - since >= after
 
@@ -132,21 +132,26 @@ class ChunkWriter:
         view = self.codec.decode(view)
         if self.corrupt and k == 0:
             view = faults.flipped(view)  # a copy: forwarded bytes stay intact
+        for piece in pieces(view):  # each digested while the write left it in the cache
+            self._write_piece(k, piece)
+            if self._digest is not None and self.error is None:
+                started = time.perf_counter()
+                self._digest.update(piece)
+                self.clock.add("digest", time.perf_counter() - started)
+
+    def _write_piece(self, k: int, piece) -> None:  # type: ignore[no-untyped-def]
         sink = self.sink
-        if sink is not None and self.error is None:
-            started = time.perf_counter()
-            self._writing_since = time.monotonic()
-            try:
-                sink.write(view)
-            except OSError as exc:
-                if self.error is None:
-                    self.error = f"write to {sink.final_path} failed: {exc}"
-                log.debug("write failed on chunk %d: %s", k, exc)
-                sink.discard()
-            finally:
-                self._writing_since = None
-            self.clock.add("write", time.perf_counter() - started)
-        if self._digest is not None and self.error is None:
-            started = time.perf_counter()
-            self._digest.update(view)
-            self.clock.add("digest", time.perf_counter() - started)
+        if sink is None or self.error is not None:
+            return
+        started = time.perf_counter()
+        self._writing_since = time.monotonic()
+        try:
+            sink.write(piece)
+        except OSError as exc:
+            if self.error is None:
+                self.error = f"write to {sink.final_path} failed: {exc}"
+            log.debug("write failed on chunk %d: %s", k, exc)
+            sink.discard()
+        finally:
+            self._writing_since = None
+        self.clock.add("write", time.perf_counter() - started)
