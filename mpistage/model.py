@@ -53,7 +53,6 @@ algorithm, among powers of two.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -93,6 +92,8 @@ class Parameters:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Parameters:
         """The parameters of a calibration file written by ``mpistage calibrate``."""
+        import json  # a run without a calibration file does not pay for it
+
         with open(path, encoding="utf-8") as source:
             data = json.load(source)
         if data.get("schema") != SCHEMA:

@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -44,7 +43,7 @@ def temp_prefix(final_name: str, pid: int) -> str:
     NAME is cut short where needed, so that the whole temp name fits in the 255 bytes a
     file name may have whenever the final name itself does.
     """
-    host = socket.gethostname()
+    host = os.uname().nodename
     room = (_NAME_MAX - len(os.fsencode(f"..{host}..")) - _PID_DIGITS - _RANDOM_PART
             - len(TEMP_SUFFIX))  # the same for every pid, so remove_stale_temps finds it
     name = os.fsdecode(os.fsencode(final_name)[:max(room, 1)])

@@ -9,8 +9,8 @@ world rank, so that the order (and so the chain) is the same on every run with t
 
 from __future__ import annotations
 
+import os
 import re
-import socket
 from dataclasses import dataclass
 
 from mpi4py import MPI
@@ -80,7 +80,7 @@ class Topology:
         finally:
             local.Free()
         leader = root if root in members else members[0]
-        host = socket.gethostname()
+        host = os.uname().nodename  # gethostname(), without importing socket
         mine_announced = (host, members[0], leader, members) if comm.rank == leader else None
         announced = [a for a in comm.allgather(mine_announced) if a is not None]
         announced.sort(key=lambda a: (host_sort_key(a[0]), a[1]))
