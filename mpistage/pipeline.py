@@ -30,7 +30,7 @@ from .codec import IDENTITY, Codec
 from .errors import Stalled
 from .liveness import no_heartbeat
 from .plan import Plan
-from .schedules import Schedule
+from .schedules import Forward, Schedule
 from .sink import Sink
 from .source import FileSource
 from .waiting import Pace, poll
@@ -108,7 +108,7 @@ class Engine:
                                   digests=not schedule.is_root,
                                   codec=IDENTITY if schedule.is_root else codec,
                                   corrupt=corrupt)
-        self._sends: deque[tuple[int, int, list[MPI.Request]]] = deque()
+        self._sends: deque[tuple[int, int, Forward]] = deque()  # chunk, buffer, its sends
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._done_bytes = 0
         self._started = 0.0
@@ -150,7 +150,8 @@ class Engine:
         started = time.perf_counter()
         pace = self._paces[receiving]
         try:
-            done = poll(requests, self.timeout, expected=pace.expected)
+            done = poll(requests, self.timeout, expected=pace.expected,
+                        on_wake=self._advance_sends)
         except MPI.Exception as exc:
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
         finally:
@@ -169,16 +170,25 @@ class Engine:
             return f"{', '.join(self.peer_name(c) for c in children)} took no data"
         return "MPI's broadcast made no progress"
 
+    def _advance_sends(self) -> None:
+        """Post each chunk's next send where the last one is done (also while waiting
+        for something else, so the next child need not wait for that), never ahead of
+        the chunk before it."""
+        limit: int | None = None
+        for _, _, forward in self._sends:
+            forward.advance(limit)
+            limit = forward.posted
+
     def _retire_sends(self, block: bool) -> None:
-        """Release buffers whose sends are done; with ``block``, wait for the oldest."""
-        while self._sends:
-            k, index, requests = self._sends[0]
-            if block:
-                self._wait(requests, receiving=False)
-                block = False
-            elif not MPI.Request.Testall(requests):
-                return
-            self._sends.popleft()
+        """Move every chunk's sends on and release the buffers of chunks sent to all
+        children, oldest first; with ``block``, wait until the oldest chunk is."""
+        self._advance_sends()
+        if block and self._sends:
+            oldest = self._sends[0][2]
+            while not oldest.advance():
+                self._wait(oldest.requests, receiving=False)
+        while self._sends and self._sends[0][2].done:
+            k, index, _ = self._sends.popleft()
             self.pool.release(index)
             self._sent(self.plan.chunk_length(k))
 
@@ -255,14 +265,15 @@ class Engine:
         view = self.pool.buffers[index][: self.plan.chunk_length(k)]
         if self.source is not None:
             view = self.codec.encode(view)  # once, on the root; nodes forward it as it came
-        requests = self.schedule.post_forward(view)
+        forward = self.schedule.post_forward(view)
+        sends = not forward.done
         writes = not self.writer.abandoned
-        holders = bool(requests) + writes
+        holders = sends + writes
         self.pool.hold(index, max(holders, 1))
         if writes:
             self.writer.put(k, index)
-        if requests:
-            self._sends.append((k, index, requests))
+        if sends:
+            self._sends.append((k, index, forward))
         else:
             self._sent(len(view))
         if not holders:

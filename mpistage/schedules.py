@@ -9,7 +9,8 @@ of them chunk by chunk.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from functools import cache
 
 from mpi4py import MPI
@@ -88,13 +89,14 @@ def flat_children(vrank: int, size: int) -> list[int]:
 
 def fill_hops(parent: Callable[[int, int], int | None],
               children: Callable[[int, int], list[int]], nodes: int) -> int:
-    """Hops until the first chunk reaches every node: the largest sum of fan-outs along
-    a path from the root (a node's children all wait for its whole fan-out)."""
+    """Hops until the first chunk reaches every node.  A node sends to its children one
+    after another (:class:`Forward`), so its i-th child has the chunk i + 1 hops after
+    it: in a binomial tree, largest subtree first, that is log2(N) hops in all."""
     arrival = [0] * nodes
     for vrank in range(1, nodes):  # parents have smaller relative ranks in these trees
         up = parent(vrank, nodes)
         assert up is not None
-        arrival[vrank] = arrival[up] + len(children(up, nodes))
+        arrival[vrank] = arrival[up] + children(up, nodes).index(vrank) + 1
     return max(arrival)
 
 
@@ -104,6 +106,49 @@ def _check(vrank: int, size: int) -> None:
 
 
 # -- schedules bound to a communicator ----------------------------------------------------
+
+class Forward:
+    """The sends that pass one chunk on, posted one after another.
+
+    A tree schedule sends a chunk to its children in turn, largest subtree first (the
+    order ``children_of`` gives): that child, with the longest way to go, has the chunk
+    a whole fan-out of hops sooner than if every child shared the link at once, and the
+    trees finish together.  The link is as busy either way, so throughput is the same.
+
+    Each child must get the chunks in order (receives are matched in the order they
+    were posted), so a chunk's send to its i-th child waits until the chunk before has
+    posted its own: :meth:`advance` takes that as ``limit``.
+    """
+
+    def __init__(self, posts: Sequence[Callable[[], MPI.Request]]) -> None:
+        self._posts = deque(posts)
+        self.posted = 0
+        self.requests: list[MPI.Request] = []
+        self._post_next()
+
+    def _post_next(self) -> None:
+        if self._posts:
+            self.requests = [self._posts.popleft()()]
+            self.posted += 1
+        else:
+            self.requests = []
+
+    @property
+    def done(self) -> bool:
+        """Every send was posted and is complete (as of the last :meth:`advance`)."""
+        return not self.requests
+
+    def advance(self, limit: int | None = None) -> bool:
+        """Post the next send if the current one is complete and fewer than ``limit``
+        (the previous chunk's :attr:`posted`; ``None``: no previous chunk in flight)
+        were posted; :attr:`done`."""
+        while self.requests and MPI.Request.Testall(self.requests):
+            if limit is not None and self.posted >= limit and self._posts:
+                break  # the next child has not had the chunk before this one yet
+            self._post_next()
+        return self.done
+
+
 
 class Schedule(ABC):
     """How one leader takes part in broadcasting a chunk over ``comm`` from ``root``.
@@ -134,7 +179,7 @@ class Schedule(ABC):
         """Start receiving the next chunk into ``buf`` (never called on the root)."""
 
     @abstractmethod
-    def post_forward(self, buf: Buffer) -> list[MPI.Request]:
+    def post_forward(self, buf: Buffer) -> Forward:
         """Start passing on a chunk that is now complete in ``buf``."""
 
     def describe(self) -> str:
@@ -177,8 +222,9 @@ class TreeSchedule(Schedule):
         assert self.parent is not None, "the root receives nothing"
         return self.comm.Irecv(buf, source=self.parent, tag=DATA_TAG)
 
-    def post_forward(self, buf: Buffer) -> list[MPI.Request]:
-        return [self.comm.Isend(buf, dest=child, tag=DATA_TAG) for child in self.children]
+    def post_forward(self, buf: Buffer) -> Forward:
+        return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=DATA_TAG)
+                        for child in self.children])
 
 
 class ChainSchedule(TreeSchedule):
@@ -258,5 +304,5 @@ class BcastSchedule(Schedule):
     def post_receive(self, buf: Buffer) -> MPI.Request:
         return self.comm.Ibcast(buf, root=self.root)
 
-    def post_forward(self, buf: Buffer) -> list[MPI.Request]:
-        return [self.comm.Ibcast(buf, root=self.root)] if self.is_root else []
+    def post_forward(self, buf: Buffer) -> Forward:
+        return Forward([lambda: self.comm.Ibcast(buf, root=self.root)] if self.is_root else [])

@@ -17,7 +17,7 @@ sleeps, and no pause exceeds 20 ms (a few MiB at 1 Gbit/s).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mpi4py import MPI
@@ -31,12 +31,15 @@ _LONGEST_PAUSE = 1e-3
 _PAUSE_CAP = 20e-3
 
 
-def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0) -> bool:
+def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
+         on_wake: Callable[[], object] | None = None) -> bool:
     """Wait for every request; ``False`` if ``timeout`` seconds pass first.
 
     Args:
         expected: seconds the caller expects this wait to take (see the module's
             docstring); 0 when it does not know.
+        on_wake: called at every wake-up that did not end the wait (other work that
+            must not wait for this, e.g. posting the next send of a chunk).
 
     Raises:
         MPI.Exception: a request failed (a peer died, a connection was reset).
@@ -56,6 +59,8 @@ def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return False
+        if on_wake is not None:
+            on_wake()
         longest = min(max(_LONGEST_PAUSE, max(expected, now - started) / 8), _PAUSE_CAP)
         pause = min(pause * 2, longest)
 

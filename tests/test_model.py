@@ -23,9 +23,11 @@ S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
 @pytest.mark.parametrize("algorithm, nodes, arity, expected", [
     # I + (m − 1)·f·hop + F·hop
     ("chain", 4, 2, 0.5 + 9 * 0.101 + 3 * 0.101),          # 1.712
-    ("binomial", 8, 2, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),   # fill 3 + 2 + 1
-    ("tree", 8, 2, 0.5 + 9 * 2 * 0.101 + 5 * 0.101),       # fill 2 + 2 + 1 (to node 7)
-    ("tree", 13, 3, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),      # height 2, fill 3·2
+    # Children are sent to in turn, largest subtree first: the i-th child has the first
+    # chunk i + 1 hops after its parent.
+    ("binomial", 8, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),   # fill log2 8 (0→4→6→7)
+    ("tree", 8, 2, 0.5 + 9 * 2 * 0.101 + 4 * 0.101),       # fill 2 + 2 (0→2→6)
+    ("tree", 13, 3, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),      # fill 3 + 3 (0→3→12)
     ("flat", 4, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),       # 3.53
     ("bcast", 4, 2, 0.5 + 10 * 2 * 0.101),                 # small chunks: binomial, 2.52
 ])
@@ -50,8 +52,9 @@ def test_edge_cases() -> None:
     assert predict("chain", 10, 8, C, P) == pytest.approx(0.5 + 7 * (0.001 + 10 / 1e6))
     with pytest.raises(ValueError, match="unknown algorithm"):
         predict("ring", S, 4, C, P)
-    assert shape("binomial", 5, 2) == (3, 4) and shape("flat", 1) == (0, 0)
-    assert shape("binomial", 16) == (4, 10) and shape("tree", 4) == (2, 3)
+    assert shape("binomial", 5, 2) == (3, 3) and shape("flat", 1) == (0, 0)
+    assert [shape("binomial", n)[1] for n in (2, 3, 4, 8, 9, 16, 17)] == [1, 2, 2, 3, 4, 4, 5]
+    assert shape("binomial", 16) == (4, 4) and shape("tree", 4) == (2, 2)
 
 
 def test_the_chain_tends_to_ka_as_chunks_shrink() -> None:
