@@ -13,42 +13,42 @@ cost model.
     True
 """
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .decide import Prediction
 from .errors import MpistageError, Stalled, UsageError
-from .model import Parameters
-from .options import ALGORITHMS
-from .report import NodeResult, RankRecord, StageReport
-from .stage import explain, stage
 
 if TYPE_CHECKING:
     from .calibration import Calibration, calibrate
+    from .decide import Prediction
+    from .model import Parameters
+    from .options import ALGORITHMS
+    from .report import NodeResult, RankRecord, StageReport
+    from .staging import explain, stage
+
+#: Where each public name lives.  They load on first use (PEP 562): importing mpistage,
+#: or any of its small modules (units, cluster ...), neither initializes MPI nor imports
+#: what a run does not need.
+_LAZY = {
+    "ALGORITHMS": "options",
+    "Calibration": "calibration",
+    "NodeResult": "report",
+    "Parameters": "model",
+    "Prediction": "decide",
+    "RankRecord": "report",
+    "StageReport": "report",
+    "calibrate": "calibration",
+    "explain": "staging",
+    "stage": "staging",
+}
+
+__all__ = ["MpistageError", "Stalled", "UsageError", "__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
-    """``calibrate`` and ``Calibration`` on first use: calibrating needs numpy, which a
-    run that only stages a file never imports (PEP 562)."""
-    if name in ("calibrate", "Calibration"):
-        from . import calibration
-
-        return getattr(calibration, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-__all__ = [
-    "ALGORITHMS",
-    "Calibration",
-    "MpistageError",
-    "NodeResult",
-    "Parameters",
-    "Prediction",
-    "RankRecord",
-    "StageReport",
-    "Stalled",
-    "UsageError",
-    "calibrate",
-    "explain",
-    "stage",
-    "__version__",
-]
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value

@@ -19,7 +19,7 @@ from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
 from .progress import TerminalProgress
-from .stage import explain, stage
+from .staging import explain, stage
 from .units import format_bytes, format_seconds, parse_size
 
 EPILOG = """\

@@ -19,10 +19,9 @@ rank of an ``mpiexec`` leaves its own record (the rank comes from the launcher's
 environment); it exits with CMD's status.
 
 :func:`chain` runs the whole relay on an emulated cluster.  It starts this file by its
-path rather than with ``-m``: importing the ``mpistage`` package loads numpy and
-initializes MPI, which would cost every relay process time and CPU that a plain relay
-does not have (and, in ``measure`` under ``mpiexec``, would take the rank's place in the
-MPI job).  So this module imports nothing from ``mpistage`` at its top.
+path rather than with ``-m``, so that no relay process (and no ``measure`` wrapper of an
+MPI rank) pays for importing the ``mpistage`` package, which a plain relay does not have;
+this module imports nothing from ``mpistage`` at its top.
 """
 
 from __future__ import annotations
@@ -150,8 +149,7 @@ def measure(argv: Sequence[str], out_dir: str | os.PathLike[str]) -> int:
     The child inherits every file descriptor (``close_fds=False``): under ``mpiexec`` the
     launcher's PMI connection is one of them.  SIGTERM, SIGINT and SIGHUP are passed on,
     so stopping the job stops the child too.  Under ``mpiexec`` start this file by its
-    path (:func:`measure_prefix`): with ``-m`` the package's import would initialize MPI
-    in this wrapper.  The peak RSS is never below this wrapper's own (about 16 MB: Linux
+    path (:func:`measure_prefix`), so the wrapper stays small.  The peak RSS is never below this wrapper's own (about 16 MB: Linux
     keeps the high-water mark across the child's ``exec``), far under any MPI rank's.
     """
     child = subprocess.Popen(list(argv), close_fds=False)

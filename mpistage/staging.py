@@ -36,7 +36,7 @@ from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .topology import Topology
 
-log = logging.getLogger("mpistage.stage")
+log = logging.getLogger("mpistage.staging")
 
 
 
