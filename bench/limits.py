@@ -248,6 +248,7 @@ def staged(run: subprocess.CompletedProcess[str], report_path: Path, good: int, 
     extra: dict[str, Any] = {"good": good, "copies": copies}
     if report is not None:
         extra.update(elapsed=report["elapsed"], transfer=report["transfer_seconds"],
+                     chunk_size=report["chunk_size"],
                      plan=f"{report['algorithm']}, chunk {format_bytes(report['chunk_size'])}")
     if measured is not None:
         extra["ranks"] = [asdict(m) for m in relay.read_measurements(measured)]
@@ -300,6 +301,25 @@ def bare_start(cluster: EmulatedCluster, work: Path, timeout: float) -> Outcome:
                            f"{run.stderr.strip()[-300:]}")
         ranks = [asdict(m) for m in relay.read_measurements(run_dir)]
         return Outcome(float(run.stdout.split()[-1]), extra={"ranks": ranks})
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def mpi_relay(cluster: EmulatedCluster, size: int, chunk: int, work: Path,
+              timeout: float) -> Outcome:
+    """The minimal MPI relay chain (``mpistage.cluster.mpirelay``) over every host, each
+    rank measured: what MPI itself costs a middle host per byte, at mpistage's chunk."""
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    try:
+        run = cluster.mpiexec([*relay.measure_prefix(run_dir), sys.executable, "-m",
+                               "mpistage.cluster.mpirelay", str(size), str(chunk)],
+                              env={"MPIEXEC_TIMEOUT": str(int(timeout))},
+                              capture_output=True, text=True, timeout=timeout + 60)
+        if run.returncode != 0:
+            return Outcome(None, ok=False, error=f"mpirelay exit {run.returncode}: "
+                           f"{run.stderr.strip()[-300:]}")
+        ranks = [asdict(m) for m in relay.read_measurements(run_dir)]
+        return Outcome(float(run.stdout.split()[-1]), extra={"ranks": ranks, "chunk": chunk})
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -420,8 +440,17 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
         actions += [("bcast", lambda: mpi_seconds(cluster, "bcast", size, None, timeout)),
                     ("default", lambda: stage_on_cluster(cluster, src, digest, [], work, timeout))]
     if cpu:
-        actions.append(("measured", lambda: stage_on_cluster(cluster, src, digest, [], work,
-                                                             timeout, measure=True)))
+        chunks: list[int] = []  # the default's chunk, for the MPI relay at the same chunk
+
+        def measured() -> Outcome:
+            outcome = stage_on_cluster(cluster, src, digest, [], work, timeout, measure=True)
+            chunks.extend([outcome.extra["chunk_size"]] if "chunk_size" in outcome.extra else [])
+            return outcome
+
+        def mpi_relayed() -> Outcome:
+            return mpi_relay(cluster, size, chunks[-1] if chunks else 1 << 20, work, timeout)
+
+        actions += [("measured", measured), ("mpirelay", mpi_relayed)]
     if case.key == "c8":
         actions.append(("startup", lambda: bare_start(cluster, work, timeout)))
     if main:
@@ -476,16 +505,19 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
                             f"{_s(median([o.extra.get('elapsed') for o in runs]))}{errors(runs)}"))
     if cpu:
         middle = cluster.hostnames[1:-1] or cluster.hostnames[1:]
-        rows.append(cpu_row(case, set(middle), relayed, out["measured"], out["startup"]))
+        rows.append(cpu_row(case, set(middle), relayed, out["measured"], out["startup"],
+                            out["mpirelay"]))
     return rows
 
 
 def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
-            measured: Sequence[Outcome], bare: Sequence[Outcome]) -> Row:
+            measured: Sequence[Outcome], bare: Sequence[Outcome],
+            mpi_relayed: Sequence[Outcome]) -> Row:
     """A middle host's mpistage rank (default options, the whole process) against a middle
     host's plain relay process, CPU seconds each (median over the ``middle`` hosts, those
-    that both receive and forward, then over the runs); a bare mpi4py rank's CPU in the
-    notes says how much of it is Python and MPI before any byte moves."""
+    that both receive and forward, then over the runs); in the notes, a bare mpi4py
+    rank's CPU (Python and MPI before any byte moves) and a minimal MPI relay's at the
+    same chunk (what MPI itself costs per byte)."""
     def rank_cpu(outcome: Outcome) -> float | None:
         ranks = [r for r in outcome.extra.get("ranks", []) if r["host"] in middle]
         return statistics.median(r["cpu"] for r in ranks) if ranks else None
@@ -493,14 +525,19 @@ def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
     mine = median([rank_cpu(o) for o in measured])
     plain = median([o.extra.get("middle_cpu") for o in relayed])
     floor = median([rank_cpu(o) for o in bare])
+    mpi_floor = median([rank_cpu(o) for o in mpi_relayed])
+    mpi_chunk = next((o.extra["chunk"] for o in mpi_relayed if "chunk" in o.extra), None)
     peak = max((r["maxrss_bytes"] for o in measured for r in o.extra.get("ranks", [])),
                default=0)
     return Row("cpu", f"{case.label}: CPU of a middle host, mpistage default vs plain relay",
                "s CPU", mine, plain, "relay", Goal("ratio", 1.5),
                all(o.ok for o in list(measured) + list(relayed)) and mine is not None,
                f"{verified(measured, case.hosts)}; peak RSS of any rank {peak / MB:.0f} MB; "
-               f"a bare mpi4py rank (start, Barrier, exit) {_s(floor)} CPU"
-               f"{errors(measured)}{errors(relayed)}", [rank_cpu(o) for o in measured])
+               f"a bare mpi4py rank (start, Barrier, exit) {_s(floor)} CPU; a minimal MPI "
+               f"relay (mpistage.cluster.mpirelay, chunk "
+               f"{format_bytes(mpi_chunk) if mpi_chunk else '-'}) {_s(mpi_floor)} CPU"
+               f"{errors(measured)}{errors(relayed)}{errors(mpi_relayed)}",
+               [rank_cpu(o) for o in measured])
 
 
 def local_rows(scale: Scale, repeat: int, groups: set[str], work: Path) -> list[Row]:

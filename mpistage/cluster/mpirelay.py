@@ -1,0 +1,78 @@
+"""A minimal MPI relay chain, memory to memory: what the MPI library itself costs per byte.
+
+    mpiexec -n 8 python -m mpistage.cluster.mpirelay 64M 128K
+
+Rank 0 sends S bytes in chunks to rank 1, which forwards each chunk to rank 2 as it
+arrives, and so on: the same non-blocking ``Irecv``/``Isend`` and the same polling
+(:mod:`mpistage.waiting`) as mpistage's chain, but no file, no digest, no writer thread
+and no checks.  Set beside a plain TCP relay (:mod:`mpistage.cluster.relay`) and
+mpistage itself, a middle rank's CPU shows how much of mpistage's cost is MPI's.  Prints
+the seconds from the first send to the last rank's last byte, on rank 0.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+import time
+
+from mpi4py import MPI
+
+from ..units import parse_size
+from ..waiting import Pace, poll
+
+DEPTH = 4
+TAG = 7301
+
+
+def relay(comm: MPI.Comm, size: int, chunk: int) -> float:
+    """Move ``size`` bytes down the chain 0 → 1 → … in ``chunk``-byte messages (collective);
+    the seconds it took, the same on every rank."""
+    buffers = [memoryview(mmap.mmap(-1, chunk)) for _ in range(DEPTH)]
+    chunks = -(-size // chunk)
+    length = [min(chunk, size - k * chunk) for k in range(chunks)]
+    rank, last = comm.rank, comm.size - 1
+    sends: dict[int, MPI.Request] = {}  # chunk → its send, until its buffer is reused
+    pace = Pace()
+    comm.Barrier()
+    started = MPI.Wtime()
+    if rank == 0:
+        for k in range(chunks):
+            if k - DEPTH in sends:
+                poll([sends.pop(k - DEPTH)], None, pace.expected)
+            sends[k] = comm.Isend(buffers[k % DEPTH][: length[k]], dest=1, tag=TAG)
+    else:
+        recvs = {k: comm.Irecv(buffers[k % DEPTH][: length[k]], source=rank - 1, tag=TAG)
+                 for k in range(min(DEPTH, chunks))}
+        for k in range(chunks):
+            waited = time.perf_counter()
+            poll([recvs.pop(k)], None, pace.expected)
+            pace.add(time.perf_counter() - waited)
+            if rank < last:
+                sends[k] = comm.Isend(buffers[k % DEPTH][: length[k]], dest=rank + 1, tag=TAG)
+            reuse = k + DEPTH
+            if reuse < chunks:
+                if k in sends:  # the buffer goes back to receiving once its send is done
+                    poll([sends.pop(k)], None)
+                recvs[reuse] = comm.Irecv(buffers[reuse % DEPTH][: length[reuse]],
+                                          source=rank - 1, tag=TAG)
+    poll(list(sends.values()), None)
+    comm.Barrier()
+    return comm.allreduce(MPI.Wtime() - started, op=MPI.MAX)
+
+
+def main() -> int:
+    comm = MPI.COMM_WORLD
+    size = parse_size(sys.argv[1]) if len(sys.argv) > 1 else 64 << 20
+    chunk = parse_size(sys.argv[2]) if len(sys.argv) > 2 else 1 << 20
+    if comm.size < 2:
+        print("mpirelay: needs 2 ranks or more", file=sys.stderr)
+        return 2
+    seconds = relay(comm, size, chunk)
+    if comm.rank == 0:
+        print(f"{seconds:.6f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
