@@ -28,7 +28,8 @@ the plain TCP relay chain over all hosts (the physical bound, ≈ 1.00 × p2p), 
 ``MPI_Bcast``, and mpistage with forced algorithms (``-a chain -c 1M``, ``-a binomial``,
 ``-a auto -c auto``).  Every mpistage run's copies are checked against the source's digest
 on every host, and each row says so.  The repeats are interleaved (round 1 of every row,
-then round 2 ...), so a slow spell of the machine does not land on one row only.
+then round 2 ...), so a slow spell of the machine does not land on one row only, and
+each run starts 2 s after the last one ended (the machine settles after an MPI_Bcast).
 
 Prints a Markdown table and writes it with the JSON to ``--out`` (``limits.md``,
 ``limits.json``).  Exits 1 if a goal is missed or a run failed; with ``--small`` the goals
@@ -184,6 +185,10 @@ class Scale:
     import_runs: int
     repeat: int
     timeout: float
+    #: Seconds between two runs, so each starts on a settled machine: right after an
+    #: MPI_Bcast of 64 MiB on 8 hosts, the next run took 0.1 s longer (1.02 → 1.04 × p2p);
+    #: 2 s later it did not.
+    settle: float = 2.0
 
 
 FULL = Scale(
@@ -198,7 +203,7 @@ SMALL = Scale(
     clusters=(ClusterCase("c8", 3, "1gbit", 4 << 20, 1.03),
               ClusterCase("c16", 4, "1gbit", 4 << 20, 1.10),
               ClusterCase("c8g", 3, "1gbit", 8 << 20, 1.05)),
-    local_size=16 << 20, tiny_ranks=4, import_runs=3, repeat=1, timeout=120,
+    local_size=16 << 20, tiny_ranks=4, import_runs=3, repeat=1, timeout=120, settle=0.0,
 )
 
 
@@ -396,11 +401,13 @@ def python_seconds(code: str) -> float:
 # -- the cases ----------------------------------------------------------------------------
 
 def run_rounds(actions: Sequence[tuple[str, Callable[[], Outcome]]], repeat: int,
-               label: str) -> dict[str, list[Outcome]]:
-    """Every action once per round, ``repeat`` rounds; the outcomes by action name."""
+               label: str, settle: float = 0.0) -> dict[str, list[Outcome]]:
+    """Every action once per round, ``repeat`` rounds, ``settle`` seconds before each; the
+    outcomes by action name."""
     outcomes: dict[str, list[Outcome]] = defaultdict(list)
     for round_number in range(1, repeat + 1):
         for name, action in actions:
+            time.sleep(settle)
             outcome = attempt(action)
             outcomes[name].append(outcome)
             shown = f"{outcome.value:.3f}" if outcome.value is not None else "FAILED"
@@ -456,7 +463,7 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
     if main:
         actions += [(name, lambda options=options: stage_on_cluster(
             cluster, src, digest, options, work, timeout)) for name, options in FORCED]
-    out = run_rounds(actions, repeat, case.key)
+    out = run_rounds(actions, repeat, case.key, scale.settle)
 
     rows: list[Row] = []
     key, hosts = case.key, case.hosts
@@ -559,7 +566,7 @@ def local_rows(scale: Scale, repeat: int, groups: set[str], work: Path) -> list[
             actions += [(f"rss-{name}", lambda options=options: stage_locally(
                 2, src, digest, options, work, timeout, measure=True))
                 for name, options in (("auto", ["-c", "auto"]), ("default", []))]
-        out = run_rounds(actions, repeat, "one host")
+        out = run_rounds(actions, repeat, "one host", scale.settle)
         label = f"one host, 2 ranks as nodes, {format_bytes(size)} tmpfs → tmpfs"
         if "shm" in groups:
             mine, cps = out["mpistage"], out["cp"]
@@ -604,7 +611,7 @@ def tiny_row(scale: Scale, repeat: int, work: Path) -> Row:
     actions = [("barrier", bare), ("mpistage", lambda: stage_locally(ranks, src, digest, [], work,
                                                                      timeout))]
     run_rounds(actions, 1, "one host warm-up")
-    out = run_rounds(actions, repeat, "one host")
+    out = run_rounds(actions, repeat, "one host", scale.settle)
     mine, ref = out["mpistage"], out["barrier"]
     return Row("tiny", f"one host, 1-byte file to {ranks} ranks: whole mpiexec vs bare Barrier",
                "s", median([o.value for o in mine]), median([o.value for o in ref]),
