@@ -4,8 +4,8 @@ Every run carries a prediction next to its measurement.  The parameters come fro
 calibration file (``mpistage calibrate``) when one is given, else from a quick
 measurement on the link from the root to its first neighbour: three 1-byte ping-pongs for
 the latency and one message of up to 1 MiB for the bandwidth (a few milliseconds on a
-fast network, ~0.1 s at 100 Mbit/s); a file so small that no link could change the
-choice is not worth that, and the prediction then assumes a typical link.  Disk speeds are only known from a calibration;
+fast network, ~0.1 s at 100 Mbit/s); a file no larger than that message, for which no
+link could change the choice, is not worth it, and its prediction assumes a typical link.  Disk speeds are only known from a calibration;
 without one the model assumes the network is the bottleneck.
 """
 
@@ -93,15 +93,18 @@ def decide(
     of ``comm`` (the transfer's participants), ``None`` on its other ranks.
 
     Collective over ``comm``: without a calibration the root measures its first link,
-    unless the model's choice is the same whatever the link (a small file): every rank
-    knows that without talking, from the size and the options.
+    unless the file is no larger than the probe's message and the model's choice is the
+    same whatever the link (every rank knows that without talking, from the size and the
+    options): then measuring would cost as much as sending, and change nothing.  A
+    larger file is always measured, so that its run tests the model's prediction.
     """
     auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
     candidates = dict(algorithms=MODELLED if auto_algorithm else (algorithm,),
                       chunk_size=None if auto_chunk else int(chunk_size), arity=arity,
                       max_chunk=max_chunk)
     params, source = calibration, "calibration"
-    if params is None and choice_is_settled(info.size, comm.size, **candidates):
+    if (params is None and info.size <= _PROBE_MAX
+            and choice_is_settled(info.size, comm.size, **candidates)):
         params, source = ASSUMED, "assumed"
     elif params is None:
         params = quick_parameters(comm, root, info.size, timeout)

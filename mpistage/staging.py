@@ -80,7 +80,8 @@ def stage(
         arity: children per node of the ``tree`` algorithm.
         calibration: parameters (or a calibration file) for the model; without them
             the file named by ``$MPISTAGE_CALIBRATION``, else the root measures its
-            first link quickly (not for a file too small for the link to matter).
+            first link quickly (not for a file of at most 1 MiB for which no link
+            could change the model's choice).
         fsync: flush every copy to its device before renaming it into place.
         verify: re-read every copy from disk and compare digests before the rename.
         depth: chunk buffers per leader (fewer where ``depth * chunk_size`` would

@@ -408,10 +408,10 @@ def test_auto_choice_stages_correctly_and_reports_its_prediction(area, make_file
     assert_all(report.ok and report.algorithm in mpistage.ALGORITHMS)
     assert_all((area / f"n{COMM.rank}" / "src.bin").read_bytes() == src.read_bytes())
     prediction = report.prediction or {}
-    # Between two nodes every schedule is one copy and the largest chunk wins whatever
-    # the link: nothing to measure.  With more nodes the best chunk depends on the link.
-    measured = "assumed" if COMM.size == 2 else "quick measurement"
-    assert_all(prediction.get("auto") is True and prediction.get("source") == measured)
+    # Larger than the probe's message: measured, so that the run tests the model's
+    # prediction, even where (two nodes) the choice would be the same on any link.
+    assert_all(prediction.get("auto") is True
+               and prediction.get("source") == "quick measurement")
     assert_all(report.chunk_size <= DEFAULT_MEMORY // 4, "auto stays within the memory budget")
     assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS))
     assert_all(prediction["algorithm"] == report.algorithm
@@ -423,11 +423,24 @@ def test_a_small_file_is_staged_without_measuring_the_link(area, make_file, asse
                                                             monkeypatch):
     src = source_file(area, make_file, 1000)
     probes: list[int] = []
-    monkeypatch.setattr(decide_module, "quick_parameters", lambda *a: probes.append(1))
+    measure = decide_module.quick_parameters
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        probes.append(1)
+        return measure(*args)
+
+    monkeypatch.setattr(decide_module, "quick_parameters", counted)
     report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True)
     assert_all(report.ok and not probes and report.prediction["source"] == "assumed")
-    # The fewest hops wins for one chunk: a binomial tree (or MPI's), never a long chain.
-    assert_all(report.chunk_size == 1000 and (COMM.size <= 2 or report.algorithm != "chain"))
+    # The fewest hops wins for one chunk: from 4 nodes on, a tree, not the chain.
+    assert_all(report.chunk_size == 1000 and (COMM.size <= 3 or report.algorithm != "chain"))
+    # Past the probe's 1 MiB the link is measured, even when it could not change the
+    # choice (a forced algorithm's largest chunk), so that the run tests the prediction.
+    big = source_file(area, make_file, (1 << 20) + 1)
+    report = mpistage.stage(big, str(area / "m{node}"), comm=COMM, ranks_as_nodes=True,
+                            algorithm="binomial", mkdir=True)
+    measured = COMM.allreduce(len(probes))
+    assert_all(report.ok and report.prediction["source"] == "quick measurement" and measured > 0)
 
 
 def test_memory_budget_bounds_the_buffers_and_refuses_a_chunk_that_cannot_fit(
