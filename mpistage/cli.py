@@ -93,7 +93,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("--calibration", metavar="FILE.json",
                         help="model parameters from 'mpistage calibrate' (default: the file "
                         f"${CALIBRATION_ENV} names, else the root measures its first link "
-                        "quickly, unless the file is at most 1 MiB and no link could change the choice)")
+                        "quickly, unless the file is at most 1 MiB and no link could change "
+                        "the choice)")
     parser.add_argument("--explain", action="store_true",
                         help="print the predicted time of each algorithm and the choice, "
                         "without moving data")

@@ -5,8 +5,9 @@ calibration file (``mpistage calibrate``) when one is given, else from a quick
 measurement on the link from the root to its first neighbour: three 1-byte ping-pongs for
 the latency and one message of up to 1 MiB for the bandwidth (a few milliseconds on a
 fast network, ~0.1 s at 100 Mbit/s); a file no larger than that message, for which no
-link could change the choice, is not worth it, and its prediction assumes a typical link.  Disk speeds are only known from a calibration;
-without one the model assumes the network is the bottleneck.
+link could change the choice, is not worth it, and its prediction assumes a typical link.
+Disk speeds are only known from a calibration; without one the model assumes the network
+is the bottleneck.
 """
 
 from __future__ import annotations

@@ -112,8 +112,8 @@ class Engine:
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._done_bytes = 0
         self._started = 0.0
-        # How long waiting for a chunk, or for a send to finish, has been taking.
-        self._paces = {True: Pace(), False: Pace()}
+        # How long waiting for a chunk, and for a send to finish, has been taking.
+        self._receive_pace, self._send_pace = Pace(), Pace()
 
     # -- the writer, seen from the MPI loop -----------------------------------------------
 
@@ -148,7 +148,7 @@ class Engine:
                 message names the peer (node and host) the transfer was waiting on.
         """
         started = time.perf_counter()
-        pace = self._paces[receiving]
+        pace = self._receive_pace if receiving else self._send_pace
         try:
             done = poll(requests, self.timeout, expected=pace.expected,
                         on_wake=self._advance_sends)

@@ -149,7 +149,6 @@ class Forward:
         return self.done
 
 
-
 class Schedule(ABC):
     """How one leader takes part in broadcasting a chunk over ``comm`` from ``root``.
 

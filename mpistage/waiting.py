@@ -2,7 +2,7 @@
 
 A blocking ``MPI_Wait`` spins (a core the writer thread and other ranks need) and never
 gives up (a dead peer or a cut link hangs the job).  These helpers poll with a back-off
-from 20 us to 1 ms instead, and stop at a deadline.
+from 20 us instead, and stop at a deadline.
 
 Every wake-up costs CPU (a pass through MPI's progress engine, a thread switch): at
 1 ms a 64 MiB relay over 100 Mbit/s would wake some 6000 times.  So the pauses grow
