@@ -292,17 +292,17 @@ def mpi_seconds(cluster: EmulatedCluster, module: str, size: int, hosts: Sequenc
     return Outcome(float(run.stdout.split()[-1]))
 
 
-def bare_start(cluster: EmulatedCluster, work: Path, timeout: float) -> Outcome:
-    """:data:`STARTUP` on every host, each rank measured: the floor under mpistage's whole
-    command (its seconds) and under a rank's CPU (what Python and MPI cost before any
-    byte moves)."""
+def measured_on_every_host(cluster: EmulatedCluster, argv: Sequence[str], what: str,
+                           work: Path, timeout: float) -> Outcome:
+    """``argv`` under MPI on every host, each rank under :func:`relay.measure`; the seconds
+    it printed last, and every rank's CPU and peak RSS."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     try:
-        run = cluster.mpiexec([*relay.measure_prefix(run_dir), sys.executable, "-c", STARTUP],
+        run = cluster.mpiexec([*relay.measure_prefix(run_dir), *argv],
                               env={"MPIEXEC_TIMEOUT": str(int(timeout))},
                               capture_output=True, text=True, timeout=timeout + 60)
         if run.returncode != 0:
-            return Outcome(None, ok=False, error=f"bare start exit {run.returncode}: "
+            return Outcome(None, ok=False, error=f"{what} exit {run.returncode}: "
                            f"{run.stderr.strip()[-300:]}")
         ranks = [asdict(m) for m in relay.read_measurements(run_dir)]
         return Outcome(float(run.stdout.split()[-1]), extra={"ranks": ranks})
@@ -310,23 +310,22 @@ def bare_start(cluster: EmulatedCluster, work: Path, timeout: float) -> Outcome:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def bare_start(cluster: EmulatedCluster, work: Path, timeout: float) -> Outcome:
+    """:data:`STARTUP` on every host: the floor under mpistage's whole command (its
+    seconds) and under a rank's CPU (what Python and MPI cost before any byte moves)."""
+    return measured_on_every_host(cluster, [sys.executable, "-c", STARTUP], "bare start",
+                                  work, timeout)
+
+
 def mpi_relay(cluster: EmulatedCluster, size: int, chunk: int, work: Path,
               timeout: float) -> Outcome:
-    """The minimal MPI relay chain (``mpistage.cluster.mpirelay``) over every host, each
-    rank measured: what MPI itself costs a middle host per byte, at mpistage's chunk."""
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
-    try:
-        run = cluster.mpiexec([*relay.measure_prefix(run_dir), sys.executable, "-m",
-                               "mpistage.cluster.mpirelay", str(size), str(chunk)],
-                              env={"MPIEXEC_TIMEOUT": str(int(timeout))},
-                              capture_output=True, text=True, timeout=timeout + 60)
-        if run.returncode != 0:
-            return Outcome(None, ok=False, error=f"mpirelay exit {run.returncode}: "
-                           f"{run.stderr.strip()[-300:]}")
-        ranks = [asdict(m) for m in relay.read_measurements(run_dir)]
-        return Outcome(float(run.stdout.split()[-1]), extra={"ranks": ranks, "chunk": chunk})
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    """The minimal MPI relay chain (``mpistage.cluster.mpirelay``) over every host: what
+    MPI itself costs a middle host per byte, at mpistage's chunk."""
+    outcome = measured_on_every_host(
+        cluster, [sys.executable, "-m", "mpistage.cluster.mpirelay", str(size), str(chunk)],
+        "mpirelay", work, timeout)
+    outcome.extra["chunk"] = chunk
+    return outcome
 
 
 def relay_chain(cluster: EmulatedCluster, size: int, timeout: float) -> Outcome:

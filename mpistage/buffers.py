@@ -26,6 +26,11 @@ Buffer = memoryview
 PIECE = 1 << 20
 
 
+def zero(view: Buffer) -> None:
+    """Fill ``view`` with zero bytes (a memoryview takes bytes, not a scalar)."""
+    view[:] = bytes(len(view))
+
+
 def pieces(view: Buffer) -> list[Buffer]:
     """``view`` cut into :data:`PIECE`-sized slices (no copies)."""
     return [view[start:start + PIECE] for start in range(0, len(view), PIECE)] or [view]

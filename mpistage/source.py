@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 
-from .buffers import Buffer, BufferPool, PhaseClock, pieces
+from .buffers import Buffer, BufferPool, PhaseClock, pieces, zero
 from .digest import new_digest
 from .errors import Stalled
 from .plan import Plan, file_identity
@@ -89,9 +89,12 @@ class FileSource:
                     return
                 view = self.pool.buffers[index][: plan.chunk_length(k)]
                 if self.error is None:
-                    self._read_chunk(fd, k, view, digest)
+                    try:
+                        self._read_chunk(fd, k, view, digest)
+                    except Exception as exc:  # noqa: BLE001 - a dead reader would hang the run
+                        self.error = f"reading {plan.source} failed: {exc!r}"
                 if self.error is not None:
-                    view[:] = 0
+                    zero(view)
                 self._ready.put((k, index))
             if self.error is None:
                 self.error = self._changed(fd, "while it was read")
