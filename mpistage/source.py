@@ -14,12 +14,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-
+from typing import TYPE_CHECKING
 
 from .buffers import Buffer, BufferPool, PhaseClock, pieces, zero
 from .digest import new_digest
 from .errors import Stalled
 from .plan import Plan, file_identity
+
+if TYPE_CHECKING:
+    import xxhash
 
 
 class FileSource:
@@ -104,7 +107,7 @@ class FileSource:
             if fd >= 0:
                 os.close(fd)
 
-    def _read_chunk(self, fd: int, k: int, view: Buffer, digest) -> None:  # type: ignore[no-untyped-def]
+    def _read_chunk(self, fd: int, k: int, view: Buffer, digest: xxhash.xxh3_128) -> None:
         """Read chunk ``k`` into ``view`` piece by piece, digesting each piece while it
         is still in the CPU's cache."""
         plan = self.plan

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Hashable
 
 from . import faults
-from .buffers import BufferPool, PhaseClock, pieces
+from .buffers import Buffer, BufferPool, PhaseClock, pieces
 from .codec import IDENTITY, Codec
 from .digest import new_digest
 from .errors import Stalled
@@ -128,7 +128,7 @@ class ChunkWriter:
         if self.error is None and self._digest is not None:
             self.digest = self._digest.hexdigest()
 
-    def _write_chunk(self, k: int, view) -> None:  # type: ignore[no-untyped-def]
+    def _write_chunk(self, k: int, view: Buffer) -> None:
         view = self.codec.decode(view)
         if self.corrupt and k == 0:
             view = faults.flipped(view)  # a copy: forwarded bytes stay intact
@@ -139,7 +139,7 @@ class ChunkWriter:
                 self._digest.update(piece)
                 self.clock.add("digest", time.perf_counter() - started)
 
-    def _write_piece(self, k: int, piece) -> None:  # type: ignore[no-untyped-def]
+    def _write_piece(self, k: int, piece: Buffer) -> None:
         sink = self.sink
         if sink is None or self.error is not None:
             return
