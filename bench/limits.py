@@ -58,6 +58,7 @@ from mpistage import __version__
 from mpistage import mpi_library
 from mpistage.cluster import ClusterError, EmulatedCluster, teardown
 from mpistage.cluster import relay
+from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report
 from mpistage.cluster.system import interrupts_as_exceptions
 from mpistage.digest import file_digest
 from mpistage.samples import write_random_file
@@ -239,16 +240,9 @@ def check_copies(paths: Sequence[Path], digest: str) -> int:
     return good
 
 
-def mpistage_argv(report: Path, options: Sequence[str], src: Path, dest: str) -> list[str]:
-    """``python -m mpistage -q --report REPORT OPTIONS SRC DEST``, as a user runs it."""
-    return [sys.executable, "-m", "mpistage", "-q", "--report", str(report), *options,
-            str(src), dest]
-
-
-def staged(run: subprocess.CompletedProcess[str], report_path: Path, good: int, copies: int,
-           measured: Path | None) -> Outcome:
+def staged(run: subprocess.CompletedProcess[str], report: dict[str, Any] | None, good: int,
+           copies: int, measured: Path | None) -> Outcome:
     """The outcome of one mpistage run from its exit status, its report and its copies."""
-    report = json.loads(report_path.read_text()) if report_path.exists() else None
     ok = run.returncode == 0 and report is not None and report["ok"] and good == copies
     extra: dict[str, Any] = {"good": good, "copies": copies}
     if report is not None:
@@ -268,11 +262,10 @@ def stage_on_cluster(cluster: EmulatedCluster, src: Path, digest: str, options: 
     ``measure``); every host's copy checked against ``digest``."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     try:
-        report = run_dir / "report.json"
         prefix = relay.measure_prefix(run_dir) if measure else []
-        run = cluster.mpiexec([*prefix, *mpistage_argv(report, options, src, cluster.scratch)],
-                              env={"MPIEXEC_TIMEOUT": str(int(timeout))},
-                              capture_output=True, text=True, timeout=timeout + 60)
+        run, report = stage_with_report(cluster, src, options, prefix=prefix,
+                                        env={"MPIEXEC_TIMEOUT": str(int(timeout))},
+                                        timeout=timeout + 60)
         good = check_copies([cluster.scratch_dir(i) / src.name for i in range(cluster.hosts)],
                             digest)
         return staged(run, report, good, cluster.hosts, run_dir if measure else None)
@@ -362,11 +355,11 @@ def stage_locally(ranks: int, src: Path, digest: str, options: Sequence[str], wo
     try:
         prefix = relay.measure_prefix(run_dir) if measure else []
         report = run_dir / "report.json"
-        argv = [*prefix, *mpistage_argv(report, ["--ranks-as-nodes", *options], src,
-                                        str(run_dir / "x{node}"))]
+        argv = [*prefix, *mpistage_command(report, ["--ranks-as-nodes", *options], src,
+                                           str(run_dir / "x{node}"))]
         run, wall = local_mpiexec(ranks, argv, timeout)
         good = check_copies([run_dir / f"x{i}" for i in range(ranks)], digest)
-        outcome = staged(run, report, good, ranks, run_dir if measure else None)
+        outcome = staged(run, read_report(report), good, ranks, run_dir if measure else None)
         outcome.extra["transfer"] = outcome.value
         outcome.value = wall if outcome.ok else None
         return outcome

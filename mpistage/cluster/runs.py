@@ -15,20 +15,31 @@ if TYPE_CHECKING:
     from .cluster import EmulatedCluster
 
 
+def mpistage_command(report: Path, options: Sequence[str], src: Path, dest: str) -> list[str]:
+    """``python -m mpistage -q --report REPORT OPTIONS SRC DEST``, as a user runs it."""
+    return [sys.executable, "-m", "mpistage", "-q", "--report", str(report), *options,
+            str(src), dest]
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A run's JSON report, ``None`` if it wrote none."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def stage_with_report(
     cluster: EmulatedCluster, src: Path, options: Sequence[str], *,
     hosts: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
-    timeout: float = 1800,
+    timeout: float = 1800, prefix: Sequence[str] = (),
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
     """``mpistage -q --report … OPTIONS SRC SCRATCH`` on the cluster's hosts (or
-    ``hosts``); the finished run, and its JSON report (``None`` if none was written)."""
+    ``hosts``), each rank started under ``prefix`` (a measuring wrapper); the finished
+    run, and its JSON report (``None`` if none was written)."""
     with tempfile.TemporaryDirectory(prefix="mpistage-run-") as tmp:
         report_path = Path(tmp) / "report.json"
         run = cluster.mpiexec(
-            [sys.executable, "-m", "mpistage", "-q", "--report", str(report_path), *options,
-             str(src), cluster.scratch],
+            [*prefix, *mpistage_command(report_path, options, src, cluster.scratch)],
             hosts=list(hosts) if hosts is not None else None, env=dict(env or {}),
             capture_output=True, text=True, timeout=timeout,
         )
-        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        report = read_report(report_path)
     return run, report
