@@ -23,8 +23,12 @@ from .staging import explain, stage
 from .units import format_bytes, format_seconds, parse_size
 
 EPILOG = """\
-DEST is like cp's: an existing directory receives DEST/basename(SRC); anything else is
-the file's path. DEST may contain {node}, {host} and {rank}, expanded on each node.
+DEST is like cp -r's: an existing directory receives DEST/basename(SRC); anything else is
+the new path of the one SRC. Several SRCs, or --files-from, need a directory DEST.
+A directory is staged whole, in one pipelined stream: each file is checked against its
+own xxh3 digest on every node, files a node already holds (same size and digest; with
+--quick size and mtime) are not sent to it, and each directory appears at its final
+path at once, complete. DEST may contain {node}, {host} and {rank}, expanded per node.
 exit status: 0 every node holds a verified copy; 1 a node failed or the transfer
 stalled (the summary names the nodes); 2 usage error or failed pre-flight check
 (nothing was created); 128+N ended by signal N (143 SIGTERM, e.g. scancel or a
@@ -32,6 +36,9 @@ time limit; 130 SIGINT): every rank removed its temp file, no partial file is in
 
 examples:
   mpiexec -n 8 mpistage /lustre/ref/genome.fa /scratch
+  mpiexec -n 8 mpistage /lustre/datasets/imagenet-val /scratch/
+  mpiexec -n 8 mpistage model.safetensors tokenizer.json config.json /scratch/model/
+  mpiexec -n 8 mpistage --files-from shards.txt /scratch/data/
   mpiexec -n 8 mpistage --algorithm binomial --chunk-size 8M input.dat /scratch/in.dat
   mpiexec -n 8 mpistage --calibration cal.json input.dat /scratch
   mpiexec -n 8 mpistage --explain input.dat /scratch
@@ -70,14 +77,17 @@ def _memory(text: str) -> int:
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser = RankZeroParser(
         prog="mpistage",
-        description="Stage one file from one MPI rank to node-local storage on every node: "
-        "one read, a pipelined chain or tree, a verified copy everywhere.",
+        description="Stage a file or a directory tree from one MPI rank to node-local "
+        "storage on every node: one read, a pipelined chain or tree, a verified copy "
+        "everywhere.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         rank=rank,
     )
-    parser.add_argument("source", metavar="SRC", help="file to read on the root rank")
-    parser.add_argument("dest", metavar="DEST", help="directory or file path on every node")
+    parser.add_argument("sources", metavar="SRC", nargs="*",
+                        help="file or directory to read on the root rank; several go into "
+                        "the directory DEST")
+    parser.add_argument("dest", metavar="DEST", help="directory or path on every node")
     parser.add_argument(
         "-a", "--algorithm", choices=(*ALGORITHMS, AUTO), default=AUTO,
         help=f"{algorithm_help()}; auto (the default): the one the cost model predicts "
@@ -140,6 +150,21 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging from every rank")
     parser.add_argument("--version", action="version", version=f"mpistage {__version__}")
+    trees = parser.add_argument_group("trees (a directory, several sources, a file list)")
+    trees.add_argument("--files-from", metavar="FILE",
+                       help="stage the paths listed in FILE (one a line), relative to --base "
+                       "and kept relative under DEST")
+    trees.add_argument("-0", "--from0", action="store_true",
+                       help="the --files-from list is NUL-separated (find -print0)")
+    trees.add_argument("--base", metavar="DIR",
+                       help="directory the --files-from paths are relative to (default: the "
+                       "list's directory)")
+    trees.add_argument("--delete", action="store_true",
+                       help="remove from DEST's copy of a directory what the source does not "
+                       "hold (default: keep it, as cp does)")
+    trees.add_argument("--skip-special", action="store_true",
+                       help="leave out sockets, FIFOs and devices in a tree (reported) "
+                       "instead of refusing it")
     return parser
 
 
@@ -238,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(rank, args.verbose)
         if args.explain:
             prediction = explain(
-                args.source, args.dest, comm=comm, algorithm=args.algorithm,
+                args.sources, args.dest, comm=comm, files_from=args.files_from,
+                base=args.base, nul=args.from0, algorithm=args.algorithm,
                 chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
                 arity=args.arity, calibration=args.calibration, quick=args.quick,
                 depth=args.depth, memory=args.memory, timeout=args.timeout,
@@ -250,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.progress or (not args.quiet and sys.stderr.isatty()):
             progress = TerminalProgress(sys.stderr)
         report = stage(
-            args.source, args.dest, comm=comm, algorithm=args.algorithm,
+            args.sources, args.dest, comm=comm, files_from=args.files_from, base=args.base,
+            nul=args.from0, delete=args.delete, skip_special=args.skip_special, algorithm=args.algorithm,
             chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
             arity=args.arity, calibration=args.calibration,
             fsync=args.fsync, verify=args.verify, depth=args.depth, memory=args.memory,

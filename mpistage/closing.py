@@ -10,6 +10,7 @@ cut-off host is named in the report instead of hanging the job.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from mpi4py import MPI
 
@@ -97,6 +98,7 @@ def agree_on_report(
     topo: Topology, plan: Plan, checks: list[NodeCheck], record: RankRecord,
     result: NodeResult | None, outcome: tuple[str | None, str | None] | None,
     prediction: Prediction | None, stall: str | None, depth: int, timeout: float,
+    tree: dict[str, Any] | None = None,
 ) -> StageReport:
     """Statuses go to rank 0 and its verdict comes back, all with deadlines.
 
@@ -124,7 +126,7 @@ def agree_on_report(
     stalled = bool(missing) or any(s.stall for s in statuses.values())
     verdict = _stall_verdict(statuses, missing, topo) if stalled else None
     report = build_report(plan, checks, [statuses[r] for r in sorted(statuses)], missing,
-                          verdict, depth)
+                          verdict, depth, tree)
     requests = [comm.isend(verdict, dest=r, tag=_VERDICT_TAG) for r in statuses if r != 0]
     if stalled:
         try:

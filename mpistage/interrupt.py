@@ -40,7 +40,8 @@ class Interrupted(Exception):
 
 
 class _TempFiles:
-    """Temp files in progress in this process; one lock orders removal and renames."""
+    """Temp files (and a tree's temp directories) in progress in this process; one lock
+    orders removal and renames."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -71,6 +72,11 @@ class _TempFiles:
             for path in self._paths:
                 try:
                     os.unlink(path)
+                    removed.append(path)
+                except IsADirectoryError:  # a tree being built (mpistage.treesink)
+                    import shutil
+
+                    shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
                 except OSError:
                     pass

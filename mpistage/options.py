@@ -51,6 +51,8 @@ class StageOptions:
     quick: bool = False
     remove_first: bool = False
     no_clobber: bool = False
+    delete: bool = False
+    skip_special: bool = False
 
     @property
     def auto_algorithm(self) -> bool:

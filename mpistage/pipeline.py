@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 
 from mpi4py import MPI
@@ -32,12 +33,18 @@ from .liveness import no_heartbeat
 from .plan import Plan
 from .schedules import Forward, Schedule
 from .sink import Sink
-from .source import FileSource
+from .source import ChunkSource, FileSource
 from .waiting import Pace, poll
 from .writer import ChunkWriter
 
+if TYPE_CHECKING:
+    from .treesink import TreeSink
+
+
 #: ``progress(bytes_done, bytes_total)``; called on the root only.
 ProgressCallback = Callable[[int, int], None]
+#: Makes the root's source: ``FileSource`` for one file, a tree's own for a tree.
+SourceFactory = Callable[[Plan, BufferPool, PhaseClock], ChunkSource]
 
 DEFAULT_DEPTH = 4
 DEFAULT_TIMEOUT = 120.0
@@ -74,13 +81,15 @@ class Engine:
         self,
         plan: Plan,
         schedule: Schedule,
-        sink: Sink | None,
+        sink: Sink | TreeSink | None,
         *,
         depth: int = DEFAULT_DEPTH,
         progress: ProgressCallback = _no_progress,
         timeout: float = DEFAULT_TIMEOUT,
         peer_name: Callable[[int], str] = lambda rank: f"rank {rank}",
         codec: Codec = IDENTITY,
+        source: SourceFactory = FileSource,
+        digest_writes: bool = True,
         corrupt: bool = False,
     ) -> None:
         """
@@ -90,6 +99,9 @@ class Engine:
             peer_name: names a rank of the schedule's communicator for messages.
             codec: how chunks travel (:mod:`mpistage.codec`): encoded once on the
                 root, forwarded as they came, decoded by each node's writer.
+            source: makes the root's source of chunks.
+            digest_writes: the writer digests what it writes (off where the sink checks
+                the bytes itself, as a tree's does per file).
             corrupt: test hook: flip a byte of the first chunk before writing it.
         """
         self.plan = plan
@@ -102,10 +114,10 @@ class Engine:
         self.pool = BufferPool(max(2, min(depth, plan.nchunks)),
                                max(1, min(plan.chunk_size, plan.size)))
         self.codec = codec
-        self.source = FileSource(plan, self.pool, self.clock) if schedule.is_root else None
+        self.source = source(plan, self.pool, self.clock) if schedule.is_root else None
         # The root writes what it read; the others decode what came.
         self.writer = ChunkWriter(plan, sink, self.pool, self.clock,
-                                  digests=not schedule.is_root,
+                                  digests=digest_writes and not schedule.is_root,
                                   codec=IDENTITY if schedule.is_root else codec,
                                   corrupt=corrupt)
         self._sends: deque[tuple[int, int, Forward]] = deque()  # chunk, buffer, its sends

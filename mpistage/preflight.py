@@ -35,6 +35,8 @@ class NodeCheck:
             (never a symlink: a symlink is replaced, not trusted).
         up_to_date: the existing file already holds the source's content.
         occupied: something (of any type) already stands at the destination.
+        files_wanted, files_have, bytes_wanted: a tree's files this node lacks and has,
+            and the bytes it lacks (:mod:`mpistage.treecheck`).
     """
 
     index: int
@@ -47,6 +49,9 @@ class NodeCheck:
     existing_mtime_ns: int | None = None
     up_to_date: bool = False
     occupied: bool = False
+    files_wanted: int = 0
+    files_have: int = 0
+    bytes_wanted: int = 0
 
     @property
     def needs_data(self) -> bool:
@@ -126,17 +131,17 @@ def preflight(
     """
     mine = check_local(info, topo, mkdir=mkdir, remove_first=remove_first) if topo.is_leader else None
     checks = sorted((c for c in topo.comm.allgather(mine) if c is not None), key=lambda c: c.index)
-    _stop_unless_skipping(checks, skip_bad_nodes)
+    stop_unless_skipping(checks, skip_bad_nodes)
     checks = _mark_up_to_date(topo, info, checks, quick)
     if no_clobber:  # every rank has the same list, so all decide alike without talking
         checks = [c if c.problem or c.up_to_date or not c.occupied else
                   replace(c, problem=f"{c.target} exists and differs from the source "
                           "(--force replaces it)") for c in checks]
-        _stop_unless_skipping(checks, skip_bad_nodes)
+        stop_unless_skipping(checks, skip_bad_nodes)
     return checks
 
 
-def _stop_unless_skipping(checks: list[NodeCheck], skip_bad_nodes: bool) -> None:
+def stop_unless_skipping(checks: list[NodeCheck], skip_bad_nodes: bool) -> None:
     """Raise the bad nodes' problems, unless they are to be left out."""
     bad = [c for c in checks if c.problem]
     if bad and not skip_bad_nodes:

@@ -47,6 +47,9 @@ class NodeResult:
     error: str | None = None
     digest: str | None = None
     bytes: int = 0
+    files_copied: int = 0
+    files_up_to_date: int = 0
+    files_failed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -103,6 +106,7 @@ class StageReport:
     stall: str | None = None
     missing_ranks: list[int] = field(default_factory=list)
     prediction: dict[str, Any] | None = None
+    tree: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -165,6 +169,7 @@ class StageReport:
             "stalled": self.stalled,
             "stall": self.stall,
             "missing_ranks": self.missing_ranks,
+            "tree": self.tree,
             "nodes": [{**asdict(n), "ok": n.ok} for n in self.nodes],
             "ranks": [asdict(r) for r in self.ranks],
         }
@@ -199,12 +204,14 @@ class StageReport:
         if self.transfer_seconds <= 0:
             moved = "nothing to send"
         elif self.size == 0:
-            moved = f"transfer {format_seconds(self.transfer_seconds)} (an empty file)"
+            empty = "no file's bytes" if self.tree else "an empty file"
+            moved = f"transfer {format_seconds(self.transfer_seconds)} ({empty})"
         else:
             moved = (f"transfer {format_seconds(self.transfer_seconds)}"
                      f" ({format_rate(self.size, self.transfer_seconds)} into every node)")
+        what = _describe_tree(self.tree) if self.tree else format_bytes(self.size)
         lines = [
-            f"mpistage: {self.source} ({format_bytes(self.size)}) to {n} node"
+            f"mpistage: {self.source} ({what}) to {n} node"
             f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
             f" {format_seconds(self.elapsed)} in all, {moved}",
         ]
@@ -212,6 +219,12 @@ class StageReport:
             holders = "the node was" if n == 1 else f"all {n} nodes were"
             lines.append(f"  {holders} up to date already; nothing was sent")
             fresh = []
+        elif self.ok and self.tree:
+            holders = "the node holds" if n == 1 else f"all {n} nodes hold"
+            lines.append(f"  {holders} a verified copy of the tree (each file checked against "
+                         f"its {DIGEST_ALGORITHM} digest); {self.tree['files_sent']} of "
+                         f"{self.tree['files']} files sent "
+                         f"({format_bytes(self.tree['bytes_sent'])}), the rest already in place")
         elif self.ok:
             digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
             holders = "the node holds" if n == 1 else f"all {n} nodes hold"
@@ -228,6 +241,11 @@ class StageReport:
                 lines.append(f"  no status from ranks {_ranges(self.missing_ranks)} (dead or unreachable)")
         if fresh:
             lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
+        if self.tree and self.tree["skipped_special"]:
+            skipped = self.tree["skipped_special"]
+            lines.append(f"  left out {len(skipped)} special file{'s' if len(skipped) != 1 else ''}"
+                         f" (--skip-special): {', '.join(skipped[:3])}"
+                         f"{' …' if len(skipped) > 3 else ''}")
         if self.prediction and self.transfer_seconds > 0:
             predicted = self.prediction["predicted"]
             error = (predicted - self.transfer_seconds) / self.transfer_seconds
@@ -253,7 +271,7 @@ class StageReport:
 
 def build_report(
     plan: Plan, checks: list[NodeCheck], statuses: list[RankStatus], missing: list[int],
-    stall: str | None, depth: int,
+    stall: str | None, depth: int, tree: dict[str, Any] | None = None,
 ) -> StageReport:
     """Rank 0: the report of a run from the statuses that reached it (in rank order);
     a node without a status is reported failed, dead or unreachable."""
@@ -282,7 +300,17 @@ def build_report(
         stall=stall,
         missing_ranks=missing,
         prediction=prediction.to_dict() if prediction else None,
+        tree=tree,
     )
+
+
+def _describe_tree(tree: dict[str, Any]) -> str:
+    """``"4 files, 3 directories, 1 symlink, 293.0 KiB"``."""
+    parts = [f"{tree[key]} {name if tree[key] == 1 else plural}"
+             for key, name, plural in (("files", "file", "files"),
+                                       ("directories", "directory", "directories"),
+                                       ("symlinks", "symlink", "symlinks")) if tree[key]]
+    return ", ".join([*parts, format_bytes(tree["bytes"])])
 
 
 def _median(values: list[float]) -> float:

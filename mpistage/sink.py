@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -221,7 +222,8 @@ class Sink:
 
 
 def remove_stale_temps(final_path: str | os.PathLike[str]) -> list[Path]:
-    """Remove temp files that a killed run left beside ``final_path`` on this host.
+    """Remove temp files (and trees' temp directories) that a killed run left beside
+    ``final_path`` on this host.
 
     A run killed with SIGKILL (the launcher ending a job whose rank died) cannot clean up
     after itself; its temp file never reached the final path, but it takes space.  Only
@@ -240,6 +242,9 @@ def remove_stale_temps(final_path: str | os.PathLike[str]) -> list[Path]:
         if match and not _process_exists(int(match.group(1))):
             try:
                 os.unlink(final.parent / name)
+                removed.append(final.parent / name)
+            except IsADirectoryError:  # a tree's (mpistage.treesink)
+                shutil.rmtree(final.parent / name, ignore_errors=True)
                 removed.append(final.parent / name)
             except OSError:
                 pass

@@ -1,6 +1,8 @@
 """The source: the root's file, read ahead into free buffers and digested as it goes.
 
-The reader runs in its own thread, so reading chunk k+1, k+2 … overlaps the sends of
+:class:`ChunkSource` is what the engine sees (a reader thread filling chunks in order);
+:class:`FileSource` fills them from one file, :class:`mpistage.treesource.TreeSource`
+from the files of a tree.  The reader runs in its own thread, so reading chunk k+1, k+2 … overlaps the sends of
 chunk k.  It checks that the file is still the one the plan describes (device, inode,
 size, mtime, ctime) before and after reading, so a file replaced or rewritten meanwhile
 is never staged as a mix of old and new bytes.  After an error it zero-fills the rest,
@@ -25,11 +27,12 @@ if TYPE_CHECKING:
     import xxhash
 
 
-class FileSource:
-    """Reads :attr:`Plan.source` chunk by chunk (call :meth:`start` once).
+class ChunkSource:
+    """Fills chunks in a reader thread, in order, into free buffers (call :meth:`start`
+    once); what fills them is the subclass's :meth:`_fill`.
 
     Attributes:
-        digest: hex xxh3-128 of the file as read, once every chunk was read cleanly.
+        digest: hex xxh3-128 of what was read, once every chunk was read cleanly.
         error: why reading failed (``None`` while it has not).
     """
 
@@ -77,35 +80,67 @@ class FileSource:
                 raise Stalled(f"reading {self.plan.source} made no progress for {timeout:g} s")
 
     def _read_all(self) -> None:
-        plan = self.plan
-        digest = new_digest()
-        fd = -1
         try:
-            fd = os.open(plan.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-            self.error = self._changed(fd, "since it was checked")
-        except OSError as exc:
-            self.error = f"cannot open source {plan.source}: {exc.strerror}"
-        try:
-            for k in range(plan.nchunks):
+            self._open()
+            for k in range(self.plan.nchunks):
                 index = self.pool.take()
                 if index is None:  # the engine closed the pool: the transfer is over
                     return
-                view = self.pool.buffers[index][: plan.chunk_length(k)]
+                view = self.pool.buffers[index][: self.plan.chunk_length(k)]
                 if self.error is None:
                     try:
-                        self._read_chunk(fd, k, view, digest)
+                        self._fill(k, view)
                     except Exception as exc:  # noqa: BLE001 - a dead reader would hang the run
-                        self.error = f"reading {plan.source} failed: {exc!r}"
+                        self.error = f"reading {self.plan.source} failed: {exc!r}"
                 if self.error is not None:
                     zero(view)
                 self._ready.put((k, index))
             if self.error is None:
-                self.error = self._changed(fd, "while it was read")
-            if self.error is None:
-                self.digest = digest.hexdigest()
+                self._finish()
         finally:
-            if fd >= 0:
-                os.close(fd)
+            self._close()
+
+    def _open(self) -> None:
+        """Before the first chunk (errors go to :attr:`error`)."""
+
+    def _fill(self, k: int, view: Buffer) -> None:
+        """Fill chunk ``k`` (all of ``view``), or set :attr:`error`."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """After the last chunk, read cleanly: set :attr:`digest` (or :attr:`error`)."""
+
+    def _close(self) -> None:
+        """Release what :meth:`_open` took, whatever happened."""
+
+
+class FileSource(ChunkSource):
+    """Reads :attr:`Plan.source`, the one file of the plan, chunk by chunk."""
+
+    def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> None:
+        super().__init__(plan, pool, clock)
+        self._digest = new_digest()
+        self._fd = -1
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.plan.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            self.error = self._changed(self._fd, "since it was checked")
+        except OSError as exc:
+            self.error = f"cannot open source {self.plan.source}: {exc.strerror}"
+
+    def _fill(self, k: int, view: Buffer) -> None:
+        self._read_chunk(self._fd, k, view, self._digest)
+
+    def _finish(self) -> None:
+        self.error = self._changed(self._fd, "while it was read")
+        if self.error is None:
+            self.digest = self._digest.hexdigest()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _read_chunk(self, fd: int, k: int, view: Buffer, digest: xxhash.xxh3_128) -> None:
         """Read chunk ``k`` into ``view`` piece by piece, digesting each piece while it

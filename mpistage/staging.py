@@ -30,10 +30,15 @@ from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
+from .copies import FileCopy, TreeCopy
+from .manifest import Manifest, stream_size
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
+from .sources import Sources, SourceSpec, tree_summary
+from .treecheck import check_tree
+from .treesink import TreeSink
 from .topology import Topology
 
 log = logging.getLogger("mpistage.staging")
@@ -41,10 +46,15 @@ log = logging.getLogger("mpistage.staging")
 
 
 def stage(
-    source: str | os.PathLike[str],
+    source: Sources,
     dest: str | os.PathLike[str],
     *,
     comm: MPI.Comm | None = None,
+    files_from: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None,
+    nul: bool = False,
+    delete: bool = False,
+    skip_special: bool = False,
     algorithm: str = AUTO,
     chunk_size: int | str = AUTO,
     root: int = 0,
@@ -67,10 +77,21 @@ def stage(
     """Copy ``source`` from rank ``root`` to ``dest`` on every node (collective).
 
     Args:
-        source: file to read on the root.
-        dest: where each node writes: an existing directory (the file keeps its name) or
-            a file path; may contain ``{node}``, ``{host}`` and ``{rank}``.
+        source: what to read on the root: a file, a directory (staged whole), or a list
+            of them (several need a directory ``dest``); ``None`` or ``[]`` with
+            ``files_from``.
+        dest: where each node writes, as ``cp -r`` does: an existing directory receives
+            ``dest/basename(source)``; else, for one source, ``dest`` is its new path.
+            May contain ``{node}``, ``{host}`` and ``{rank}``.
         comm: communicator of every rank taking part (default ``MPI.COMM_WORLD``).
+        files_from: a file listing the paths to stage, one a line (NUL-separated with
+            ``nul``), relative to ``base`` (default: the list's directory) and kept
+            relative under ``dest``.
+        delete: remove from the destination's copy of a source directory what the
+            source does not hold (like ``rsync --delete``; by default it is kept, as
+            ``cp`` keeps it).
+        skip_special: leave out sockets, FIFOs and devices in a tree (and report them)
+            instead of refusing the tree.
         algorithm: one of :data:`ALGORITHMS`, or ``"auto"`` (the default): the one the
             cost model predicts fastest.
         chunk_size: bytes per pipelined message, or ``"auto"`` (the default): the
@@ -95,7 +116,7 @@ def stage(
         quick: count an existing copy as up to date on size and mtime alone, instead of
             size and digest.
         remove_first: delete an existing, outdated copy before writing, for disks that
-            cannot hold both.
+            cannot hold both (in a tree: each outdated file just before its new bytes).
         no_clobber: fail on nodes where something other than an up-to-date copy
             already stands at the destination, instead of replacing it (sbcast's
             default; its ``--force`` is this option's absence).
@@ -121,16 +142,17 @@ def stage(
         algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
         memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
-        quick=quick, remove_first=remove_first, no_clobber=no_clobber,
+        quick=quick, remove_first=remove_first, no_clobber=no_clobber, delete=delete,
+        skip_special=skip_special,
     )
     options.check(comm.size)
     check_template(dest)
+    what = SourceSpec.of(source, files_from, base, nul)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
         phases = {"startup": time.perf_counter() - start}
         mark = time.perf_counter()
-        info, params = _agree_on_source(comm, source, dest, options)
-        checks = preflight(topo, info, mkdir=mkdir, remove_first=remove_first, quick=quick,
-                           skip_bad_nodes=skip_bad_nodes, no_clobber=no_clobber)
+        info, params, manifest = _agree_on_source(comm, what, dest, options)
+        checks, copy, info = _check_nodes(topo, info, manifest, options)
         result: NodeResult | None = None
         outcome: tuple[str | None, str | None] | None = None
         stall: str | None = None
@@ -142,7 +164,7 @@ def stage(
                 mine = next(c for c in checks if c.index == topo.node.index)
                 try:
                     result, outcome = _take_part(topo, plan, checks, mine, transfer_comm,
-                                                 phases, options, progress)
+                                                 phases, options, progress, copy)
                 except Stalled as exc:
                     stall = str(exc)
                     log.debug("stalled: %s", stall)
@@ -152,8 +174,9 @@ def stage(
         phases["total"] = time.perf_counter() - start
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
+        tree = tree_summary(manifest, copy.needed) if isinstance(copy, TreeCopy) else None
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
-                               options.buffers(plan.chunk_size), timeout)
+                               options.buffers(plan.chunk_size), timeout, tree)
 
 
 @contextmanager
@@ -177,21 +200,51 @@ def _topology(comm: MPI.Comm, options: StageOptions) -> Iterator[Topology]:
 
 
 def _agree_on_source(
-    comm: MPI.Comm, source: str | os.PathLike[str], dest: str, options: StageOptions,
-) -> tuple[SourceInfo, Parameters | None]:
+    comm: MPI.Comm, what: SourceSpec, dest: str, options: StageOptions,
+) -> tuple[SourceInfo, Parameters | None, Manifest | None]:
     """The root checks the source and reads the calibration (only it can see them);
-    every rank learns what is to be sent, for its pre-flight check."""
-    outcome: tuple[SourceInfo, Parameters | None] | str | None = None
+    every rank learns what is to be sent, for its pre-flight check: one file's
+    description, or a tree's manifest (its columns broadcast as buffers)."""
+    outcome: tuple[SourceInfo, Parameters | None, bool, list[str]] | str | None = None
+    manifest: Manifest | None = None
     if comm.rank == options.root:
         try:
-            outcome = (describe_source(source, dest), options.load_calibration())
+            if what.is_tree():
+                manifest, info = what.walk(dest, skip_special=options.skip_special)
+                if options.no_clobber:
+                    raise UsageError("--no-clobber stages one file, not a tree")
+            else:
+                info = describe_source(what.sources[0], dest)
+            outcome = (info, options.load_calibration(), manifest is not None,
+                       manifest.skipped if manifest is not None else [])
         except UsageError as exc:
             outcome = str(exc)
     outcome = comm.bcast(outcome, root=options.root)
     if isinstance(outcome, str):
         raise UsageError(outcome)
     assert outcome is not None
-    return outcome
+    info, params, is_tree, skipped = outcome
+    if is_tree:
+        manifest = (manifest or Manifest()).bcast(comm, options.root)
+        manifest.skipped = skipped
+    return info, params, manifest
+
+
+def _check_nodes(
+    topo: Topology, info: SourceInfo, manifest: Manifest | None, options: StageOptions,
+) -> tuple[list[NodeCheck], FileCopy | TreeCopy, SourceInfo]:
+    """The pre-flight check of every node, for one file or a tree; for a tree, the
+    description's size becomes the stream's (the files some node lacks)."""
+    if manifest is None:
+        checks = preflight(topo, info, mkdir=options.mkdir, remove_first=options.remove_first,
+                           quick=options.quick, skip_bad_nodes=options.skip_bad_nodes,
+                           no_clobber=options.no_clobber)
+        return checks, FileCopy(), info
+    checks, node_tree, needed = check_tree(
+        topo, manifest, info, mkdir=options.mkdir, remove_first=options.remove_first,
+        quick=options.quick, delete=options.delete, skip_bad_nodes=options.skip_bad_nodes)
+    copy = TreeCopy(manifest, needed, node_tree, delete=options.delete)
+    return checks, copy, replace(info, size=stream_size(manifest, needed))
 
 
 def _decide_plan(
@@ -241,7 +294,7 @@ def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> Iterator[
 def _take_part(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
     transfer_comm: MPI.Comm | None, phases: dict[str, float], options: StageOptions,
-    progress: ProgressCallback | None,
+    progress: ProgressCallback | None, copy: FileCopy | TreeCopy,
 ) -> tuple[NodeResult, tuple[str | None, str | None] | None]:
     """Leader only: transfer (if this node takes part), then commit or discard.
 
@@ -252,33 +305,32 @@ def _take_part(
                written: int = 0) -> NodeResult:
         return NodeResult(index=mine.index, host=mine.host, rank=topo.comm.rank,
                           path=mine.target, status=status, error=error, digest=digest,
-                          bytes=written)
+                          bytes=written, **copy.counts(mine, status))
 
     if transfer_comm is None:
         if mine.problem:
             return result("skipped", mine.problem), None
         return result("up-to-date"), None
     return _transfer_and_commit(topo, plan, checks, mine, transfer_comm, phases, result,
-                                options, progress)
+                                options, progress, copy)
 
 
 def _transfer_and_commit(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck, comm: MPI.Comm,
     phases: dict[str, float], result: Callable[..., NodeResult], options: StageOptions,
-    progress: ProgressCallback | None,
+    progress: ProgressCallback | None, copy: FileCopy | TreeCopy,
 ) -> tuple[NodeResult, tuple[str | None, str | None]]:
     """Participant: run the engine, learn the source's outcome, commit or discard."""
     timeout = options.timeout
     taking_part = participants(topo, checks)
     names = [f"node {i} ({checks[i].host})" for i in taking_part]
     receives = mine.needs_data
-    sink: Sink | None = None
+    sink: Sink | TreeSink | None = None
     sink_error: str | None = None
     if receives:
         try:
-            if options.remove_first and mine.existing_size is not None:
-                os.unlink(mine.target)  # the disk cannot hold old and new together
-            sink = Sink(mine.target)
+            sink = copy.open_sink(mine, remove_first=options.remove_first,
+                                  fsync=options.fsync, verify=options.verify)
             if faults.active("hang-write", mine.index):
                 faults.make_writes_hang(sink)
         except OSError as exc:
@@ -294,6 +346,7 @@ def _transfer_and_commit(
             plan, schedule, sink, depth=options.buffers(plan.chunk_size), timeout=timeout,
             peer_name=lambda rank: names[rank],
             progress=progress if (progress is not None and is_root) else _noop,
+            source=copy.source, digest_writes=copy.digest_writes,
             corrupt=faults.active("corrupt-chunk", mine.index),
         )
         source = share_source_outcome(comm, root_rank, engine.transfer(), timeout)
@@ -303,11 +356,9 @@ def _transfer_and_commit(
             status = "skipped" if mine.problem else "up-to-date"
             return result(status, mine.problem), source
         outcome.write_error = sink_error or outcome.write_error
-        error = _judge(outcome, *source)
+        error = copy.judge(outcome, source, sink)
         if error is None and sink is not None:
-            error = _commit(sink, plan, mine, fsync=options.fsync,
-                            verify_digest=source[0] if options.verify else None,
-                            timeout=timeout, heartbeat=heartbeat)
+            error = _commit(copy, sink, plan, mine, options, source[0], heartbeat)
             phases.update(sink.timings)
         written = sink.bytes_written if sink is not None else 0
         if error is not None:
@@ -321,20 +372,22 @@ def _transfer_and_commit(
             sink.discard()  # no-op after a commit; removes the temp file otherwise
 
 
-def _commit(sink: Sink, plan: Plan, mine: NodeCheck, *, fsync: bool,
-            verify_digest: str | None, timeout: float, heartbeat: Heartbeat) -> str | None:
+def _commit(copy: FileCopy | TreeCopy, sink: Sink | TreeSink, plan: Plan, mine: NodeCheck,
+            options: StageOptions, source_digest: str | None,
+            heartbeat: Heartbeat) -> str | None:
     """Put this node's copy in place, waiting as long as the flush and re-read make
     progress; why it failed, or ``None``."""
     def finish() -> None:
-        if faults.active("corrupt-disk", mine.index) and sink.temp_path is not None:
-            faults.flip_byte_on_disk(sink.temp_path)
+        temp = getattr(sink, "temp_path", None)
+        if faults.active("corrupt-disk", mine.index) and temp is not None:
+            faults.flip_byte_on_disk(temp)
         if faults.active("slow-commit", mine.index):
             faults.slow_commit(sink)
-        sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
-                    verify_digest=verify_digest)
+        copy.finish(sink, plan, fsync=options.fsync, verify=options.verify,
+                    source_digest=source_digest)
 
     try:
-        watch(finish, lambda: (sink.progress, writeback_activity()), timeout=timeout,
+        watch(finish, lambda: (sink.progress, writeback_activity()), timeout=options.timeout,
               heartbeat=heartbeat, what=f"finishing {mine.target}")
     except Stalled as exc:
         return str(exc)
@@ -343,26 +396,18 @@ def _commit(sink: Sink, plan: Plan, mine: NodeCheck, *, fsync: bool,
     return None
 
 
-def _judge(result: EngineResult, source_digest: str | None, source_error: str | None) -> str | None:
-    """Why this node's copy must not be kept, or ``None`` if it is good."""
-    if source_error is not None:
-        return f"source read failed on the root: {source_error}"
-    if result.write_error is not None:
-        return result.write_error
-    if result.digest != source_digest:
-        return f"digest mismatch: wrote {result.digest}, source {source_digest}"
-    return None
-
-
 def _noop(done: int, total: int) -> None:
     """Progress callback for ranks that do not report progress."""
 
 
 def explain(
-    source: str | os.PathLike[str],
+    source: Sources,
     dest: str | os.PathLike[str],
     *,
     comm: MPI.Comm | None = None,
+    files_from: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None,
+    nul: bool = False,
     algorithm: str = AUTO,
     chunk_size: int | str = AUTO,
     root: int = 0,
@@ -385,12 +430,13 @@ def explain(
     options = StageOptions(algorithm=algorithm, chunk_size=chunk_size, root=root,
                            ranks_as_nodes=ranks_as_nodes, arity=arity,
                            calibration=calibration, quick=quick, depth=depth,
-                           memory=memory, timeout=timeout)
+                           memory=memory, timeout=timeout, skip_bad_nodes=True)
     options.check(comm.size)
     check_template(dest)
+    what = SourceSpec.of(source, files_from, base, nul)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
-        info, params = _agree_on_source(comm, source, dest, options)
-        checks = preflight(topo, info, quick=quick, skip_bad_nodes=True)
+        info, params, manifest = _agree_on_source(comm, what, dest, options)
+        checks, _, info = _check_nodes(topo, info, manifest, options)
         bad = [c for c in checks if c.problem]
         if bad and not any(c.needs_data for c in checks):
             raise UsageError("\n".join(c.line() for c in bad))  # no node could take it

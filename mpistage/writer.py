@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 from . import faults
 from .buffers import Buffer, BufferPool, PhaseClock, pieces
@@ -23,6 +24,10 @@ from .errors import Stalled
 from .liveness import follow
 from .plan import Plan
 from .sink import Sink
+
+if TYPE_CHECKING:
+    from .treesink import TreeSink
+
 
 log = logging.getLogger("mpistage.writer")
 
@@ -38,7 +43,7 @@ class ChunkWriter:
         abandoned: the copy was given up; chunks are no longer taken.
     """
 
-    def __init__(self, plan: Plan, sink: Sink | None, pool: BufferPool, clock: PhaseClock,
+    def __init__(self, plan: Plan, sink: Sink | TreeSink | None, pool: BufferPool, clock: PhaseClock,
                  *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False) -> None:
         """
         Args:
