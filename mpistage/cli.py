@@ -261,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return int(exc.code or 0)
         _configure_logging(rank, args.verbose)
+        if not args.sources and args.files_from is None:
+            raise UsageError("expected SRC... DEST: what to stage and where "
+                             "(or --files-from LIST DEST)")
         if args.explain:
             prediction = explain(
                 args.sources, args.dest, comm=comm, files_from=args.files_from,

@@ -329,6 +329,9 @@ def _look(topo: Topology, manifest: Manifest, info: SourceInfo, *, mkdir: bool,
         return replace(base, problem=f"destination {info.dest!r}: {exc.strerror}"), None
     target = str(next(iter(finals.values()))) if len(finals) == 1 else dest
     check = replace(base, target=target)
+    inside = _inside_source(manifest, finals)
+    if inside:
+        return replace(check, problem=inside), None
     for final in finals.values():
         for leftover in remove_stale_temps(final):
             log.info("removed %s, left by a run that was killed", leftover)
@@ -338,6 +341,24 @@ def _look(topo: Topology, manifest: Manifest, info: SourceInfo, *, mkdir: bool,
     except OSError as exc:
         return replace(check, problem=f"cannot inspect {target}: {exc.strerror}"), None
     return check, local
+
+
+def _inside_source(manifest: Manifest, finals: dict[bytes, Path]) -> str | None:
+    """On the root (which alone knows where the sources are): a destination inside a
+    source directory would stage the tree into itself, as ``cp`` refuses to."""
+    if not manifest.prefixes:
+        return None
+    for index in range(len(manifest)):
+        path = manifest.path(index)
+        if b"/" in path or manifest.kinds[index] != DIRECTORY:
+            continue
+        source = os.path.realpath(manifest.source_path(index))
+        final = os.path.join(os.fsencode(os.path.realpath(finals[path].parent)),
+                             os.fsencode(finals[path].name))
+        if final == source or final.startswith(source + b"/"):
+            return (f"destination {str(finals[path])!r} is inside the source "
+                    f"{os.fsdecode(source)!r}; it cannot hold a copy of itself")
+    return None
 
 
 def _count_needs(check: NodeCheck, local: _Local, manifest: Manifest,

@@ -128,7 +128,7 @@ def test_write_failure_on_one_node_mid_transfer(area, make_file, assert_all, alg
 
 BAD_INPUTS = {
     "missing source": (lambda a: (a / "nope", a / "n{node}"), "does not exist"),
-    "source is a directory": (lambda a: (a, a / "n{node}"), "is a directory"),
+    "tree holding a FIFO": (lambda a: (a, a / "n{node}"), "1 special file .*fifo \\(a FIFO\\)"),
     "dest parent missing": (lambda a: (a / "src.bin", a / "missing" / "x"), "does not exist"),
     "dest parent missing on one node": (
         lambda a: (a / "src.bin", a / "n{node}" / "sub{node}" / "x"), "node 0 .*does not exist"),
