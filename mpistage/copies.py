@@ -9,11 +9,13 @@ and how it is put in place.  :class:`FileCopy` is the one file of the plan;
 from __future__ import annotations
 
 import os
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from .buffers import BufferPool, PhaseClock
-from .manifest import Manifest
-from .pipeline import EngineResult, SourceFactory
+from .manifest import TRAILER, Manifest, stream_files
+from .pipeline import EngineResult, ProgressCallback, SourceFactory
 from .plan import Plan
 from .preflight import NodeCheck
 from .sink import Sink
@@ -58,6 +60,9 @@ class FileCopy:
         sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
                     verify_digest=source_digest if verify else None)
 
+    def progress(self, callback: ProgressCallback) -> ProgressCallback:
+        return callback
+
     def counts(self, mine: NodeCheck, status: str) -> dict[str, int]:
         return {"files_copied": int(status == "copied"),
                 "files_up_to_date": int(status == "up-to-date"),
@@ -100,6 +105,22 @@ class TreeCopy:
     def finish(self, sink: TreeSink, plan: Plan, *, fsync: bool, verify: bool,
                source_digest: str | None) -> None:
         sink.commit(fsync=fsync, verify=verify)
+
+    def progress(self, callback: ProgressCallback) -> ProgressCallback:
+        """``callback``, also told the files sent (through its ``files`` method, if it
+        has one): the files whose last byte and digest have left the root."""
+        files = getattr(callback, "files", None)
+        if files is None:
+            return callback
+        ends = array("q")
+        for index in stream_files(self.manifest, self.needed):
+            ends.append((ends[-1] if ends else 0) + self.manifest.sizes[index] + TRAILER)
+
+        def tell(done: int, total: int) -> None:
+            files(bisect_right(ends, done), len(ends))
+            callback(done, total)
+
+        return tell
 
     def counts(self, mine: NodeCheck, status: str) -> dict[str, int]:
         """Files this node copied, had already, and failed to get."""

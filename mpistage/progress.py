@@ -1,4 +1,5 @@
-"""Progress on a terminal: bytes done, throughput and ETA, redrawn in place on stderr.
+"""Progress on a terminal: bytes (and a tree's files) done, throughput and ETA, redrawn
+in place on stderr.
 
 The library takes any ``progress(done, total)`` callable (no-op by default); this is the
 one the CLI uses on the root.
@@ -24,6 +25,11 @@ class TerminalProgress:
         self._started = time.monotonic()
         self._last = 0.0
         self._shown = False
+        self._files: tuple[int, int] | None = None
+
+    def files(self, done: int, total: int) -> None:
+        """Files done of the total (a tree's run tells them before the bytes)."""
+        self._files = (done, total)
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -38,9 +44,10 @@ class TerminalProgress:
         percent = 100.0 * done / total if total else 100.0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = f"ETA {(total - done) / rate:5.1f} s" if rate > 0 and not finished else " " * 11
+        files = f"  {self._files[0]} / {self._files[1]} files" if self._files else ""
         line = (
             f"\r  {format_bytes(done):>10} / {format_bytes(total)}  {percent:5.1f} %"
-            f"  {format_rate(done, elapsed):>12}  {eta}"
+            f"{files}  {format_rate(done, elapsed):>12}  {eta}"
         )
         self.stream.write(line + ("\n" if finished else ""))
         self.stream.flush()

@@ -120,7 +120,9 @@ def stage(
         no_clobber: fail on nodes where something other than an up-to-date copy
             already stands at the destination, instead of replacing it (sbcast's
             default; its ``--force`` is this option's absence).
-        progress: ``progress(done, total)`` called on the root as chunks leave it.
+        progress: ``progress(done, total)`` called on the root as chunks leave it (bytes
+            of the stream); for a tree, a callback that also has a ``files(done, total)``
+            method is told the files sent, too (the CLI's progress line shows both).
         started: a ``time.perf_counter()`` value counted as the start of the run; the
             CLI passes the process's start so that start-up includes MPI initialization.
 
@@ -345,7 +347,7 @@ def _transfer_and_commit(
         engine = Engine(
             plan, schedule, sink, depth=options.buffers(plan.chunk_size), timeout=timeout,
             peer_name=lambda rank: names[rank],
-            progress=progress if (progress is not None and is_root) else _noop,
+            progress=copy.progress(progress) if (progress is not None and is_root) else _noop,
             source=copy.source, digest_writes=copy.digest_writes,
             corrupt=faults.active("corrupt-chunk", mine.index),
         )

@@ -20,3 +20,11 @@ def test_shows_bytes_rate_and_eta_then_ends_the_line() -> None:
     bar(4 << 20, 4 << 20)
     assert out.getvalue().endswith("\n")
     assert "100.0 %" in out.getvalue()
+
+
+def test_a_tree_shows_files_as_well() -> None:
+    out = io.StringIO()
+    bar = TerminalProgress(out, delay=0.0, interval=0.0)
+    bar.files(3, 10)
+    bar(1 << 20, 4 << 20)
+    assert "3 / 10 files" in out.getvalue()

@@ -165,3 +165,29 @@ def test_root_other_than_rank_zero_and_explain(area, assert_all):
                             root=root, ranks_as_nodes=True, chunk_size=CHUNK)
     assert_all(report.ok)
     assert_all(listing(area / f"n{COMM.rank}" / "data") == listing(area / "src" / "data"))
+
+
+class Recorder:
+    """A progress callback that also counts files, as the CLI's progress line does."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int, int]] = []
+        self._files = (0, 0)
+
+    def files(self, done: int, total: int) -> None:
+        self._files = (done, total)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.calls.append((done, total, *self._files))
+
+
+def test_progress_counts_files_and_bytes(area, assert_all):
+    recorder = Recorder()
+    report = stage_tree(area, progress=recorder)
+    assert_all(report.ok)
+    if COMM.rank == 0:  # the root alone reports progress
+        good = (recorder.calls[-1] == (report.size, report.size, 42, 42)
+                and all(a[2] <= b[2] for a, b in zip(recorder.calls, recorder.calls[1:])))
+    else:
+        good = recorder.calls == []
+    assert_all(good, str(recorder.calls[-3:]))
