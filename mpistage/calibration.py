@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -75,6 +76,8 @@ class Calibration:
             f"  read R (root)    {_rate(p.read_bandwidth)}",
             f"  write W (min)    {_rate(p.write_bandwidth)}",
             f"  start-up I       {format_seconds(p.startup)}",
+            f"  per file φ (max) {format_seconds(p.file_cost) if p.file_cost else '-'}"
+            " (a tree's create, mode, mtime, close)",
         ]
         for link in self.links:
             lines.append(f"    link {link['from']} -> {link['to']} ({link['host']}): "
@@ -191,6 +194,24 @@ def _timed_write(directory: str, size: int) -> dict[str, Any]:
             "bandwidth": written / seconds if seconds > 0 else math.inf}
 
 
+def _timed_files(directory: str, count: int = 256) -> float:
+    """Seconds per file beyond its bytes, as a tree's sink spends them: create one
+    small file exclusively, set its mode and mtime, close it (then all are removed)."""
+    folder = tempfile.mkdtemp(prefix=".mpistage-calibrate.", dir=directory)
+    try:
+        started = time.perf_counter()
+        for number in range(count):
+            fd = os.open(os.path.join(folder, str(number)),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.write(fd, b"x")
+            os.fchmod(fd, 0o644)
+            os.utime(fd, ns=(0, 0))
+            os.close(fd)
+        return (time.perf_counter() - started) / count
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def calibrate(
     comm: MPI.Comm | None = None, *, source: str | None = None, dest: str | None = None,
     sample: int = 64 << 20, sizes: tuple[int, ...] = DEFAULT_SIZES, repeats: int = 3,
@@ -238,7 +259,8 @@ def calibrate(
             try:
                 directory = expand(dest, node=topo.node.index, host=topo.node.host, rank=comm.rank)
                 write = {"node": topo.node.index, "host": topo.node.host,
-                         **_timed_write(directory, sample)}
+                         **_timed_write(directory, sample),
+                         "file_cost": _timed_files(directory)}
             except OSError as exc:
                 write = {"node": topo.node.index, "host": topo.node.host, "error": exc.strerror}
             except UsageError as exc:
@@ -260,6 +282,7 @@ def calibrate(
                         read_bandwidth=read["bandwidth"] if read else math.inf,
                         write_bandwidth=min(measured_writes) if measured_writes else math.inf,
                         startup=startup,
+                        file_cost=max((w["file_cost"] for w in writes), default=0.0),
                     ),
                     nodes=len(topo.nodes), links=links, rtt=rtt, read=read, writes=writes,
                 )

@@ -41,6 +41,7 @@ class FileCopy:
 
     source: SourceFactory = FileSource
     digest_writes = True
+    files_in_stream = 0  # one file's bytes: no per-file cost in the model
 
     def open_sink(self, mine: NodeCheck, *, remove_first: bool, fsync: bool,
                   verify: bool) -> Sink:
@@ -83,6 +84,11 @@ class TreeCopy:
     node: NodeTree | None
     delete: bool = False
     digest_writes = False  # the sink checks each file against its own digest
+
+    @property
+    def files_in_stream(self) -> int:
+        """Files in the stream (what the model charges φ for)."""
+        return sum(1 for _ in stream_files(self.manifest, self.needed))
 
     def source(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> TreeSource:
         return TreeSource(plan, pool, clock, manifest=self.manifest, needed=self.needed)

@@ -19,7 +19,7 @@ from typing import Any
 from mpi4py import MPI
 
 from .errors import Stalled
-from .model import ASSUMED, MODELLED, Choice, Parameters, choice_is_settled, choose
+from .model import ASSUMED, ASSUMED_FILE_COST, MODELLED, Choice, Parameters, choice_is_settled, choose
 from .plan import Plan, SourceInfo
 from .waiting import poll
 
@@ -87,7 +87,7 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
 def decide(
     comm: MPI.Comm, root: int, info: SourceInfo, *, calibration: Parameters | None,
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
-    max_chunk: int | None = None,
+    max_chunk: int | None = None, files: int = 0,
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
     ``max_chunk``, the memory budget's limit), and the model's prediction; on the root
@@ -98,11 +98,13 @@ def decide(
     same whatever the link (every rank knows that without talking, from the size and the
     options): then measuring would cost as much as sending, and change nothing.  A
     larger file is always measured, so that its run tests the model's prediction.
+    ``files``: the files of a tree's stream (each costs φ, the calibration's
+    ``file_cost``, else :data:`~mpistage.model.ASSUMED_FILE_COST`).
     """
     auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
     candidates = dict(algorithms=MODELLED if auto_algorithm else (algorithm,),
                       chunk_size=None if auto_chunk else int(chunk_size), arity=arity,
-                      max_chunk=max_chunk)
+                      max_chunk=max_chunk, files=files)
     params, source = calibration, "calibration"
     if (params is None and info.size <= _PROBE_MAX
             and choice_is_settled(info.size, comm.size, **candidates)):
@@ -113,6 +115,8 @@ def decide(
     if comm.rank != root:
         return None
     assert params is not None
+    if files and not params.file_cost:
+        params = replace(params, file_cost=ASSUMED_FILE_COST)
     choice = choose(info.size, comm.size, replace(params, startup=0.0), **candidates)
     prediction = Prediction(source=source, parameters=params, nodes=comm.size, choice=choice,
                             auto=auto_algorithm or auto_chunk)

@@ -160,7 +160,8 @@ def stage(
         stall: str | None = None
         with _transfer_communicator(topo, checks) as transfer_comm:
             connect_early(topo, checks, transfer_comm, timeout)
-            plan, prediction = _decide_plan(topo, checks, transfer_comm, info, params, options)
+            plan, prediction = _decide_plan(topo, checks, transfer_comm, info, params, options,
+                                            copy.files_in_stream)
             phases["plan"] = time.perf_counter() - mark
             if topo.is_leader:
                 mine = next(c for c in checks if c.index == topo.node.index)
@@ -251,7 +252,7 @@ def _check_nodes(
 
 def _decide_plan(
     topo: Topology, checks: list[NodeCheck], transfer_comm: MPI.Comm | None,
-    info: SourceInfo, params: Parameters | None, options: StageOptions,
+    info: SourceInfo, params: Parameters | None, options: StageOptions, files: int = 0,
 ) -> tuple[Plan, Prediction | None]:
     """The plan, decided once on the root and broadcast to every rank: ``auto`` resolved
     by the model over the links among the nodes that need the file (the root measures
@@ -262,7 +263,8 @@ def _decide_plan(
         decided = decide(transfer_comm, participants(topo, checks).index(topo.root_node),
                          info, calibration=params, algorithm=options.algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
-                         timeout=options.timeout, max_chunk=options.max_auto_chunk)
+                         timeout=options.timeout, max_chunk=options.max_auto_chunk,
+                         files=files)
     if topo.comm.rank == options.root and decided is None:
         decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
                            if options.auto_chunk
@@ -438,7 +440,7 @@ def explain(
     what = SourceSpec.of(source, files_from, base, nul)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
         info, params, manifest = _agree_on_source(comm, what, dest, options)
-        checks, _, info = _check_nodes(topo, info, manifest, options)
+        checks, copy, info = _check_nodes(topo, info, manifest, options)
         bad = [c for c in checks if c.problem]
         if bad and not any(c.needs_data for c in checks):
             raise UsageError("\n".join(c.line() for c in bad))  # no node could take it
@@ -449,6 +451,7 @@ def explain(
                     transfer_comm, participants(topo, checks).index(topo.root_node), info,
                     calibration=params, algorithm=AUTO, chunk_size=options.chunk_size,
                     arity=arity, timeout=timeout, max_chunk=options.max_auto_chunk,
+                    files=copy.files_in_stream,
                 )
                 prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:

@@ -142,3 +142,20 @@ def test_link_fit_recovers_a_clean_link_and_never_returns_zero_or_infinity() -> 
     steep = [(4096, 1e-4), (4096, 1e-4), (65536, 1e-2), (65536, 1e-2)]
     alpha, bandwidth = fit_link(steep)  # fitted α < 0
     assert alpha == pytest.approx(1e-4) and bandwidth == pytest.approx(61440 / 9.9e-3)
+
+
+def test_a_tree_pays_its_per_file_cost_only_where_writing_is_the_bottleneck() -> None:
+    from dataclasses import replace
+
+    slow_link = Parameters(latency=20e-6, bandwidth=12.5e6, write_bandwidth=1e9, file_cost=50e-6)
+    files = 10_240  # 40 MiB in 4 KiB files, each followed by its 16-byte digest
+    tree_size = (40 << 20) + 16 * files
+    one = predict("chain", 40 << 20, 8, 1 << 20, slow_link)
+    tree = predict("chain", tree_size, 8, 1 << 20, slow_link, files=files)
+    assert 1.0 < tree / one < 1.03  # the link is the bottleneck: φ hides behind it
+    fast_link = replace(slow_link, bandwidth=1.25e10)
+    one = predict("chain", 40 << 20, 8, 1 << 20, fast_link)
+    tree = predict("chain", tree_size, 8, 1 << 20, fast_link, files=files)
+    assert tree - one == pytest.approx(files * 50e-6, rel=0.1)  # now φ is what it costs
+    assert predict("chain", tree_size, 8, 1 << 20, replace(fast_link, file_cost=0.0),
+                   files=files) < tree
