@@ -287,3 +287,68 @@ def test_full_disk_host_skipped_on_request(faulty4: EmulatedCluster, tmp_path: P
     for i in (0, 1, 3):  # the chain was re-formed around the full host
         assert file_digest(faulty4.scratch_dir(i) / src.name) == file_digest(src)
         (faulty4.scratch_dir(i) / src.name).unlink()
+
+
+# -- trees ----------------------------------------------------------------------------------
+
+def sample_tree(tmp_path: Path) -> Path:
+    """``tmp_path/dataset``: 300 small files in nested directories, one of 3 MiB, an
+    empty directory and a symlink."""
+    top = tmp_path / "dataset"
+    for shard in range(3):
+        folder = top / f"shard{shard}" / "part"
+        folder.mkdir(parents=True)
+        for number in range(100):
+            (folder / f"{number:03d}.txt").write_bytes(os.urandom(number * 41))
+    (top / "weights.bin").write_bytes(os.urandom(3 << 20))
+    (top / "empty").mkdir()
+    (top / "latest").symlink_to("shard2")
+    return top
+
+
+def tree_listing(top: Path) -> dict[str, object]:
+    return {str(p.relative_to(top)): (os.readlink(p) if p.is_symlink() else
+                                      None if p.is_dir() else file_digest(p))
+            for p in sorted(top.rglob("*"))}
+
+
+@needs_root
+def test_a_tree_on_8_hosts_then_only_what_changed(cluster8: EmulatedCluster,
+                                                  tmp_path: Path) -> None:
+    src = sample_tree(tmp_path)
+    run, report = stage_on(cluster8, tmp_path, src)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert report["ok"] and report["tree"]["files"] == 301 and report["tree"]["files_sent"] == 301
+    expected = tree_listing(src)
+    for i in range(8):
+        assert tree_listing(cluster8.scratch_dir(i) / "dataset") == expected, f"host {i}"
+        assert os.listdir(cluster8.scratch_dir(i)) == ["dataset"], "no temp entry left"
+    (cluster8.scratch_dir(5) / "dataset" / "shard1" / "part" / "007.txt").write_bytes(b"bad")
+    (src / "shard0" / "part" / "003.txt").write_bytes(b"new on the root")
+    run, report = stage_on(cluster8, tmp_path, src)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert report["tree"]["files_sent"] == 2, report["tree"]
+    copied = {n["host"]: n["files_copied"] for n in report["nodes"]}
+    assert copied[cluster8.hostnames[5]] == 2
+    assert all(copied[h] == 1 for h in cluster8.hostnames if h != cluster8.hostnames[5])
+    expected = tree_listing(src)
+    for i in range(8):
+        assert tree_listing(cluster8.scratch_dir(i) / "dataset") == expected, f"host {i}"
+        shutil.rmtree(cluster8.scratch_dir(i) / "dataset")
+
+
+@needs_root
+def test_a_tree_too_big_for_one_host_stops_before_anything_moves(faulty4: EmulatedCluster,
+                                                                tmp_path: Path) -> None:
+    src = sample_tree(tmp_path)
+    run, report = stage_on(faulty4, tmp_path, src, hosts=[0, 2, 3])
+    assert run.returncode == 2 and report == {}
+    assert f"node 1 ({faulty4.hostnames[2]}): not enough space in /scratch" in run.stderr
+    assert all(os.listdir(faulty4.scratch_dir(i)) == [] for i in range(4)), "nothing created"
+    run, report = stage_on(faulty4, tmp_path, src, "--skip-bad-nodes", hosts=[0, 2, 3])
+    assert run.returncode == 1 and [n["status"] for n in report["nodes"]] == \
+        ["copied", "skipped", "copied"]
+    for i in (0, 3):
+        assert tree_listing(faulty4.scratch_dir(i) / "dataset") == tree_listing(src)
+        shutil.rmtree(faulty4.scratch_dir(i) / "dataset")
+    assert os.listdir(faulty4.scratch_dir(2)) == []

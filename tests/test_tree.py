@@ -342,3 +342,27 @@ def test_any_tree_any_chunk_any_prior_state(tmp_path_factory: pytest.TempPathFac
     assert {k: v[:2] for k, v in listing(dest / "t").items()} == \
         {k: v[:2] for k, v in listing(data).items()}
     assert TRAILER == 16
+
+
+def test_preflight_counts_inodes_as_well_as_bytes(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpistage.preflight import NodeCheck
+    from mpistage.treecheck import _count_needs
+
+    data = make_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    manifest = walk([data])
+    local = _Local(manifest, resolve_tops(top_entries(manifest), str(dest), mkdir=False),
+                   quick=False)
+    local.compare()
+    real = os.statvfs(dest)
+
+    class Few:  # plenty of bytes, 5 inodes
+        f_bavail, f_frsize, f_files, f_favail = real.f_bavail, real.f_frsize, 1000, 5
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Few)
+    check = _count_needs(NodeCheck(index=0, host="h", rank=0, target=str(dest)), local,
+                         manifest, remove_first=False)
+    assert check.problem == f"not enough inodes in {dest}: 5 free, 10 needed"
+    assert (check.files_wanted, check.bytes_wanted) == (4, 205_006)
