@@ -83,7 +83,21 @@ class Manifest:
     def path(self, index: int) -> bytes:
         """Entry ``index``'s path relative to the destination, ``/``-separated."""
         start = self.path_ends[index - 1] if index else 0
-        return bytes(self.path_blob[start:self.path_ends[index]])
+        return self._paths[start:self.path_ends[index]]
+
+    @property
+    def _paths(self) -> bytes:
+        """The path blob as ``bytes``, whose slices are one copy (a ``bytearray``'s
+        would be two); made once the manifest is complete."""
+        frozen = self.__dict__.get("_frozen_paths")
+        if frozen is None or len(frozen) != len(self.path_blob):
+            frozen = self.__dict__["_frozen_paths"] = bytes(self.path_blob)
+        return frozen
+
+    def top_indices(self) -> list[int]:
+        """Indices of the top-level entries (no ``/`` in their path)."""
+        ends, blob = self.path_ends, self._paths
+        return [i for i in range(len(self)) if b"/" not in blob[ends[i - 1] if i else 0:ends[i]]]
 
     def link(self, index: int) -> bytes:
         start = self.link_ends[index - 1] if index else 0
@@ -112,12 +126,9 @@ class Manifest:
         return sum(self.sizes)
 
     def top_names(self) -> list[bytes]:
-        """The first component of every path, in order, each once: what lands directly
-        in the destination directory (and is committed as one unit there)."""
-        seen: dict[bytes, None] = {}
-        for index in range(len(self)):
-            seen.setdefault(self.path(index).split(b"/", 1)[0], None)
-        return list(seen)
+        """What lands directly in the destination directory (each committed as one unit
+        there); every other path starts with one of them."""
+        return [self.path(i) for i in self.top_indices()]
 
     def nbytes(self) -> int:
         """Bytes the columns take (what :meth:`bcast` moves)."""

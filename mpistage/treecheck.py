@@ -33,7 +33,7 @@ from .units import format_bytes
 
 log = logging.getLogger("mpistage.treecheck")
 
-_BLOCK = 8 << 20
+_BLOCK = 1 << 20
 
 
 def resolve_tops(manifest_tops: list[tuple[bytes, int]], dest: str, *, mkdir: bool) -> dict[bytes, Path]:
@@ -109,8 +109,8 @@ def _check_final(final: Path, kind: int) -> None:
 
 
 def top_entries(manifest: Manifest) -> list[tuple[bytes, int]]:
-    return [(manifest.path(i), manifest.kinds[i]) for i in range(len(manifest))
-            if b"/" not in manifest.path(i)]
+    """``(name, kind)`` of each top-level entry."""
+    return [(manifest.path(i), manifest.kinds[i]) for i in manifest.top_indices()]
 
 
 class _Local:
@@ -128,10 +128,12 @@ class _Local:
         self.old_sizes = array("q", bytes(8 * n))  # regular files already there
         self.changed: set[bytes] = set()
         self.present: dict[bytes, int] = {}  # per top: entries at the source's paths
+        self._final_names = {top: os.fsencode(final) for top, final in finals.items()}
 
-    def final_of(self, path: bytes) -> Path:
+    def final_of(self, path: bytes) -> bytes:
         top, _, rest = path.partition(b"/")
-        return self.finals[top] / os.fsdecode(rest) if rest else self.finals[top]
+        final = self._final_names[top]
+        return final + b"/" + rest if rest else final
 
     def compare(self) -> None:
         manifest = self.manifest
@@ -160,8 +162,8 @@ class _Local:
                 else:
                     self._differs(index, top)
             elif kind == SYMLINK:
-                if stat.S_ISLNK(st.st_mode) and os.readlink(self.final_of(path)) == \
-                        os.fsdecode(manifest.link(index)):
+                if stat.S_ISLNK(st.st_mode) and \
+                        os.readlink(self.final_of(path)) == manifest.link(index):
                     pass
                 else:
                     self._differs(index, top)
@@ -189,12 +191,13 @@ class _Local:
 
     def settle(self, digests: bytes, order: list[int]) -> None:
         """Compare this node's candidate files with the root's digests."""
+        block = memoryview(bytearray(_BLOCK))
         for position, index in enumerate(order):
             if not self.candidates[index]:
                 continue
             expected = digests[TRAILER * position:TRAILER * (position + 1)]
             try:
-                same = _digest(self.final_of(self.manifest.path(index))) == expected
+                same = _digest(self.final_of(self.manifest.path(index)), block) == expected
             except OSError:
                 same = False
             if not same:
@@ -236,14 +239,14 @@ def _count(directory: Path) -> int:
     return total
 
 
-def _digest(path: str | os.PathLike[str] | bytes) -> bytes:
+def _digest(path: str | os.PathLike[str] | bytes, block: memoryview) -> bytes:
+    """The file's xxh3-128, read through ``block`` (one buffer for every file: a tree's
+    files are mostly small, and allocating a block each would cost more than reading)."""
     digest = new_digest()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     try:
-        buf = bytearray(_BLOCK)
-        view = memoryview(buf)
-        while n := os.readv(fd, [view]):
-            digest.update(view[:n])
+        while n := os.readv(fd, [block]):
+            digest.update(block[:n])
     finally:
         os.close(fd)
     return digest.digest()
@@ -307,9 +310,10 @@ def _root_digests(manifest: Manifest, order: list[int]) -> bytearray:
     cannot be read gets an impossible digest: the nodes' copies then count as outdated
     and the transfer reports the error)."""
     out = bytearray()
+    block = memoryview(bytearray(_BLOCK))
     for index in order:
         try:
-            out += _digest(manifest.source_path(index))
+            out += _digest(manifest.source_path(index), block)
         except OSError as exc:
             log.warning("cannot digest %s: %s", os.fsdecode(manifest.source_path(index)), exc)
             out += bytes(TRAILER)
@@ -348,9 +352,9 @@ def _inside_source(manifest: Manifest, finals: dict[bytes, Path]) -> str | None:
     source directory would stage the tree into itself, as ``cp`` refuses to."""
     if not manifest.prefixes:
         return None
-    for index in range(len(manifest)):
+    for index in manifest.top_indices():
         path = manifest.path(index)
-        if b"/" in path or manifest.kinds[index] != DIRECTORY:
+        if manifest.kinds[index] != DIRECTORY:
             continue
         source = os.path.realpath(manifest.source_path(index))
         final = os.path.join(os.fsencode(os.path.realpath(finals[path].parent)),

@@ -57,10 +57,12 @@ class NodeTree:
     have_inodes: array
     fix_meta: bytearray
 
-    def final_of(self, path: bytes) -> Path:
+    def final_of(self, path: bytes) -> bytes:
+        """Where entry ``path`` stands at the destination (bytes: a path per file, and
+        pathlib would cost more than the system call)."""
         top, _, rest = path.partition(b"/")
-        final = self.finals[top]
-        return final / os.fsdecode(rest) if rest else final
+        final = os.fsencode(self.finals[top])
+        return final + b"/" + rest if rest else final
 
 
 def exchange(first: Path, second: Path) -> None:
@@ -125,6 +127,7 @@ class TreeSink:
         self.error: str | None = None
         self.timings: dict[str, float] = {}
         self.temps: dict[bytes, Path] = {}
+        self._temp_names: dict[bytes, bytes] = {}  # the same, encoded
         self._top_fds: dict[bytes, int] = {}  # top-level files' temp files, open
         self._digests = {} if verify else None  # entry -> digest written, for --verify
         self._files = stream_files(manifest, needed)
@@ -138,19 +141,15 @@ class TreeSink:
 
     # -- before the stream: the temp entries, directories and symlinks ----------------------
 
-    def _path_of(self, path: bytes) -> Path:
+    def _path_of(self, path: bytes) -> bytes:
         """Where entry ``path`` is built: under its top-level entry's temp name."""
         top, _, rest = path.partition(b"/")
-        temp = self.temps[top]
-        return temp / os.fsdecode(rest) if rest else temp
+        temp = self._temp_names[top]
+        return temp + b"/" + rest if rest else temp
 
     def _build_skeleton(self) -> None:
         manifest, tree = self.manifest, self.tree
-        tops = {}
-        for index in range(len(manifest)):
-            path = manifest.path(index)
-            if b"/" not in path:
-                tops[path] = index
+        tops = {manifest.path(index): index for index in manifest.top_indices()}
         for top in sorted(tree.changed):
             final = tree.finals[top]
             prefix = temp_prefix(final.name, os.getpid())
@@ -168,6 +167,7 @@ class TreeSink:
                 else:
                     self._top_fds[top] = fd  # the stream's bytes for it go here
             self.temps[top] = temp
+            self._temp_names[top] = os.fsencode(temp)
             interrupt.register_temp_file(temp)
         for index in range(len(manifest)):
             kind = manifest.kinds[index]
@@ -208,10 +208,12 @@ class TreeSink:
             path = self.manifest.path(index)
             if self.remove_first:
                 self._remove_old(path)
-            if b"/" in path:
-                self._fd = os.open(self._path_of(path), _CREATE, 0o600)
+            if b"/" in path:  # created with its final mode (a new file is writable anyway)
+                self._fd = os.open(self._path_of(path), _CREATE,
+                                   copy_mode(self.manifest.modes[index]))
             else:
                 self._fd = self._top_fds.pop(path)
+                os.fchmod(self._fd, copy_mode(self.manifest.modes[index]))
         else:
             self._fd = -1
 
@@ -240,7 +242,6 @@ class TreeSink:
                 return
             if self.fsync:
                 os.fsync(fd)
-            os.fchmod(fd, copy_mode(self.manifest.modes[index]))
             mtime = self.manifest.mtimes[index]
             os.utime(fd, ns=(time.time_ns(), mtime))
             self.files_written += 1
@@ -307,7 +308,8 @@ class TreeSink:
             built = self._path_of(path)
             _link_or_copy(tree.final_of(path), built)
             if os.lstat(built).st_ino != tree.have_inodes[index]:
-                raise OSError(errno.ESTALE, f"{tree.final_of(path)} changed during the run")
+                raise OSError(errno.ESTALE,
+                              f"{os.fsdecode(tree.final_of(path))} changed during the run")
             if tree.fix_meta[index]:
                 os.chmod(built, copy_mode(manifest.modes[index]), follow_symlinks=False)
                 os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]),
@@ -410,7 +412,7 @@ def _is_real_dir(path: Path) -> bool:
         return False
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _link_or_copy(source: Path | bytes, target: Path | bytes) -> None:
     """A hard link where the file system allows it, else a copy (symlinks as links)."""
     try:
         os.link(source, target, follow_symlinks=False)
