@@ -58,11 +58,14 @@ def current_umask() -> int:
     return mask
 
 
-def copy_mode(source_mode: int) -> int:
+def copy_mode(source_mode: int, umask: int | None = None) -> int:
     """The permission bits every copy gets: the source's, minus the umask, never
     world-writable, and never setuid or setgid (as ``cp`` without ``-p``: a setuid
-    binary owned by root must not become setuid on a thousand nodes)."""
-    return source_mode & ~current_umask() & ~0o002 & 0o1777
+    binary owned by root must not become setuid on a thousand nodes).  A tree's sink
+    passes ``umask``, read once: reading it costs two system calls, and setting it
+    back and forth while another thread creates files would be a race."""
+    mask = current_umask() if umask is None else umask
+    return source_mode & ~mask & ~0o002 & 0o1777
 
 
 class Abandoned(OSError):

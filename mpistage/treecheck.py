@@ -26,7 +26,7 @@ from .errors import UsageError
 from .manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest
 from .plan import SourceInfo, describe_file_type, expand
 from .preflight import NodeCheck, stop_unless_skipping
-from .sink import copy_mode, remove_stale_temps
+from .sink import copy_mode, current_umask, remove_stale_temps
 from .topology import Topology
 from .treesink import NodeTree
 from .units import format_bytes
@@ -137,6 +137,7 @@ class _Local:
 
     def compare(self) -> None:
         manifest = self.manifest
+        umask = current_umask()
         real_dirs: set[bytes] = set()
         for index in range(len(manifest)):
             path = manifest.path(index)
@@ -157,7 +158,7 @@ class _Local:
             if kind == DIRECTORY:
                 if stat.S_ISDIR(st.st_mode):
                     real_dirs.add(path)
-                    if stat.S_IMODE(st.st_mode) != copy_mode(manifest.modes[index]):
+                    if stat.S_IMODE(st.st_mode) != copy_mode(manifest.modes[index], umask):
                         self.changed.add(top)
                 else:
                     self._differs(index, top)
@@ -170,7 +171,8 @@ class _Local:
             elif stat.S_ISREG(st.st_mode) and st.st_size == manifest.sizes[index]:
                 self.inodes[index] = st.st_ino
                 same_mtime = st.st_mtime_ns == manifest.mtimes[index]
-                if stat.S_IMODE(st.st_mode) != copy_mode(manifest.modes[index]) or not same_mtime:
+                mode = copy_mode(manifest.modes[index], umask)
+                if stat.S_IMODE(st.st_mode) != mode or not same_mtime:
                     self.fix_meta[index] = 1
                 if self.quick:
                     if not same_mtime:
@@ -367,7 +369,8 @@ def _inside_source(manifest: Manifest, finals: dict[bytes, Path]) -> str | None:
 
 def _count_needs(check: NodeCheck, local: _Local, manifest: Manifest,
                  remove_first: bool) -> NodeCheck:
-    """This node's bytes and inodes to write, against its free space and inodes."""
+    """This node's bytes (in whole blocks) and inodes to write, against its free space
+    and inodes."""
     wanted = [i for i in manifest.files() if local.wants[i]]
     need_bytes = sum(manifest.sizes[i] for i in wanted)
     inodes = len(wanted) + sum(1 for i in range(len(manifest))
@@ -382,11 +385,14 @@ def _count_needs(check: NodeCheck, local: _Local, manifest: Manifest,
     except OSError as exc:
         return replace(check, problem=f"cannot inspect {parent}: {exc.strerror}")
     free = fs.f_bavail * fs.f_frsize
-    reclaimable = sum(local.old_sizes[i] for i in wanted) if remove_first else 0
+    block = fs.f_frsize or 1  # a file takes whole blocks: 10,000 files of 1 KiB, 40 MiB
+    on_disk = sum(-(-manifest.sizes[i] // block) * block for i in wanted)
+    reclaimable = (sum(-(-local.old_sizes[i] // block) * block for i in wanted)
+                   if remove_first else 0)
     check = replace(check, free=free)
-    if free + reclaimable < need_bytes:
+    if free + reclaimable < on_disk:
         return replace(check, problem=f"not enough space in {parent}: {format_bytes(free)} "
-                       f"free, {format_bytes(need_bytes)} needed")
+                       f"free, {format_bytes(on_disk)} needed")
     if fs.f_files and fs.f_favail < inodes:
         return replace(check, problem=f"not enough inodes in {parent}: {fs.f_favail} free, "
                        f"{inodes} needed")

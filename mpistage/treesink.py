@@ -30,7 +30,7 @@ from pathlib import Path
 from . import interrupt
 from .digest import file_digest, new_digest
 from .manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, stream_files
-from .sink import TEMP_SUFFIX, copy_mode, temp_prefix
+from .sink import TEMP_SUFFIX, copy_mode, current_umask, temp_prefix
 
 log = logging.getLogger("mpistage.treesink")
 
@@ -137,6 +137,7 @@ class TreeSink:
         self._digest = new_digest()
         self._trailer = bytearray()
         self._write_some = os.write  # a test fault may make it hang (mpistage.faults)
+        self._umask = current_umask()
         self._build_skeleton()
 
     # -- before the stream: the temp entries, directories and symlinks ----------------------
@@ -210,10 +211,10 @@ class TreeSink:
                 self._remove_old(path)
             if b"/" in path:  # created with its final mode (a new file is writable anyway)
                 self._fd = os.open(self._path_of(path), _CREATE,
-                                   copy_mode(self.manifest.modes[index]))
+                                   copy_mode(self.manifest.modes[index], self._umask))
             else:
                 self._fd = self._top_fds.pop(path)
-                os.fchmod(self._fd, copy_mode(self.manifest.modes[index]))
+                os.fchmod(self._fd, copy_mode(self.manifest.modes[index], self._umask))
         else:
             self._fd = -1
 
@@ -303,17 +304,17 @@ class TreeSink:
         manifest, tree = self.manifest, self.tree
         for index in manifest.files():
             path = manifest.path(index)
-            if tree.wants[index] or b"/" not in path or path.split(b"/", 1)[0] not in tree.changed:
+            if (tree.wants[index] or b"/" not in path
+                    or path.split(b"/", 1)[0] not in tree.changed):
                 continue
             built = self._path_of(path)
             _link_or_copy(tree.final_of(path), built)
             if os.lstat(built).st_ino != tree.have_inodes[index]:
                 raise OSError(errno.ESTALE,
                               f"{os.fsdecode(tree.final_of(path))} changed during the run")
-            if tree.fix_meta[index]:
-                os.chmod(built, copy_mode(manifest.modes[index]), follow_symlinks=False)
-                os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]),
-                         follow_symlinks=False)
+            if tree.fix_meta[index]:  # the inode just checked: a regular file of ours
+                os.chmod(built, copy_mode(manifest.modes[index], self._umask))
+                os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]))
             self.progress += 1
         if not self.delete:
             for top in tree.changed:
@@ -353,7 +354,7 @@ class TreeSink:
             if path.split(b"/", 1)[0] not in self.tree.changed:
                 continue
             built = self._path_of(path)
-            os.chmod(built, copy_mode(manifest.modes[index]))
+            os.chmod(built, copy_mode(manifest.modes[index], self._umask))
             os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]))
         for index in range(len(manifest)):
             if manifest.kinds[index] == SYMLINK:

@@ -352,3 +352,32 @@ def test_a_tree_too_big_for_one_host_stops_before_anything_moves(faulty4: Emulat
         assert tree_listing(faulty4.scratch_dir(i) / "dataset") == tree_listing(src)
         shutil.rmtree(faulty4.scratch_dir(i) / "dataset")
     assert os.listdir(faulty4.scratch_dir(2)) == []
+
+
+@needs_root
+def test_a_host_whose_disk_fills_mid_tree_keeps_nothing_of_it(faulty4: EmulatedCluster,
+                                                              tmp_path: Path) -> None:
+    """On one host the kernel refuses writes past 1 MiB (RLIMIT_FSIZE, set after MPI_Init:
+    its shared-memory set-up needs larger files), in the middle of the tree's 3 MiB file:
+    that host keeps nothing of the tree, the others get all of it."""
+    src = sample_tree(tmp_path)
+    victim = faulty4.hostnames[3]
+    limited = (
+        "import os, resource, sys; from mpi4py import MPI\n"
+        f"if os.uname().nodename == {victim!r}:\n"
+        "    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))\n"
+        "from mpistage.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    report_path = tmp_path / "report.json"
+    run = faulty4.mpiexec([sys.executable, "-c", limited, "--report", str(report_path),
+                           str(src), faulty4.scratch], hosts=[0, 1, 3], env=TIMEOUT,
+                          capture_output=True, text=True, timeout=600)
+    report = json.loads(report_path.read_text())
+    assert run.returncode == 1, run.stdout + run.stderr
+    failed = [n for n in report["nodes"] if not n["ok"]]
+    assert [n["host"] for n in failed] == [victim]
+    assert "File too large" in failed[0]["error"]
+    assert os.listdir(faulty4.scratch_dir(3)) == [], "nothing of the tree, no temp entry"
+    for i in (0, 1):
+        assert tree_listing(faulty4.scratch_dir(i) / "dataset") == tree_listing(src)
+        shutil.rmtree(faulty4.scratch_dir(i) / "dataset")

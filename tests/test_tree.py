@@ -366,3 +366,18 @@ def test_preflight_counts_inodes_as_well_as_bytes(tmp_path: Path,
                          manifest, remove_first=False)
     assert check.problem == f"not enough inodes in {dest}: 5 free, 10 needed"
     assert (check.files_wanted, check.bytes_wanted) == (4, 205_006)
+
+
+def test_a_copy_whose_mode_or_mtime_differs_is_fixed_without_its_bytes(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stage_locally(walk([data]), dest)
+    copy = dest / "data" / "sub" / "deeper" / "x"
+    os.chmod(copy, 0o600)
+    os.utime(copy, ns=(0, 5))
+    inode = copy.stat().st_ino
+    sink, _ = stage_locally(walk([data]), dest)
+    assert sink.files_written == 0 and sink.bytes_written == 0
+    assert copy.stat().st_ino == inode, "the same file, linked into the new tree"
+    assert listing(dest / "data") == listing(data)
