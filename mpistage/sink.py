@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -247,6 +246,8 @@ def remove_stale_temps(final_path: str | os.PathLike[str]) -> list[Path]:
                 os.unlink(final.parent / name)
                 removed.append(final.parent / name)
             except IsADirectoryError:  # a tree's (mpistage.treesink)
+                import shutil
+
                 shutil.rmtree(final.parent / name, ignore_errors=True)
                 removed.append(final.parent / name)
             except OSError:

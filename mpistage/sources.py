@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Union
 
 from .errors import UsageError
-from .manifest import DIRECTORY, FILE, SYMLINK, Manifest, read_list, stream_files, walk, walk_list
 from .plan import SourceInfo, check_template
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 #: What :func:`mpistage.stage` takes as its source.
 Sources = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], None]
@@ -61,6 +63,8 @@ class SourceSpec:
     def walk(self, dest: str, *, skip_special: bool) -> tuple[Manifest, SourceInfo]:
         """Root only: the tree's manifest, and a description of it for the plan (its
         size is the stream's, set once the nodes have said what they lack)."""
+        from .manifest import read_list, walk, walk_list  # a file's run never walks
+
         check_template(dest)
         if self.files_from is not None:
             listing = os.path.abspath(self.files_from)
@@ -78,17 +82,3 @@ class SourceSpec:
                 shown += f" and {len(names) - _SHOWN} more"
         return manifest, SourceInfo(source=shown, size=0, mode=0, mtime_ns=0, dest=dest)
 
-
-def tree_summary(manifest: Manifest, needed: bytearray) -> dict[str, Any]:
-    """The tree's counts for the report: entries by type, bytes, and what was sent."""
-    kinds = manifest.kinds
-    sent = list(stream_files(manifest, needed))
-    return {
-        "files": kinds.count(FILE),
-        "directories": kinds.count(DIRECTORY),
-        "symlinks": kinds.count(SYMLINK),
-        "bytes": manifest.total_bytes,
-        "files_sent": len(sent),
-        "bytes_sent": sum(manifest.sizes[i] for i in sent),
-        "skipped_special": list(manifest.skipped),
-    }

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from mpi4py import MPI
 
@@ -30,15 +31,17 @@ from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
-from .copies import FileCopy, TreeCopy
-from .manifest import Manifest, stream_size
+from .copies import FileCopy
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
-from .sources import Sources, SourceSpec, tree_summary
-from .treecheck import check_tree
-from .treesink import TreeSink
+from .sources import Sources, SourceSpec
+
+if TYPE_CHECKING:  # a tree's modules load only for a tree's run
+    from .manifest import Manifest
+    from .treecopy import TreeCopy
+    from .treesink import TreeSink
 from .topology import Topology
 
 log = logging.getLogger("mpistage.staging")
@@ -177,7 +180,7 @@ def stage(
         phases["total"] = time.perf_counter() - start
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
-        tree = tree_summary(manifest, copy.needed) if isinstance(copy, TreeCopy) else None
+        tree = copy.summary() if not isinstance(copy, FileCopy) else None
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
                                options.buffers(plan.chunk_size), timeout, tree)
 
@@ -228,6 +231,8 @@ def _agree_on_source(
     assert outcome is not None
     info, params, is_tree, skipped = outcome
     if is_tree:
+        from .manifest import Manifest
+
         manifest = (manifest or Manifest()).bcast(comm, options.root)
         manifest.skipped = skipped
     return info, params, manifest
@@ -243,6 +248,10 @@ def _check_nodes(
                            quick=options.quick, skip_bad_nodes=options.skip_bad_nodes,
                            no_clobber=options.no_clobber)
         return checks, FileCopy(), info
+    from .manifest import stream_size
+    from .treecheck import check_tree
+    from .treecopy import TreeCopy
+
     checks, node_tree, needed = check_tree(
         topo, manifest, info, mkdir=options.mkdir, remove_first=options.remove_first,
         quick=options.quick, delete=options.delete, skip_bad_nodes=options.skip_bad_nodes)

@@ -381,3 +381,24 @@ def test_a_copy_whose_mode_or_mtime_differs_is_fixed_without_its_bytes(tmp_path:
     assert sink.files_written == 0 and sink.bytes_written == 0
     assert copy.stat().st_ino == inode, "the same file, linked into the new tree"
     assert listing(dest / "data") == listing(data)
+
+
+def test_remove_first_deletes_each_outdated_file_before_its_bytes(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stage_locally(walk([data]), dest)
+    old = dest / "data" / "big.bin"
+    link = tmp_path / "held"
+    os.link(old, link)  # a second name, to see the old file's fate
+    (data / "big.bin").write_bytes(os.urandom(200_000))
+    manifest = walk([data])
+    finals = resolve_tops(top_entries(manifest), str(dest), mkdir=False)
+    local = _Local(manifest, finals, quick=False)
+    local.compare()
+    order = [i for i in range(len(manifest)) if local.candidates[i]]
+    local.settle(bytes(_root_digests(manifest, order)), order)
+    sink = TreeSink(manifest, bytearray(local.wants), local.node_tree(), remove_first=True)
+    sink._remove_old(b"data/big.bin")
+    assert link.stat().st_nlink == 1, "the outdated copy was unlinked before its bytes came"
+    sink.discard()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import stat
 from pathlib import Path
 
@@ -191,3 +192,59 @@ def test_progress_counts_files_and_bytes(area, assert_all):
     else:
         good = recorder.calls == []
     assert_all(good, str(recorder.calls[-3:]))
+
+
+def test_a_symlink_planted_inside_dest_is_replaced_not_followed(area, assert_all):
+    stage_tree(area)
+    outside = area / f"outside{COMM.rank}"
+    outside.mkdir()
+    (outside / "small05").write_text("not yours")
+    mine = area / f"n{COMM.rank}" / "data"
+    if COMM.rank == COMM.size - 1:  # a user of the last node swaps a directory for a link
+        shutil.rmtree(mine / "sub")
+        (mine / "sub").symlink_to(outside)
+    COMM.Barrier()
+    report = stage_tree(area)
+    assert_all(report.ok and report.tree["files_sent"] == 41, str(report.tree))
+    assert_all(listing(mine) == listing(area / "src" / "data"))
+    assert_all(os.listdir(outside) == ["small05"] and
+               (outside / "small05").read_text() == "not yours", "written through a link")
+
+
+def test_a_file_unreadable_on_the_root_fails_every_node_and_leaves_nothing(
+        area, assert_all, monkeypatch):
+    from mpistage import treesource
+
+    real = treesource._pread_full
+
+    def failing(fd, view, offset):  # type: ignore[no-untyped-def]
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("big.bin"):
+            raise OSError(5, "Input/output error")
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(treesource, "_pread_full", failing)  # acts on the root only
+    report = stage_tree(area)
+    assert_all(not report.ok and len(report.failed) == COMM.size)
+    assert_all("big.bin failed: Input/output error" in (report.source_error or ""),
+               str(report.source_error))
+    assert_all(os.listdir(area / f"n{COMM.rank}") == [], "nothing of the tree anywhere")
+
+
+def test_a_file_changed_after_the_walk_fails_the_run(area, assert_all, monkeypatch):
+    from mpistage.treesource import TreeSource
+
+    real = TreeSource._open_next
+
+    grown = []
+
+    def appending(self):  # type: ignore[no-untyped-def]
+        if not grown:  # once, after the walk, before the root reads the first file
+            with open(area / "src" / "data" / "sub" / "deeper" / "x", "ab") as tail:
+                grown.append(tail.write(b"more"))
+        real(self)
+
+    monkeypatch.setattr(TreeSource, "_open_next", appending)  # the root's reader only
+    report = stage_tree(area)
+    assert_all(not report.ok and "x changed size (1 to 5 bytes)" in (report.source_error or ""),
+               str(report.source_error))
+    assert_all(os.listdir(area / f"n{COMM.rank}") == [])
