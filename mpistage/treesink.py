@@ -186,20 +186,21 @@ class TreeSink:
     def write(self, data: memoryview) -> None:
         """Take the next bytes of the stream; raises ``OSError`` as the kernel reports."""
         view = memoryview(data).cast("B")
-        while view:
+        position, end = 0, len(view)
+        while position < end:
             if self._index < 0 or (self._left == 0 and len(self._trailer) == TRAILER):
                 self._next_file()
-                continue
             if self._left:
-                count = min(self._left, len(view))
-                self._write_file(view[:count])
+                count = min(self._left, end - position)
+                if self._fd >= 0:
+                    self._write_file(view[position:position + count])
                 self._left -= count
             else:
-                count = min(TRAILER - len(self._trailer), len(view))
-                self._trailer += view[:count]
+                count = min(TRAILER - len(self._trailer), end - position)
+                self._trailer += view[position:position + count]
                 if len(self._trailer) == TRAILER:
                     self._end_file()
-            view = view[count:]
+            position += count
 
     def _next_file(self) -> None:
         index = next(self._files)
@@ -220,8 +221,6 @@ class TreeSink:
             self._fd = -1
 
     def _write_file(self, view: memoryview) -> None:
-        if self._fd < 0:
-            return
         self._digest.update(view)
         while view:
             written = self._write_some(self._fd, view)
@@ -234,13 +233,12 @@ class TreeSink:
             return
         index, fd = self._index, self._fd
         self._fd = -1
-        path = self.manifest.path(index)
         try:
             digest = self._digest.digest()
-            if digest != bytes(self._trailer):
+            if digest != self._trailer:
                 if self.error is None:
-                    self.error = (f"digest mismatch on {os.fsdecode(path)}: wrote "
-                                  f"{digest.hex()}, source {bytes(self._trailer).hex()}")
+                    self.error = (f"digest mismatch on {os.fsdecode(self.manifest.path(index))}:"
+                                  f" wrote {digest.hex()}, source {self._trailer.hex()}")
                 return
             if self.fsync:
                 os.fsync(fd)

@@ -5,8 +5,9 @@ The stream is the concatenation, in manifest order, of every file in it (see
 (:data:`TRAILER` bytes): small files share a chunk, a large one spans many, and each node
 checks every file it writes against the digest that follows it, as soon as its last byte
 has passed.  Each file is checked to be the one the walk found (device, inode, size,
-mtime, ctime) when it is opened and after it was read, so a file replaced or rewritten
-meanwhile fails the run instead of being staged as a mix of old and new bytes.
+mtime, ctime) after it was read (a large one also when it is opened, before reading it
+for nothing), so a file replaced or rewritten meanwhile fails the run instead of being
+staged as a mix of old and new bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from .buffers import Buffer, BufferPool, PhaseClock
+from .buffers import PIECE, Buffer, BufferPool, PhaseClock
 from .digest import new_digest
 from .manifest import TRAILER, Manifest, stream_files
 from .plan import Plan, file_identity
@@ -67,9 +68,13 @@ class TreeSource(ChunkSource):
             return
         self._fd, self._index, self._offset = fd, index, 0
         self._digest = new_digest()
-        self.error = self._changed("since it was listed")
-        if self.error is None and self.manifest.sizes[index] == 0:
-            self._end_file()
+        size = self.manifest.sizes[index]
+        if size > PIECE:  # not worth reading if replaced; a small file is checked after
+            self.error = self._changed("since it was listed")
+        if self.error is None and size == 0:
+            self.error = self._changed("since it was listed")
+            if self.error is None:
+                self._end_file()
 
     def _read_some(self, view: Buffer) -> int:
         size = self.manifest.sizes[self._index]
@@ -83,9 +88,10 @@ class TreeSource(ChunkSource):
             return 0
         finally:
             self.clock.add("read", time.perf_counter() - started)
-        if got < count:
-            self.error = (f"source {os.fsdecode(self.manifest.source_path(self._index))} shrank "
-                          f"during the read (ended at byte {self._offset + got} of {size})")
+        if got < count:  # what changed, if the file says; else that it shrank
+            self.error = self._changed("since it was listed") or (
+                f"source {os.fsdecode(self.manifest.source_path(self._index))} shrank "
+                f"during the read (ended at byte {self._offset + got} of {size})")
             return got
         started = time.perf_counter()
         self._digest.update(view[:got])
