@@ -107,7 +107,8 @@ def staged_on_cluster(cluster: EmulatedCluster, src: Path, expected: dict[str, A
     """mpistage of ``src`` (a tree or a file) on every host; the value is the report's
     ``elapsed``; every host's copy is checked (a tree file by file) and removed unless
     ``keep``."""
-    run, report = stage_with_report(cluster, src, options, env={"MPIEXEC_TIMEOUT": str(int(timeout))},
+    run, report = stage_with_report(cluster, src, options,
+                                    env={"MPIEXEC_TIMEOUT": str(int(timeout))},
                                     timeout=timeout + 60)
     good = 0
     for host in range(cluster.hosts):
@@ -183,7 +184,8 @@ def two_cp(src: Path, work: Path) -> Outcome:
     wall = time.perf_counter() - started
     for target in targets:
         shutil.rmtree(target, ignore_errors=True)
-    return Outcome(None if any(codes) else wall, ok=not any(codes), error=f"cp {codes}" if any(codes) else "")
+    failed = any(codes)
+    return Outcome(None if failed else wall, ok=not failed, error=f"cp {codes}" if failed else "")
 
 
 # -- rows --------------------------------------------------------------------------------

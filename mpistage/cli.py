@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = TerminalProgress(sys.stderr)
         report = stage(
             args.sources, args.dest, comm=comm, files_from=args.files_from, base=args.base,
-            nul=args.from0, delete=args.delete, skip_special=args.skip_special, algorithm=args.algorithm,
+            nul=args.from0, delete=args.delete, skip_special=args.skip_special,
+            algorithm=args.algorithm,
             chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
             arity=args.arity, calibration=args.calibration,
             fsync=args.fsync, verify=args.verify, depth=args.depth, memory=args.memory,

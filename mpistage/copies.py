@@ -21,7 +21,8 @@ from .source import FileSource
 SourceOutcome = tuple[str | None, str | None]
 
 
-def judge_stream(result: EngineResult, source_digest: str | None, source_error: str | None) -> str | None:
+def judge_stream(result: EngineResult, source_digest: str | None,
+                 source_error: str | None) -> str | None:
     """Why this node's copy must not be kept (the stream's side, for one file or a
     tree), or ``None``."""
     if source_error is not None:
@@ -58,6 +59,10 @@ class FileCopy:
 
     def progress(self, callback: ProgressCallback) -> ProgressCallback:
         return callback
+
+    def summary(self) -> None:
+        """A tree's counts for the report; a file has none."""
+        return None
 
     def counts(self, mine: NodeCheck, status: str) -> dict[str, int]:
         return {"files_copied": int(status == "copied"),

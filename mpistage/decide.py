@@ -19,7 +19,8 @@ from typing import Any
 from mpi4py import MPI
 
 from .errors import Stalled
-from .model import ASSUMED, ASSUMED_FILE_COST, MODELLED, Choice, Parameters, choice_is_settled, choose
+from .model import (ASSUMED, ASSUMED_FILE_COST, MODELLED, Choice, Parameters,
+                    choice_is_settled, choose)
 from .plan import Plan, SourceInfo
 from .waiting import poll
 

@@ -2,7 +2,9 @@
 
 :class:`ChunkSource` is what the engine sees (a reader thread filling chunks in order);
 :class:`FileSource` fills them from one file, :class:`mpistage.treesource.TreeSource`
-from the files of a tree.  The reader runs in its own thread, so reading chunk k+1, k+2 … overlaps the sends of
+from the files of a tree.
+
+The reader runs in its own thread, so reading chunk k+1, k+2 … overlaps the sends of
 chunk k.  It checks that the file is still the one the plan describes (device, inode,
 size, mtime, ctime) before and after reading, so a file replaced or rewritten meanwhile
 is never staged as a mix of old and new bytes.  After an error it zero-fills the rest,

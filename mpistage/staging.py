@@ -25,24 +25,24 @@ from mpi4py import MPI
 from . import faults
 from .algorithms import SCHEDULES
 from .closing import agree_on_report, connect_early, participants, share_source_outcome
+from .copies import FileCopy
 from .decide import AUTO, Prediction, decide
 from .errors import Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
-from .copies import FileCopy
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .sources import Sources, SourceSpec
+from .topology import Topology
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
     from .manifest import Manifest
     from .treecopy import TreeCopy
     from .treesink import TreeSink
-from .topology import Topology
 
 log = logging.getLogger("mpistage.staging")
 
@@ -180,9 +180,8 @@ def stage(
         phases["total"] = time.perf_counter() - start
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
-        tree = copy.summary() if not isinstance(copy, FileCopy) else None
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
-                               options.buffers(plan.chunk_size), timeout, tree)
+                               options.buffers(plan.chunk_size), timeout, copy.summary())
 
 
 @contextmanager

@@ -36,7 +36,8 @@ log = logging.getLogger("mpistage.treecheck")
 _BLOCK = 1 << 20
 
 
-def resolve_tops(manifest_tops: list[tuple[bytes, int]], dest: str, *, mkdir: bool) -> dict[bytes, Path]:
+def resolve_tops(manifest_tops: list[tuple[bytes, int]], dest: str, *,
+                 mkdir: bool) -> dict[bytes, Path]:
     """Where each top-level entry lands on this node, as ``cp -r`` puts it: in DEST when
     DEST is an existing directory (or ends in ``/``), else, for one source, at DEST
     itself (``cp -r dir newname``).  Several sources need a directory DEST.

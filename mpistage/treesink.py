@@ -139,7 +139,11 @@ class TreeSink:
         self._trailer = bytearray()
         self._write_some = os.write  # a test fault may make it hang (mpistage.faults)
         self._umask = current_umask()
-        self._build_skeleton()
+        try:
+            self._build_skeleton()
+        except BaseException:  # nothing half-built stays behind (a full disk, a signal)
+            self.discard()
+            raise
 
     # -- before the stream: the temp entries, directories and symlinks ----------------------
 
@@ -353,6 +357,8 @@ class TreeSink:
             if path.split(b"/", 1)[0] not in self.tree.changed:
                 continue
             built = self._path_of(path)
+            if self.fsync:  # its entries, so that after a crash the tree holds its files
+                _fsync_directory(built)
             os.chmod(built, copy_mode(manifest.modes[index], self._umask))
             os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]))
         for index in range(len(manifest)):
@@ -383,11 +389,7 @@ class TreeSink:
             parents.add(final.parent)
         if fsync:
             for parent in parents:
-                fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync_directory(parent)
 
     def discard(self) -> None:
         """Remove everything built that is not in place (idempotent)."""
@@ -403,6 +405,14 @@ class TreeSink:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+def _fsync_directory(path: Path | bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_real_dir(path: Path) -> bool:

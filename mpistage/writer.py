@@ -43,7 +43,8 @@ class ChunkWriter:
         abandoned: the copy was given up; chunks are no longer taken.
     """
 
-    def __init__(self, plan: Plan, sink: Sink | TreeSink | None, pool: BufferPool, clock: PhaseClock,
+    def __init__(self, plan: Plan, sink: Sink | TreeSink | None, pool: BufferPool,
+                 clock: PhaseClock,
                  *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False) -> None:
         """
         Args:

@@ -58,7 +58,7 @@ def listing(top: Path) -> dict[str, tuple]:
 
 
 def stage_locally(manifest: Manifest, dest: Path, *, chunk: int = 4096, quick: bool = False,
-                  delete: bool = False, corrupt_at: int | None = None,
+                  delete: bool = False, corrupt_at: int | None = None, fsync: bool = False,
                   before_read=None) -> tuple[TreeSink, TreeSource]:  # type: ignore[no-untyped-def]
     """What one node does, without MPI: compare, stream, commit."""
     finals = resolve_tops(top_entries(manifest), str(dest), mkdir=False)
@@ -76,7 +76,7 @@ def stage_locally(manifest: Manifest, dest: Path, *, chunk: int = 4096, quick: b
     if before_read is not None:
         before_read()
     source = TreeSource(plan, pool, PhaseClock(), manifest=manifest, needed=needed)
-    sink = TreeSink(manifest, needed, local.node_tree(), delete=delete, verify=True)
+    sink = TreeSink(manifest, needed, local.node_tree(), delete=delete, verify=True, fsync=fsync)
     source.start()
     position = 0
     for _ in range(plan.nchunks):
@@ -90,7 +90,7 @@ def stage_locally(manifest: Manifest, dest: Path, *, chunk: int = 4096, quick: b
     source.join(10)
     if source.error is None and sink.error is None:
         assert sink.finished()
-        sink.commit(verify=True)
+        sink.commit(verify=True, fsync=fsync)
     else:
         sink.discard()
     return sink, source
@@ -200,8 +200,9 @@ def test_a_tree_arrives_whole_with_modes_mtimes_and_links(tmp_path: Path, chunk:
 
 def test_dest_named_like_cp_dash_r(tmp_path: Path) -> None:
     data = make_tree(tmp_path / "src")
-    sink, _ = stage_locally(walk([data]), tmp_path / "copy")  # not there: the new name
+    sink, _ = stage_locally(walk([data]), tmp_path / "copy", fsync=True)  # the new name
     assert listing(tmp_path / "copy") == listing(data)
+    assert "verify" in sink.timings and "rename" in sink.timings
 
 
 def test_a_rerun_sends_only_what_changed(tmp_path: Path) -> None:

@@ -152,7 +152,8 @@ def test_a_bad_node_is_left_out_or_stops_the_run(area, assert_all):
     assert_all(listing(area / "n0" / "deep" / "x") == listing(area / "src" / "data"))
 
 
-def stage_tree_to(area: Path, target: str, **options) -> mpistage.StageReport:  # type: ignore[no-untyped-def]
+def stage_tree_to(area: Path, target: str,
+                  **options) -> mpistage.StageReport:  # type: ignore[no-untyped-def]
     return mpistage.stage(area / "src" / "data", target, comm=COMM, ranks_as_nodes=True,
                           chunk_size=CHUNK, **options)
 
