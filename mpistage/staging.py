@@ -38,6 +38,7 @@ from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .sources import Sources, SourceSpec
 from .topology import Topology
+from .waiting import quiet_barrier
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
     from .manifest import Manifest
@@ -224,6 +225,7 @@ def _agree_on_source(
                        manifest.skipped if manifest is not None else [])
         except UsageError as exc:
             outcome = str(exc)
+    quiet_barrier(comm)  # the others sleep while the root walks a tree
     outcome = comm.bcast(outcome, root=options.root)
     if isinstance(outcome, str):
         raise UsageError(outcome)

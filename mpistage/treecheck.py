@@ -30,6 +30,7 @@ from .sink import copy_mode, current_umask, remove_stale_temps
 from .topology import Topology
 from .treesink import NodeTree
 from .units import format_bytes
+from .waiting import quiet_barrier
 
 log = logging.getLogger("mpistage.treecheck")
 
@@ -285,6 +286,7 @@ def check_tree(
         if topo.comm.rank == topo.root:
             digests = _root_digests(manifest, order)
         if order:
+            quiet_barrier(topo.comm)  # the others sleep while the root reads its files
             topo.comm.Bcast([digests, MPI.BYTE], root=topo.root)
         if good and local is not None:
             local.settle(bytes(digests), order)

@@ -65,6 +65,15 @@ def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float
         pause = min(pause * 2, longest)
 
 
+def quiet_barrier(comm: MPI.Comm) -> None:
+    """Wait for every rank of ``comm`` to get here, asleep between polls.
+
+    Before a collective that follows long work on one rank (the root walking a tree of a
+    million entries, digesting its files): a blocking collective would spin every other
+    rank meanwhile, and on a node whose cores they share, slow that one rank down."""
+    poll([comm.Ibarrier()], None)
+
+
 class Pace:
     """How long the waits of one kind have been lately (a moving average), as
     :func:`poll`'s ``expected``."""
