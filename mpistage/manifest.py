@@ -48,6 +48,7 @@ class Manifest:
         identities: root only: per entry ``(device, inode, ctime)``; with size and mtime
             what tells a file apart from a replaced or rewritten one.
         skipped: root only: special files left out (``skip_special``).
+        real_tops: root only: per origin, where a source named as a symlink points.
     """
 
     kinds: bytearray = field(default_factory=bytearray)
@@ -59,6 +60,7 @@ class Manifest:
     link_blob: bytearray = field(default_factory=bytearray)
     link_ends: array = field(default_factory=_int64s)
     prefixes: list[bytes] = field(default_factory=list)
+    real_tops: dict[int, bytes] = field(default_factory=dict)
     origins: array = field(default_factory=_int64s)
     identities: array = field(default_factory=_int64s)
     skipped: list[str] = field(default_factory=list)
@@ -118,7 +120,16 @@ class Manifest:
 
     def source_path(self, index: int) -> bytes:
         """Root only: where entry ``index`` is on the root's disk."""
-        return self.prefixes[self.origins[index]] + b"/" + self.path(index)
+        return self.where(self.origins[index], self.path(index))
+
+    def where(self, origin: int, relative: bytes) -> bytes:
+        """Root only: the path on the root's disk of ``relative`` (its first component
+        being a top-level entry's name) from source ``origin``."""
+        real = self.real_tops.get(origin)
+        if real is not None:  # a source named as a symlink: read where it points
+            _, slash, rest = relative.partition(b"/")
+            return real + slash + rest
+        return self.prefixes[origin] + b"/" + relative
 
     def identity(self, index: int) -> tuple[int, int, int, int, int]:
         """Root only: as :func:`mpistage.plan.file_identity` gives it."""
@@ -211,6 +222,8 @@ def walk(sources: Sequence[str | os.PathLike[str]], *, skip_special: bool = Fals
                              "they would land on the same path")
         names.add(name)
         manifest.prefixes.append(os.path.dirname(path))
+        if os.path.islink(path):  # named as a symlink: staged as what it points to (cp -H)
+            manifest.real_tops[len(manifest.prefixes) - 1] = os.path.realpath(path)
         _add_tree(manifest, len(manifest.prefixes) - 1, name, special)
     return _settle_special(manifest, special, skip_special)
 
@@ -274,15 +287,15 @@ def _add_tree(manifest: Manifest, origin: int, relative: bytes, special: list[st
     directory before what it holds)."""
     if not _add_one(manifest, origin, relative, special, recurse=True):
         return
-    prefix = manifest.prefixes[origin]
     stack = [relative]
     while stack:
         directory = stack.pop()
+        where = manifest.where(origin, directory)
         try:
-            with os.scandir(prefix + b"/" + directory) as entries:
+            with os.scandir(where) as entries:
                 names = sorted(entry.name for entry in entries)
         except OSError as exc:
-            raise UsageError(f"source directory {os.fsdecode(prefix + b'/' + directory)!r} "
+            raise UsageError(f"source directory {os.fsdecode(where)!r} "
                              f"cannot be listed: {exc.strerror}") from None
         below = []
         for name in names:
@@ -299,7 +312,7 @@ def _add_tree(manifest: Manifest, origin: int, relative: bytes, special: list[st
 def _add_one(manifest: Manifest, origin: int, relative: bytes, special: list[str], *,
              recurse: bool) -> bool:
     """Add one entry; whether it is a directory whose contents follow."""
-    path = manifest.prefixes[origin] + b"/" + relative
+    path = manifest.where(origin, relative)
     shown = os.fsdecode(path)
     try:
         st = os.lstat(path)

@@ -403,3 +403,25 @@ def test_remove_first_deletes_each_outdated_file_before_its_bytes(tmp_path: Path
     sink._remove_old(b"data/big.bin")
     assert link.stat().st_nlink == 1, "the outdated copy was unlinked before its bytes came"
     sink.discard()
+
+
+def test_a_source_named_as_a_symlink_is_followed_links_inside_are_not(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "src")
+    (tmp_path / "alias").symlink_to(data)
+    manifest = walk([tmp_path / "alias"])
+    assert manifest.path(0) == b"alias" and manifest.kinds[0] == DIRECTORY
+    assert manifest.file_count == 4
+    kinds = {manifest.path(i): manifest.kinds[i] for i in range(len(manifest))}
+    assert kinds[b"alias/sub/link"] == SYMLINK
+
+
+def test_sources_named_as_symlinks_are_staged_as_what_they_point_to(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "src")
+    (tmp_path / "alias").symlink_to(data)
+    (tmp_path / "file-alias").symlink_to(data / "big.bin")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    sink, source = stage_locally(walk([tmp_path / "alias", tmp_path / "file-alias"]), dest)
+    assert source.error is None and sink.error is None
+    assert listing(dest / "alias") == listing(data)
+    assert (dest / "file-alias").read_bytes() == (data / "big.bin").read_bytes()
