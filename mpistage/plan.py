@@ -116,6 +116,18 @@ def file_identity(info: os.stat_result) -> tuple[int, int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
+def identity_change(planned: tuple[int, ...], now: tuple[int, ...]) -> str | None:
+    """What became of a file between two :func:`file_identity` readings, as a phrase
+    ("was replaced by another file", "changed size (…)", "was modified"), or ``None``."""
+    if now == planned:
+        return None
+    if now[:2] != planned[:2]:
+        return "was replaced by another file"
+    if now[2] != planned[2]:
+        return f"changed size ({planned[2]} to {now[2]} bytes)"
+    return "was modified"
+
+
 def describe_file_type(mode: int) -> str:
     """``"a FIFO"``, ``"a character device"`` …: for messages refusing a file's type."""
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .buffers import Buffer, BufferPool, PhaseClock, pieces, zero
 from .digest import new_digest
 from .errors import Stalled
-from .plan import Plan, file_identity
+from .plan import Plan, file_identity, identity_change
 
 if TYPE_CHECKING:
     import xxhash
@@ -183,15 +183,13 @@ class FileSource(ChunkSource):
         except FileNotFoundError:
             path_now = None
         if path_now is None:
-            what = "was removed"
-        elif now[:2] != planned[:2] or file_identity(path_now)[:2] != planned[:2]:
+            what: str | None = "was removed"
+        elif file_identity(path_now)[:2] != planned[:2]:
             what = "was replaced by another file"
-        elif now == planned:
-            return None
-        elif now[2] != planned[2]:
-            what = f"changed size ({planned[2]} to {now[2]} bytes)"
         else:
-            what = "was modified"
+            what = identity_change(planned, now)
+        if what is None:
+            return None
         return (f"source {self.plan.source} {what} {when}; no copy was kept "
                 "(stage it again once it is complete)")
 

@@ -28,7 +28,7 @@ from .plan import SourceInfo, describe_file_type, expand
 from .preflight import NodeCheck, stop_unless_skipping
 from .sink import copy_mode, current_umask, remove_stale_temps
 from .topology import Topology
-from .treesink import NodeTree
+from .treesink import NodeTree, is_real_dir
 from .units import format_bytes
 from .waiting import quiet_barrier
 
@@ -214,7 +214,7 @@ class _Local:
         """``--delete``: a top-level entry whose destination holds entries the source
         does not is rebuilt without them."""
         for top, final in self.finals.items():
-            if not _is_real_dir(final) or top in self.changed:
+            if not is_real_dir(final) or top in self.changed:
                 continue
             if 1 + _count(final) > self.present.get(top, 0):
                 self.changed.add(top)
@@ -222,13 +222,6 @@ class _Local:
     def node_tree(self) -> NodeTree:
         return NodeTree(finals=self.finals, changed=self.changed, wants=self.wants,
                         have_inodes=self.inodes, fix_meta=self.fix_meta)
-
-
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _count(directory: Path) -> int:

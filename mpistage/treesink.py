@@ -322,7 +322,7 @@ class TreeSink:
         if not self.delete:
             for top in tree.changed:
                 final = tree.finals[top]
-                if _is_real_dir(final) and _is_real_dir(self.temps[top]):
+                if is_real_dir(final) and is_real_dir(self.temps[top]):
                     self._carry_over(final, self.temps[top])
 
     def _carry_over(self, old: Path, new: Path) -> None:
@@ -415,7 +415,8 @@ def _fsync_directory(path: Path | bytes) -> None:
         os.close(fd)
 
 
-def _is_real_dir(path: Path) -> bool:
+def is_real_dir(path: Path | bytes) -> bool:
+    """A directory itself, not a symlink to one."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:

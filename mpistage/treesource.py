@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from .buffers import PIECE, Buffer, BufferPool, PhaseClock
 from .digest import new_digest
 from .manifest import TRAILER, Manifest, stream_files
-from .plan import Plan, file_identity
+from .plan import Plan, file_identity, identity_change
 from .source import ChunkSource, _pread_full
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW
@@ -113,17 +113,11 @@ class TreeSource(ChunkSource):
 
     def _changed(self, when: str) -> str | None:
         """Why the open file is not the one the walk found, or ``None``."""
-        planned = self.manifest.identity(self._index)
-        now = file_identity(os.fstat(self._fd))
-        if now == planned:
+        what = identity_change(self.manifest.identity(self._index),
+                               file_identity(os.fstat(self._fd)))
+        if what is None:
             return None
         shown = os.fsdecode(self.manifest.source_path(self._index))
-        if now[:2] != planned[:2]:
-            what = "was replaced by another file"
-        elif now[2] != planned[2]:
-            what = f"changed size ({planned[2]} to {now[2]} bytes)"
-        else:
-            what = "was modified"
         return (f"source {shown} {what} {when}; no copy of the tree was kept "
                 "(stage it again once it is complete)")
 
