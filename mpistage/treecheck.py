@@ -206,6 +206,10 @@ class _Local:
                 same = False
             if not same:
                 self._differs(index, self.manifest.path(index).split(b"/", 1)[0])
+
+    def mark_metadata(self) -> None:
+        """A file in place whose mode or mtime differs: its tree is rebuilt (the file
+        linked in and fixed, no bytes sent)."""
         for index in range(len(self.manifest)):
             if self.fix_meta[index] and not self.wants[index]:
                 self.changed.add(self.manifest.path(index).split(b"/", 1)[0])
@@ -284,6 +288,7 @@ def check_tree(
         if good and local is not None:
             local.settle(bytes(digests), order)
     if good and local is not None and check is not None:
+        local.mark_metadata()
         if delete:
             local.mark_extras()
         check = _count_needs(check, local, manifest, remove_first)
