@@ -249,7 +249,12 @@ def walk_list(paths: Iterable[bytes], base: str | os.PathLike[str], *,
             parent = b"/".join(parts[:depth])
             if parent not in present:
                 present.add(parent)
+                before = len(manifest)
                 _add_one(manifest, 0, parent, special, recurse=False)
+                if len(manifest) == before or manifest.kinds[-1] != DIRECTORY:
+                    # through a symlink, a copy would be written wherever it points
+                    raise UsageError(f"file list entry {os.fsdecode(raw)!r} goes through "
+                                     f"{os.fsdecode(parent)!r}, which is not a directory")
         if relative not in present:
             present.add(relative)
             _add_tree(manifest, 0, relative, special, present)

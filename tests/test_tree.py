@@ -161,8 +161,10 @@ def test_file_list_keeps_paths_relative_and_brings_parents(tmp_path: Path) -> No
     listfile.write_text("sub\n\n")  # a directory comes whole
     manifest = walk_list(read_list(listfile), data)
     assert b"sub/link" in [manifest.path(i) for i in range(len(manifest))]
+    (data / "via").symlink_to(tmp_path)
     for bad, message in (("/etc/passwd", "is absolute"), ("../x", "is not below --base"),
-                         ("missing", "does not exist")):
+                         ("missing", "does not exist"),
+                         ("via/data/a.txt", "goes through 'via', which is not a directory")):
         with pytest.raises(UsageError, match=message):
             walk_list([bad.encode()], data)
 
