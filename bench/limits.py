@@ -700,22 +700,23 @@ def machine(code_at_start: str | None, load_at_start: float) -> dict[str, Any]:
             "load_at_start": load_at_start, "load_at_end": os.getloadavg()[0]}
 
 
-def write_results(out_dir: Path, rows: Sequence[Row], scale: Scale, repeat: int,
-                  started: float, code: str | None, load: float) -> str:
-    """``limits.md`` and ``limits.json`` in ``out_dir``; returns the Markdown."""
+def write_results(out_dir: Path, rows: Sequence[Row], scale: Any, repeat: int,
+                  started: float, code: str | None, load: float, name: str = "limits") -> str:
+    """``NAME.md`` and ``NAME.json`` in ``out_dir`` (``bench/trees.py`` writes its own
+    with ``name="trees"``); returns the Markdown."""
     info = machine(code, load)
     minutes = (time.time() - started) / 60
     if info["code_at_start"] == info["code_at_end"]:
         version = f"code {code}"
     else:
         version = f"code CHANGED during the run: {code} → {info['code_at_end']}"
-    header = (f"mpistage limits ({scale.name}): median of {repeat}; {info['cores']} cores, "
+    header = (f"mpistage {name} ({scale.name}): median of {repeat}; {info['cores']} cores, "
               f"{info['mpi']}, mpistage {info['mpistage']}, {version}; load average "
               f"{load:.1f} → {info['load_at_end']:.1f}; took {minutes:.1f} min")
     text = "\n".join([header, "", *table(rows)]) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "limits.md").write_text(text)
-    (out_dir / "limits.json").write_text(json.dumps({
+    (out_dir / f"{name}.md").write_text(text)
+    (out_dir / f"{name}.json").write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "scale": scale.name, "repeat": repeat, "minutes": minutes, "machine": info,
         "rows": [r.to_dict() for r in rows],

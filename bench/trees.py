@@ -30,22 +30,21 @@ failed runs count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import limits  # noqa: E402
-from limits import (Goal, Outcome, Row, code_version, local_mpiexec, machine,  # noqa: E402
-                    median, run_rounds, table)
+from limits import (Goal, Outcome, Row, code_version, local_mpiexec,  # noqa: E402
+                    median, run_rounds, write_results)
 
 from mpistage.cluster import EmulatedCluster, teardown  # noqa: E402
 from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report  # noqa: E402
@@ -294,25 +293,6 @@ def local_rows(scale: Scale, work: Path) -> list[Row]:
                 _notes(out["mpistage"], 2), [o.value for o in out["mpistage"]])]
 
 
-def write_results(out_dir: Path, rows: Sequence[Row], scale: Scale, started: float,
-                  code: str | None, load: float) -> str:
-    info = machine(code, load)
-    minutes = (time.time() - started) / 60
-    header = (f"mpistage trees ({scale.name}): median of {scale.repeat}; {info['cores']} cores, "
-              f"{info['mpi']}, mpistage {info['mpistage']}, code {info['code_at_end']}; "
-              f"took {minutes:.1f} min")
-    text = "\n".join([header, "", *table(rows)]) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "trees.md").write_text(text)
-    (out_dir / "trees.json").write_text(json.dumps({
-        "scale": scale.name, "repeat": scale.repeat, "minutes": minutes, "machine": info,
-        "rows": [r.to_dict() for r in rows],
-        "missed": [r.id for r in rows if r.met is False],
-        "failed": [r.id for r in rows if not r.ok or r.measured is None],
-    }, indent=2) + "\n")
-    return text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="quick version for CI")
@@ -346,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows += local_rows(scale, Path(shm))
     finally:
         if rows:
-            print(write_results(args.out, rows, scale, started, code, load))
+            print(write_results(args.out, rows, scale, scale.repeat, started, code, load,
+                                name="trees"))
     failed = [r for r in rows if not r.ok or r.measured is None]
     missed = [r for r in rows if r.met is False]
     return 1 if failed or (missed and not args.small) else 0

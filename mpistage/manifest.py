@@ -373,8 +373,3 @@ def stream_files(manifest: Manifest, needed: bytearray) -> Iterator[int]:
     kinds = manifest.kinds
     return (i for i in range(len(kinds)) if kinds[i] == FILE and needed[i])
 
-
-def stream_size(manifest: Manifest, needed: bytearray) -> int:
-    """Bytes of the stream: every file in it, each followed by its digest."""
-    sizes = manifest.sizes
-    return sum(sizes[i] + TRAILER for i in stream_files(manifest, needed))

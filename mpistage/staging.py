@@ -249,7 +249,6 @@ def _check_nodes(
                            quick=options.quick, skip_bad_nodes=options.skip_bad_nodes,
                            no_clobber=options.no_clobber)
         return checks, FileCopy(), info
-    from .manifest import stream_size
     from .treecheck import check_tree
     from .treecopy import TreeCopy
 
@@ -257,7 +256,7 @@ def _check_nodes(
         topo, manifest, info, mkdir=options.mkdir, remove_first=options.remove_first,
         quick=options.quick, delete=options.delete, skip_bad_nodes=options.skip_bad_nodes)
     copy = TreeCopy(manifest, needed, node_tree, delete=options.delete)
-    return checks, copy, replace(info, size=stream_size(manifest, needed))
+    return checks, copy, replace(info, size=copy.bytes_in_stream)
 
 
 def _decide_plan(

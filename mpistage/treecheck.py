@@ -183,8 +183,8 @@ class _Local:
                     self.candidates[index] = 1
             else:
                 self._differs(index, top)
-        for index in range(len(manifest)):  # a top-level file's mode or mtime: resend it
-            if self.fix_meta[index] and b"/" not in manifest.path(index):
+        for index in manifest.top_indices():  # a top-level file's mode or mtime: resend it
+            if self.fix_meta[index]:
                 self._differs(index, manifest.path(index))
 
     def _differs(self, index: int, top: bytes) -> None:

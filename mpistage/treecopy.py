@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .buffers import BufferPool, PhaseClock
@@ -27,6 +27,8 @@ class TreeCopy:
     Attributes:
         needed: per entry, 1 where the file is in the stream.
         node: this leader's view of its destination (``None`` elsewhere).
+        files_in_stream, bytes_in_stream: the stream's files (what the model charges φ
+            for) and their bytes, each file's digest included (the plan's size).
     """
 
     manifest: Manifest
@@ -34,11 +36,18 @@ class TreeCopy:
     node: NodeTree | None
     delete: bool = False
     digest_writes = False  # the sink checks each file against its own digest
+    files_in_stream: int = field(init=False)
+    bytes_in_stream: int = field(init=False)
 
-    @property
-    def files_in_stream(self) -> int:
-        """Files in the stream (what the model charges φ for)."""
-        return sum(1 for _ in stream_files(self.manifest, self.needed))
+    def __post_init__(self) -> None:
+        sizes = self.manifest.sizes
+        self._ends = array("q")  # where each file of the stream ends, digest included
+        end = 0
+        for index in stream_files(self.manifest, self.needed):
+            end += sizes[index] + TRAILER
+            self._ends.append(end)
+        self.files_in_stream = len(self._ends)
+        self.bytes_in_stream = end
 
     def source(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> TreeSource:
         return TreeSource(plan, pool, clock, manifest=self.manifest, needed=self.needed)
@@ -68,9 +77,7 @@ class TreeCopy:
         files = getattr(callback, "files", None)
         if files is None:
             return callback
-        ends = array("q")
-        for index in stream_files(self.manifest, self.needed):
-            ends.append((ends[-1] if ends else 0) + self.manifest.sizes[index] + TRAILER)
+        ends = self._ends
 
         def tell(done: int, total: int) -> None:
             files(bisect_right(ends, done), len(ends))
@@ -81,14 +88,13 @@ class TreeCopy:
     def summary(self) -> dict[str, Any]:
         """The tree's counts for the report: entries by type, bytes, what was sent."""
         kinds = self.manifest.kinds
-        sent = list(stream_files(self.manifest, self.needed))
         return {
             "files": kinds.count(FILE),
             "directories": kinds.count(DIRECTORY),
             "symlinks": kinds.count(SYMLINK),
             "bytes": self.manifest.total_bytes,
-            "files_sent": len(sent),
-            "bytes_sent": sum(self.manifest.sizes[i] for i in sent),
+            "files_sent": self.files_in_stream,
+            "bytes_sent": self.bytes_in_stream - TRAILER * self.files_in_stream,
             "skipped_special": list(self.manifest.skipped),
         }
 

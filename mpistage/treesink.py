@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import interrupt
 from .digest import file_digest, new_digest
-from .manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, stream_files
+from .manifest import DIRECTORY, SYMLINK, TRAILER, Manifest, stream_files
 from .sink import TEMP_SUFFIX, copy_mode, current_umask, temp_prefix
 
 log = logging.getLogger("mpistage.treesink")

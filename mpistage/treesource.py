@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from .buffers import PIECE, Buffer, BufferPool, PhaseClock
 from .digest import new_digest
-from .manifest import TRAILER, Manifest, stream_files
+from .manifest import Manifest, stream_files
 from .plan import Plan, file_identity, identity_change
 from .source import ChunkSource, _pread_full
 

@@ -4,20 +4,21 @@ what stands at its destination, and the commit's semantics."""
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from pathlib import Path
 
 import pytest
+from treelisting import listing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpistage import UsageError
 from mpistage.buffers import BufferPool, PhaseClock
 from mpistage.manifest import (DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, read_list,
-                               stream_size, walk, walk_list)
+                               walk, walk_list)
 from mpistage.plan import Plan, SourceInfo
 from mpistage.treecheck import _Local, _root_digests, resolve_tops, top_entries
+from mpistage.treecopy import TreeCopy
 from mpistage.treesink import TreeSink
 from mpistage.treesource import TreeSource
 
@@ -42,25 +43,8 @@ def make_tree(root: Path) -> Path:
     return data
 
 
-def listing(top: Path) -> dict[str, tuple]:
-    """Everything under ``top``: type, bytes or link target, mode, mtime."""
-    seen = {}
-    for path in sorted(top.rglob("*")):
-        st_ = path.lstat()
-        if stat.S_ISLNK(st_.st_mode):
-            what = ("l", os.readlink(path))
-        elif stat.S_ISDIR(st_.st_mode):
-            what = ("d", None)
-        else:
-            what = ("f", path.read_bytes())
-        seen[str(path.relative_to(top))] = (*what, stat.S_IMODE(st_.st_mode), st_.st_mtime_ns)
-    return seen
-
-
-def stage_locally(manifest: Manifest, dest: Path, *, chunk: int = 4096, quick: bool = False,
-                  delete: bool = False, corrupt_at: int | None = None, fsync: bool = False,
-                  before_read=None) -> tuple[TreeSink, TreeSource]:  # type: ignore[no-untyped-def]
-    """What one node does, without MPI: compare, stream, commit."""
+def node_view(manifest: Manifest, dest: Path, *, quick: bool = False) -> _Local:
+    """What check_tree finds on one node, without MPI (the root's digests computed here)."""
     finals = resolve_tops(top_entries(manifest), str(dest), mkdir=False)
     local = _Local(manifest, finals, quick=quick)
     local.compare()
@@ -68,10 +52,19 @@ def stage_locally(manifest: Manifest, dest: Path, *, chunk: int = 4096, quick: b
     if not quick:
         local.settle(bytes(_root_digests(manifest, order)), order)
     local.mark_metadata()
+    return local
+
+
+def stage_locally(manifest: Manifest, dest: Path, *, chunk: int = 4096, quick: bool = False,
+                  delete: bool = False, corrupt_at: int | None = None, fsync: bool = False,
+                  before_read=None) -> tuple[TreeSink, TreeSource]:  # type: ignore[no-untyped-def]
+    """What one node does, without MPI: compare, stream, commit."""
+    local = node_view(manifest, dest, quick=quick)
     if delete:
         local.mark_extras()
     needed = bytearray(local.wants)
-    info = SourceInfo(source="tree", size=stream_size(manifest, needed), mode=0, mtime_ns=0,
+    size = TreeCopy(manifest, needed, None).bytes_in_stream
+    info = SourceInfo(source="tree", size=size, mode=0, mtime_ns=0,
                       dest=str(dest))
     plan = Plan.of(info, chunk_size=chunk, algorithm="chain")
     pool = BufferPool(2, chunk)
@@ -401,12 +394,7 @@ def test_remove_first_deletes_each_outdated_file_before_its_bytes(tmp_path: Path
     os.link(old, link)  # a second name, to see the old file's fate
     (data / "big.bin").write_bytes(os.urandom(200_000))
     manifest = walk([data])
-    finals = resolve_tops(top_entries(manifest), str(dest), mkdir=False)
-    local = _Local(manifest, finals, quick=False)
-    local.compare()
-    order = [i for i in range(len(manifest)) if local.candidates[i]]
-    local.settle(bytes(_root_digests(manifest, order)), order)
-    local.mark_metadata()
+    local = node_view(manifest, dest)
     sink = TreeSink(manifest, bytearray(local.wants), local.node_tree(), remove_first=True)
     sink._remove_old(b"data/big.bin")
     assert link.stat().st_nlink == 1, "the outdated copy was unlinked before its bytes came"

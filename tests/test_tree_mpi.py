@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import stat
 from pathlib import Path
 
 import pytest
+from treelisting import listing
 from mpi4py import MPI
 
 import mpistage
@@ -43,20 +43,6 @@ def area(mpi_tmp_path: Path) -> Path:
             os.utime(path, ns=(0, MTIME), follow_symlinks=False)
     COMM.Barrier()
     return mpi_tmp_path
-
-
-def listing(top: Path) -> dict[str, tuple]:
-    seen = {}
-    for path in sorted(top.rglob("*")):
-        st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            what = ("l", os.readlink(path))
-        elif stat.S_ISDIR(st.st_mode):
-            what = ("d", None)
-        else:
-            what = ("f", path.read_bytes())
-        seen[str(path.relative_to(top))] = (*what, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-    return seen
 
 
 def leftovers(directory: Path) -> list[str]:
