@@ -20,11 +20,14 @@ from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
 from .progress import TerminalProgress
 from .staging import explain, stage
+from .streams import FromCommand
 from .units import format_bytes, format_seconds, parse_size
 
 EPILOG = """\
 DEST is like cp -r's: an existing directory receives DEST/basename(SRC); anything else is
 the new path of the one SRC. Several SRCs, or --files-from, need a directory DEST.
+SRC - reads standard input on rank 0 to its end (DEST names the file); --pipe CMD
+takes DEST's place and feeds the stream to CMD on every node.
 A directory is staged whole, in one pipelined stream: each file is checked against its
 own xxh3 digest on every node, files a node already holds (same size and digest; with
 --quick size and mtime) are not sent to it, and each directory appears at its final
@@ -39,6 +42,9 @@ examples:
   mpiexec -n 8 mpistage /lustre/datasets/imagenet-val /scratch/
   mpiexec -n 8 mpistage model.safetensors tokenizer.json config.json /scratch/model/
   mpiexec -n 8 mpistage --files-from shards.txt /scratch/data/
+  tar c -C /lustre/env . | mpiexec -n 8 mpistage - /scratch/env.tar
+  mpiexec -n 8 mpistage --pipe 'tar x -C /scratch/env' env.tar
+  mpiexec -n 8 mpistage --compress auto data.csv /scratch/
   mpiexec -n 8 mpistage --algorithm binomial --chunk-size 8M input.dat /scratch/in.dat
   mpiexec -n 8 mpistage --calibration cal.json input.dat /scratch
   mpiexec -n 8 mpistage --explain input.dat /scratch
@@ -87,7 +93,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("sources", metavar="SRC", nargs="*",
                         help="file or directory to read on the root rank; several go into "
                         "the directory DEST")
-    parser.add_argument("dest", metavar="DEST", help="directory or path on every node")
+    parser.add_argument("dest", metavar="DEST", nargs="?",
+                        help="directory or path on every node (none with --pipe)")
     parser.add_argument(
         "-a", "--algorithm", choices=(*ALGORITHMS, AUTO), default=AUTO,
         help=f"{algorithm_help()}; auto (the default): the one the cost model predicts "
@@ -165,6 +172,26 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     trees.add_argument("--skip-special", action="store_true",
                        help="leave out sockets, FIFOs and devices in a tree (reported) "
                        "instead of refusing it")
+    streams = parser.add_argument_group("streams and compression")
+    streams.add_argument("--pipe", metavar="CMD",
+                         help="instead of DEST: run CMD through the shell on every node "
+                         "({node}, {host}, {rank} expanded) and write the stream to its "
+                         "stdin; a node succeeds when every byte arrived, the digest "
+                         "matched and CMD exited 0 (on a failure CMD is killed before its "
+                         "input ends)")
+    streams.add_argument("--from-cmd", metavar="CMD",
+                         help="instead of SRC: run CMD through the shell on the root and "
+                         "stage its standard output (a stream, like SRC -, but it works "
+                         "under any launcher and a CMD that fails fails the run)")
+    streams.add_argument("--compress", default="none", metavar="CODEC",
+                         help="none (the default), zstd[:LEVEL] (default level 3), lz4, or "
+                         "auto: the model weighs them on a sample of the source and "
+                         "compresses only when it predicts a faster run; the root encodes "
+                         "each chunk once, the nodes forward it encoded and decode their own")
+    streams.add_argument("--expect-size", type=_memory, metavar="SIZE",
+                         help="with - (standard input): its expected size, for the pre-flight "
+                         "space check and the model's plan (default: no space check, planned "
+                         "as 1 GiB)")
     return parser
 
 
@@ -206,6 +233,12 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
                                               key=lambda item: item[1][1]):
         mark = "  <- chosen" if algorithm == prediction.choice.algorithm else ""
         lines.append(f"  {algorithm:<10} {format_bytes(chunk):>10} {format_seconds(seconds):>19}{mark}")
+    codecs = prediction.choice.codecs or {}
+    if len(codecs) > 1:
+        weighed = ", ".join(f"{name} {format_seconds(seconds)}"
+                            for name, seconds in sorted(codecs.items(), key=lambda i: i[1]))
+        lines.append(f"  compression weighed (best time with each): {weighed}; "
+                     f"chosen: {prediction.choice.codec}")
     return "\n".join(lines)
 
 
@@ -261,16 +294,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return int(exc.code or 0)
         _configure_logging(rank, args.verbose)
+        names = [*args.sources, *([args.dest] if args.dest is not None else [])]
+        args.dest = None
+        if args.pipe is None:  # else there is no DEST: every name is a SRC
+            if not names:
+                raise UsageError("the following arguments are required: DEST")
+            args.dest = names.pop()
+        args.sources = names
+        if args.from_cmd is not None:
+            if names:
+                raise UsageError("--from-cmd CMD takes the place of SRC: give DEST (or "
+                                 "--pipe) only")
+            args.sources = FromCommand(args.from_cmd)
         if not args.sources and args.files_from is None:
             raise UsageError("expected SRC... DEST: what to stage and where "
                              "(or --files-from LIST DEST)")
+        if args.sources == ["-"]:
+            args.sources = "-"  # standard input: a stream
         if args.explain:
+            if not isinstance(args.sources, list) or args.pipe is not None:
+                raise UsageError("--explain needs a file to sample and a DEST: standard input "
+                                 "cannot be read twice, and --pipe writes no file")
             prediction = explain(
                 args.sources, args.dest, comm=comm, files_from=args.files_from,
                 base=args.base, nul=args.from0, algorithm=args.algorithm,
                 chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
                 arity=args.arity, calibration=args.calibration, quick=args.quick,
                 depth=args.depth, memory=args.memory, timeout=args.timeout,
+                compress=args.compress,
             )
             if rank == 0:
                 print(describe_prediction(prediction), flush=True)
@@ -281,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = stage(
             args.sources, args.dest, comm=comm, files_from=args.files_from, base=args.base,
             nul=args.from0, delete=args.delete, skip_special=args.skip_special,
+            pipe=args.pipe, compress=args.compress, expect_size=args.expect_size,
             algorithm=args.algorithm,
             chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
             arity=args.arity, calibration=args.calibration,

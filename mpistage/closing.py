@@ -74,15 +74,16 @@ def connect_early(
 
 def share_source_outcome(
     comm: MPI.Comm, root: int, outcome: EngineResult, timeout: float
-) -> tuple[str | None, str | None]:
-    """The root's ``(source_digest, read_error)``, passed down the outcome tree.
+) -> tuple[str | None, str | None, int | None]:
+    """The root's ``(source_digest, read_error, source_size)``, passed down the outcome
+    tree (the size is how a stream's length becomes known to all).
 
     Only connections opened by :func:`_connect_early` are used, and a child that does
     not take its message does not hold this node up (its own wait times out instead).
     """
     parent, children = _outcome_tree(comm, root)
     if parent is None:
-        shared = (outcome.source_digest, outcome.read_error)
+        shared = (outcome.source_digest, outcome.read_error, outcome.source_size)
     else:
         shared = receive_object(comm, parent, _OUTCOME_TAG, timeout,
                                 "the source's digest from the root")
@@ -96,9 +97,9 @@ def share_source_outcome(
 
 def agree_on_report(
     topo: Topology, plan: Plan, checks: list[NodeCheck], record: RankRecord,
-    result: NodeResult | None, outcome: tuple[str | None, str | None] | None,
+    result: NodeResult | None, outcome: tuple[str | None, str | None, int | None] | None,
     prediction: Prediction | None, stall: str | None, depth: int, timeout: float,
-    tree: dict[str, Any] | None = None,
+    tree: dict[str, Any] | None = None, pipe: str | None = None,
 ) -> StageReport:
     """Statuses go to rank 0 and its verdict comes back, all with deadlines.
 
@@ -126,7 +127,7 @@ def agree_on_report(
     stalled = bool(missing) or any(s.stall for s in statuses.values())
     verdict = _stall_verdict(statuses, missing, topo) if stalled else None
     report = build_report(plan, checks, [statuses[r] for r in sorted(statuses)], missing,
-                          verdict, depth, tree)
+                          verdict, depth, tree, pipe)
     requests = [comm.isend(verdict, dest=r, tag=_VERDICT_TAG) for r in statuses if r != 0]
     if stalled:
         try:

@@ -10,6 +10,8 @@ tree's run: a file's run does not pay for its modules).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .pipeline import EngineResult, ProgressCallback, SourceFactory
 from .plan import Plan
@@ -17,8 +19,11 @@ from .preflight import NodeCheck
 from .sink import Sink
 from .source import FileSource
 
-#: The root's ``(source_digest, read_error)``, as every participant learns it.
-SourceOutcome = tuple[str | None, str | None]
+if TYPE_CHECKING:
+    from .pipesink import PipeSink
+
+#: The root's ``(source_digest, read_error, source_size)``, as every participant learns it.
+SourceOutcome = tuple[str | None, str | None, int | None]
 
 
 def judge_stream(result: EngineResult, source_digest: str | None,
@@ -32,8 +37,14 @@ def judge_stream(result: EngineResult, source_digest: str | None,
     return None
 
 
+@dataclass
 class FileCopy:
-    """One file: a :class:`mpistage.sink.Sink` at the node's target, digest of it all."""
+    """One file: a :class:`mpistage.sink.Sink` at the node's target, digest of it all.
+
+    Attributes:
+        source: makes the root's source: the plan's file, or a stream
+            (:class:`mpistage.streams.StreamSource`).
+    """
 
     source: SourceFactory = FileSource
     digest_writes = True
@@ -46,8 +57,9 @@ class FileCopy:
             os.unlink(mine.target)  # the disk cannot hold old and new together
         return Sink(mine.target)
 
-    def judge(self, result: EngineResult, outcome: SourceOutcome, sink: Sink | None) -> str | None:
-        error = judge_stream(result, *outcome)
+    def judge(self, result: EngineResult, outcome: SourceOutcome,
+              sink: Sink | PipeSink | None) -> str | None:
+        error = judge_stream(result, outcome[0], outcome[1])
         if error is None and result.digest != outcome[0]:
             error = f"digest mismatch: wrote {result.digest}, source {outcome[0]}"
         return error
@@ -68,3 +80,20 @@ class FileCopy:
         return {"files_copied": int(status == "copied"),
                 "files_up_to_date": int(status == "up-to-date"),
                 "files_failed": int(status == "failed")}
+
+
+@dataclass
+class PipeCopy(FileCopy):
+    """``--pipe CMD``: the bytes go to a command's input on each node
+    (:class:`mpistage.pipesink.PipeSink`); the node's target is the expanded command."""
+
+    def open_sink(self, mine: NodeCheck, *, remove_first: bool, fsync: bool,
+                  verify: bool) -> PipeSink:
+        from .pipesink import PipeSink
+
+        assert mine.target is not None
+        return PipeSink(mine.target)
+
+    def finish(self, sink: PipeSink, plan: Plan, *, fsync: bool, verify: bool,  # type: ignore[override]
+               source_digest: str | None) -> None:
+        sink.finish()

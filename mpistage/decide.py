@@ -18,10 +18,13 @@ from typing import Any
 
 from mpi4py import MPI
 
+from .algorithms import SCHEDULES
+from .codec import CodecCost
 from .errors import Stalled
 from .model import (ASSUMED, ASSUMED_FILE_COST, MODELLED, Choice, Parameters,
                     choice_is_settled, choose)
 from .plan import Plan, SourceInfo
+from .streams import ASSUMED_STREAM_SIZE
 from .waiting import poll
 
 AUTO = "auto"
@@ -89,6 +92,7 @@ def decide(
     comm: MPI.Comm, root: int, info: SourceInfo, *, calibration: Parameters | None,
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
     max_chunk: int | None = None, files: int = 0,
+    codecs: tuple[CodecCost | None, ...] = (None,),
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
     ``max_chunk``, the memory budget's limit), and the model's prediction; on the root
@@ -100,26 +104,35 @@ def decide(
     options): then measuring would cost as much as sending, and change nothing.  A
     larger file is always measured, so that its run tests the model's prediction.
     ``files``: the files of a tree's stream (each costs φ, the calibration's
-    ``file_cost``, else :data:`~mpistage.model.ASSUMED_FILE_COST`).
+    ``file_cost``, else :data:`~mpistage.model.ASSUMED_FILE_COST`).  ``codecs``: the
+    codecs to weigh, measured on a sample of the source (``None``: as is).  A stream's
+    size is unknown: the model plans it for ``--expect-size``, else for
+    :data:`~mpistage.streams.ASSUMED_STREAM_SIZE`, and never with MPI's broadcast
+    (every rank would have to know how many chunks come).
     """
     auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
-    candidates = dict(algorithms=MODELLED if auto_algorithm else (algorithm,),
+    algorithms = MODELLED if auto_algorithm else (algorithm,)
+    if info.stream:
+        algorithms = tuple(a for a in algorithms if SCHEDULES[a].point_to_point)
+    candidates = dict(algorithms=algorithms,
                       chunk_size=None if auto_chunk else int(chunk_size), arity=arity,
-                      max_chunk=max_chunk, files=files)
+                      max_chunk=max_chunk, files=files, codecs=codecs)
+    size = info.size or ASSUMED_STREAM_SIZE if info.stream else info.size
     params, source = calibration, "calibration"
-    if (params is None and info.size <= _PROBE_MAX
-            and choice_is_settled(info.size, comm.size, **candidates)):
+    if (params is None and size <= _PROBE_MAX
+            and choice_is_settled(size, comm.size, **candidates)):
         params, source = ASSUMED, "assumed"
     elif params is None:
-        params = quick_parameters(comm, root, info.size, timeout)
+        params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
     if comm.rank != root:
         return None
     assert params is not None
     if files and not params.file_cost:
         params = replace(params, file_cost=ASSUMED_FILE_COST)
-    choice = choose(info.size, comm.size, replace(params, startup=0.0), **candidates)
+    choice = choose(size, comm.size, replace(params, startup=0.0), **candidates)
     prediction = Prediction(source=source, parameters=params, nodes=comm.size, choice=choice,
                             auto=auto_algorithm or auto_chunk)
-    plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm)
+    plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm,
+                   codec=choice.codec)
     return plan, prediction

@@ -27,3 +27,7 @@ class Stalled(MpistageError, TimeoutError):
     """
 
     exit_code = 1
+
+
+class CommandFailed(ValueError):
+    """A ``--pipe`` command did not exit 0; the message says how it ended, whole."""

@@ -32,11 +32,13 @@ def active(kind: str, node: int) -> bool:
     return f"{kind}@{node}" in {item.strip() for item in spec.split(",")}
 
 
-def flipped(view: Buffer) -> Buffer:
-    """A copy of ``view`` with its first byte inverted."""
+def flipped(view: Buffer, last: bool = False) -> Buffer:
+    """A copy of ``view`` with its first byte (or its ``last``) inverted.  An encoded
+    chunk is damaged at its end: an LZ4 block always ends in plain bytes, so the damage
+    passes the decoder and only the digest can catch it."""
     copy = bytearray(view)
     if copy:
-        copy[0] ^= 0xFF
+        copy[-1 if last else 0] ^= 0xFF
     return memoryview(copy)
 
 

@@ -46,7 +46,16 @@ class _TempFiles:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._paths: set[Path] = set()
+        self._processes: set[int] = set()  # --pipe commands, each its own process group
         self.signal: int | None = None
+
+    def add_process(self, pid: int) -> None:
+        with self._lock:
+            self._processes.add(pid)
+
+    def forget_process(self, pid: int) -> None:
+        with self._lock:
+            self._processes.discard(pid)
 
     def add(self, path: Path) -> None:
         with self._lock:
@@ -68,6 +77,12 @@ class _TempFiles:
         with self._lock:
             if signum is not None:
                 self.signal = signum
+            for pid in self._processes:  # before its input ends: it must not see a clean end
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self._processes.clear()
             removed = []
             for path in self._paths:
                 try:
@@ -88,6 +103,9 @@ _temp_files = _TempFiles()
 register_temp_file = _temp_files.add
 forget_temp_file = _temp_files.forget
 renaming = _temp_files.renaming
+#: A ``--pipe`` command's process group, killed (SIGKILL) on a signal, before exiting.
+register_process = _temp_files.add_process
+forget_process = _temp_files.forget_process
 
 
 def remove_temp_files() -> list[Path]:

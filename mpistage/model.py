@@ -21,6 +21,11 @@ the path to the last node.
 
     T = I + (m − 1) · max(f · (α + c/B), c/R, c/W) + F · (α + c/B) + max(c/R, c/W)
 
+Compressed (``--compress``, :mod:`mpistage.codec`), a chunk of ``c`` source bytes travels
+as ``r·c`` bytes (``r`` the ratio measured on a sample of the source), the root encodes it
+after reading it (``c/E``, in the same thread) and each node decodes it before writing
+(``c/D``): ``α + r·c/B`` per hop, ``c/R + c/E`` and ``c/W + c/D`` as the local stages.
+
 A tree of ``n`` files is one stream of its bytes (each file followed by its 16-byte
 digest), written at the pace ``W`` and φ per file allow: ``W`` becomes
 ``S / (S/W + n·φ)`` (so 10,000 files of 4 KiB cost 10,000·φ more than one 40 MiB file
@@ -62,9 +67,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .algorithms import SCHEDULES
+from .codec import CodecCost
 from .schedules import TreeSchedule
 
 #: Algorithms the model predicts (the names of the schedules).
@@ -121,10 +127,11 @@ def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
 
 def predict(
     algorithm: str, size: int, nodes: int, chunk: int, params: Parameters, arity: int = 2,
-    files: int = 0,
+    files: int = 0, codec: CodecCost | None = None,
 ) -> float:
     """Predicted seconds to stage ``size`` bytes to ``nodes`` nodes (start-up included);
-    ``files``: the files of a tree's stream (``size`` then counts their digests too).
+    ``files``: the files of a tree's stream (``size`` then counts their digests too);
+    ``codec``: how chunks are compressed (``None``: not at all).
 
     Raises:
         ValueError: an unknown algorithm, or a chunk size below one byte.
@@ -140,8 +147,13 @@ def predict(
     write_bandwidth = params.write_bandwidth
     if files and params.file_cost > 0:
         write_bandwidth = size / (size / write_bandwidth + files * params.file_cost)
-    local = max(chunk / params.read_bandwidth, chunk / write_bandwidth)
-    hop = params.latency + chunk / params.bandwidth
+    read, write, wire = chunk / params.read_bandwidth, chunk / write_bandwidth, chunk
+    if codec is not None:
+        read += chunk / codec.encode_rate
+        write += chunk / codec.decode_rate
+        wire = chunk * codec.ratio
+    local = max(read, write)
+    hop = params.latency + wire / params.bandwidth
     if nodes <= 1:
         return params.startup + chunks * local
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
@@ -159,6 +171,7 @@ def predict(
 def optimal_chunk(
     algorithm: str, size: int, nodes: int, params: Parameters, arity: int = 2,
     choices: tuple[int, ...] = CHUNK_CHOICES, max_chunk: int | None = None, files: int = 0,
+    codec: CodecCost | None = None,
 ) -> int:
     """The chunk size among ``choices`` (none above ``max_chunk``, the memory budget's
     limit; the smallest choice always stays) with the lowest predicted time."""
@@ -166,7 +179,8 @@ def optimal_chunk(
         choices = tuple(c for c in choices if c <= max_chunk) or (min(choices),)
     candidates = sorted({min(c, max(size, 1)) for c in choices})
     return min(candidates,
-               key=lambda c: (predict(algorithm, size, nodes, c, params, arity, files), -c))
+               key=lambda c: (predict(algorithm, size, nodes, c, params, arity, files, codec),
+                              -c))
 
 
 def chain_optimal_chunk(size: int, nodes: int, params: Parameters) -> float:
@@ -178,16 +192,25 @@ def chain_optimal_chunk(size: int, nodes: int, params: Parameters) -> float:
 
 @dataclass(frozen=True)
 class Choice:
-    """The model's pick and what it predicted for every candidate."""
+    """The model's pick and what it predicted for every candidate.
+
+    Attributes:
+        predictions: per algorithm, its best chunk and seconds (with the chosen codec).
+        codec: the codec chosen (``"none"``: chunks travel as they are).
+        codecs: per codec weighed, the best predicted seconds with it.
+    """
 
     algorithm: str
     chunk_size: int
     predicted: float
     predictions: dict[str, tuple[int, float]]  # algorithm → (its best chunk, seconds)
+    codec: str = "none"
+    codecs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"algorithm": self.algorithm, "chunk_size": self.chunk_size,
-                "predicted": self.predicted,
+                "predicted": self.predicted, "codec": self.codec,
+                "codecs": self.codecs or {},
                 "predictions": {a: {"chunk_size": c, "seconds": t}
                                 for a, (c, t) in self.predictions.items()}}
 
@@ -195,18 +218,32 @@ class Choice:
 def choose(
     size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = MODELLED,
     chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
-    files: int = 0,
+    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,),
 ) -> Choice:
-    """The algorithm (and, unless ``chunk_size`` is given, chunk, at most ``max_chunk``)
-    predicted fastest."""
-    predictions = {}
-    for algorithm in algorithms:
-        chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity,
-                                            max_chunk=max_chunk, files=files)
-        predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params, arity,
-                                                 files))
-    best = min(predictions, key=lambda a: (predictions[a][1], algorithms.index(a)))
-    return Choice(best, predictions[best][0], predictions[best][1], predictions)
+    """The algorithm and codec (and, unless ``chunk_size`` is given, chunk, at most
+    ``max_chunk``) predicted fastest.  ``codecs``: the codecs to weigh, each with its
+    cost on this source (``None``: sending as is).  Encoded chunks need point-to-point
+    schedules (their lengths differ; MPI's broadcast needs every rank's count)."""
+    best: Choice | None = None
+    weighed: dict[str, float] = {}
+    for codec in codecs:
+        usable = tuple(a for a in algorithms if codec is None or SCHEDULES[a].point_to_point)
+        predictions = {}
+        for algorithm in usable:
+            chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity,
+                                                max_chunk=max_chunk, files=files, codec=codec)
+            predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params,
+                                                     arity, files, codec))
+        if not predictions:
+            continue
+        pick = min(predictions, key=lambda a: (predictions[a][1], algorithms.index(a)))
+        name = "none" if codec is None else codec.name
+        weighed[name] = predictions[pick][1]
+        if best is None or predictions[pick][1] < best.predicted:
+            best = Choice(pick, predictions[pick][0], predictions[pick][1], predictions, name)
+    if best is None:
+        raise ValueError(f"no algorithm of {', '.join(algorithms)} can send encoded chunks")
+    return replace(best, codecs=weighed)
 
 
 #: Links as far apart as our users' (a 100 Mbit/s Ethernet, a fast fabric, and between):
@@ -227,15 +264,16 @@ ASSUMED_FILE_COST = 50e-6
 def choice_is_settled(
     size: int, nodes: int, *, algorithms: tuple[str, ...] = MODELLED,
     chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
-    files: int = 0,
+    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,),
 ) -> bool:
     """Whether :func:`choose` picks the same algorithm and chunk whatever the link
     (over :data:`BRACKET`): then measuring the link first is time lost.  It is, e.g.,
     for a file that fits one chunk (the schedule with the fewest hops wins), and never
     for a large file, whose best chunk depends on latency × bandwidth."""
-    picks = {(c.algorithm, c.chunk_size) for c in (
+    picks = {(c.algorithm, c.chunk_size, c.codec) for c in (
         choose(size, nodes, params, algorithms=algorithms, chunk_size=chunk_size,
-               arity=arity, max_chunk=max_chunk, files=files) for params in BRACKET)}
+               arity=arity, max_chunk=max_chunk, files=files, codecs=codecs)
+        for params in BRACKET)}
     return len(picks) == 1
 
 

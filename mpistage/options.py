@@ -53,6 +53,10 @@ class StageOptions:
     no_clobber: bool = False
     delete: bool = False
     skip_special: bool = False
+    compress: str = "none"
+    pipe: str | None = None
+    expect_size: int | None = None
+    stream: bool = False
 
     @property
     def auto_algorithm(self) -> bool:
@@ -80,11 +84,37 @@ class StageOptions:
         if not isinstance(self.memory, int) or self.memory < MIN_MEMORY:
             raise UsageError(f"invalid memory budget {self.memory!r}: expected at least "
                              f"{format_bytes(MIN_MEMORY)}")
+        self._check_streams()
         if self.chunk_size != AUTO and MIN_DEPTH * int(self.chunk_size) > self.memory:
             raise UsageError(
                 f"chunk size {format_bytes(int(self.chunk_size))} needs {MIN_DEPTH} buffers, "
                 f"more than the memory budget of {format_bytes(self.memory)}: use a smaller "
                 "chunk or a larger --memory")
+
+    def _check_streams(self) -> None:
+        """Streams, pipes and compression: what they cannot go with."""
+        broadcast = self.algorithm in SCHEDULES and not SCHEDULES[self.algorithm].point_to_point
+        if broadcast and self.compress != "none":
+            raise UsageError(f"--compress needs a point-to-point algorithm, not "
+                             f"{self.algorithm}: MPI's broadcast needs every chunk's length "
+                             "on every rank in advance")
+        if broadcast and self.stream:
+            raise UsageError(f"standard input needs a point-to-point algorithm, not "
+                             f"{self.algorithm}: MPI's broadcast needs the number of chunks "
+                             "on every rank in advance")
+        if self.expect_size is not None and not self.stream:
+            raise UsageError("--expect-size goes with - (standard input) as SRC")
+        if self.expect_size is not None and self.expect_size < 0:
+            raise UsageError(f"invalid --expect-size {self.expect_size}")
+        if self.pipe is not None:
+            meaningless = [name for name, value in (
+                ("--verify", self.verify), ("--fsync", self.fsync),
+                ("--remove-first", self.remove_first), ("--no-clobber", self.no_clobber),
+                ("--quick", self.quick), ("--mkdir", self.mkdir), ("--delete", self.delete))
+                if value]
+            if meaningless:
+                raise UsageError(f"{', '.join(meaningless)} mean nothing with --pipe "
+                                 "(no file is written)")
 
     @property
     def max_auto_chunk(self) -> int:

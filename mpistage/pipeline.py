@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from mpi4py import MPI
 
 from .buffers import BufferPool, PhaseClock
-from .codec import IDENTITY, Codec
+from .codec import make as make_codec
 from .errors import Stalled
+from .frames import framing_for
 from .liveness import no_heartbeat
 from .plan import Plan
 from .schedules import Forward, Schedule
@@ -61,6 +62,9 @@ class EngineResult:
     Attributes:
         digest: hex xxh3-128 of the bytes this node wrote (``None`` if its write failed).
         source_digest: hex digest of the source as read (root only).
+        source_size: bytes the source held (root only; a stream's size once it ended).
+        wire_bytes: bytes of the messages that came through this node (each chunk once,
+            encoded and framed as it travelled).
         read_error: why reading the source failed (root only).
         write_error: why writing the local copy failed.
         phases: seconds per phase (read, digest, wait, write, transfer).
@@ -68,6 +72,8 @@ class EngineResult:
 
     digest: str | None = None
     source_digest: str | None = None
+    source_size: int | None = None
+    wire_bytes: int = 0
     read_error: str | None = None
     write_error: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
@@ -87,7 +93,6 @@ class Engine:
         progress: ProgressCallback = _no_progress,
         timeout: float = DEFAULT_TIMEOUT,
         peer_name: Callable[[int], str] = lambda rank: f"rank {rank}",
-        codec: Codec = IDENTITY,
         source: SourceFactory = FileSource,
         digest_writes: bool = True,
         corrupt: bool = False,
@@ -97,12 +102,14 @@ class Engine:
             timeout: seconds any one wait may go without progress before the transfer
                 counts as stalled (must exceed one chunk's time on the slowest link).
             peer_name: names a rank of the schedule's communicator for messages.
-            codec: how chunks travel (:mod:`mpistage.codec`): encoded once on the
-                root, forwarded as they came, decoded by each node's writer.
             source: makes the root's source of chunks.
             digest_writes: the writer digests what it writes (off where the sink checks
                 the bytes itself, as a tree's does per file).
             corrupt: test hook: flip a byte of the first chunk before writing it.
+
+        How chunks travel is the plan's: as they are, or framed (a stream, whose end
+        only its last frame tells; chunks encoded once on the root by ``plan.codec``,
+        forwarded as they came and decoded by each node's writer; :mod:`mpistage.frames`).
         """
         self.plan = plan
         self.schedule = schedule
@@ -110,19 +117,23 @@ class Engine:
         self.timeout = timeout
         self.peer_name = peer_name
         self.clock = PhaseClock()
+        self.framing = framing_for(plan)
+        self._count = self.framing.chunk_count()  # None: a stream, until its last frame
         # More buffers than chunks would only hold memory.
-        self.pool = BufferPool(max(2, min(depth, plan.nchunks)),
-                               max(1, min(plan.chunk_size, plan.size)))
-        self.codec = codec
+        self.pool = BufferPool(max(2, min(depth, self._count if self._count is not None
+                                          else depth)), self.framing.capacity)
         self.source = source(plan, self.pool, self.clock) if schedule.is_root else None
-        # The root writes what it read; the others decode what came.
-        self.writer = ChunkWriter(plan, sink, self.pool, self.clock,
-                                  digests=digest_writes and not schedule.is_root,
-                                  codec=IDENTITY if schedule.is_root else codec,
-                                  corrupt=corrupt)
-        self._sends: deque[tuple[int, int, Forward]] = deque()  # chunk, buffer, its sends
+        # The root writes the very bytes it read (and digested) unless they were encoded:
+        # then it decodes them, as every node does, and digests what it wrote.
+        encoded = plan.codec != "none"
+        self.writer = ChunkWriter(plan, sink, self.pool, self.clock, self.framing,
+                                  digests=digest_writes and (encoded or not schedule.is_root),
+                                  codec=make_codec(plan.codec), corrupt=corrupt)
+        self._trust_source_digest = schedule.is_root and not encoded
+        self._sends: deque[tuple[int, int, int, Forward]] = deque()  # chunk, buffer, bytes, sends
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._done_bytes = 0
+        self._wire_bytes = 0
         self._started = 0.0
         # How long waiting for a chunk, and for a send to finish, has been taking.
         self._receive_pace, self._send_pace = Pace(), Pace()
@@ -187,7 +198,7 @@ class Engine:
         for something else, so the next child need not wait for that), never ahead of
         the chunk before it."""
         limit: int | None = None
-        for _, _, forward in self._sends:
+        for *_, forward in self._sends:
             forward.advance(limit)
             limit = forward.posted
 
@@ -196,18 +207,20 @@ class Engine:
         children, oldest first; with ``block``, wait until the oldest chunk is."""
         self._advance_sends()
         if block and self._sends:
-            oldest = self._sends[0][2]
+            oldest = self._sends[0][3]
             while not oldest.advance():
                 self._wait(oldest.requests, receiving=False)
-        while self._sends and self._sends[0][2].done:
-            k, index, _ = self._sends.popleft()
+        while self._sends and self._sends[0][3].done:
+            _, index, length, _ = self._sends.popleft()
             self.pool.release(index)
-            self._sent(self.plan.chunk_length(k))
+            self._sent(length)
 
     def _sent(self, length: int) -> None:
+        """``length`` source bytes left this node; the root tells the progress callback
+        (a stream's total is unknown, 0, until it ended)."""
         self._done_bytes += length
         if self.schedule.is_root:
-            self.progress(self._done_bytes, self.plan.size)
+            self.progress(self._done_bytes, 0 if self.plan.stream else self.plan.size)
 
     def _next_from_source(self) -> tuple[int, int]:
         assert self.source is not None
@@ -224,8 +237,8 @@ class Engine:
 
     def _next_from_parent(self, next_post: int) -> tuple[int, int, int]:
         """Keep receives posted ahead; return the oldest once it arrived."""
-        plan = self.plan
-        while next_post < plan.nchunks and len(self._recvs) < len(self.pool.buffers):
+        count = self._count
+        while (count is None or next_post < count) and len(self._recvs) < len(self.pool.buffers):
             index = self.pool.take(block=False)
             if index is None:
                 if self._recvs:
@@ -234,7 +247,7 @@ class Engine:
                     self._retire_sends(block=True)
                     continue
                 index = self._buffer_back_from_writer()
-            view = self.pool.buffers[index][: plan.chunk_length(next_post)]
+            view = self.framing.receive_space(self.pool.buffers[index], next_post)
             self._recvs.append((next_post, index, self.schedule.post_receive(view)))
             next_post += 1
         k, index, request = self._recvs.popleft()
@@ -252,17 +265,23 @@ class Engine:
         self.writer.start()
         if self.source is not None:
             self.source.start()
-        next_post = 0
+        next_post = k = 0
         try:
-            for _ in range(self.plan.nchunks):
+            while self._count is None or k < self._count:
                 if self.source is not None:
                     k, index = self._next_from_source()
                 else:
                     k, index, next_post = self._next_from_parent(next_post)
-                self._dispatch(k, index)
+                last = self._dispatch(k, index)
                 self._retire_sends(block=False)
+                k += 1
+                if last:
+                    break
+            self._cancel_receives()
             while self._sends:
                 self._retire_sends(block=True)
+            if self.plan.stream and self.source is not None:
+                self.progress(self._done_bytes, self._done_bytes)  # now the total is known
         except BaseException:
             self.close()
             raise
@@ -271,13 +290,23 @@ class Engine:
                 self.source.join(timeout=self.timeout)
         return self.result()
 
-    def _dispatch(self, k: int, index: int) -> None:
-        """Chunk ``k`` is here: forward it to the schedule's children and hand it to the
-        writer (unless this node's copy was abandoned)."""
-        view = self.pool.buffers[index][: self.plan.chunk_length(k)]
-        if self.source is not None:
-            view = self.codec.encode(view)  # once, on the root; nodes forward it as it came
-        forward = self.schedule.post_forward(view)
+    def _dispatch(self, k: int, index: int) -> bool:
+        """Chunk ``k`` is here: forward it to the schedule's children as it came and
+        hand it to the writer (unless this node's copy was abandoned); whether it was
+        the last.
+
+        Raises:
+            Stalled: a frame's header is damaged (the stream cannot go on).
+        """
+        buffer = self.pool.buffers[index]
+        try:
+            message = self.framing.message(buffer, k)
+            length = self.framing.raw_length(buffer, k)
+            last = self.framing.is_last(buffer, k)
+        except ValueError as exc:
+            raise Stalled(f"chunk {k}: {exc}") from None
+        self._wire_bytes += len(message)
+        forward = self.schedule.post_forward(message)
         sends = not forward.done
         writes = not self.writer.abandoned
         holders = sends + writes
@@ -285,10 +314,20 @@ class Engine:
         if writes:
             self.writer.put(k, index)
         if sends:
-            self._sends.append((k, index, forward))
+            self._sends.append((k, index, length, forward))
         else:
-            self._sent(len(view))
+            self._sent(length)
         if not holders:
+            self.pool.release(index)
+        return last
+
+    def _cancel_receives(self) -> None:
+        """A stream ended: the receives posted ahead for chunks that never come are
+        cancelled (MPI completes a cancelled receive at once) and their buffers freed."""
+        while self._recvs:
+            _, index, request = self._recvs.popleft()
+            request.Cancel()
+            request.Wait()
             self.pool.release(index)
 
     def finish_writes(self, heartbeat: Callable[[Hashable], None] = no_heartbeat) -> EngineResult:
@@ -304,11 +343,13 @@ class Engine:
         """What this engine did so far (complete after :meth:`finish_writes`)."""
         source = self.source
         digest = self.writer.digest
-        if source is not None and self.writer.error is None:
+        if source is not None and self._trust_source_digest and self.writer.error is None:
             digest = source.digest  # the root wrote the very buffers the reader digested
         return EngineResult(
             digest=digest,
             source_digest=source.digest if source is not None else None,
+            source_size=source.bytes_read if source is not None else None,
+            wire_bytes=self._wire_bytes,
             read_error=source.error if source is not None else None,
             write_error=self.writer.error,
             phases=dict(self.clock.seconds),

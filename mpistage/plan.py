@@ -46,6 +46,8 @@ class SourceInfo:
             replaced or written to meanwhile is never staged as a mix of old and new
             bytes (:func:`describe_source` always sets it; ``None`` only in hand-made
             descriptions).
+        stream: the source is a stream (standard input) whose size nobody knows until
+            it ends; ``size`` is then what ``--expect-size`` announced, or 0.
     """
 
     source: str
@@ -54,10 +56,12 @@ class SourceInfo:
     mtime_ns: int
     dest: str
     identity: tuple[int, int, int, int, int] | None = None
+    stream: bool = False
 
     @property
     def source_name(self) -> str:
-        return os.path.basename(self.source)
+        """The name a copy takes inside a directory DEST ("" for a stream: it has none)."""
+        return "" if self.stream else os.path.basename(self.source)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,15 +71,18 @@ class Plan(SourceInfo):
     Attributes:
         chunk_size: bytes per pipeline message.
         algorithm: schedule name (never ``auto``: the root resolves it first).
+        codec: how chunks travel (:mod:`mpistage.codec`; never ``auto`` either).
     """
 
     chunk_size: int
     algorithm: str
+    codec: str = "none"
 
     @classmethod
-    def of(cls, info: SourceInfo, *, chunk_size: int, algorithm: str) -> Plan:
+    def of(cls, info: SourceInfo, *, chunk_size: int, algorithm: str,
+           codec: str = "none") -> Plan:
         return cls(**{f.name: getattr(info, f.name) for f in fields(SourceInfo)},
-                   chunk_size=check_chunk_size(chunk_size), algorithm=algorithm)
+                   chunk_size=check_chunk_size(chunk_size), algorithm=algorithm, codec=codec)
 
     @property
     def nchunks(self) -> int:
@@ -250,6 +257,9 @@ def _resolve(text: str, source_name: str) -> Path:
         if expanded.exists():
             raise UsageError(f"destination {text!r} is not a directory")
         raise UsageError(f"destination directory {text!r} does not exist (--mkdir creates it)")
+    if expanded.is_dir() and not source_name:
+        raise UsageError(f"destination {text!r} is a directory; standard input has no name "
+                         "to give the copy there: name the file (DEST/NAME)")
     target = expanded / source_name if expanded.is_dir() else expanded
     parent = target.parent
     if not parent.exists():

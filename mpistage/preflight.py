@@ -141,6 +141,18 @@ def preflight(
     return checks
 
 
+def check_commands(topo: Topology, command: str) -> list[NodeCheck]:
+    """``--pipe``: every node's command, its placeholders expanded (collective); no file
+    to check.  The command's own failures show when it runs."""
+    mine = None
+    if topo.is_leader:
+        node = topo.node
+        mine = NodeCheck(index=node.index, host=node.host, rank=topo.comm.rank,
+                         target=expand(command, node=node.index, host=node.host,
+                                       rank=topo.comm.rank))
+    return sorted((c for c in topo.comm.allgather(mine) if c is not None), key=lambda c: c.index)
+
+
 def stop_unless_skipping(checks: list[NodeCheck], skip_bad_nodes: bool) -> None:
     """Raise the bad nodes' problems, unless they are to be left out."""
     bad = [c for c in checks if c.problem]
@@ -157,7 +169,7 @@ def _mark_up_to_date(
     """Which existing copies already hold the source (size and digest, or with ``quick``
     size and mtime).  Digests are computed only when some node has a same-size file."""
     candidates = {c.index for c in checks if c.problem is None and c.existing_size == info.size}
-    if not candidates:
+    if not candidates or info.stream:  # a stream's content is not known before it is read
         return checks
     if quick:
         fresh = {c.index for c in checks

@@ -25,10 +25,13 @@ SCHEMA = "mpistage.report/1"
 
 #: Phases in the order a run goes through them.
 PHASES = (
-    "startup", "plan", "read", "wait", "write", "digest", "transfer",
+    "startup", "plan", "read", "encode", "wait", "decode", "write", "digest", "transfer",
     "fsync", "verify", "rename", "total",
 )
 
+
+#: Nodes whose ``--pipe`` command's stderr the summary shows.
+_STDERR_NODES = 3
 
 #: What became of a node: it received a verified copy, it already had one, it was left
 #: out by the pre-flight check (``--skip-bad-nodes``), or it failed.
@@ -50,6 +53,8 @@ class NodeResult:
     files_copied: int = 0
     files_up_to_date: int = 0
     files_failed: int = 0
+    wire_bytes: int = 0
+    stderr: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,7 +79,8 @@ class RankStatus:
 
     Attributes:
         result: its node's outcome (node leaders only).
-        source_outcome: the root's ``(source_digest, read_error)`` as this rank learnt it
+        source_outcome: the root's ``(source_digest, read_error, source_size)`` as this
+            rank learnt it
             (the transfer's participants only).
         stall: why this rank's transfer stalled, if it did.
         prediction: the model's prediction (the transfer's participants only).
@@ -82,7 +88,7 @@ class RankStatus:
 
     record: RankRecord
     result: NodeResult | None = None
-    source_outcome: tuple[str | None, str | None] | None = None
+    source_outcome: tuple[str | None, str | None, int | None] | None = None
     stall: str | None = None
     prediction: Prediction | None = None
 
@@ -107,6 +113,8 @@ class StageReport:
     missing_ranks: list[int] = field(default_factory=list)
     prediction: dict[str, Any] | None = None
     tree: dict[str, Any] | None = None
+    codec: str = "none"
+    pipe: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -159,6 +167,9 @@ class StageReport:
             },
             "algorithm": self.algorithm,
             "chunk_size": self.chunk_size,
+            "codec": self.codec,
+            "wire_bytes": self.wire_bytes,
+            "pipe": self.pipe,
             "depth": self.depth,
             "node_count": len(self.nodes),
             "rank_count": len(self.ranks),
@@ -196,6 +207,12 @@ class StageReport:
                 pass
             raise
 
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes of the messages that carried the source (encoded, with frame headers),
+        once per hop: what compression saved is ``size`` against this."""
+        return max((n.wire_bytes for n in self.nodes), default=0)
+
     def summary(self) -> str:
         """Several lines for a person: the outcome first, then the phase table."""
         n = len(self.nodes)
@@ -210,10 +227,15 @@ class StageReport:
             moved = (f"transfer {format_seconds(self.transfer_seconds)}"
                      f" ({format_rate(self.size, self.transfer_seconds)} into every node)")
         what = _describe_tree(self.tree) if self.tree else format_bytes(self.size)
+        source = "standard input" if self.source == "-" else self.source
+        codec = ""
+        if self.codec != "none":
+            saved = f", {self.size / self.wire_bytes:.2f}x smaller" if self.wire_bytes else ""
+            codec = f", {self.codec}{saved}"
         lines = [
-            f"mpistage: {self.source} ({what}) to {n} node"
-            f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}:"
-            f" {format_seconds(self.elapsed)} in all, {moved}",
+            f"mpistage: {source} ({what}) to {n} node"
+            f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}"
+            f"{codec}: {format_seconds(self.elapsed)} in all, {moved}",
         ]
         if self.ok and len(fresh) == n:
             holders = "the node was" if n == 1 else f"all {n} nodes were"
@@ -225,6 +247,11 @@ class StageReport:
                          f"its {DIGEST_ALGORITHM} digest); {self.tree['files_sent']} of "
                          f"{self.tree['files']} files sent "
                          f"({format_bytes(self.tree['bytes_sent'])}), the rest already in place")
+        elif self.ok and self.pipe:
+            digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
+            holders = "the node's" if n == 1 else f"all {n} nodes'"
+            lines.append(f"  {holders} {self.pipe!r} took the verified stream{digest} and "
+                         "exited 0")
         elif self.ok:
             digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
             holders = "the node holds" if n == 1 else f"all {n} nodes hold"
@@ -241,6 +268,11 @@ class StageReport:
                 lines.append(f"  no status from ranks {_ranges(self.missing_ranks)} (dead or unreachable)")
         if fresh:
             lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
+        chatty = [node for node in self.nodes if node.stderr and node.ok]
+        for node in chatty[:_STDERR_NODES]:
+            lines.append(f"  node {node.index} ({node.host}) command's stderr ended: {node.stderr}")
+        if len(chatty) > _STDERR_NODES:
+            lines.append(f"  (and {len(chatty) - _STDERR_NODES} more nodes' commands wrote to stderr)")
         if self.tree and self.tree["skipped_special"]:
             skipped = self.tree["skipped_special"]
             lines.append(f"  left out {len(skipped)} special file{'s' if len(skipped) != 1 else ''}"
@@ -272,6 +304,7 @@ class StageReport:
 def build_report(
     plan: Plan, checks: list[NodeCheck], statuses: list[RankStatus], missing: list[int],
     stall: str | None, depth: int, tree: dict[str, Any] | None = None,
+    pipe: str | None = None,
 ) -> StageReport:
     """Rank 0: the report of a run from the statuses that reached it (in rank order);
     a node without a status is reported failed, dead or unreachable."""
@@ -281,13 +314,13 @@ def build_report(
                 status="failed", error="no status from this node (dead or unreachable)")
              for check in checks]
     outcomes = [s.source_outcome for s in statuses if s.source_outcome is not None]
-    source_digest, source_error = outcomes[0] if outcomes else (None, None)
+    source_digest, source_error, source_size = outcomes[0] if outcomes else (None, None, None)
     predictions = [s.prediction for s in statuses if s.prediction is not None]
     prediction = predictions[0] if predictions else None
     return StageReport(
         version=__version__,
         source=plan.source,
-        size=plan.size,
+        size=source_size if plan.stream and source_size is not None else plan.size,
         source_digest=source_digest,
         algorithm=plan.algorithm,
         chunk_size=plan.chunk_size,
@@ -301,6 +334,8 @@ def build_report(
         missing_ranks=missing,
         prediction=prediction.to_dict() if prediction else None,
         tree=tree,
+        codec=plan.codec,
+        pipe=pipe,
     )
 
 

@@ -21,8 +21,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .buffers import Buffer, BufferPool, PhaseClock, pieces, zero
+from .codec import make as make_codec
 from .digest import new_digest
 from .errors import Stalled
+from .frames import framing_for
 from .plan import Plan, file_identity, identity_change
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class ChunkSource:
     Attributes:
         digest: hex xxh3-128 of what was read, once every chunk was read cleanly.
         error: why reading failed (``None`` while it has not).
+        bytes_read: source bytes read so far (a stream's size, once it ended).
     """
 
     def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> None:
@@ -44,6 +47,7 @@ class ChunkSource:
         self.clock = clock
         self.digest: str | None = None
         self.error: str | None = None
+        self.bytes_read = 0
         self._ready: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._read_all, name="mpistage-reader",
                                         daemon=True)
@@ -82,31 +86,55 @@ class ChunkSource:
                 raise Stalled(f"reading {self.plan.source} made no progress for {timeout:g} s")
 
     def _read_all(self) -> None:
+        framing = framing_for(self.plan)
+        codec = make_codec(self.plan.codec)
+        count = framing.chunk_count()  # None: a stream, until its last frame
         try:
             self._open()
-            for k in range(self.plan.nchunks):
+            k = 0
+            while count is None or k < count:
                 index = self.pool.take()
                 if index is None:  # the engine closed the pool: the transfer is over
                     return
-                view = self.pool.buffers[index][: self.plan.chunk_length(k)]
-                if self.error is None:
-                    try:
-                        self._fill(k, view)
-                    except Exception as exc:  # noqa: BLE001 - a dead reader would hang the run
-                        self.error = f"reading {self.plan.source} failed: {exc!r}"
-                if self.error is not None:
-                    zero(view)
+                buffer = self.pool.buffers[index]
+                view = framing.read_space(buffer, k)
+                got = self._fill_chunk(k, view)
+                last = k == count - 1 if count is not None else got < len(view)
+                started = time.perf_counter()
+                framing.seal(buffer, k, got, last, codec)
+                self.clock.add("encode", time.perf_counter() - started)
+                self.bytes_read += got
                 self._ready.put((k, index))
+                k += 1
+                if last:
+                    break
             if self.error is None:
                 self._finish()
         finally:
             self._close()
 
+    def _fill_chunk(self, k: int, view: Buffer) -> int:
+        """Chunk ``k``'s bytes into ``view``; how many.  After an error, zeros to the
+        end of a file's chunk (every rank knows how many chunks come), and none for a
+        stream's (it ends here)."""
+        got = len(view)
+        if self.error is None:
+            try:
+                filled = self._fill(k, view)
+                got = got if filled is None else filled
+            except Exception as exc:  # noqa: BLE001 - a dead reader would hang the run
+                self.error = f"reading {self.plan.source} failed: {exc!r}"
+        if self.error is not None:
+            zero(view)
+            got = 0 if self.plan.stream else len(view)
+        return got
+
     def _open(self) -> None:
         """Before the first chunk (errors go to :attr:`error`)."""
 
-    def _fill(self, k: int, view: Buffer) -> None:
-        """Fill chunk ``k`` (all of ``view``), or set :attr:`error`."""
+    def _fill(self, k: int, view: Buffer) -> int | None:
+        """Fill chunk ``k`` (all of ``view``; a stream: until its end, returning how
+        many bytes, fewer only at the end), or set :attr:`error`."""
         raise NotImplementedError
 
     def _finish(self) -> None:

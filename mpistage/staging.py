@@ -18,30 +18,37 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mpi4py import MPI
 
 from . import faults
 from .algorithms import SCHEDULES
 from .closing import agree_on_report, connect_early, participants, share_source_outcome
-from .copies import FileCopy
+from .codec import CodecCost
+from .codec import check as check_codec
+from .copies import FileCopy, PipeCopy, SourceOutcome
 from .decide import AUTO, Prediction, decide
-from .errors import Stalled, UsageError
+from .errors import CommandFailed, Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
-from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback
+from .pipeline import (DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback,
+                       SourceFactory)
 from .plan import Plan, SourceInfo, check_template, describe_source
-from .preflight import NodeCheck, preflight
+from .preflight import NodeCheck, check_commands, preflight
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
+from .source import FileSource
 from .sources import Sources, SourceSpec
+from .streams import STDIN, StreamInput, StreamSource, describe_stream, is_stream, open_stream
 from .topology import Topology
 from .waiting import quiet_barrier
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
     from .manifest import Manifest
+    from .pipesink import PipeSink
     from .treecopy import TreeCopy
     from .treesink import TreeSink
 
@@ -50,10 +57,13 @@ log = logging.getLogger("mpistage.staging")
 
 
 def stage(
-    source: Sources,
-    dest: str | os.PathLike[str],
+    source: Sources | BinaryIO,
+    dest: str | os.PathLike[str] | None,
     *,
     comm: MPI.Comm | None = None,
+    pipe: str | None = None,
+    compress: str = "none",
+    expect_size: int | None = None,
     files_from: str | os.PathLike[str] | None = None,
     base: str | os.PathLike[str] | None = None,
     nul: bool = False,
@@ -83,11 +93,21 @@ def stage(
     Args:
         source: what to read on the root: a file, a directory (staged whole), or a list
             of them (several need a directory ``dest``); ``None`` or ``[]`` with
-            ``files_from``.
+            ``files_from``; ``"-"`` for standard input, or a binary file object: a
+            stream, read to its end (its size unknown in advance).
         dest: where each node writes, as ``cp -r`` does: an existing directory receives
-            ``dest/basename(source)``; else, for one source, ``dest`` is its new path.
-            May contain ``{node}``, ``{host}`` and ``{rank}``.
+            ``dest/basename(source)``; else, for one source, ``dest`` is its new path
+            (a stream's must be). May contain ``{node}``, ``{host}`` and ``{rank}``.
+            ``None`` with ``pipe``.
         comm: communicator of every rank taking part (default ``MPI.COMM_WORLD``).
+        pipe: instead of writing a file, run this shell command on every node (its
+            placeholders expanded) and write the stream to its standard input; a node
+            succeeds when every byte arrived, the digest matched and it exited 0.
+        compress: ``"none"``, ``"zstd"``, ``"zstd:LEVEL"``, ``"lz4"`` or ``"auto"`` (the
+            model weighs them on a sample of the source): chunks are encoded once on
+            the root and decoded by each node for its own write.
+        expect_size: a stream's expected size: pre-flight checks room for it and the
+            model plans for it.
         files_from: a file listing the paths to stage, one a line (NUL-separated with
             ``nul``), relative to ``base`` (default: the list's directory) and kept
             relative under ``dest``.
@@ -143,29 +163,32 @@ def stage(
     entered = time.perf_counter()
     start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
-    dest = os.fspath(dest)
+    dest = _destination(dest, pipe)
+    streaming = is_stream(source)
     options = StageOptions(
         algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
         memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
         quick=quick, remove_first=remove_first, no_clobber=no_clobber, delete=delete,
-        skip_special=skip_special,
+        skip_special=skip_special, compress=check_codec(compress), pipe=pipe,
+        expect_size=expect_size, stream=streaming,
     )
     options.check(comm.size)
     check_template(dest)
-    what = SourceSpec.of(source, files_from, base, nul)
+    what = _what(source, files_from, base, nul, options)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
         phases = {"startup": time.perf_counter() - start}
         mark = time.perf_counter()
-        info, params, manifest = _agree_on_source(comm, what, dest, options)
-        checks, copy, info = _check_nodes(topo, info, manifest, options)
+        stream = open_stream(source) if streaming and comm.rank == options.root else None
+        info, params, manifest, codecs = _agree_on_source(comm, what, dest, options, stream)
+        checks, copy, info = _check_nodes(topo, info, manifest, options, stream)
         result: NodeResult | None = None
-        outcome: tuple[str | None, str | None] | None = None
+        outcome: SourceOutcome | None = None
         stall: str | None = None
         with _transfer_communicator(topo, checks) as transfer_comm:
             connect_early(topo, checks, transfer_comm, timeout)
             plan, prediction = _decide_plan(topo, checks, transfer_comm, info, params, options,
-                                            copy.files_in_stream)
+                                            copy.files_in_stream, codecs)
             phases["plan"] = time.perf_counter() - mark
             if topo.is_leader:
                 mine = next(c for c in checks if c.index == topo.node.index)
@@ -182,7 +205,37 @@ def stage(
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
-                               options.buffers(plan.chunk_size), timeout, copy.summary())
+                               options.buffers(plan.chunk_size), timeout, copy.summary(),
+                               pipe)
+
+
+def _destination(dest: str | os.PathLike[str] | None, pipe: str | None) -> str:
+    """What each node's target is made from: DEST, or with ``pipe`` the command."""
+    if pipe is not None:
+        if dest is not None:
+            raise UsageError("--pipe CMD takes the place of DEST: give SRC and CMD only")
+        if not pipe.strip():
+            raise UsageError("--pipe command is empty")
+        return pipe
+    if dest is None:
+        raise UsageError("no destination given")
+    return os.fspath(dest)
+
+
+def _what(source: Sources | BinaryIO, files_from: str | os.PathLike[str] | None,
+          base: str | os.PathLike[str] | None, nul: bool,
+          options: StageOptions) -> SourceSpec | None:
+    """The sources as given; ``None`` for a stream (checked here, alike on every rank)."""
+    if options.stream:
+        if files_from is not None:
+            raise UsageError("give - (standard input) or --files-from, not both")
+        if source == STDIN and options.root != 0:
+            raise UsageError("standard input reaches rank 0 only: --root must be 0 with -")
+        return None
+    if not isinstance(source, (str, os.PathLike)) and source is not None:
+        if any(is_stream(s) for s in source):  # type: ignore[union-attr]
+            raise UsageError("- (standard input) is the only source when it is one")
+    return SourceSpec.of(source, files_from, base, nul)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -205,24 +258,34 @@ def _topology(comm: MPI.Comm, options: StageOptions) -> Iterator[Topology]:
         topo.free()
 
 
+Codecs = tuple[CodecCost | None, ...]
+
+
 def _agree_on_source(
-    comm: MPI.Comm, what: SourceSpec, dest: str, options: StageOptions,
-) -> tuple[SourceInfo, Parameters | None, Manifest | None]:
+    comm: MPI.Comm, what: SourceSpec | None, dest: str, options: StageOptions,
+    stream: StreamInput | None,
+) -> tuple[SourceInfo, Parameters | None, Manifest | None, Codecs]:
     """The root checks the source and reads the calibration (only it can see them);
-    every rank learns what is to be sent, for its pre-flight check: one file's
-    description, or a tree's manifest (its columns broadcast as buffers)."""
-    outcome: tuple[SourceInfo, Parameters | None, bool, list[str]] | str | None = None
+    every rank learns what is to be sent, for its pre-flight check: one file's (or a
+    stream's) description, or a tree's manifest (its columns broadcast as buffers); and
+    the codecs ``--compress`` weighs, measured on a sample of the source."""
+    outcome: tuple[SourceInfo, Parameters | None, bool, list[str], Codecs] | str | None = None
     manifest: Manifest | None = None
     if comm.rank == options.root:
         try:
-            if what.is_tree():
+            if what is None:
+                info = describe_stream(dest, options.expect_size)
+            elif what.is_tree():
+                if options.pipe is not None:
+                    raise UsageError("--pipe takes one file or - (standard input), not a tree")
                 manifest, info = what.walk(dest, skip_special=options.skip_special)
                 if options.no_clobber:
                     raise UsageError("--no-clobber stages one file, not a tree")
             else:
                 info = describe_source(what.sources[0], dest)
             outcome = (info, options.load_calibration(), manifest is not None,
-                       manifest.skipped if manifest is not None else [])
+                       manifest.skipped if manifest is not None else [],
+                       _codec_costs(options.compress, info, manifest, stream))
         except UsageError as exc:
             outcome = str(exc)
     quiet_barrier(comm)  # the others sleep while the root walks a tree
@@ -230,25 +293,51 @@ def _agree_on_source(
     if isinstance(outcome, str):
         raise UsageError(outcome)
     assert outcome is not None
-    info, params, is_tree, skipped = outcome
+    info, params, is_tree, skipped, codecs = outcome
     if is_tree:
         from .manifest import Manifest
 
         manifest = (manifest or Manifest()).bcast(comm, options.root)
         manifest.skipped = skipped
-    return info, params, manifest
+    return info, params, manifest, codecs
+
+
+def _codec_costs(compress: str, info: SourceInfo, manifest: Manifest | None,
+                 stream: StreamInput | None) -> Codecs:
+    """Root: the codecs to weigh, each measured on a sample of this source."""
+    if compress == "none":
+        return (None,)
+    from .sampling import codec_costs, sample_file, sample_files, sample_stream
+
+    if stream is not None:
+        samples = sample_stream(stream)
+    elif manifest is not None:
+        samples = sample_files(manifest)
+    else:
+        try:
+            samples = sample_file(info.source, info.size)
+        except OSError as exc:
+            raise UsageError(f"cannot read {info.source} to sample it: {exc.strerror}") from None
+    return codec_costs(compress, samples)
 
 
 def _check_nodes(
     topo: Topology, info: SourceInfo, manifest: Manifest | None, options: StageOptions,
+    stream: StreamInput | None = None,
 ) -> tuple[list[NodeCheck], FileCopy | TreeCopy, SourceInfo]:
-    """The pre-flight check of every node, for one file or a tree; for a tree, the
-    description's size becomes the stream's (the files some node lacks)."""
+    """The pre-flight check of every node, for one file, a stream, a command's input
+    or a tree; for a tree, the description's size becomes the stream's (the files some
+    node lacks)."""
+    source: SourceFactory = FileSource
+    if info.stream:
+        source = partial(StreamSource, stream=stream)
+    if options.pipe is not None:
+        return check_commands(topo, options.pipe), PipeCopy(source), info
     if manifest is None:
         checks = preflight(topo, info, mkdir=options.mkdir, remove_first=options.remove_first,
                            quick=options.quick, skip_bad_nodes=options.skip_bad_nodes,
                            no_clobber=options.no_clobber)
-        return checks, FileCopy(), info
+        return checks, FileCopy(source), info
     from .treecheck import check_tree
     from .treecopy import TreeCopy
 
@@ -262,6 +351,7 @@ def _check_nodes(
 def _decide_plan(
     topo: Topology, checks: list[NodeCheck], transfer_comm: MPI.Comm | None,
     info: SourceInfo, params: Parameters | None, options: StageOptions, files: int = 0,
+    codecs: Codecs = (None,),
 ) -> tuple[Plan, Prediction | None]:
     """The plan, decided once on the root and broadcast to every rank: ``auto`` resolved
     by the model over the links among the nodes that need the file (the root measures
@@ -273,7 +363,7 @@ def _decide_plan(
                          info, calibration=params, algorithm=options.algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
                          timeout=options.timeout, max_chunk=options.max_auto_chunk,
-                         files=files)
+                         files=files, codecs=codecs)
     if topo.comm.rank == options.root and decided is None:
         decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
                            if options.auto_chunk
@@ -308,17 +398,17 @@ def _take_part(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
     transfer_comm: MPI.Comm | None, phases: dict[str, float], options: StageOptions,
     progress: ProgressCallback | None, copy: FileCopy | TreeCopy,
-) -> tuple[NodeResult, tuple[str | None, str | None] | None]:
+) -> tuple[NodeResult, SourceOutcome | None]:
     """Leader only: transfer (if this node takes part), then commit or discard.
 
     Returns this node's result and, for nodes that took part, the root's
     ``(source_digest, source_error)``.
     """
     def result(status: str, error: str | None = None, digest: str | None = None,
-               written: int = 0) -> NodeResult:
+               written: int = 0, **said: Any) -> NodeResult:
         return NodeResult(index=mine.index, host=mine.host, rank=topo.comm.rank,
                           path=mine.target, status=status, error=error, digest=digest,
-                          bytes=written, **copy.counts(mine, status))
+                          bytes=written, **copy.counts(mine, status), **said)
 
     if transfer_comm is None:
         if mine.problem:
@@ -332,13 +422,13 @@ def _transfer_and_commit(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck, comm: MPI.Comm,
     phases: dict[str, float], result: Callable[..., NodeResult], options: StageOptions,
     progress: ProgressCallback | None, copy: FileCopy | TreeCopy,
-) -> tuple[NodeResult, tuple[str | None, str | None]]:
+) -> tuple[NodeResult, SourceOutcome]:
     """Participant: run the engine, learn the source's outcome, commit or discard."""
     timeout = options.timeout
     taking_part = participants(topo, checks)
     names = [f"node {i} ({checks[i].host})" for i in taking_part]
     receives = mine.needs_data
-    sink: Sink | TreeSink | None = None
+    sink: Sink | TreeSink | PipeSink | None = None
     sink_error: str | None = None
     if receives:
         try:
@@ -367,16 +457,18 @@ def _transfer_and_commit(
         phases.update(outcome.phases)
         if not receives:  # the root, reading for others; its own node needs nothing
             status = "skipped" if mine.problem else "up-to-date"
-            return result(status, mine.problem), source
+            return result(status, mine.problem, wire_bytes=outcome.wire_bytes), source
         outcome.write_error = sink_error or outcome.write_error
         error = copy.judge(outcome, source, sink)
         if error is None and sink is not None:
             error = _commit(copy, sink, plan, mine, options, source[0], heartbeat)
             phases.update(sink.timings)
         written = sink.bytes_written if sink is not None else 0
+        said = {"wire_bytes": outcome.wire_bytes,
+                "stderr": getattr(sink, "stderr_tail", lambda: None)() or None}
         if error is not None:
-            return result("failed", error, outcome.digest, written), source
-        return result("copied", None, outcome.digest, written), source
+            return result("failed", error, outcome.digest, written, **said), source
+        return result("copied", None, outcome.digest, written, **said), source
     finally:
         heartbeat.close(timeout)
         if engine is not None:
@@ -385,7 +477,8 @@ def _transfer_and_commit(
             sink.discard()  # no-op after a commit; removes the temp file otherwise
 
 
-def _commit(copy: FileCopy | TreeCopy, sink: Sink | TreeSink, plan: Plan, mine: NodeCheck,
+def _commit(copy: FileCopy | TreeCopy, sink: Sink | TreeSink | PipeSink, plan: Plan,
+            mine: NodeCheck,
             options: StageOptions, source_digest: str | None,
             heartbeat: Heartbeat) -> str | None:
     """Put this node's copy in place, waiting as long as the flush and re-read make
@@ -402,7 +495,7 @@ def _commit(copy: FileCopy | TreeCopy, sink: Sink | TreeSink, plan: Plan, mine: 
     try:
         watch(finish, lambda: (sink.progress, writeback_activity()), timeout=options.timeout,
               heartbeat=heartbeat, what=f"finishing {mine.target}")
-    except Stalled as exc:
+    except (Stalled, CommandFailed) as exc:
         return str(exc)
     except (OSError, ValueError) as exc:
         return f"finishing {mine.target} failed: {exc}"
@@ -431,6 +524,7 @@ def explain(
     depth: int = DEFAULT_DEPTH,
     memory: int = DEFAULT_MEMORY,
     timeout: float = DEFAULT_TIMEOUT,
+    compress: str = "none",
 ) -> Prediction | None:
     """What :func:`stage` would do, without moving the file (collective).
 
@@ -443,12 +537,13 @@ def explain(
     options = StageOptions(algorithm=algorithm, chunk_size=chunk_size, root=root,
                            ranks_as_nodes=ranks_as_nodes, arity=arity,
                            calibration=calibration, quick=quick, depth=depth,
-                           memory=memory, timeout=timeout, skip_bad_nodes=True)
+                           memory=memory, timeout=timeout, skip_bad_nodes=True,
+                           compress=check_codec(compress))
     options.check(comm.size)
     check_template(dest)
     what = SourceSpec.of(source, files_from, base, nul)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
-        info, params, manifest = _agree_on_source(comm, what, dest, options)
+        info, params, manifest, codecs = _agree_on_source(comm, what, dest, options, None)
         checks, copy, info = _check_nodes(topo, info, manifest, options)
         bad = [c for c in checks if c.problem]
         if bad and not any(c.needs_data for c in checks):
@@ -460,7 +555,7 @@ def explain(
                     transfer_comm, participants(topo, checks).index(topo.root_node), info,
                     calibration=params, algorithm=AUTO, chunk_size=options.chunk_size,
                     arity=arity, timeout=timeout, max_chunk=options.max_auto_chunk,
-                    files=copy.files_in_stream,
+                    files=copy.files_in_stream, codecs=codecs,
                 )
                 prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:

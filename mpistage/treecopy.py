@@ -60,7 +60,7 @@ class TreeCopy:
 
     def judge(self, result: EngineResult, outcome: SourceOutcome,
               sink: TreeSink | None) -> str | None:
-        error = judge_stream(result, *outcome)
+        error = judge_stream(result, outcome[0], outcome[1])
         if error is None and sink is not None:
             error = sink.error
             if error is None and not sink.finished():

@@ -21,6 +21,7 @@ from .buffers import Buffer, BufferPool, PhaseClock, pieces
 from .codec import IDENTITY, Codec
 from .digest import new_digest
 from .errors import Stalled
+from .frames import HEADER, Framing, decode
 from .liveness import follow
 from .plan import Plan
 from .sink import Sink
@@ -44,13 +45,17 @@ class ChunkWriter:
     """
 
     def __init__(self, plan: Plan, sink: Sink | TreeSink | None, pool: BufferPool,
-                 clock: PhaseClock,
+                 clock: PhaseClock, framing: Framing,
                  *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False) -> None:
         """
         Args:
-            corrupt: test hook: flip a byte of the first chunk before writing it.
+            framing: what the messages hold (:mod:`mpistage.frames`).
+            codec: decodes what travelled encoded (this thread's own).
+            corrupt: test hook: flip a byte of the first chunk before writing it (of
+                its encoded bytes, where it travelled encoded).
         """
         self.plan = plan
+        self.framing = framing
         self.sink = sink
         self.pool = pool
         self.clock = clock
@@ -126,18 +131,36 @@ class ChunkWriter:
         while (item := self._queue.get()) is not None:
             k, index = item
             try:
-                if not self.abandoned:
-                    self._write_chunk(k, self.pool.buffers[index][: self.plan.chunk_length(k)])
+                if not self.abandoned and self.error is None:
+                    self._write_chunk(k, self._decoded(k, self.pool.buffers[index]))
                 self._chunks_done += 1
             finally:
                 self.pool.release(index)
         if self.error is None and self._digest is not None:
             self.digest = self._digest.hexdigest()
 
+    def _decoded(self, k: int, buffer: Buffer) -> Buffer:
+        """Chunk ``k``'s source bytes (decoded where they travelled encoded); an empty
+        view, and :attr:`error` set, if the chunk arrived damaged."""
+        framing, codec = self.framing, self.codec
+        if self.corrupt and k == 0:  # a copy: the forwarded bytes stay intact
+            payload, encoded = framing.payload(buffer, k)
+            damaged = memoryview(bytearray(buffer))
+            where = HEADER.size if framing.framed else 0  # the payload's offset
+            damaged[where: where + len(payload)] = faults.flipped(payload, last=encoded)
+            buffer = damaged
+        started = time.perf_counter()
+        try:
+            return memoryview(decode(framing, codec, buffer, k))
+        except ValueError as exc:
+            self.error = f"chunk {k} arrived damaged: {exc}"
+            if self.sink is not None:
+                self.sink.discard()
+            return memoryview(b"")
+        finally:
+            self.clock.add("decode", time.perf_counter() - started)
+
     def _write_chunk(self, k: int, view: Buffer) -> None:
-        view = self.codec.decode(view)
-        if self.corrupt and k == 0:
-            view = faults.flipped(view)  # a copy: forwarded bytes stay intact
         for piece in pieces(view):  # each digested while the write left it in the cache
             self._write_piece(k, piece)
             if self._digest is not None and self.error is None:
