@@ -47,7 +47,7 @@ class PipeSink:
         stuck_hint: why a write may stand still, for the message when one does.
     """
 
-    stuck_hint = "the command does not read its input"
+    stuck_hint = "the command does not read its input?"
     temp_path = None
 
     def __init__(self, command: str) -> None:
@@ -59,6 +59,7 @@ class PipeSink:
         self._tail: deque[str] = deque(maxlen=STDERR_LINES)
         self._lock = threading.Lock()
         self._killed = False
+        self._closed = False  # finished or discarded
         # Its own session: a kill reaches the shell and everything it started.
         self.process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True)
@@ -74,15 +75,27 @@ class PipeSink:
         drained, so that a chatty command never blocks on it)."""
         stream = self.process.stderr
         assert stream is not None
-        for line in iter(stream.readline, b""):
-            self._tail.append(line.rstrip(b"\n")[:_STDERR_LINE_MAX].decode(errors="replace"))
+        try:
+            for line in iter(stream.readline, b""):
+                self._tail.append(line.rstrip(b"\n")[:_STDERR_LINE_MAX].decode(errors="replace"))
+        except (OSError, ValueError):
+            pass  # closed by _release: the command left something running that holds it
+        finally:
+            stream.close()
+
+    def _release(self) -> None:
+        """The command ended: let its stderr reach its end (a background process it left
+        may hold it open: not for long), and reap."""
+        self._stderr_reader.join(5.0)
+        interrupt.forget_process(self.process.pid)
 
     def stderr_tail(self) -> str:
         """The last lines the command wrote to its standard error, ``|``-joined."""
         return " | ".join(line for line in self._tail if line.strip())
 
-    def _outcome(self, waited: float) -> str:
-        """How the command ended (waiting up to ``waited`` seconds), with its stderr."""
+    def _outcome(self, waited: float, after: str = "") -> str:
+        """How the command ended (waiting up to ``waited`` seconds), ``after`` what,
+        with its stderr."""
         try:
             status = self.process.wait(waited)
         except subprocess.TimeoutExpired:
@@ -92,7 +105,7 @@ class PipeSink:
                     else f"exited with status {status}")
         self._stderr_reader.join(0.5)
         tail = self.stderr_tail()
-        return f"{self.command!r} {said}" + (f"; its stderr ended: {tail}" if tail else "")
+        return f"{self.command!r} {said}{after}" + (f"; its stderr ended: {tail}" if tail else "")
 
     def write(self, data: memoryview) -> None:
         """Append ``data`` to the command's input.
@@ -105,8 +118,8 @@ class PipeSink:
             try:
                 written = os.write(self._stdin, view[:_WRITE_SLICE])
             except BrokenPipeError:
-                raise OSError(errno.EPIPE, f"{self._outcome(1.0)} after taking "
-                              f"{self.bytes_written} bytes") from None
+                raise OSError(errno.EPIPE, self._outcome(
+                    1.0, f" after taking {self.bytes_written} bytes")) from None
             except (OSError, ValueError):
                 if self._killed:
                     raise OSError(errno.ECANCELED, "the copy was abandoned") from None
@@ -123,31 +136,34 @@ class PipeSink:
             CommandFailed: the command did not exit 0.
         """
         with self._lock:
-            if self._killed:
+            if self._closed:
                 raise CommandFailed(f"{self.command!r} was stopped")
+            self._closed = True
             self.process.stdin.close()  # type: ignore[union-attr]
         status = self.process.wait()
-        interrupt.forget_process(self.process.pid)
-        self._stderr_reader.join(5.0)
+        self._release()
         if status != 0:
             raise CommandFailed(self._outcome(0.0))
 
     def discard(self) -> None:
         """Kill the command (its process group) before its input ends, unless it
-        already exited; reap it (idempotent; safe while a write blocks)."""
+        already exited; reap it (idempotent; safe while a write blocks; a no-op after
+        :meth:`finish`)."""
         with self._lock:
-            if self._killed or self.process.returncode is not None:
+            if self._closed:
                 return
-            self._killed = True
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        interrupt.forget_process(self.process.pid)
+            self._closed = True
+            if self.process.poll() is None:
+                self._killed = True
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except OSError:
+                    pass
         try:
             self.process.wait(5.0)
         except subprocess.TimeoutExpired:
             pass
+        self._release()
         try:
             self.process.stdin.close()  # type: ignore[union-attr]
         except OSError:

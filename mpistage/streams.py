@@ -15,6 +15,8 @@ ends short of the announced size fail instead (see :func:`check_size`).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +45,9 @@ class StreamInput:
     def close(self) -> str | None:
         """The stream was read to its end: why it must not be kept, or ``None``."""
         return None
+
+    def discard(self) -> None:
+        """Reading ended, cleanly or not: release what the stream holds (idempotent)."""
 
     def peek(self, size: int) -> bytes:
         """Up to ``size`` bytes from the start (fewer only if the stream ends first);
@@ -99,6 +104,7 @@ class CommandOutput(StreamInput):
         super().__init__(self.process.stdout)
 
     def close(self) -> str | None:
+        self.stream.close()
         status = self.process.wait()
         interrupt.forget_process(self.process.pid)
         if status == 0:
@@ -106,6 +112,18 @@ class CommandOutput(StreamInput):
         how = (f"was killed by {interrupt.signal_name(-status)}" if status < 0
                else f"exited with status {status}")
         return f"--from-cmd {self.command!r} {how}; nothing it sent is kept"
+
+    def discard(self) -> None:
+        """Kill the producer if it still runs (the transfer ended without its output),
+        and reap it."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.process.wait()
+        interrupt.forget_process(self.process.pid)
+        self.stream.close()
 
 
 def describe_stream(dest: str, expect_size: int | None) -> SourceInfo:
@@ -144,6 +162,9 @@ class StreamSource(ChunkSource):
         self.error = self.stream.close()
         if self.error is None:
             self.digest = self._digest.hexdigest()
+
+    def _close(self) -> None:
+        self.stream.discard()
 
 
 def is_stream(source: object) -> bool:

@@ -94,8 +94,9 @@ class ChunkWriter:
         self.abandoned = True
         if self.error is None:
             where = self.sink.final_path if self.sink is not None else "the copy"
-            self.error = (f"writing {where} made no progress for {stuck_for:g} s (a hung "
-                          "disk or file server?); this node went on forwarding to the others")
+            hint = getattr(self.sink, "stuck_hint", "a hung disk or file server?")
+            self.error = (f"writing {where} made no progress for {stuck_for:g} s ({hint}); "
+                          "this node went on forwarding to the others")
         log.debug("%s", self.error)
         while True:
             try:
