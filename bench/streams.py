@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Scale:
+    name: str
     hosts: int
     rate: str
     size: int
@@ -61,8 +62,8 @@ class Scale:
     timeout: float
 
 
-FULL = Scale(hosts=8, rate="100mbit", size=64 << 20, repeat=3, timeout=600)
-SMALL = Scale(hosts=3, rate="1gbit", size=4 << 20, repeat=1, timeout=120)
+FULL = Scale(name="full", hosts=8, rate="100mbit", size=64 << 20, repeat=3, timeout=600)
+SMALL = Scale(name="small", hosts=3, rate="1gbit", size=4 << 20, repeat=1, timeout=120)
 
 
 def say(text: str) -> None:

@@ -220,6 +220,71 @@ def test_several_ranks_per_host_one_writer_each(cluster8: EmulatedCluster, tmp_p
         (cluster8.scratch_dir(i) / src.name).unlink()
 
 
+def text_sample(tmp_path: Path, size: int) -> Path:
+    """Compressible bytes (CSV-like lines)."""
+    import random
+
+    rng = random.Random(5)
+    path = tmp_path / "text.csv"
+    lines = (f"{i},w{rng.randrange(3000)},{rng.randrange(10**6)}\n" for i in range(size))
+    path.write_bytes("".join(lines).encode()[:size])
+    return path
+
+
+@needs_root
+def test_a_compressed_stream_into_every_hosts_command(cluster8: EmulatedCluster,
+                                                      tmp_path: Path) -> None:
+    """--from-cmd on the root, --compress zstd on the wire, --pipe on every host."""
+    src = text_sample(tmp_path, 6 << 20)
+    report_path = tmp_path / "report.json"
+    run = cluster8.mpiexec(
+        [sys.executable, "-m", "mpistage", "--report", str(report_path), "--chunk-size", "256K",
+         "--compress", "zstd", "--from-cmd", f"cat {src}",
+         "--pipe", f"cat > {cluster8.scratch}/piped; echo 'host {{host}} done' >&2"],
+        env=TIMEOUT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(report_path.read_text())
+    assert report["ok"] and report["codec"] == "zstd:3" and report["source"]["size"] == src.stat().st_size
+    assert report["wire_bytes"] < src.stat().st_size / 2
+    assert "took the verified stream" in run.stdout and "done" in run.stdout
+    digest = file_digest(src)
+    for i in range(8):
+        assert file_digest(cluster8.scratch_dir(i) / "piped") == digest, f"host {i}"
+        (cluster8.scratch_dir(i) / "piped").unlink()
+
+
+@needs_root
+def test_standard_input_through_mpiexec(cluster8: EmulatedCluster, tmp_path: Path) -> None:
+    """SRC - under hydra: a stream that fits its 64 KiB pipe (README: Streams)."""
+    data = os.urandom(60_000)
+    run = cluster8.mpiexec([sys.executable, "-m", "mpistage", "-", f"{cluster8.scratch}/in.bin"],
+                           hosts=[0, 1, 2, 3], env=TIMEOUT, capture_output=True, timeout=600,
+                           input=data)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert b"standard input" in run.stdout
+    for i in range(4):
+        assert (cluster8.scratch_dir(i) / "in.bin").read_bytes() == data, f"host {i}"
+        (cluster8.scratch_dir(i) / "in.bin").unlink()
+
+
+@needs_root
+def test_a_command_that_exits_early_on_a_middle_host_stalls_no_one(cluster8: EmulatedCluster,
+                                                                   tmp_path: Path) -> None:
+    src = sample(tmp_path, 8 << 20)
+    run = cluster8.mpiexec(
+        [sys.executable, "-m", "mpistage", "--algorithm", "chain", "--chunk-size", "256K",
+         "--timeout", "30", str(src), "--pipe",
+         f"if [ {{node}} = 3 ]; then exit 7; else cat > {cluster8.scratch}/piped; fi"],
+        env=TIMEOUT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "node 3" in run.stdout and "exited with status 7" in run.stdout
+    digest = file_digest(src)
+    for i in range(8):
+        copy = cluster8.scratch_dir(i) / "piped"
+        assert (not copy.exists()) if i == 3 else file_digest(copy) == digest, f"host {i}"
+        copy.unlink(missing_ok=True)
+
+
 @needs_root
 def test_link_down_and_up(cluster8: EmulatedCluster) -> None:
     connect = [sys.executable, "-c",
