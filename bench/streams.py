@@ -71,16 +71,20 @@ def say(text: str) -> None:
 
 
 def write_text(path: Path, size: int, seed: int = 7) -> None:
-    """CSV-like lines of words and numbers: zstd level 3 makes them ~3.5× smaller."""
+    """Log lines (time, host, level, words from small sets, random ids): zstd level 3
+    makes them ~3.8× smaller in 1 MiB chunks, the issue's "text with ratio ≈ 3-4"."""
     rng = random.Random(seed)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10)))
-             for _ in range(3000)]
+    hosts = [f"node{n:03d}" for n in range(64)]
+    levels = ["INFO"] * 8 + ["DEBUG"] * 3 + ["WARN", "ERROR"]
+    verbs = ["read", "wrote", "sent", "received", "opened", "closed", "staged", "checked"]
+    things = ["chunk", "file", "block", "shard", "record", "batch"]
+    stamp = 1_764_650_000.0
     with open(path, "w", encoding="ascii") as out:
-        line = 0
         while out.tell() < size:
-            out.write(f"{line},{rng.choice(words)},{rng.choice(words)},{rng.randrange(10**6)},"
-                      f"{rng.random():.6f}\n")
-            line += 1
+            stamp += rng.random() * 0.01
+            out.write(f"{stamp:.3f} {rng.choice(hosts)} {rng.choice(levels)} {rng.choice(verbs)} "
+                      f"{rng.choice(things)} {rng.randrange(10**6)} req={rng.getrandbits(20):05x} "
+                      f"size={rng.choice((4096, 65536, 1048576))} ok\n")
     with open(path, "r+b") as out:
         out.truncate(size)
 

@@ -32,8 +32,13 @@ class TerminalProgress:
         self._files = (done, total)
 
     def __call__(self, done: int, total: int) -> None:
+        """``total`` 0 with bytes done: a stream, whose size is known only at its end
+        (then ``done == total``): bytes and rate, no percentage or ETA."""
         now = time.monotonic()
         elapsed = now - self._started
+        if total == 0 and done > 0:
+            self._stream(done, elapsed, now)
+            return
         finished = done >= total
         if not finished and (elapsed < self.delay or now - self._last < self.interval):
             return
@@ -50,4 +55,13 @@ class TerminalProgress:
             f"{files}  {format_rate(done, elapsed):>12}  {eta}"
         )
         self.stream.write(line + ("\n" if finished else ""))
+        self.stream.flush()
+
+    def _stream(self, done: int, elapsed: float, now: float) -> None:
+        if elapsed < self.delay or now - self._last < self.interval:
+            return
+        self._last = now
+        self._shown = True
+        self.stream.write(f"\r  {format_bytes(done):>10} so far (size unknown)  "
+                          f"{format_rate(done, elapsed):>12}")
         self.stream.flush()

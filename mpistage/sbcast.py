@@ -22,7 +22,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from . import mpi_library
+from . import codec, mpi_library
 from .errors import UsageError
 from .units import parse_size
 
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-s", "--size", metavar="SIZE",
                         help="bytes per pipelined message, as mpistage's --chunk-size "
                         "(default: the model's choice)")
+    parser.add_argument("-C", "--compress", metavar="LIB",
+                        help="compress on the wire, as sbcast's -C[LIB] / --compress[=LIB] "
+                        "(library lz4 when none is named; also zstd[:LEVEL], or auto: "
+                        "mpistage's model decides)")
     parser.add_argument("-t", "--timeout", metavar="SECONDS",
                         help="give up when the transfer makes no progress for this long")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
@@ -75,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])
-    args = build_parser().parse_args(ours)
+    args = parse_args(ours)
     try:
         command = launch_command(args, passed_on, os.environ)
     except UsageError as exc:
@@ -95,6 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Our options, sbcast's way of naming a compression library included: ``-C`` and
+    ``--compress`` alone mean lz4, ``-CLIB`` and ``--compress=LIB`` name it (never the
+    next word, which is SRC)."""
+    spelled = []
+    for arg in argv:
+        if arg in ("-C", "--compress"):
+            arg = "--compress=lz4"
+        elif arg.startswith("-C"):
+            arg = "--compress=" + arg[2:]
+        spelled.append(arg)
+    return build_parser().parse_args(spelled)
+
+
 def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
                    environ: os._Environ[str] | dict[str, str]) -> list[str]:
     """The full command line: launcher, its options, then ``mpistage`` and its options."""
@@ -105,6 +123,8 @@ def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
         parse_size(args.size)  # a bad size is reported here, once
     if args.timeout:
         stage += ["--timeout", args.timeout]
+    if args.compress:
+        stage += ["--compress", codec.check(args.compress)]  # a bad name is reported here
     if not args.force:
         stage.append("--no-clobber")
     stage += [*passed_on, args.source, args.dest]

@@ -164,22 +164,22 @@ def stage(
     start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
     dest = _destination(dest, pipe)
-    streaming = is_stream(source)
+    kind = _stream_kind(comm, source, root)
     options = StageOptions(
         algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
         memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
         quick=quick, remove_first=remove_first, no_clobber=no_clobber, delete=delete,
         skip_special=skip_special, compress=check_codec(compress), pipe=pipe,
-        expect_size=expect_size, stream=streaming,
+        expect_size=expect_size, stream=kind is not None,
     )
     options.check(comm.size)
     check_template(dest)
-    what = _what(source, files_from, base, nul, options)
+    what = _what(source, files_from, base, nul, options, kind)
     with _own_communicator(comm) as comm, _topology(comm, options) as topo:
         phases = {"startup": time.perf_counter() - start}
         mark = time.perf_counter()
-        stream = open_stream(source) if streaming and comm.rank == options.root else None
+        stream = open_stream(source) if kind and comm.rank == options.root else None
         info, params, manifest, codecs = _agree_on_source(comm, what, dest, options, stream)
         checks, copy, info = _check_nodes(topo, info, manifest, options, stream)
         result: NodeResult | None = None
@@ -222,14 +222,26 @@ def _destination(dest: str | os.PathLike[str] | None, pipe: str | None) -> str:
     return os.fspath(dest)
 
 
+def _stream_kind(comm: MPI.Comm, source: object, root: int) -> str | None:
+    """Whether the root's ``source`` is a stream (``"stdin"``, ``"other"``) or not
+    (``None``), the same on every rank: only the root's source counts for a stream, so
+    the others may pass ``None``."""
+    if not 0 <= root < comm.size:
+        return None  # StageOptions.check says so, on every rank
+    kind = None
+    if comm.rank == root and is_stream(source):
+        kind = "stdin" if source == STDIN else "other"
+    return comm.bcast(kind, root=root)
+
+
 def _what(source: Sources | BinaryIO, files_from: str | os.PathLike[str] | None,
           base: str | os.PathLike[str] | None, nul: bool,
-          options: StageOptions) -> SourceSpec | None:
+          options: StageOptions, kind: str | None) -> SourceSpec | None:
     """The sources as given; ``None`` for a stream (checked here, alike on every rank)."""
-    if options.stream:
+    if kind is not None:
         if files_from is not None:
             raise UsageError("give - (standard input) or --files-from, not both")
-        if source == STDIN and options.root != 0:
+        if kind == "stdin" and options.root != 0:
             raise UsageError("standard input reaches rank 0 only: --root must be 0 with -")
         return None
     if not isinstance(source, (str, os.PathLike)) and source is not None:

@@ -28,3 +28,12 @@ def test_a_tree_shows_files_as_well() -> None:
     bar.files(3, 10)
     bar(1 << 20, 4 << 20)
     assert "3 / 10 files" in out.getvalue()
+
+
+def test_a_stream_shows_bytes_and_rate_then_its_size_at_the_end() -> None:
+    out = io.StringIO()
+    bar = TerminalProgress(out, delay=0.0, interval=0.0)
+    bar(3 << 20, 0)  # size unknown while the stream lasts
+    assert "3.0 MiB so far (size unknown)" in out.getvalue() and "ETA" not in out.getvalue()
+    bar(5 << 20, 5 << 20)  # the end: now the size is known
+    assert out.getvalue().endswith("\n") and "5.0 MiB / 5.0 MiB" in out.getvalue()

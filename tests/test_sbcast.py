@@ -19,7 +19,7 @@ def command(argv: list[str], env: dict[str, str], family: str = "mpich",
     monkeypatch.setattr(sbcast.shutil, "which", lambda name: which if name == "srun" else None)
     ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])
-    return sbcast.launch_command(sbcast.build_parser().parse_args(ours), passed_on, env)
+    return sbcast.launch_command(sbcast.parse_args(ours), passed_on, env)
 
 
 def test_srun_with_one_rank_per_node_and_sbcasts_rules(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,3 +59,19 @@ def test_outside_an_allocation_one_line_and_exit_2() -> None:
     assert run.stderr.splitlines() == [
         "mpistage-sbcast: error: not inside a Slurm allocation (no SLURM_JOB_NUM_NODES): run "
         "it from an sbatch script or under salloc; elsewhere use mpiexec mpistage SRC DEST"]
+
+
+def test_compress_as_sbcasts_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SLURM_JOB_NUM_NODES": "4"}
+
+    def library(argv: list[str]) -> str:
+        got = command(argv, env, monkeypatch=monkeypatch)
+        assert got[-2:] == ["in.dat", "/scratch/"]  # SRC is never taken for the library
+        return got[got.index("--compress") + 1]
+
+    assert library(["-C", "in.dat", "/scratch/"]) == "lz4"
+    assert library(["--compress", "in.dat", "/scratch/"]) == "lz4"
+    assert library(["--compress=zstd", "in.dat", "/scratch/"]) == "zstd:3"
+    assert library(["-Cauto", "in.dat", "/scratch/"]) == "auto"
+    with pytest.raises(sbcast.UsageError, match="invalid --compress"):
+        library(["--compress=gzip", "in.dat", "/scratch/"])

@@ -63,7 +63,7 @@ def mine(area: Path, name: str) -> Path:
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, 3 * CHUNK, 5 * CHUNK + 123])
 def test_a_stream_of_any_length_reaches_every_node(area, assert_all, size):
     data = shared(os.urandom(size) if COMM.rank == 0 else None)
-    source = io.BytesIO(data) if COMM.rank == 0 else io.BytesIO()
+    source = io.BytesIO(data) if COMM.rank == 0 else None  # only the root's counts
     report = mpistage.stage(source, str(area / "n{node}" / "copy"), comm=COMM,
                             ranks_as_nodes=True, chunk_size=CHUNK, algorithm="chain")
     assert_all(report.ok, str(report.failed))
@@ -278,3 +278,19 @@ def test_a_corrupted_compressed_chunk_is_caught(area, assert_all, monkeypatch, c
     copy = mine(area, "src.bin")
     assert_all(not copy.exists() if COMM.rank == 1 else copy.read_bytes() == data,
                "the others got the intact encoded bytes")
+
+
+def test_a_tree_travels_compressed(area, assert_all):
+    top = area / "tree"
+    if COMM.rank == 0:
+        (top / "sub").mkdir(parents=True)
+        for number in range(20):
+            (top / "sub" / f"f{number}").write_bytes(text(number * 999, seed=number))
+        (top / "big").write_bytes(text(7 * CHUNK))
+    COMM.Barrier()
+    report = mpistage.stage(top, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            chunk_size=CHUNK, compress="lz4")
+    assert_all(report.ok and report.codec == "lz4", str(report.failed))
+    copy = area / f"n{COMM.rank}" / "tree"
+    assert_all(all((copy / p.relative_to(top)).read_bytes() == p.read_bytes()
+                   for p in top.rglob("*") if p.is_file()))
