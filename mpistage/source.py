@@ -83,7 +83,8 @@ class ChunkSource:
             except queue.Empty:
                 pass
             if not excused() and deadline is not None and time.monotonic() >= deadline:
-                raise Stalled(f"reading {self.plan.source} made no progress for {timeout:g} s")
+                what = "standard input" if self.plan.source == "-" else self.plan.source
+                raise Stalled(f"reading {what} made no progress for {timeout:g} s")
 
     def _read_all(self) -> None:
         framing = framing_for(self.plan)
