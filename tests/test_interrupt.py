@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,37 @@ def test_signal_while_blocked_in_c_removes_temps_and_exits_128_plus_n(
 def test_exit_status_and_names() -> None:
     assert interrupt.exit_status(signal.SIGTERM) == 143
     assert interrupt.signal_name(signal.SIGINT) == "SIGINT"
+
+
+def test_a_signal_kills_the_pipe_command_before_its_input_ends(tmp_path: Path) -> None:
+    """A --pipe command (and a --from-cmd producer) is killed on SIGTERM while its input
+    is still open: it never sees a clean end of a cut stream."""
+    saw_end = tmp_path / "saw-the-end"
+    script = textwrap.dedent(f"""
+        import os
+        from mpistage import interrupt
+        from mpistage.pipesink import PipeSink
+        from mpistage.streams import FromCommand
+        interrupt.install(lambda s: None)
+        sink = PipeSink({f"cat > /dev/null && touch {saw_end}"!r})
+        producer = FromCommand("sleep 600").open()
+        sink.write(memoryview(b"x" * 4096))
+        print(sink.process.pid, producer.process.pid, flush=True)
+        readable, _ = os.pipe()
+        os.read(readable, 1)   # blocks forever in C
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    pids = [int(p) for p in child.stdout.readline().split()]
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=10)
+    assert child.returncode == 143
+    time.sleep(0.5)  # the command would have touched the file by now had it seen its end
+    assert not saw_end.exists()
+    for pid in pids:  # killed (a zombie until init reaps it counts as gone)
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                assert stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            pass
