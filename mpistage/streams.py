@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import BinaryIO
@@ -96,6 +95,8 @@ class CommandOutput(StreamInput):
     """A :class:`FromCommand`'s output, read as it comes; its exit status at the end."""
 
     def __init__(self, command: str) -> None:
+        import subprocess  # only a --from-cmd run pays for it
+
         self.command = command
         self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,
                                         start_new_session=True)
