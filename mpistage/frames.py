@@ -7,9 +7,9 @@ length, or compressed chunks whose lengths only the root knows, travel as *frame
 then the payload.  A receiver posts a buffer of the largest frame and reads the header;
 the flag :data:`LAST` ends a stream.
 
-Buffer layout under framing: the header at offset 0, the payload after it.  Unencoded,
-the source reads straight into the payload's place (no copy); encoded, it reads into a
-scratch buffer and the codec's output is copied in behind the header.
+Buffer layout under framing: the header at offset 0, the payload after it.  The source
+reads straight into the payload's place; encoded, the codec's output then replaces the
+bytes it was made from (the root's own writer decodes it again, as every node does).
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ class Framed:
         self.encoded = encoded
         chunk = plan.chunk_size if plan.stream else max(1, min(plan.chunk_size, plan.size))
         self.capacity = HEADER.size + chunk
-        self._scratch: Buffer | None = None  # the root's read space when encoding
 
     def chunk_count(self) -> int | None:
         return None if self.plan.stream else self.plan.nchunks
@@ -84,24 +83,20 @@ class Framed:
         return self.plan.chunk_size if self.plan.stream else self.plan.chunk_length(k)
 
     def read_space(self, buffer: Buffer, k: int) -> Buffer:
-        if not self.encoded:
-            return buffer[HEADER.size: HEADER.size + self._chunk(k)]
-        if self._scratch is None:
-            self._scratch = memoryview(bytearray(self.capacity - HEADER.size))
-        return self._scratch[: self._chunk(k)]
+        return buffer[HEADER.size: HEADER.size + self._chunk(k)]
 
     def seal(self, buffer: Buffer, k: int, got: int, last: bool, codec: Codec) -> None:
+        """Write the header; encoded, replace the bytes read by the codec's output
+        where it is shorter (else they travel as they are).  Thread-safe for distinct
+        buffers, so chunks may be encoded in parallel."""
         flags = LAST if last else 0
         payload = got
         if self.encoded and got:
-            raw = self.read_space(buffer, k)[:got]
-            packed = codec.encode(raw)
-            if len(packed) < got:  # else it travels as it is
+            packed = codec.encode(buffer[HEADER.size: HEADER.size + got])
+            if len(packed) < got:
                 flags |= ENCODED
                 payload = len(packed)
                 buffer[HEADER.size: HEADER.size + payload] = packed
-            else:
-                buffer[HEADER.size: HEADER.size + got] = raw
         HEADER.pack_into(buffer, 0, payload, got, flags)
 
     def receive_space(self, buffer: Buffer, k: int) -> Buffer:

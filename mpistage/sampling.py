@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from dataclasses import replace
+
 from .codec import NONE, CodecCost, candidates, measure
+from .encoders import encoder_count
 from .streams import StreamInput
 
 if TYPE_CHECKING:
@@ -43,9 +46,16 @@ def sample_stream(stream: StreamInput) -> list[bytes]:
 
 def codec_costs(requested: str, samples: list[bytes]) -> tuple[CodecCost | None, ...]:
     """Each codec ``--compress requested`` weighs, with its cost on ``samples``
-    (``None`` for sending as is)."""
-    return tuple(None if name == NONE else measure(name, samples)
-                 for name in candidates(requested))
+    (``None`` for sending as is); the root encodes with :func:`encoder_count` threads."""
+    threads = encoder_count()
+    costs: list[CodecCost | None] = []
+    for name in candidates(requested):
+        if name == NONE:
+            costs.append(None)
+            continue
+        one = measure(name, samples)
+        costs.append(replace(one, encode_rate=one.encode_rate * threads))
+    return tuple(costs)
 
 
 def sample_files(manifest: Manifest) -> list[bytes]:

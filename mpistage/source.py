@@ -18,17 +18,25 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import wait as futures_wait
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .buffers import Buffer, BufferPool, PhaseClock, pieces, zero
-from .codec import make as make_codec
+from .codec import IDENTITY, Codec
 from .digest import new_digest
+from .encoders import Encoders
 from .errors import Stalled
-from .frames import framing_for
+from .frames import Framing, framing_for
 from .plan import Plan, file_identity, identity_change
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import xxhash
+
+    #: A chunk read: ``(k, buffer index, its encoding's future or None)``.
+    Ready = tuple[int, int, Future[float] | None]
 
 
 class ChunkSource:
@@ -48,7 +56,10 @@ class ChunkSource:
         self.digest: str | None = None
         self.error: str | None = None
         self.bytes_read = 0
-        self._ready: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        # Each chunk read, with its encoding still under way (a future) or done (None).
+        self._ready: queue.SimpleQueue[Ready] = queue.SimpleQueue()
+        self._head: Ready | None = None  # taken from the queue, its encoding not done yet
+        self._encoders = Encoders(plan.codec) if plan.codec != "none" else None
         self._thread = threading.Thread(target=self._read_all, name="mpistage-reader",
                                         daemon=True)
 
@@ -60,13 +71,31 @@ class ChunkSource:
         returns (a hung file server), so the wait is bounded."""
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._encoders is not None:
+            self._encoders.close()
+
+    def _next_ready(self, wait: float) -> tuple[int, int] | None:
+        """The next chunk, ``(k, buffer index)``, if it was read and encoded within
+        ``wait`` seconds (0: now), else ``None``; in order, whatever order the encoders
+        finish in."""
+        if self._head is None:
+            try:
+                self._head = self._ready.get(timeout=wait) if wait else self._ready.get_nowait()
+            except queue.Empty:
+                return None
+        k, index, encoding = self._head
+        if encoding is not None:
+            if not encoding.done() and wait:
+                futures_wait([encoding], timeout=wait)
+            if not encoding.done():
+                return None
+            self.clock.add("encode", encoding.result())
+        self._head = None
+        return k, index
 
     def ready_chunk(self) -> tuple[int, int] | None:
         """The next chunk read, ``(k, buffer index)``, or ``None`` if none is ready."""
-        try:
-            return self._ready.get_nowait()
-        except queue.Empty:
-            return None
+        return self._next_ready(0)
 
     def next_chunk(self, timeout: float | None, excused: Callable[[], bool]) -> tuple[int, int]:
         """Wait for the next chunk.
@@ -78,17 +107,15 @@ class ChunkSource:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            try:
-                return self._ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
+            chunk = self._next_ready(0.1)
+            if chunk is not None:
+                return chunk
             if not excused() and deadline is not None and time.monotonic() >= deadline:
                 what = "standard input" if self.plan.source == "-" else self.plan.source
                 raise Stalled(f"reading {what} made no progress for {timeout:g} s")
 
     def _read_all(self) -> None:
         framing = framing_for(self.plan)
-        codec = make_codec(self.plan.codec)
         count = framing.chunk_count()  # None: a stream, until its last frame
         try:
             self._open()
@@ -101,11 +128,14 @@ class ChunkSource:
                 view = framing.read_space(buffer, k)
                 got = self._fill_chunk(k, view)
                 last = k == count - 1 if count is not None else got < len(view)
-                started = time.perf_counter()
-                framing.seal(buffer, k, got, last, codec)
-                self.clock.add("encode", time.perf_counter() - started)
+                encoding = None
+                if self._encoders is None:
+                    framing.seal(buffer, k, got, last, IDENTITY)
+                else:
+                    encoding = self._encoders.submit(partial(_encode, framing, buffer, k, got,
+                                                             last))
                 self.bytes_read += got
-                self._ready.put((k, index))
+                self._ready.put((k, index, encoding))
                 k += 1
                 if last:
                     break
@@ -221,6 +251,18 @@ class FileSource(ChunkSource):
             return None
         return (f"source {self.plan.source} {what} {when}; no copy was kept "
                 "(stage it again once it is complete)")
+
+
+def _encode(framing: Framing, buffer: Buffer, k: int, got: int, last: bool,
+            codec: Codec) -> float:
+    """On an encoder thread: seal chunk ``k`` encoded; the seconds it took.  Should the
+    codec fail (it has no reason to), the chunk travels as it is."""
+    started = time.perf_counter()
+    try:
+        framing.seal(buffer, k, got, last, codec)
+    except Exception:  # noqa: BLE001 - the bytes are still there, unencoded
+        framing.seal(buffer, k, got, last, IDENTITY)
+    return time.perf_counter() - started
 
 
 def _pread_full(fd: int, view: Buffer, offset: int) -> int:
