@@ -90,28 +90,31 @@ def write_text(path: Path, size: int, seed: int = 7) -> None:
 
 
 def staged(cluster: EmulatedCluster, args: Sequence[str], name: str, expected: str,
-           timeout: float) -> Outcome:
-    """``mpistage -q --report … ARGS`` on every host; the value is the report's
-    ``elapsed``; every host's ``/scratch/NAME`` is checked against ``expected``."""
+           timeout: float, hosts: int | None = None) -> Outcome:
+    """``mpistage -q --report … ARGS`` on every host (or the first ``hosts``); the value
+    is the report's ``elapsed``; each such host's ``/scratch/NAME`` is checked against
+    ``expected``."""
+    hosts = cluster.hosts if hosts is None else hosts
     with tempfile.TemporaryDirectory(prefix="mpistage-run-") as tmp:
         report_path = Path(tmp) / "report.json"
         run = cluster.mpiexec([sys.executable, "-m", "mpistage", "-q", "--report",
                                str(report_path), *args],
+                              hosts=list(range(hosts)),
                               env={"MPIEXEC_TIMEOUT": str(int(timeout))},
                               capture_output=True, text=True, timeout=timeout + 60)
         report = read_report(report_path)
     good = 0
-    for host in range(cluster.hosts):
+    for host in range(hosts):
         copy = cluster.scratch_dir(host) / name
         good += copy.is_file() and file_digest(copy, drop_cache=False) == expected
         copy.unlink(missing_ok=True)
-    ok = run.returncode == 0 and report is not None and report["ok"] and good == cluster.hosts
+    ok = run.returncode == 0 and report is not None and report["ok"] and good == hosts
     extra: dict[str, Any] = {"good": good}
     if report is not None:
         extra.update(transfer=report["transfer_seconds"], codec=report.get("codec"),
                      wire=report.get("wire_bytes"),
                      plan=f"{report['algorithm']}, chunk {format_bytes(report['chunk_size'])}")
-    error = "" if ok else f"exit {run.returncode}, {good}/{cluster.hosts} good: {run.stderr[-300:]}"
+    error = "" if ok else f"exit {run.returncode}, {good}/{hosts} good: {run.stderr[-300:]}"
     return Outcome(report["elapsed"] if ok and report else None, ok=ok, error=error, extra=extra)
 
 
@@ -131,7 +134,9 @@ def rows_on(cluster: EmulatedCluster, scale: Scale, work: Path) -> list[Row]:
     write_random_file(noise, scale.size)
     text_digest, noise_digest = file_digest(text), file_digest(noise)
     t = scale.timeout
+    half = scale.hosts // 2
     label = f"{scale.hosts} hosts, {scale.rate}, {format_bytes(scale.size)}"
+    label_half = f"{half} hosts, {scale.rate}, {format_bytes(scale.size)}"
     out = run_rounds([
         ("text", lambda: staged(cluster, [str(text), scratch], "text.csv", text_digest, t)),
         ("zstd", lambda: staged(cluster, ["--compress", "zstd", str(text), scratch],
@@ -144,6 +149,11 @@ def rows_on(cluster: EmulatedCluster, scale: Scale, work: Path) -> list[Row]:
         ("stream", lambda: staged(cluster, ["--from-cmd", f"cat {noise}",
                                             f"{scratch}/noise.bin"], "noise.bin",
                                   noise_digest, t)),
+        # Half the hosts: half the ranks on the same 2 cores (is the 8-host row CPU-bound?).
+        ("text-half", lambda: staged(cluster, [str(text), scratch], "text.csv", text_digest,
+                                     t, hosts=half)),
+        ("zstd-half", lambda: staged(cluster, ["--compress", "zstd", str(text), scratch],
+                                     "text.csv", text_digest, t, hosts=half)),
     ], scale.repeat, "streams")
 
     def value(name: str) -> float | None:
@@ -169,6 +179,11 @@ def rows_on(cluster: EmulatedCluster, scale: Scale, work: Path) -> list[Row]:
         Row("stream", f"{label}: random bytes as a stream (--from-cmd 'cat FILE')", "s",
             value("stream"), value("noise"), "the file by name", Goal("ratio", 1.05),
             ok("stream", "noise"), _plan(out["stream"])),
+        Row("text-half", f"{label_half}: text, as it is (context)", "s", value("text-half"),
+            None, "", None, ok("text-half"), _plan(out["text-half"])),
+        Row("zstd-half", f"{label_half}: text, --compress zstd (context: fewer ranks per core)",
+            "s", value("zstd-half"), value("text-half"), "text as it is", None,
+            ok("zstd-half", "text-half"), _plan(out["zstd-half"])),
     ]
 
 
