@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  srun ./align /scratch/genome.fa",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", metavar="SRC", help="file to copy (read once, on this node)")
+    parser.add_argument("source", metavar="SRC",
+                        help="file to copy (read once, on this node), or - for this "
+                        "script's standard input (through srun --input=0)")
     parser.add_argument("dest", metavar="DEST",
                         help="path of the copy on every node, or an existing directory")
     parser.add_argument("-f", "--force", action="store_true",
@@ -131,11 +133,16 @@ def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
     launcher = args.launcher
     if launcher == "auto":
         launcher = "srun" if shutil.which("srun") else "mpiexec"
+    streaming = args.source == "-"
     if launcher == "srun":
         plugin = (args.mpi or environ.get("MPISTAGE_SRUN_MPI")
                   or SRUN_MPI_PLUGIN[mpi_library.family()])
+        # srun sends standard input to every task unless told; task 0 alone reads it.
         return ["srun", f"--mpi={plugin}", f"--nodes={nodes}", f"--ntasks={nodes}",
-                "--ntasks-per-node=1", *stage]
+                "--ntasks-per-node=1", *(["--input=0"] if streaming else []), *stage]
+    if streaming:
+        raise UsageError("SRC - needs srun: MPICH's hydra and Open MPI's mpirun cannot "
+                         "forward a stream (README: Streams); use mpistage --from-cmd")
     mpiexec = mpi_library.find_mpiexec()
     if mpiexec is None:
         raise UsageError("neither srun nor mpiexec found on PATH")

@@ -75,3 +75,12 @@ def test_compress_as_sbcasts_c(monkeypatch: pytest.MonkeyPatch) -> None:
     assert library(["-Cauto", "in.dat", "/scratch/"]) == "auto"
     with pytest.raises(sbcast.UsageError, match="invalid --compress"):
         library(["--compress=gzip", "in.dat", "/scratch/"])
+
+
+def test_standard_input_goes_to_task_0_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SLURM_JOB_NUM_NODES": "4"}
+    got = command(["-", "/scratch/in.bin"], env, monkeypatch=monkeypatch)
+    assert got[:6] == ["srun", "--mpi=pmi2", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1",
+                       "--input=0"]
+    with pytest.raises(sbcast.UsageError, match="SRC - needs srun"):
+        command(["-", "/scratch/in.bin"], env, which=None, monkeypatch=monkeypatch)

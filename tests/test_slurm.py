@@ -265,6 +265,26 @@ def test_sbcast_replacement_in_a_job_script(cluster: EmulatedCluster, shared: Pa
     assert copies_match(cluster, "model.bin", src) == [True] * HOSTS
 
 
+def test_a_stream_through_srun_and_the_sbcast_replacement(cluster: EmulatedCluster,
+                                                          shared: Path) -> None:
+    """SRC -: srun --input=0 forwards a stream to task 0 with back-pressure (MPICH's hydra
+    and Open MPI's mpirun cannot: README, Streams); ``producer | mpistage-sbcast -``."""
+    clear_scratch(cluster)
+    src = sample(shared, 24 << 20, "stream.bin")
+    slurm(cluster, "sh", "-c", f"cat {src} | srun --nodes={HOSTS} --ntasks-per-node=1 "
+          f"--input=0 {SRUN_MPI} {sys.executable} -m mpistage -q - {cluster.scratch}/direct.bin")
+    assert copies_match(cluster, "direct.bin", src) == [True] * HOSTS
+    script = shared / "stream-job.sh"
+    script.write_text(f"#!/bin/bash\nset -o pipefail\n"
+                      f"cat {src} | mpistage-sbcast --force - /scratch/job.bin\n")
+    out = shared / "stream-%j.txt"
+    job = slurm(cluster, "sbatch", "--wait", "--parsable", f"--nodes={HOSTS}",
+                f"--output={out}", str(script))
+    text = Path(str(out).replace("%j", job.stdout.strip())).read_text()
+    assert "standard input (24.0 MiB)" in text and "all 4 nodes hold a verified copy" in text
+    assert copies_match(cluster, "job.bin", src) == [True] * HOSTS
+
+
 # -- clean stops --------------------------------------------------------------------------
 
 def test_scancel_mid_transfer_stops_every_rank_cleanly(
