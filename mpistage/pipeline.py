@@ -360,3 +360,5 @@ class Engine:
         inside a write that never returns; ``Sink.discard`` makes that harmless."""
         self.writer.close()
         self.pool.close()
+        if self.source is not None:
+            self.source.stop()

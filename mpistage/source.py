@@ -160,6 +160,10 @@ class ChunkSource:
             got = 0 if self.plan.stream else len(view)
         return got
 
+    def stop(self) -> None:
+        """The transfer ended (or was abandoned): release what the reader may wait on,
+        e.g. a producer that would otherwise outlive the run (idempotent)."""
+
     def _open(self) -> None:
         """Before the first chunk (errors go to :attr:`error`)."""
 

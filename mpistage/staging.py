@@ -286,7 +286,8 @@ def _agree_on_source(
     if comm.rank == options.root:
         try:
             if what is None:
-                info = describe_stream(dest, options.expect_size)
+                info = describe_stream(dest, options.expect_size,
+                                       stream.name if stream is not None else STDIN)
             elif what.is_tree():
                 if options.pipe is not None:
                     raise UsageError("--pipe takes one file or - (standard input), not a tree")

@@ -35,7 +35,13 @@ ASSUMED_STREAM_SIZE = 1 << 30
 
 
 class StreamInput:
-    """A binary stream read once: first what :meth:`peek` kept, then the rest."""
+    """A binary stream read once: first what :meth:`peek` kept, then the rest.
+
+    Attributes:
+        name: the source's name in the plan and the report (``-``: standard input).
+    """
+
+    name = STDIN
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
@@ -98,6 +104,7 @@ class CommandOutput(StreamInput):
         import subprocess  # only a --from-cmd run pays for it
 
         self.command = command
+        self.name = f"the output of {command!r}"
         self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,
                                         start_new_session=True)
         interrupt.register_process(self.process.pid)
@@ -127,11 +134,16 @@ class CommandOutput(StreamInput):
         self.stream.close()
 
 
-def describe_stream(dest: str, expect_size: int | None) -> SourceInfo:
+def describe_stream(dest: str, expect_size: int | None, name: str = STDIN) -> SourceInfo:
     """A stream's description: size as announced (or 0), mode as a new file's, now."""
     check_template(dest)
-    return SourceInfo(source=STDIN, size=expect_size or 0, mode=0o666,
+    return SourceInfo(source=name, size=expect_size or 0, mode=0o666,
                       mtime_ns=time.time_ns(), dest=dest, stream=True)
+
+
+def label(source: str) -> str:
+    """How messages name a source: ``-`` is "standard input"."""
+    return "standard input" if source == STDIN else source
 
 
 class StreamSource(ChunkSource):
@@ -149,7 +161,7 @@ class StreamSource(ChunkSource):
         try:
             got = self.stream.readinto(view)
         except OSError as exc:
-            self.error = f"reading standard input failed: {exc.strerror or exc}"
+            self.error = f"reading {label(self.plan.source)} failed: {exc.strerror or exc}"
             return 0
         finally:
             self.clock.add("read", time.perf_counter() - started)
@@ -167,6 +179,9 @@ class StreamSource(ChunkSource):
     def _close(self) -> None:
         self.stream.discard()
 
+    def stop(self) -> None:
+        self.stream.discard()  # a producer is killed: the read it blocks returns
+
 
 def is_stream(source: object) -> bool:
     """Whether :func:`mpistage.stage`'s ``source`` names a stream: ``"-"`` (standard
@@ -180,4 +195,6 @@ def open_stream(source: object) -> StreamInput:
         return StreamInput(sys.stdin.buffer)
     if isinstance(source, FromCommand):
         return source.open()
-    return StreamInput(source)  # type: ignore[arg-type]
+    stream = StreamInput(source)  # type: ignore[arg-type]
+    stream.name = str(getattr(source, "name", "a stream"))  # an open file's path
+    return stream
