@@ -29,11 +29,11 @@ from collections import deque
 
 from . import interrupt
 from .errors import CommandFailed
+from .sink import _WRITE_SLICE  # the same slices: progress shows during a large chunk
 
 #: Lines of the command's standard error kept for the summary.
 STDERR_LINES = 5
 _STDERR_LINE_MAX = 300
-_WRITE_SLICE = 8 << 20
 
 
 class PipeSink:

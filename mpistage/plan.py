@@ -95,6 +95,11 @@ class Plan(SourceInfo):
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
 
+def source_label(source: str) -> str:
+    """How messages name a source: ``-`` (a stream on standard input) is "standard input"."""
+    return "standard input" if source == "-" else source
+
+
 def check_chunk_size(chunk_size: int) -> int:
     """Return ``chunk_size`` if it is usable, else raise :class:`UsageError`."""
     if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:

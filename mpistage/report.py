@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .digest import ALGORITHM as DIGEST_ALGORITHM
+from .plan import source_label
 from .sink import current_umask
 from .units import format_bytes, format_rate, format_seconds
 
@@ -227,7 +228,7 @@ class StageReport:
             moved = (f"transfer {format_seconds(self.transfer_seconds)}"
                      f" ({format_rate(self.size, self.transfer_seconds)} into every node)")
         what = _describe_tree(self.tree) if self.tree else format_bytes(self.size)
-        source = "standard input" if self.source == "-" else self.source
+        source = source_label(self.source)
         codec = ""
         if self.codec != "none":
             saved = f", {self.size / self.wire_bytes:.2f}x smaller" if self.wire_bytes else ""

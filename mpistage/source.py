@@ -28,7 +28,7 @@ from .digest import new_digest
 from .encoders import Encoders
 from .errors import Stalled
 from .frames import Framing, framing_for
-from .plan import Plan, file_identity, identity_change
+from .plan import Plan, file_identity, identity_change, source_label
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -111,8 +111,8 @@ class ChunkSource:
             if chunk is not None:
                 return chunk
             if not excused() and deadline is not None and time.monotonic() >= deadline:
-                what = "standard input" if self.plan.source == "-" else self.plan.source
-                raise Stalled(f"reading {what} made no progress for {timeout:g} s")
+                raise Stalled(f"reading {source_label(self.plan.source)} made no progress for "
+                              f"{timeout:g} s")
 
     def _read_all(self) -> None:
         framing = framing_for(self.plan)

@@ -25,7 +25,7 @@ from . import interrupt
 from .buffers import Buffer, BufferPool, PhaseClock, pieces
 from .digest import new_digest
 from .errors import UsageError
-from .plan import Plan, SourceInfo, check_template
+from .plan import Plan, SourceInfo, check_template, source_label
 from .source import ChunkSource
 
 #: The source name that means standard input.
@@ -141,10 +141,6 @@ def describe_stream(dest: str, expect_size: int | None, name: str = STDIN) -> So
                       mtime_ns=time.time_ns(), dest=dest, stream=True)
 
 
-def label(source: str) -> str:
-    """How messages name a source: ``-`` is "standard input"."""
-    return "standard input" if source == STDIN else source
-
 
 class StreamSource(ChunkSource):
     """The root's source for a stream: chunks from a :class:`StreamInput`, to its end
@@ -161,7 +157,7 @@ class StreamSource(ChunkSource):
         try:
             got = self.stream.readinto(view)
         except OSError as exc:
-            self.error = f"reading {label(self.plan.source)} failed: {exc.strerror or exc}"
+            self.error = f"reading {source_label(self.plan.source)} failed: {exc.strerror or exc}"
             return 0
         finally:
             self.clock.add("read", time.perf_counter() - started)
