@@ -14,7 +14,7 @@ from ._version import __version__
 from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
 from .decide import AUTO
-from .errors import MpistageError, Stalled, UsageError
+from .errors import MpistageError, RootLost, Stalled, UsageError
 from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
@@ -273,6 +273,12 @@ class _Speaker:
                      "stopped and removed its unfinished copy; copies already in place are "
                      f"complete (exit status {interrupt.exit_status(signum)})\n".encode())
 
+    def gave_up(self, reason: str) -> None:
+        """The transfer lost its root (rank 0 by default): rank 1 speaks instead."""
+        if self.rank == 1:
+            os.write(2, f"mpistage: transfer failed: {reason}; every other rank removed "
+                     "its unfinished copy (exit status 1)\n".encode())
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 a node failed, 2 usage; on
@@ -282,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     rank = comm.rank
-    interrupt.install(_Speaker(rank).announce)  # after MPI_Init, which may set handlers
+    speaker = _Speaker(rank)
+    interrupt.install(speaker.announce)  # after MPI_Init, which may set handlers
+    interrupt.on_give_up(speaker.gave_up)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["calibrate"]:
         from .calibrate_cli import main as calibrate_main
@@ -344,10 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if rank == 0:
             _speak(report, args)
-            if report.stalled:
-                # Some ranks are gone or cut off: MPI_Finalize could wait for them forever.
+            if report.stalled or report.missing_ranks:
+                # Some ranks are gone or cut off: MPI_Finalize could wait for them forever
+                # (and the launcher for their hosts).  The others have committed by now.
                 comm.Abort(report.exit_code)
         return report.exit_code
+    except RootLost as exc:
+        # The transfer's root (rank 0 unless --root) is gone: nobody else will speak,
+        # and MPI_Finalize (or MPI_Abort) could wait for it for ever.
+        speaker.gave_up(str(exc))
+        interrupt.remove_temp_files()
+        os._exit(exc.exit_code)
     except Stalled as exc:
         # Rank 0 prints the verdict and ends the job; give it the time to, then end it
         # from here in case rank 0 cannot be reached.

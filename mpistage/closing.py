@@ -15,17 +15,14 @@ from typing import Any
 from mpi4py import MPI
 
 from .decide import Prediction
-from .errors import Stalled
+from .errors import RootLost, Stalled
 from .liveness import drain_heartbeats
-from .pipeline import EngineResult
 from .plan import Plan
 from .preflight import NodeCheck
 from .report import NodeResult, RankRecord, RankStatus, StageReport, build_report
-from .schedules import BinomialSchedule
 from .topology import Topology
 from .waiting import poll, receive_object, receive_objects, send_object
 
-_OUTCOME_TAG = 7101  # root → participants: the source's digest, or why reading failed
 _STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
 _VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"
 _HELLO_TAG = 7104    # start-up: open the connections the closing exchange will use
@@ -39,18 +36,12 @@ def participants(topo: Topology, checks: list[NodeCheck]) -> list[int]:
     return sorted({c.index for c in checks if c.needs_data} | {topo.root_node})
 
 
-def _outcome_tree(comm: MPI.Comm, root: int) -> tuple[int | None, list[int]]:
-    """Parent and children of this rank in the binomial tree that carries the source's
-    outcome from the root to every participant, whatever the data's schedule was."""
-    tree = BinomialSchedule(comm, root)
-    return tree.parent, tree.children
-
-
 def connect_early(
     topo: Topology, checks: list[NodeCheck], transfer_comm: MPI.Comm | None, timeout: float,
 ) -> None:
     """Open, while every node is still reachable, the connections that the closing
-    exchange uses (every rank to rank 0; the outcome tree's edges).
+    exchange uses: every rank to rank 0, and every participant to the transfer's root
+    (the survey of :mod:`mpistage.recovery` and the source's outcome travel on them).
 
     MPI connects lazily, and with a TCP transport a first message to a host that has
     become unreachable can block inside MPI until the kernel gives up, minutes later:
@@ -64,35 +55,13 @@ def connect_early(
         requests = [comm.Isend(nothing, dest=0, tag=_HELLO_TAG)]
     if transfer_comm is not None:
         root_rank = participants(topo, checks).index(topo.root_node)
-        parent, children = _outcome_tree(transfer_comm, root_rank)
-        requests += [transfer_comm.Isend(nothing, dest=c, tag=_HELLO_TAG) for c in children]
-        if parent is not None:
-            requests.append(transfer_comm.Irecv(nothing, source=parent, tag=_HELLO_TAG))
+        if transfer_comm.rank == root_rank:
+            requests += [transfer_comm.Irecv(nothing, source=r, tag=_HELLO_TAG)
+                         for r in range(transfer_comm.size) if r != root_rank]
+        else:
+            requests.append(transfer_comm.Isend(nothing, dest=root_rank, tag=_HELLO_TAG))
     if not poll(requests, timeout):
         raise Stalled(f"could not reach every rank within {timeout:g} s at start-up")
-
-
-def share_source_outcome(
-    comm: MPI.Comm, root: int, outcome: EngineResult, timeout: float
-) -> tuple[str | None, str | None, int | None]:
-    """The root's ``(source_digest, read_error, source_size)``, passed down the outcome
-    tree (the size is how a stream's length becomes known to all).
-
-    Only connections opened by :func:`_connect_early` are used, and a child that does
-    not take its message does not hold this node up (its own wait times out instead).
-    """
-    parent, children = _outcome_tree(comm, root)
-    if parent is None:
-        shared = (outcome.source_digest, outcome.read_error, outcome.source_size)
-    else:
-        shared = receive_object(comm, parent, _OUTCOME_TAG, timeout,
-                                "the source's digest from the root")
-    requests = [comm.isend(shared, dest=c, tag=_OUTCOME_TAG) for c in children]
-    try:
-        poll(requests, min(timeout, STALL_GRACE))
-    except MPI.Exception:
-        pass
-    return shared
 
 
 def agree_on_report(
@@ -100,36 +69,52 @@ def agree_on_report(
     result: NodeResult | None, outcome: tuple[str | None, str | None, int | None] | None,
     prediction: Prediction | None, stall: str | None, depth: int, timeout: float,
     tree: dict[str, Any] | None = None, pipe: str | None = None,
+    lost: dict[int, str] | None = None, root_lost: bool = False,
 ) -> StageReport:
     """Statuses go to rank 0 and its verdict comes back, all with deadlines.
 
-    When every rank reported and none stalled, the full report is broadcast; otherwise
-    rank 0 returns a report marked ``stalled`` (naming what it knows) and the other ranks
-    raise :class:`Stalled`.
+    When every rank reported and none stalled, the full report is broadcast; when the
+    only ranks missing are those of nodes the transfer lost and went on without
+    (``lost``: node index -> why, known to the transfer's root, see
+    :mod:`mpistage.recovery`), it is sent to each rank still there; otherwise rank 0
+    returns a report marked ``stalled`` (naming what it knows) and the other ranks raise
+    :class:`Stalled` (at once, with ``root_lost``: the transfer lost its root, whose
+    rank 0 may be gone too).
     """
     comm = topo.comm
-    status = RankStatus(record, result, outcome, stall, prediction)
+    status = RankStatus(record, result, outcome, stall, prediction, lost or {})
     if comm.rank != 0:
-        if not send_object(comm, status, 0, _STATUS_TAG, timeout):
+        if root_lost and topo.root == 0:  # rank 0 is gone: no message may wait on it
+            raise RootLost(stall or "the transfer lost its root")
+        if not send_object(comm, status, 0, _STATUS_TAG, STALL_GRACE if root_lost else timeout):
             raise Stalled(f"could not report to rank 0 within {timeout:g} s ({stall or 'no stall here'})")
+        if root_lost:
+            raise RootLost(stall or "the transfer lost its root")
         # A rank that saw the transfer stall gives rank 0 time to collect and decide;
         # the others wait as long as the transfer takes (rank 0 ends a broken job).
         wait = 2 * timeout + 2 * STALL_GRACE if stall else None
         # Ranks that are done (non-leaders: from the start) may wait long: poll gently.
         verdict = receive_object(comm, 0, _VERDICT_TAG, wait, "rank 0's verdict",
                                  longest_pause=0.02)
+        if isinstance(verdict, StageReport):
+            return verdict
         if verdict is not None:
             raise Stalled(verdict)
         return comm.bcast(None, root=0)
 
-    statuses = _collect_statuses(comm, status, timeout)
+    statuses = _collect_statuses(comm, status, timeout, topo)
     missing = [r for r in range(comm.size) if r not in statuses]
-    stalled = bool(missing) or any(s.stall for s in statuses.values())
-    verdict = _stall_verdict(statuses, missing, topo) if stalled else None
+    lost_nodes = {node: why for s in statuses.values() for node, why in s.lost.items()}
+    gone = {r for node in lost_nodes for r in topo.nodes[node].ranks}
+    stalled = bool(set(missing) - gone) or any(s.stall for s in statuses.values())
+    stall_line = _stall_verdict(statuses, missing, topo) if stalled else None
     report = build_report(plan, checks, [statuses[r] for r in sorted(statuses)], missing,
-                          verdict, depth, tree, pipe)
+                          stall_line, depth, tree, pipe, lost_nodes)
+    # Nobody missing: the report is broadcast after this "None"; some ranks gone with
+    # their lost nodes: the report itself, to each rank still there.
+    verdict: StageReport | str | None = stall_line or (report if missing else None)
     requests = [comm.isend(verdict, dest=r, tag=_VERDICT_TAG) for r in statuses if r != 0]
-    if stalled:
+    if stalled or missing:
         try:
             poll(requests, STALL_GRACE)
         except MPI.Exception:
@@ -152,12 +137,14 @@ def _stall_verdict(statuses: dict[int, RankStatus], missing: list[int], topo: To
     return "transfer stalled: " + "; ".join(seen)
 
 
-def _collect_statuses(comm: MPI.Comm, own: RankStatus, timeout: float) -> dict[int, RankStatus]:
+def _collect_statuses(comm: MPI.Comm, own: RankStatus, timeout: float,
+                      topo: Topology) -> dict[int, RankStatus]:
     """Rank 0: every rank's status.  Waits as long as there is news: statuses, or
     heartbeats from nodes still writing, flushing or re-reading their copy (however
     long that takes, see :mod:`mpistage.liveness`); once some rank reported a stall,
     only :data:`STALL_GRACE` more seconds; after ``2 * timeout`` without news, gives up
-    on the rest (they are dead, cut off, or stuck)."""
+    on the rest (they are dead, cut off, or stuck).  The ranks of nodes that the
+    transfer counted lost (and went on without) are not waited for."""
     statuses = {0: own}
     pending = [r for r in range(1, comm.size)]
     quiet_since = time.monotonic()
@@ -170,7 +157,9 @@ def _collect_statuses(comm: MPI.Comm, own: RankStatus, timeout: float) -> dict[i
         got = receive_objects(comm, pending, _STATUS_TAG, min(patience - waited, 0.5))
         if got:
             statuses.update(got)
-            pending = [r for r in pending if r not in got]
+            gone = {r for s in statuses.values() for node in s.lost
+                    for r in topo.nodes[node].ranks}
+            pending = [r for r in pending if r not in got and r not in gone]
         if got or drain_heartbeats(comm).intersection(pending):
             quiet_since = time.monotonic()
     drain_heartbeats(comm)

@@ -29,5 +29,10 @@ class Stalled(MpistageError, TimeoutError):
     exit_code = 1
 
 
+class RootLost(Stalled):
+    """No word from the transfer's root: the source is gone, no survivor can finish
+    (:mod:`mpistage.recovery`)."""
+
+
 class CommandFailed(ValueError):
     """A ``--pipe`` command did not exit 0; the message says how it ended, whole."""

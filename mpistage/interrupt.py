@@ -141,6 +141,39 @@ def install(announce: Announce) -> None:
     watcher.start()
 
 
+#: Says, for the CLI, why a run gave up from :func:`deadline` (the library never prints).
+_on_give_up: list[Callable[[str], None]] = []
+
+
+def on_give_up(announce: Callable[[str], None]) -> None:
+    """Have ``announce(reason)`` called when :func:`deadline` ends this process."""
+    _on_give_up[:] = [announce]
+
+
+@contextmanager
+def deadline(seconds: float, reason: str) -> Iterator[None]:
+    """The body must be done within ``seconds``, or this process removes its temp files
+    and exits 1 from another thread.  For MPI calls that may never return: with MPICH's
+    TCP transport a send to a process that died can block inside MPI for ever, and no
+    MPI call (not even ``MPI_Abort``) can end the run cleanly after that."""
+    def give_up() -> None:
+        _temp_files.remove_all()
+        remove_mapped_shared_memory()
+        try:
+            for announce in _on_give_up:
+                announce(reason)
+        finally:
+            os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def _ignore_in_main_thread(signum: int, frame: object) -> None:
     """The Python-level handler: the watcher thread already acts on the signal."""
 

@@ -30,12 +30,14 @@ T = TypeVar("T")
 
 
 class Heartbeat:
-    """Sends rank 0 a small message (no pickling) at most every ``interval`` seconds,
-    and only when the progress it is given has changed."""
+    """Sends rank ``dest`` (rank 0, who collects the statuses, or the transfer's root, who
+    collects the surveys of :mod:`mpistage.recovery`) a small message (no pickling) at
+    most every ``interval`` seconds, and only when the progress it is given has changed."""
 
-    def __init__(self, comm: MPI.Comm, interval: float) -> None:
+    def __init__(self, comm: MPI.Comm, interval: float, dest: int = 0) -> None:
         self.comm = comm
         self.interval = interval
+        self.dest = dest
         self._last: Hashable = None
         self._sent_at = time.monotonic()
         self._message = bytearray(8)
@@ -43,12 +45,25 @@ class Heartbeat:
 
     def __call__(self, progress: Hashable) -> None:
         now = time.monotonic()
-        if self.comm.rank == 0 or progress == self._last or now - self._sent_at < self.interval:
+        if self.comm.rank == self.dest or progress == self._last or now - self._sent_at < self.interval:
             return
         self._last, self._sent_at = progress, now
         self._requests = [r for r in self._requests if not r.Test()]
         if not self._requests:  # never more than one in flight: rank 0 may be busy
-            self._requests.append(self.comm.Isend(self._message, dest=0, tag=_HEARTBEAT_TAG))
+            self._requests.append(self.comm.Isend(self._message, dest=self.dest,
+                                                   tag=_HEARTBEAT_TAG))
+
+    def settled(self, timeout: float) -> bool:
+        """Whether the last heartbeat left within ``timeout`` seconds: before another
+        message to the same rank, which must never be a second one in flight to a rank
+        that may have died (see :class:`mpistage.schedules.Forward`)."""
+        try:
+            done = poll(self._requests, timeout)
+        except MPI.Exception:
+            return False
+        if done:
+            self._requests = []
+        return done
 
     def close(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) for the last heartbeat to leave."""
@@ -64,7 +79,7 @@ def no_heartbeat(progress: Hashable) -> None:
 
 
 def drain_heartbeats(comm: MPI.Comm) -> set[int]:
-    """Rank 0: receive every heartbeat that has arrived; the ranks that sent one."""
+    """Rank 0 (or a heartbeat's other ``dest``): receive every heartbeat that has arrived; the ranks that sent one."""
     senders: set[int] = set()
     status = MPI.Status()
     sink = bytearray(8)

@@ -71,6 +71,14 @@ def launch_environment(*, as_root: bool | None = None) -> dict[str, str]:
     return env
 
 
+def keep_going_options() -> list[str]:
+    """``mpiexec`` options that keep the other ranks running when one dies, so that
+    mpistage can finish without it (:mod:`mpistage.recovery`): hydra's
+    ``-disable-auto-cleanup``; none known for Open MPI's ``mpirun`` (README: When a
+    node dies)."""
+    return [] if family() == "openmpi" else ["-disable-auto-cleanup"]
+
+
 def ranks_per_node_options(ranks_per_node: int) -> list[str]:
     """``mpiexec`` options that place ``ranks_per_node`` ranks on each host."""
     if family() == "openmpi":

@@ -96,6 +96,10 @@ class Engine:
         source: SourceFactory = FileSource,
         digest_writes: bool = True,
         corrupt: bool = False,
+        first: int = 0,
+        local_until: int | None = None,
+        write_from: int = 0,
+        writer: ChunkWriter | None = None,
     ) -> None:
         """
         Args:
@@ -106,6 +110,13 @@ class Engine:
             digest_writes: the writer digests what it writes (off where the sink checks
                 the bytes itself, as a tree's does per file).
             corrupt: test hook: flip a byte of the first chunk before writing it.
+            first, local_until, write_from, writer: a run re-formed after a lost node
+                (:mod:`mpistage.recovery`) starts at chunk ``first``; chunks before
+                ``local_until`` come from ``source`` (the root's file, or this node's
+                own copy read back), the rest from the parent; only chunks from
+                ``write_from`` on are written, by the ``writer`` of the earlier run, so
+                the copy and its digest go on where they stopped.  By default the root
+                reads every chunk and the others receive every chunk.
 
         How chunks travel is the plan's: as they are, or framed (a stream, whose end
         only its last frame tells; chunks encoded once on the root by ``plan.codec``,
@@ -122,18 +133,26 @@ class Engine:
         # More buffers than chunks would only hold memory.
         self.pool = BufferPool(max(2, min(depth, self._count if self._count is not None
                                           else depth)), self.framing.capacity)
-        self.source = source(plan, self.pool, self.clock) if schedule.is_root else None
+        self._first, self._local_until, self._write_from = first, local_until, write_from
+        reads = schedule.is_root or (local_until or 0) > first
+        self.source = source(plan, self.pool, self.clock) if reads else None
         # The root writes the very bytes it read (and digested) unless they were encoded:
         # then it decodes them, as every node does, and digests what it wrote.
         encoded = plan.codec != "none"
-        self.writer = ChunkWriter(plan, sink, self.pool, self.clock, self.framing,
-                                  digests=digest_writes and (encoded or not schedule.is_root),
-                                  codec=make_codec(plan.codec), corrupt=corrupt)
+        if writer is None:
+            writer = ChunkWriter(plan, sink, self.pool, self.clock, self.framing,
+                                 digests=digest_writes and (encoded or not schedule.is_root),
+                                 codec=make_codec(plan.codec), corrupt=corrupt)
+        else:
+            writer.resume(self.pool)
+        self.writer = writer
         self._trust_source_digest = schedule.is_root and not encoded
         self._sends: deque[tuple[int, int, int, Forward]] = deque()  # chunk, buffer, bytes, sends
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
-        self._done_bytes = 0
+        self._done_bytes = first * plan.chunk_size
         self._wire_bytes = 0
+        #: The ranks a stalled wait was waiting on (its parent, or its children).
+        self.suspects: list[int] = []
         self._started = 0.0
         # How long waiting for a chunk, and for a send to finish, has been taking.
         self._receive_pace, self._send_pace = Pace(), Pace()
@@ -176,13 +195,20 @@ class Engine:
             done = poll(requests, self.timeout, expected=pace.expected,
                         on_wake=self._advance_sends)
         except MPI.Exception as exc:
+            self._suspect(receiving)
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
         finally:
             waited = time.perf_counter() - started
             self.clock.add("wait", waited)
             pace.add(waited)
         if not done:
+            self._suspect(receiving)
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
+
+    def _suspect(self, receiving: bool) -> None:
+        parent = getattr(self.schedule, "parent", None)
+        children = getattr(self.schedule, "children", None) or []
+        self.suspects = [parent] if receiving and parent is not None else list(children)
 
     def _stalled_on(self, receiving: bool) -> str:
         parent = getattr(self.schedule, "parent", None)
@@ -200,7 +226,7 @@ class Engine:
         limit: int | None = None
         for *_, forward in self._sends:
             forward.advance(limit)
-            limit = forward.posted
+            limit = forward.limit
 
     def _retire_sends(self, block: bool) -> None:
         """Move every chunk's sends on and release the buffers of chunks sent to all
@@ -264,11 +290,13 @@ class Engine:
         self._started = time.perf_counter()
         self.writer.start()
         if self.source is not None:
+            self.source.first, self.source.until = self._first, self._local_until
             self.source.start()
-        next_post = k = 0
+        k = self._first
+        next_post = max(k, self._local_until or 0)  # the first chunk from the parent
         try:
             while self._count is None or k < self._count:
-                if self.source is not None:
+                if self._is_local(k):
                     k, index = self._next_from_source()
                 else:
                     k, index, next_post = self._next_from_parent(next_post)
@@ -290,6 +318,10 @@ class Engine:
                 self.source.join(timeout=self.timeout)
         return self.result()
 
+    def _is_local(self, k: int) -> bool:
+        """Whether chunk ``k`` comes from this node's source rather than its parent."""
+        return self.source is not None and (self._local_until is None or k < self._local_until)
+
     def _dispatch(self, k: int, index: int) -> bool:
         """Chunk ``k`` is here: forward it to the schedule's children as it came and
         hand it to the writer (unless this node's copy was abandoned); whether it was
@@ -306,9 +338,9 @@ class Engine:
         except ValueError as exc:
             raise Stalled(f"chunk {k}: {exc}") from None
         self._wire_bytes += len(message)
-        forward = self.schedule.post_forward(message)
+        forward = self.schedule.post_forward(message, k)
         sends = not forward.done
-        writes = not self.writer.abandoned
+        writes = k >= self._write_from and not self.writer.abandoned
         holders = sends + writes
         self.pool.hold(index, max(holders, 1))
         if writes:

@@ -85,6 +85,8 @@ class RankStatus:
             (the transfer's participants only).
         stall: why this rank's transfer stalled, if it did.
         prediction: the model's prediction (the transfer's participants only).
+        lost: nodes the transfer lost mid-way and went on without (index -> why; the
+            transfer's root only, :mod:`mpistage.recovery`).
     """
 
     record: RankRecord
@@ -92,6 +94,7 @@ class RankStatus:
     source_outcome: tuple[str | None, str | None, int | None] | None = None
     stall: str | None = None
     prediction: Prediction | None = None
+    lost: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -305,14 +308,17 @@ class StageReport:
 def build_report(
     plan: Plan, checks: list[NodeCheck], statuses: list[RankStatus], missing: list[int],
     stall: str | None, depth: int, tree: dict[str, Any] | None = None,
-    pipe: str | None = None,
+    pipe: str | None = None, lost: dict[int, str] | None = None,
 ) -> StageReport:
     """Rank 0: the report of a run from the statuses that reached it (in rank order);
-    a node without a status is reported failed, dead or unreachable."""
+    a node without a status is reported failed: lost mid-transfer (``lost`` says why)
+    or dead or unreachable."""
     results = {s.result.index: s.result for s in statuses if s.result is not None}
+    lost = lost or {}
     nodes = [results.get(check.index) or NodeResult(
                 index=check.index, host=check.host, rank=check.rank, path=check.target,
-                status="failed", error="no status from this node (dead or unreachable)")
+                status="failed",
+                error=lost.get(check.index, "no status from this node (dead or unreachable)"))
              for check in checks]
     outcomes = [s.source_outcome for s in statuses if s.source_outcome is not None]
     source_digest, source_error, source_size = outcomes[0] if outcomes else (None, None, None)

@@ -146,7 +146,9 @@ def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
     mpiexec = mpi_library.find_mpiexec()
     if mpiexec is None:
         raise UsageError("neither srun nor mpiexec found on PATH")
-    return [mpiexec, "-n", str(nodes), *mpi_library.ranks_per_node_options(1), *stage]
+    # One node's death costs the others nothing where the launcher lets them go on.
+    return [mpiexec, *mpi_library.keep_going_options(), "-n", str(nodes),
+            *mpi_library.ranks_per_node_options(1), *stage]
 
 
 def allocated_nodes(environ: os._Environ[str] | dict[str, str]) -> int:

@@ -116,36 +116,46 @@ class Forward:
     trees finish together.  The link is as busy either way, so throughput is the same.
 
     Each child must get the chunks in order (receives are matched in the order they
-    were posted), so a chunk's send to its i-th child waits until the chunk before has
-    posted its own: :meth:`advance` takes that as ``limit``.
+    were posted), and each child has **one send in flight** at a time: a chunk's send
+    to its i-th child waits until the chunk before has *completed* its own
+    (:meth:`advance` takes that count as ``limit``).  One is enough to keep a link busy
+    (the kernel's socket buffer holds the next bytes while the next send is posted), and
+    more is unsafe: with MPICH's TCP transport, a second send posted to a process that
+    died blocks inside ``MPI_Isend`` for ever, where a node must notice the stall and go
+    on without it (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
+    may be posted as soon as the chunk before posted its own.
     """
 
-    def __init__(self, posts: Sequence[Callable[[], MPI.Request]]) -> None:
+    def __init__(self, posts: Sequence[Callable[[], MPI.Request]],
+                 one_in_flight: bool = True) -> None:
         self._posts = deque(posts)
         self.posted = 0
+        self.one_in_flight = one_in_flight
         self.requests: list[MPI.Request] = []
-        self._post_next()
-
-    def _post_next(self) -> None:
-        if self._posts:
-            self.requests = [self._posts.popleft()()]
-            self.posted += 1
-        else:
-            self.requests = []
 
     @property
     def done(self) -> bool:
         """Every send was posted and is complete (as of the last :meth:`advance`)."""
-        return not self.requests
+        return not self.requests and not self._posts
+
+    @property
+    def limit(self) -> int:
+        """How many sends the next chunk's :meth:`advance` may have posted."""
+        return self.posted - len(self.requests) if self.one_in_flight else self.posted
 
     def advance(self, limit: int | None = None) -> bool:
         """Post the next send if the current one is complete and fewer than ``limit``
-        (the previous chunk's :attr:`posted`; ``None``: no previous chunk in flight)
+        (the previous chunk's :attr:`limit`; ``None``: no previous chunk in flight)
         were posted; :attr:`done`."""
-        while self.requests and MPI.Request.Testall(self.requests):
-            if limit is not None and self.posted >= limit and self._posts:
+        while True:
+            if self.requests:
+                if not MPI.Request.Testall(self.requests):
+                    break
+                self.requests = []
+            if not self._posts or (limit is not None and self.posted >= limit):
                 break  # the next child has not had the chunk before this one yet
-            self._post_next()
+            self.requests = [self._posts.popleft()()]
+            self.posted += 1
         return self.done
 
 
@@ -178,8 +188,8 @@ class Schedule(ABC):
         """Start receiving the next chunk into ``buf`` (never called on the root)."""
 
     @abstractmethod
-    def post_forward(self, buf: Buffer) -> Forward:
-        """Start passing on a chunk that is now complete in ``buf``."""
+    def post_forward(self, buf: Buffer, k: int) -> Forward:
+        """Start passing on chunk ``k``, now complete in ``buf``."""
 
     def describe(self) -> str:
         return self.name
@@ -221,7 +231,7 @@ class TreeSchedule(Schedule):
         assert self.parent is not None, "the root receives nothing"
         return self.comm.Irecv(buf, source=self.parent, tag=DATA_TAG)
 
-    def post_forward(self, buf: Buffer) -> Forward:
+    def post_forward(self, buf: Buffer, k: int) -> Forward:
         return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=DATA_TAG)
                         for child in self.children])
 
@@ -303,5 +313,6 @@ class BcastSchedule(Schedule):
     def post_receive(self, buf: Buffer) -> MPI.Request:
         return self.comm.Ibcast(buf, root=self.root)
 
-    def post_forward(self, buf: Buffer) -> Forward:
-        return Forward([lambda: self.comm.Ibcast(buf, root=self.root)] if self.is_root else [])
+    def post_forward(self, buf: Buffer, k: int) -> Forward:
+        return Forward([lambda: self.comm.Ibcast(buf, root=self.root)] if self.is_root else [],
+                       one_in_flight=False)

@@ -47,6 +47,11 @@ class ChunkSource:
         digest: hex xxh3-128 of what was read, once every chunk was read cleanly.
         error: why reading failed (``None`` while it has not).
         bytes_read: source bytes read so far (a stream's size, once it ended).
+        first, until: the chunks to read, ``first .. until-1`` (by default all; a
+            re-formed run reads only some: :mod:`mpistage.recovery`); set before
+            :meth:`start`.
+        chunks_read: chunks ``0 .. chunks_read-1`` were read cleanly (and digested), by
+            this reader or the one it resumed.
     """
 
     def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> None:
@@ -56,6 +61,9 @@ class ChunkSource:
         self.digest: str | None = None
         self.error: str | None = None
         self.bytes_read = 0
+        self.first = 0
+        self.until: int | None = None
+        self.chunks_read = 0
         # Each chunk read, with its encoding still under way (a future) or done (None).
         self._ready: queue.SimpleQueue[Ready] = queue.SimpleQueue()
         self._head: Ready | None = None  # taken from the queue, its encoding not done yet
@@ -119,8 +127,9 @@ class ChunkSource:
         count = framing.chunk_count()  # None: a stream, until its last frame
         try:
             self._open()
-            k = 0
-            while count is None or k < count:
+            k = self.first
+            end = count if self.until is None else self.until
+            while end is None or k < end:
                 index = self.pool.take()
                 if index is None:  # the engine closed the pool: the transfer is over
                     return
@@ -135,6 +144,8 @@ class ChunkSource:
                     encoding = self._encoders.submit(partial(_encode, framing, buffer, k, got,
                                                              last))
                 self.bytes_read += got
+                if self.error is None:
+                    self.chunks_read = max(self.chunks_read, k + 1)
                 self._ready.put((k, index, encoding))
                 k += 1
                 if last:
@@ -185,7 +196,24 @@ class FileSource(ChunkSource):
     def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> None:
         super().__init__(plan, pool, clock)
         self._digest = new_digest()
+        self._digest_from = 0  # chunks before it were digested by an earlier reader
         self._fd = -1
+
+    @classmethod
+    def resumed(cls, previous: FileSource, first: int, pool: BufferPool,
+                clock: PhaseClock) -> FileSource:
+        """A reader for a re-formed run (:mod:`mpistage.recovery`): it starts at chunk
+        ``first`` and digests on from where ``previous`` (ended, without an error)
+        stopped, into the same running digest, so the source's digest is still of one
+        sequential read of every byte.  Chunks read again are not digested twice; the
+        file's identity, checked at the end as always, tells if they changed."""
+        assert first <= previous.chunks_read, "no chunk may be skipped by the digest"
+        source = cls(previous.plan, pool, clock)
+        source.first = first
+        source._digest = previous._digest
+        source._digest_from = source.chunks_read = previous.chunks_read
+        source.bytes_read = first * previous.plan.chunk_size
+        return source
 
     def _open(self) -> None:
         try:
@@ -195,7 +223,7 @@ class FileSource(ChunkSource):
             self.error = f"cannot open source {self.plan.source}: {exc.strerror}"
 
     def _fill(self, k: int, view: Buffer) -> None:
-        self._read_chunk(self._fd, k, view, self._digest)
+        self._read_chunk(self._fd, k, view, self._digest if k >= self._digest_from else None)
 
     def _finish(self) -> None:
         self.error = self._changed(self._fd, "while it was read")
@@ -207,7 +235,8 @@ class FileSource(ChunkSource):
             os.close(self._fd)
             self._fd = -1
 
-    def _read_chunk(self, fd: int, k: int, view: Buffer, digest: xxhash.xxh3_128) -> None:
+    def _read_chunk(self, fd: int, k: int, view: Buffer,
+                    digest: xxhash.xxh3_128 | None) -> None:
         """Read chunk ``k`` into ``view`` piece by piece, digesting each piece while it
         is still in the CPU's cache."""
         plan = self.plan
@@ -225,9 +254,10 @@ class FileSource(ChunkSource):
                 self.error = (f"source {plan.source} shrank during the read "
                               f"(ended at byte {offset + got} of {plan.size})")
                 return
-            started = time.perf_counter()
-            digest.update(piece)
-            self.clock.add("digest", time.perf_counter() - started)
+            if digest is not None:
+                started = time.perf_counter()
+                digest.update(piece)
+                self.clock.add("digest", time.perf_counter() - started)
             offset += got
 
     def _changed(self, fd: int, when: str) -> str | None:

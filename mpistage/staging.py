@@ -25,19 +25,20 @@ from mpi4py import MPI
 
 from . import faults
 from .algorithms import SCHEDULES
-from .closing import agree_on_report, connect_early, participants, share_source_outcome
+from .closing import agree_on_report, connect_early, participants
 from .codec import CodecCost
 from .codec import check as check_codec
 from .copies import FileCopy, PipeCopy, SourceOutcome
 from .decide import AUTO, Prediction, decide
-from .errors import CommandFailed, Stalled, UsageError
+from .errors import CommandFailed, RootLost, Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
-from .pipeline import (DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, EngineResult, ProgressCallback,
-                       SourceFactory)
+from .buffers import BufferPool, PhaseClock
+from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, ProgressCallback, SourceFactory
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, check_commands, preflight
+from .recovery import Attempt, HeldChunks, Reformed, Rounds, Verdict, can_recover, run_rounds
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .source import FileSource
@@ -185,6 +186,8 @@ def stage(
         result: NodeResult | None = None
         outcome: SourceOutcome | None = None
         stall: str | None = None
+        lost: dict[int, str] = {}
+        root_lost = False
         with _transfer_communicator(topo, checks) as transfer_comm:
             connect_early(topo, checks, transfer_comm, timeout)
             plan, prediction = _decide_plan(topo, checks, transfer_comm, info, params, options,
@@ -194,9 +197,10 @@ def stage(
                 mine = next(c for c in checks if c.index == topo.node.index)
                 try:
                     result, outcome = _take_part(topo, plan, checks, mine, transfer_comm,
-                                                 phases, options, progress, copy)
+                                                 phases, options, progress, copy, lost)
                 except Stalled as exc:
                     stall = str(exc)
+                    root_lost = isinstance(exc, RootLost)
                     log.debug("stalled: %s", stall)
                     result = NodeResult(index=mine.index, host=mine.host, rank=comm.rank,
                                         path=mine.target, status="failed",
@@ -206,7 +210,7 @@ def stage(
                             leader=topo.is_leader, phases=phases)
         return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
                                options.buffers(plan.chunk_size), timeout, copy.summary(),
-                               pipe)
+                               pipe, lost, root_lost)
 
 
 def _destination(dest: str | os.PathLike[str] | None, pipe: str | None) -> str:
@@ -410,12 +414,13 @@ def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> Iterator[
 def _take_part(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck,
     transfer_comm: MPI.Comm | None, phases: dict[str, float], options: StageOptions,
-    progress: ProgressCallback | None, copy: FileCopy | TreeCopy,
+    progress: ProgressCallback | None, copy: FileCopy | TreeCopy, lost: dict[int, str],
 ) -> tuple[NodeResult, SourceOutcome | None]:
     """Leader only: transfer (if this node takes part), then commit or discard.
 
     Returns this node's result and, for nodes that took part, the root's
-    ``(source_digest, source_error)``.
+    ``(source_digest, source_error)``; on the transfer's root, ``lost`` is filled
+    with the nodes the transfer lost and went on without (index -> why).
     """
     def result(status: str, error: str | None = None, digest: str | None = None,
                written: int = 0, **said: Any) -> NodeResult:
@@ -428,15 +433,16 @@ def _take_part(
             return result("skipped", mine.problem), None
         return result("up-to-date"), None
     return _transfer_and_commit(topo, plan, checks, mine, transfer_comm, phases, result,
-                                options, progress, copy)
+                                options, progress, copy, lost)
 
 
 def _transfer_and_commit(
     topo: Topology, plan: Plan, checks: list[NodeCheck], mine: NodeCheck, comm: MPI.Comm,
     phases: dict[str, float], result: Callable[..., NodeResult], options: StageOptions,
-    progress: ProgressCallback | None, copy: FileCopy | TreeCopy,
+    progress: ProgressCallback | None, copy: FileCopy | TreeCopy, lost: dict[int, str],
 ) -> tuple[NodeResult, SourceOutcome]:
-    """Participant: run the engine, learn the source's outcome, commit or discard."""
+    """Participant: run the engine (re-formed among the survivors if a node is lost,
+    :mod:`mpistage.recovery`), learn the source's outcome, commit or discard."""
     timeout = options.timeout
     taking_part = participants(topo, checks)
     names = [f"node {i} ({checks[i].host})" for i in taking_part]
@@ -453,9 +459,11 @@ def _transfer_and_commit(
             sink_error = f"cannot write beside {mine.target}: {exc.strerror}"
     # Signs of life for rank 0 while this node's own writes, flush and re-read go on.
     heartbeat = Heartbeat(topo.comm, interval=min(timeout / 4, 1.0))
+    root_rank = taking_part.index(topo.root_node)
+    # ... and for the transfer's root, while it waits for the surveys.
+    drain_beat = Heartbeat(comm, interval=min(timeout / 4, 1.0), dest=root_rank)
     engine: Engine | None = None
     try:
-        root_rank = taking_part.index(topo.root_node)
         schedule = SCHEDULES[plan.algorithm](comm, root_rank, options.arity)
         is_root = comm.rank == root_rank
         engine = Engine(
@@ -465,8 +473,24 @@ def _transfer_and_commit(
             source=copy.source, digest_writes=copy.digest_writes,
             corrupt=faults.active("corrupt-chunk", mine.index),
         )
-        source = share_source_outcome(comm, root_rank, engine.transfer(), timeout)
-        outcome: EngineResult = engine.finish_writes(heartbeat)
+        first = engine
+
+        def good() -> bool:
+            return sink_error is None and first.writer.error is None
+
+        rounds = Rounds(comm, root_rank, timeout, peer_name=lambda rank: names[rank])
+        outcome, source, stall, engines = run_rounds(
+            rounds, Attempt(engine, held=lambda: first.writer.held, good=good),
+            can_recover(plan, schedule, tree=type(copy) is not FileCopy,
+                        pipe=options.pipe is not None),
+            first.framing.chunk_count() or 0,
+            partial(_next_attempt, plan=plan, sink=sink, options=options, names=names,
+                    receives=receives),
+            drain_beat)
+        engine = engines[-1]
+        lost.update({taking_part[rank]: why for rank, why in rounds.lost.items()})
+        if stall is not None:
+            raise Stalled(stall)  # this node's transfer stalled and could not be repaired
         phases.update(outcome.phases)
         if not receives:  # the root, reading for others; its own node needs nothing
             status = "skipped" if mine.problem else "up-to-date"
@@ -484,10 +508,53 @@ def _transfer_and_commit(
         return result("copied", None, outcome.digest, written, **said), source
     finally:
         heartbeat.close(timeout)
+        drain_beat.close(timeout)
         if engine is not None:
             engine.close()
         if sink is not None:
             sink.discard()  # no-op after a commit; removes the temp file otherwise
+
+
+def _next_attempt(comm: MPI.Comm, verdict: Verdict, previous: Attempt, *, plan: Plan,
+                  sink: Sink | TreeSink | PipeSink | None, options: StageOptions,
+                  names: list[str], receives: bool) -> Attempt:
+    """The engine of a re-formed round (:mod:`mpistage.recovery`) on ``comm``, the
+    survivors' own communicator: the same algorithm among them, each edge carrying the
+    chunks the child lacks; this node reads the chunks it holds from its own copy (the
+    root: from the source, digesting on where its reader stopped) and receives the rest,
+    writing on where it stopped."""
+    before = previous.engine
+    members = verdict.survivors
+    held = [verdict.held[m] for m in members]
+    inner = SCHEDULES[plan.algorithm](comm, 0, options.arity)
+    child_held = {child: held[child] for child in inner.children}
+    count = before.framing.chunk_count() or 0
+    source: SourceFactory
+    if comm.rank == 0:
+        write_from = before.writer.held if receives and previous.good() else count
+        local_until: int | None = None
+    else:
+        write_from = local_until = held[comm.rank]
+    first = min([write_from, *child_held.values()])
+    if comm.rank == 0:
+        reader = before.source
+        assert isinstance(reader, FileSource)
+
+        def source(plan: Plan, pool: BufferPool, clock: PhaseClock) -> FileSource:
+            return FileSource.resumed(reader, first, pool, clock)
+    else:
+        temp = getattr(sink, "temp_path", None)
+        source = partial(_held_chunks, path=str(temp))
+    engine = Engine(plan, Reformed(inner, child_held), sink,
+                    depth=options.buffers(plan.chunk_size), timeout=options.timeout,
+                    peer_name=lambda rank: names[members[rank]], source=source,
+                    progress=before.progress, first=first, local_until=local_until,
+                    write_from=write_from, writer=before.writer)
+    return Attempt(engine, previous.held, previous.good)
+
+
+def _held_chunks(plan: Plan, pool: BufferPool, clock: PhaseClock, *, path: str) -> HeldChunks:
+    return HeldChunks(plan, pool, clock, path)
 
 
 def _commit(copy: FileCopy | TreeCopy, sink: Sink | TreeSink | PipeSink, plan: Plan,

@@ -42,6 +42,8 @@ class ChunkWriter:
             digested by the reader; hashing them again would prove nothing).
         error: why this node's copy failed (``None`` while it has not).
         abandoned: the copy was given up; chunks are no longer taken.
+        held: chunks ``0 .. held - 1`` are written cleanly (a run re-formed after a lost
+            node resumes this node's copy from there: :mod:`mpistage.recovery`).
     """
 
     def __init__(self, plan: Plan, sink: Sink | TreeSink | None, pool: BufferPool,
@@ -64,6 +66,7 @@ class ChunkWriter:
         self.digest: str | None = None
         self.error: str | None = None
         self.abandoned = False
+        self.held = 0
         self._digest = new_digest() if digests else None
         self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._writing_since: float | None = None  # when the current write began
@@ -73,6 +76,16 @@ class ChunkWriter:
 
     def start(self) -> None:
         self._thread.start()
+
+    def resume(self, pool: BufferPool) -> None:
+        """Take chunks again, from buffers of ``pool``, once the previous writes ended
+        (:meth:`finish`): the same sink and the same running digest, so the copy goes on
+        where it stopped.  Call :meth:`start` next."""
+        assert not self._thread.is_alive(), "resume after the writes ended"
+        self.pool = pool
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_all, name="mpistage-writer",
+                                        daemon=True)
 
     def put(self, k: int, index: int) -> None:
         """Write chunk ``k``, held in buffer ``index``; the buffer is released after."""
@@ -134,6 +147,8 @@ class ChunkWriter:
             try:
                 if not self.abandoned and self.error is None:
                     self._write_chunk(k, self._decoded(k, self.pool.buffers[index]))
+                    if self.error is None and not self.abandoned:
+                        self.held = k + 1
                 self._chunks_done += 1
             finally:
                 self.pool.release(index)

@@ -45,7 +45,8 @@ def test_plugin_from_the_environment_and_mpiexec_without_srun(
     env = {"SLURM_JOB_NUM_NODES": "2", "MPISTAGE_SRUN_MPI": "pmi2"}
     assert command(["a", "b"], env, family="openmpi", monkeypatch=monkeypatch)[1] == "--mpi=pmi2"
     no_srun = command(["a", "b"], env, which=None, monkeypatch=monkeypatch)
-    assert no_srun[0].endswith("mpiexec") and no_srun[1:5] == ["-n", "2", "-ppn", "1"]
+    assert no_srun[0].endswith("mpiexec")
+    assert no_srun[1:6] == ["-disable-auto-cleanup", "-n", "2", "-ppn", "1"], "survive a death"
     ompi = command(["a", "b"], env, family="openmpi", which=None, monkeypatch=monkeypatch)
     assert ompi[1:5] == ["-n", "2", "--map-by", "ppr:1:node"]
 

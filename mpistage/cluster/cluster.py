@@ -312,7 +312,7 @@ class EmulatedCluster:
 
     def mpiexec_command(
         self, argv: Sequence[str], *, ppn: int = 1, hosts: Sequence[int | str] | None = None,
-        mpiexec: str | None = None,
+        mpiexec: str | None = None, keep_going: bool = False,
     ) -> list[str]:
         """The command line that runs ``argv`` under MPI on the cluster, launched from the
         head host (host 0) so the launcher's daemons (hydra's proxies, Open MPI's prted)
@@ -329,6 +329,8 @@ class EmulatedCluster:
         else:
             launch = [mpiexec, "-launcher", "ssh", "-launcher-exec", str(self.launcher),
                       "-hosts", ",".join(names)]
+        if keep_going:  # the others go on when one rank dies (mpistage.recovery)
+            launch += mpi_library.keep_going_options()
         return self.command(0, [*launch, *mpi_library.ranks_per_node_options(ppn),
                                 "-n", str(ppn * len(names)), *argv])
 
