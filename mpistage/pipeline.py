@@ -137,8 +137,9 @@ class Engine:
         reads = schedule.is_root or (local_until or 0) > first
         self.source = source(plan, self.pool, self.clock) if reads else None
         # The root writes the very bytes it read (and digested) unless they were encoded:
-        # then it decodes them, as every node does, and digests what it wrote.
-        encoded = plan.codec != "none"
+        # then it decodes them, as every node does, and digests what it wrote; so it does
+        # when the test hook damages what it writes.
+        encoded = plan.codec != "none" or corrupt
         if writer is None:
             writer = ChunkWriter(plan, sink, self.pool, self.clock, self.framing,
                                  digests=digest_writes and (encoded or not schedule.is_root),

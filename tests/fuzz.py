@@ -144,13 +144,8 @@ def maybe_node(nodes: int, percent: int) -> st.SearchStrategy[int | None]:
 
 
 @st.composite
-def cases(draw: st.DrawFn, corrupt_root: bool = False) -> Case:
-    """A transfer to run.  ``corrupt_root``: a corrupted chunk on the root's own node
-    may come without ``verify``.  By default such a case gets ``verify``, because the
-    root's node does not digest what it writes: it trusts the digest its reader took of
-    the same buffers (``Engine._trust_source_digest``), so damage between the read and
-    the write (what ``corrupt-chunk@ROOT`` injects) is caught only by the re-read, and
-    without it the node keeps a wrong copy reported as ``copied``."""
+def cases(draw: st.DrawFn) -> Case:
+    """A transfer to run."""
     ranks = draw(st.integers(1, WORLD.size))
     ranks_as_nodes = draw(sometimes(75))
     nodes = ranks if ranks_as_nodes else 1
@@ -161,8 +156,6 @@ def cases(draw: st.DrawFn, corrupt_root: bool = False) -> Case:
         if yes else st.just(set())))
     corrupt = draw(maybe_node(nodes, 25))
     verify = draw(sometimes(20))
-    if corrupt == (root if ranks_as_nodes else 0) and not corrupt_root:
-        verify = True
     return Case(
         ranks=ranks, root=root, ranks_as_nodes=ranks_as_nodes,
         algorithm=draw(st.sampled_from(ALGORITHMS)), chunk=chunk, auto_chunk=draw(sometimes(10)),
@@ -314,10 +307,8 @@ class Area:
                 out.append(("up-to-date", None))
             elif case.write_fails == node and case.size > 0:  # writes past size // 2 fail
                 out.append(("failed", "File too large"))
-            elif case.corrupt == node and case.size > 0:  # its first chunk arrives damaged
-                # The root's node trusts its reader's digest: only the re-read sees it.
-                root = node == case.root_node
-                out.append(("failed", "re-read of" if root else "digest mismatch"))
+            elif case.corrupt == node and case.size > 0:  # its first chunk is damaged
+                out.append(("failed", "digest mismatch"))
             else:
                 out.append(("copied", None))
         return out
@@ -507,8 +498,7 @@ def run_case(case: Case, base: Path, tally: Tally) -> None:
               f"{time.monotonic() - tally.started:.0f} s", file=sys.stderr, flush=True)
 
 
-def lead(count: int, replay: list[Case], base: Path, tally: Tally,
-         corrupt_root: bool = False) -> None:
+def lead(count: int, replay: list[Case], base: Path, tally: Tally) -> None:
     """Rank 0: the cases to replay, else ``count`` cases drawn by Hypothesis."""
     if replay:
         for case in replay:
@@ -522,7 +512,7 @@ def lead(count: int, replay: list[Case], base: Path, tally: Tally,
     @settings(max_examples=count, database=None, deadline=None, derandomize=False,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck),
               print_blob=False)
-    @given(cases(corrupt_root))
+    @given(cases())
     def one(case: Case) -> None:
         run_case(case, base, tally)
 
@@ -542,9 +532,6 @@ def main() -> int:
     parser.add_argument("count", nargs="?", type=int, default=100, help="transfers to draw")
     parser.add_argument("--case", action="append", default=[], metavar="JSON",
                         help="replay this case (as a mismatch prints it) instead of drawing")
-    parser.add_argument("--corrupt-root", action="store_true",
-                        help="draw corrupted chunks on the root's node without verify too "
-                             "(see cases())")
     args = parser.parse_args()
     if WORLD.rank != 0:
         follow()
@@ -556,7 +543,7 @@ def main() -> int:
         replay = [Case.from_json(text) for text in args.case]
         if any(case.ranks > WORLD.size for case in replay):
             parser.error(f"a case needs more ranks than the job's {WORLD.size}")
-        lead(args.count, replay, base, tally, args.corrupt_root)
+        lead(args.count, replay, base, tally)
         broken = False
     finally:
         WORLD.bcast(None, root=0)  # the others stop following
