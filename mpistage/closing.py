@@ -9,13 +9,16 @@ cut-off host is named in the report instead of hanging the job.
 
 from __future__ import annotations
 
+import pickle
 import time
 from typing import Any
+
+import numpy as np
 
 from mpi4py import MPI
 
 from .decide import Prediction
-from .errors import RootLost, Stalled
+from .errors import ReportLost, RootLost, Stalled
 from .liveness import drain_heartbeats
 from .plan import Plan
 from .preflight import NodeCheck
@@ -100,7 +103,11 @@ def agree_on_report(
             return verdict
         if verdict is not None:
             raise Stalled(verdict)
-        return comm.bcast(None, root=0)
+        report = _broadcast_report(comm, None, timeout)
+        if report is None:
+            raise ReportLost(f"rank 0's report did not arrive within {timeout:g} s "
+                             "(a rank died after it reported?)")
+        return report
 
     statuses = _collect_statuses(comm, status, timeout, topo)
     missing = [r for r in range(comm.size) if r not in statuses]
@@ -120,8 +127,34 @@ def agree_on_report(
         except MPI.Exception:
             pass
         return report
-    poll(requests, None)
-    return comm.bcast(report, root=0)
+    try:
+        poll(requests, timeout)
+    except MPI.Exception:
+        pass
+    if _broadcast_report(comm, report, timeout) is None:
+        report.reached_all = False  # some rank died after it reported: do not wait for it
+    return report
+
+
+def _broadcast_report(comm: MPI.Comm, report: StageReport | None,
+                      timeout: float) -> StageReport | None:
+    """Rank 0's ``report`` to every rank, pickled once, by MPI's non-blocking broadcast
+    polled with a deadline (a rank that died after it reported must not hang the
+    others in a collective); the report, or ``None`` if it did not get through."""
+    size = np.zeros(1, dtype=np.int64)
+    payload = b""
+    if comm.rank == 0:
+        payload = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
+        size[0] = len(payload)
+    try:
+        if not poll([comm.Ibcast(size, root=0)], timeout):
+            return None
+        data = bytearray(payload) if comm.rank == 0 else bytearray(int(size[0]))
+        if not poll([comm.Ibcast(data, root=0)], timeout):
+            return None
+    except MPI.Exception:
+        return None
+    return report if comm.rank == 0 else pickle.loads(data)
 
 
 def _stall_verdict(statuses: dict[int, RankStatus], missing: list[int], topo: Topology) -> str:

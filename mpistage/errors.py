@@ -34,5 +34,10 @@ class RootLost(Stalled):
     (:mod:`mpistage.recovery`)."""
 
 
+class ReportLost(Stalled):
+    """The run is over and rank 0 has its report, but it did not reach this rank (a rank
+    died after it reported): nothing is left to wait for."""
+
+
 class CommandFailed(ValueError):
     """A ``--pipe`` command did not exit 0; the message says how it ended, whole."""

@@ -18,7 +18,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 Family = Literal["mpich", "openmpi"]
 
@@ -69,6 +72,27 @@ def launch_environment(*, as_root: bool | None = None) -> dict[str, str]:
         if as_root if as_root is not None else os.geteuid() == 0:
             env.update(OPENMPI_ROOT_ENV)
     return env
+
+
+#: MPICH's OFI transport retries a send for ever while the peer's queue is full, as it
+#: stays once the peer died: with this many retries (seconds, on a busy core) a send on a
+#: communicator marked by :func:`fail_fast` returns an error instead, so the transfer can
+#: count that peer lost (:mod:`mpistage.recovery`).  Read once, at ``MPI_Init``.
+EAGAIN_RETRIES = {"MPIR_CVAR_CH4_OFI_MAX_EAGAIN_RETRY": "20000"}
+
+
+def fail_fast(comm: Comm) -> Comm:
+    """Mark ``comm`` so that a send to a dead peer fails (after :data:`EAGAIN_RETRIES`)
+    instead of blocking inside MPI for ever (MPICH's OFI hint; others ignore it)."""
+    from mpi4py import MPI  # not at import: this module also serves before MPI starts
+
+    info = MPI.Info.Create()
+    try:
+        info.Set("MPI_OFI_set_eagain", "true")
+        comm.Set_info(info)
+    finally:
+        info.Free()
+    return comm
 
 
 def keep_going_options() -> list[str]:

@@ -207,17 +207,22 @@ class Engine:
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
 
     def _suspect(self, receiving: bool) -> None:
+        """Name the peers a stalled wait was for: the parent, or the children whose
+        sends are in flight (or failed)."""
         parent = getattr(self.schedule, "parent", None)
-        children = getattr(self.schedule, "children", None) or []
-        self.suspects = [parent] if receiving and parent is not None else list(children)
+        if receiving:
+            self.suspects = [parent] if parent is not None else []
+            return
+        waiting = {f.waiting_on for *_, f in self._sends if f.waiting_on is not None}
+        self.suspects = sorted(waiting) or list(getattr(self.schedule, "children", None) or [])
 
     def _stalled_on(self, receiving: bool) -> str:
         parent = getattr(self.schedule, "parent", None)
         children = getattr(self.schedule, "children", None)
         if receiving and parent is not None:
             return f"no data from {self.peer_name(parent)}"
-        if not receiving and children:
-            return f"{', '.join(self.peer_name(c) for c in children)} took no data"
+        if not receiving and (self.suspects or children):
+            return f"{', '.join(self.peer_name(c) for c in self.suspects or children)} took no data"
         return "MPI's broadcast made no progress"
 
     def _advance_sends(self) -> None:
@@ -226,8 +231,17 @@ class Engine:
         the chunk before it."""
         limit: int | None = None
         for *_, forward in self._sends:
-            forward.advance(limit)
+            self._advance(forward, limit)
             limit = forward.limit
+
+    def _advance(self, forward: Forward, limit: int | None = None) -> bool:
+        """:meth:`Forward.advance`; a send that could not even be posted (MPI's error
+        after :data:`mpistage.mpi_library.EAGAIN_RETRIES`: its peer is gone) is a stall."""
+        try:
+            return forward.advance(limit)
+        except MPI.Exception as exc:
+            self._suspect(receiving=False)
+            raise Stalled(f"{self._stalled_on(False)}: {exc.Get_error_string()}") from exc
 
     def _retire_sends(self, block: bool) -> None:
         """Move every chunk's sends on and release the buffers of chunks sent to all
@@ -235,7 +249,7 @@ class Engine:
         self._advance_sends()
         if block and self._sends:
             oldest = self._sends[0][3]
-            while not oldest.advance():
+            while not self._advance(oldest):
                 self._wait(oldest.requests, receiving=False)
         while self._sends and self._sends[0][3].done:
             _, index, length, _ = self._sends.popleft()

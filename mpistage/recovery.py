@@ -14,9 +14,10 @@ it with point-to-point messages and deadlines alone, in rounds:
    *lost*.  If nobody stalled, the :class:`Verdict` carries the source's outcome and
    the run closes as before.  Otherwise it names the survivors and what each holds.
 3. **Re-formed run.**  The survivors (the root and every node whose copy is still good)
-   make a communicator of their own (``MPI_Comm_create_group``, collective over them
-   only: a fresh context, so no message of the broken run can match) and run the same
-   algorithm over it, the same engine, resumed: each edge carries only the chunks the
+   run the same algorithm's shape laid over them (:class:`Reformed`; no new communicator,
+   whose creation would wait for ever on a survivor that dies meanwhile: a tag of the
+   round's own, so no message of the broken run can match), the same engine, resumed:
+   each edge carries only the chunks the
    child lacks, and a parent sends the ones it already holds from its own copy on disk
    (:class:`HeldChunks`), so a node after the lost one gets what it missed from the
    nearest node that has it, never from the start of the file.  Writes go on where
@@ -46,7 +47,7 @@ from .errors import RootLost, Stalled
 from .liveness import Heartbeat, drain_heartbeats
 from .pipeline import Engine, EngineResult
 from .plan import Plan
-from .schedules import DATA_TAG, Forward, Schedule
+from .schedules import DATA_TAG, Forward, Schedule, TreeSchedule
 from .source import ChunkSource, _pread_full
 from .waiting import poll, receive_objects, send_object
 
@@ -108,24 +109,30 @@ def can_recover(plan: Plan, schedule: Schedule, tree: bool, pipe: bool) -> bool:
 # -- the round's schedule and sources ----------------------------------------------------
 
 class Reformed(Schedule):
-    """An algorithm's schedule over the survivors, each edge carrying only what the child
-    lacks: chunk ``k`` goes to a child only if it holds fewer than ``k + 1`` chunks."""
+    """An algorithm's shape laid over the survivors (``members``, the root first), on the
+    first round's communicator with a tag of the round's own (no message of a broken
+    round can match one of this round), each edge carrying only what the child lacks:
+    chunk ``k`` goes to a child only if it holds fewer than ``k + 1`` chunks."""
 
-    def __init__(self, inner: Schedule, child_held: dict[int, int]) -> None:
-        super().__init__(inner.comm, inner.root)
-        self.inner = inner
-        self.name = inner.name
-        self.parent = getattr(inner, "parent", None)
-        self.children = getattr(inner, "children", [])
-        self.child_held = child_held
+    def __init__(self, shape: type[TreeSchedule], comm: MPI.Comm, members: list[int],
+                 held: dict[int, int], arity: int, round_: int) -> None:
+        super().__init__(comm, members[0])
+        self.name = shape.name
+        self.tag = DATA_TAG + round_
+        size, me = len(members), members.index(comm.rank)
+        parent = shape.parent_of(me, size, arity)
+        self.parent = None if parent is None else members[parent]
+        self.children = [members[c] for c in shape.children_of(me, size, arity)]
+        self.child_held = {child: held[child] for child in self.children}
 
     def post_receive(self, buf: Buffer) -> MPI.Request:
-        return self.inner.post_receive(buf)
+        assert self.parent is not None, "the root receives nothing"
+        return self.comm.Irecv(buf, source=self.parent, tag=self.tag)
 
     def post_forward(self, buf: Buffer, k: int) -> Forward:
-        comm = self.comm
-        return Forward([lambda child=child: comm.Isend(buf, dest=child, tag=DATA_TAG)
-                        for child in self.children if self.child_held[child] <= k])
+        lacking = [child for child in self.children if self.child_held[child] <= k]
+        return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=self.tag)
+                        for child in lacking], peers=lacking)
 
 
 class HeldChunks(ChunkSource):
@@ -197,7 +204,9 @@ class Rounds:
                                self.timeout)
         if not sent:
             raise RootLost(f"{lost}: it took no message for {self.timeout:g} s")
-        patience = self.timeout + 2 * SUSPECT_GRACE  # the root pings while it collects
+        # The root pings while it collects; before, it may be busy for up to a timeout
+        # noticing a stall of its own (on another lost node).
+        patience = 2 * self.timeout + 2.0
         while True:
             got = receive_objects(self.comm, [self.root], _VERDICT_TAG, patience,
                                   longest_pause=0.02)
@@ -254,18 +263,16 @@ class Rounds:
 
     def _send(self, obj: Verdict | None, to: list[int]) -> None:
         self._requests = [r for r in self._requests if not _done(r)]
-        self._requests += [self.comm.isend(obj, dest=r, tag=_VERDICT_TAG) for r in to]
+        for rank in to:
+            try:
+                self._requests.append(self.comm.isend(obj, dest=rank, tag=_VERDICT_TAG))
+            except MPI.Exception:
+                pass  # it died since it answered: it will not be waited for
 
-    def next_round(self, verdict: Verdict) -> MPI.Comm:
-        """The survivors' own communicator for the next round (collective over them
-        only), the root its rank 0."""
+    def next_round(self, verdict: Verdict) -> None:
+        """On to the next round, among the survivors the verdict names."""
         self.round += 1
         self.members = list(verdict.survivors)
-        group = self.comm.Get_group().Incl(self.members)
-        try:
-            return self.comm.Create_group(group, tag=self.round)
-        finally:
-            group.Free()
 
 
 def _done(request: MPI.Request) -> bool:
@@ -293,7 +300,7 @@ class Attempt:
 
 
 def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
-               next_attempt: Callable[[MPI.Comm, Verdict, Attempt], Attempt],
+               next_attempt: Callable[[Rounds, Verdict, Attempt], Attempt],
                heartbeat: Heartbeat,
                ) -> tuple[EngineResult, Outcome, str | None, list[Engine]]:
     """Run the transfer, re-formed among the survivors as long as that helps.
@@ -311,7 +318,7 @@ def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
             attempt.engine.transfer()
         except Stalled as exc:
             stall = str(exc)
-            suspects = tuple(rounds.members[s] for s in attempt.engine.suspects)
+            suspects = tuple(attempt.engine.suspects)
         result = attempt.engine.finish_writes(heartbeat)
         survey = Survey(held=count if rounds.is_root else attempt.held(),
                         good=attempt.good(), stall=stall, suspects=suspects)
@@ -326,7 +333,8 @@ def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
             return result, verdict.outcome, stall, engines
         if rounds.comm.rank not in verdict.survivors:  # this copy failed: nothing to add
             return result, (None, None, None), None, engines
-        attempt = next_attempt(rounds.next_round(verdict), verdict, attempt)
+        rounds.next_round(verdict)
+        attempt = next_attempt(rounds, verdict, attempt)
         engines.append(attempt.engine)
 
 

@@ -119,6 +119,9 @@ class StageReport:
     tree: dict[str, Any] | None = None
     codec: str = "none"
     pipe: str | None = None
+    #: Rank 0 only: whether this report reached every rank (not when a rank died after
+    #: it reported; the CLI then ends the job instead of waiting for it to finalize).
+    reached_all: bool = True
 
     @property
     def exit_code(self) -> int:

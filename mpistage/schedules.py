@@ -127,11 +127,26 @@ class Forward:
     """
 
     def __init__(self, posts: Sequence[Callable[[], MPI.Request]],
-                 one_in_flight: bool = True) -> None:
+                 one_in_flight: bool = True, peers: Sequence[int] = ()) -> None:
+        """
+        Args:
+            peers: the rank each post sends to, in order (to name the one a stalled
+                or failed send was for).
+        """
         self._posts = deque(posts)
         self.posted = 0
         self.one_in_flight = one_in_flight
+        self.peers = list(peers)
         self.requests: list[MPI.Request] = []
+
+    @property
+    def waiting_on(self) -> int | None:
+        """The peer of the send in flight (or of the one whose posting failed)."""
+        if (self.requests or self._failed) and self.posted <= len(self.peers):
+            return self.peers[self.posted - 1 + self._failed]
+        return None
+
+    _failed = 0
 
     @property
     def done(self) -> bool:
@@ -154,7 +169,12 @@ class Forward:
                 self.requests = []
             if not self._posts or (limit is not None and self.posted >= limit):
                 break  # the next child has not had the chunk before this one yet
-            self.requests = [self._posts.popleft()()]
+            try:
+                self.requests = [self._posts[0]()]
+            except MPI.Exception:
+                self._failed = 1  # its peer is gone (see above): :attr:`waiting_on`
+                raise
+            self._posts.popleft()
             self.posted += 1
         return self.done
 
@@ -177,6 +197,8 @@ class Schedule(ABC):
     name: str = ""
     help: str = ""
     point_to_point: bool = True
+    #: Tag of its data messages (a re-formed run has its own: :mod:`mpistage.recovery`).
+    tag: int = DATA_TAG
 
     def __init__(self, comm: MPI.Comm, root: int) -> None:
         self.comm = comm
@@ -229,11 +251,11 @@ class TreeSchedule(Schedule):
 
     def post_receive(self, buf: Buffer) -> MPI.Request:
         assert self.parent is not None, "the root receives nothing"
-        return self.comm.Irecv(buf, source=self.parent, tag=DATA_TAG)
+        return self.comm.Irecv(buf, source=self.parent, tag=self.tag)
 
     def post_forward(self, buf: Buffer, k: int) -> Forward:
-        return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=DATA_TAG)
-                        for child in self.children])
+        return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=self.tag)
+                        for child in self.children], peers=self.children)
 
 
 class ChainSchedule(TreeSchedule):

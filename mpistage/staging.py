@@ -33,12 +33,14 @@ from .decide import AUTO, Prediction, decide
 from .errors import CommandFailed, RootLost, Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
 from .model import Parameters
+from .mpi_library import fail_fast
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .buffers import BufferPool, PhaseClock
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, ProgressCallback, SourceFactory
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, check_commands, preflight
 from .recovery import Attempt, HeldChunks, Reformed, Rounds, Verdict, can_recover, run_rounds
+from .schedules import TreeSchedule
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .source import FileSource
@@ -258,7 +260,7 @@ def _what(source: Sources | BinaryIO, files_from: str | os.PathLike[str] | None,
 def _own_communicator(comm: MPI.Comm) -> Iterator[MPI.Comm]:
     """A duplicate of ``comm``: our own context, so our messages never match the
     application's; freed on the way out."""
-    own = comm.Dup()
+    own = fail_fast(comm.Dup())
     try:
         yield own
     finally:
@@ -404,6 +406,8 @@ def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> Iterator[
     mine = next(c for c in checks if c.index == topo.node.index)
     joins = needed and (mine.needs_data or topo.comm.rank == topo.root)
     sub = topo.leaders.Split(0 if joins else MPI.UNDEFINED, key=topo.node.index)
+    if joins:
+        fail_fast(sub)
     try:
         yield sub if joins else None
     finally:
@@ -515,28 +519,27 @@ def _transfer_and_commit(
             sink.discard()  # no-op after a commit; removes the temp file otherwise
 
 
-def _next_attempt(comm: MPI.Comm, verdict: Verdict, previous: Attempt, *, plan: Plan,
+def _next_attempt(rounds: Rounds, verdict: Verdict, previous: Attempt, *, plan: Plan,
                   sink: Sink | TreeSink | PipeSink | None, options: StageOptions,
                   names: list[str], receives: bool) -> Attempt:
-    """The engine of a re-formed round (:mod:`mpistage.recovery`) on ``comm``, the
-    survivors' own communicator: the same algorithm among them, each edge carrying the
-    chunks the child lacks; this node reads the chunks it holds from its own copy (the
-    root: from the source, digesting on where its reader stopped) and receives the rest,
-    writing on where it stopped."""
+    """The engine of a re-formed round (:mod:`mpistage.recovery`): the same algorithm
+    among the survivors, each edge carrying the chunks the child lacks; this node reads
+    the chunks it holds from its own copy (the root: from the source, digesting on where
+    its reader stopped) and receives the rest, writing on where it stopped."""
     before = previous.engine
-    members = verdict.survivors
-    held = [verdict.held[m] for m in members]
-    inner = SCHEDULES[plan.algorithm](comm, 0, options.arity)
-    child_held = {child: held[child] for child in inner.children}
+    shape = SCHEDULES[plan.algorithm]
+    assert issubclass(shape, TreeSchedule)
+    schedule = Reformed(shape, rounds.comm, rounds.members, verdict.held, options.arity,
+                        rounds.round)
     count = before.framing.chunk_count() or 0
     source: SourceFactory
-    if comm.rank == 0:
+    if schedule.is_root:
         write_from = before.writer.held if receives and previous.good() else count
         local_until: int | None = None
     else:
-        write_from = local_until = held[comm.rank]
-    first = min([write_from, *child_held.values()])
-    if comm.rank == 0:
+        write_from = local_until = verdict.held[rounds.comm.rank]
+    first = min([write_from, *schedule.child_held.values()])
+    if schedule.is_root:
         reader = before.source
         assert isinstance(reader, FileSource)
 
@@ -545,9 +548,9 @@ def _next_attempt(comm: MPI.Comm, verdict: Verdict, previous: Attempt, *, plan: 
     else:
         temp = getattr(sink, "temp_path", None)
         source = partial(_held_chunks, path=str(temp))
-    engine = Engine(plan, Reformed(inner, child_held), sink,
+    engine = Engine(plan, schedule, sink,
                     depth=options.buffers(plan.chunk_size), timeout=options.timeout,
-                    peer_name=lambda rank: names[members[rank]], source=source,
+                    peer_name=lambda rank: names[rank], source=source,
                     progress=before.progress, first=first, local_until=local_until,
                     write_from=write_from, writer=before.writer)
     return Attempt(engine, previous.held, previous.good)
