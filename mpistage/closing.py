@@ -24,7 +24,7 @@ from .plan import Plan
 from .preflight import NodeCheck
 from .report import NodeResult, RankRecord, RankStatus, StageReport, build_report
 from .topology import Topology
-from .waiting import poll, receive_object, receive_objects, send_object
+from .waiting import poll, receive_object, receive_objects, send_object, send_objects
 
 _STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
 _VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"
@@ -120,7 +120,7 @@ def agree_on_report(
     # Nobody missing: the report is broadcast after this "None"; some ranks gone with
     # their lost nodes: the report itself, to each rank still there.
     verdict: StageReport | str | None = stall_line or (report if missing else None)
-    requests = [comm.isend(verdict, dest=r, tag=_VERDICT_TAG) for r in statuses if r != 0]
+    requests = send_objects(comm, verdict, [r for r in statuses if r != 0], _VERDICT_TAG)
     if stalled or missing:
         try:
             poll(requests, STALL_GRACE)

@@ -50,8 +50,11 @@ class Heartbeat:
         self._last, self._sent_at = progress, now
         self._requests = [r for r in self._requests if not r.Test()]
         if not self._requests:  # never more than one in flight: rank 0 may be busy
-            self._requests.append(self.comm.Isend(self._message, dest=self.dest,
-                                                   tag=_HEARTBEAT_TAG))
+            try:
+                self._requests.append(self.comm.Isend(self._message, dest=self.dest,
+                                                       tag=_HEARTBEAT_TAG))
+            except MPI.Exception:
+                pass  # it is gone; whoever waits on it finds out
 
     def settled(self, timeout: float) -> bool:
         """Whether the last heartbeat left within ``timeout`` seconds: before another

@@ -49,7 +49,7 @@ from .pipeline import Engine, EngineResult
 from .plan import Plan
 from .schedules import DATA_TAG, Forward, Schedule, TreeSchedule
 from .source import ChunkSource, _pread_full
-from .waiting import poll, receive_objects, send_object
+from .waiting import poll, receive_objects, send_object, send_objects
 
 _SURVEY_TAG = 7106   # participant → root: a Survey
 _VERDICT_TAG = 7107  # root → participants: a Verdict (``None``: still collecting)
@@ -263,11 +263,7 @@ class Rounds:
 
     def _send(self, obj: Verdict | None, to: list[int]) -> None:
         self._requests = [r for r in self._requests if not _done(r)]
-        for rank in to:
-            try:
-                self._requests.append(self.comm.isend(obj, dest=rank, tag=_VERDICT_TAG))
-            except MPI.Exception:
-                pass  # it died since it answered: it will not be waited for
+        self._requests += send_objects(self.comm, obj, to, _VERDICT_TAG)
 
     def next_round(self, verdict: Verdict) -> None:
         """On to the next round, among the survivors the verdict names."""

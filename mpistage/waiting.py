@@ -85,6 +85,19 @@ class Pace:
         self.expected = seconds if self.expected == 0.0 else 0.75 * self.expected + 0.25 * seconds
 
 
+def send_objects(comm: MPI.Comm, obj: Any, dests: Sequence[int], tag: int) -> list[MPI.Request]:
+    """Start sending a small pickled object to each of ``dests``; a rank to which the
+    send cannot even be posted (it died: :func:`mpistage.mpi_library.fail_fast`) is
+    left out.  Keep the requests until they complete."""
+    requests = []
+    for dest in dests:
+        try:
+            requests.append(comm.isend(obj, dest=dest, tag=tag))
+        except MPI.Exception:
+            pass
+    return requests
+
+
 def send_object(comm: MPI.Comm, obj: Any, dest: int, tag: int, timeout: float) -> bool:
     """Send a small pickled object (status, not data); ``False`` if not taken in time."""
     try:
