@@ -9,24 +9,19 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import interrupt, mpi_library
-
-# Before anything below imports mpi4py.MPI, whose import runs MPI_Init, which reads it.
-for _key, _value in mpi_library.EAGAIN_RETRIES.items():
-    os.environ.setdefault(_key, _value)
-
-from ._version import __version__  # noqa: E402
-from .algorithms import algorithm_help  # noqa: E402
-from .cli_base import RankZeroParser  # noqa: E402
-from .decide import AUTO  # noqa: E402
-from .errors import MpistageError, ReportLost, RootLost, Stalled, UsageError  # noqa: E402
-from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY  # noqa: E402
-from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT  # noqa: E402
-from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout  # noqa: E402
-from .progress import TerminalProgress  # noqa: E402
-from .staging import explain, stage  # noqa: E402
-from .streams import FromCommand  # noqa: E402
-from .units import format_bytes, format_seconds, parse_size  # noqa: E402
+from . import interrupt
+from ._version import __version__
+from .algorithms import algorithm_help
+from .cli_base import RankZeroParser
+from .decide import AUTO
+from .errors import MpistageError, ReportLost, RootLost, Stalled, UsageError
+from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
+from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
+from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
+from .progress import TerminalProgress
+from .staging import explain, stage
+from .streams import FromCommand
+from .units import format_bytes, format_seconds, parse_size
 
 EPILOG = """\
 DEST is like cp -r's: an existing directory receives DEST/basename(SRC); anything else is

@@ -86,10 +86,24 @@ def drain_heartbeats(comm: MPI.Comm) -> set[int]:
     senders: set[int] = set()
     status = MPI.Status()
     sink = bytearray(8)
-    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=_HEARTBEAT_TAG, status=status):
-        comm.Recv(sink, source=status.Get_source(), tag=_HEARTBEAT_TAG)
+    acknowledged = False
+    while True:
+        try:
+            if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=_HEARTBEAT_TAG, status=status):
+                return senders
+            comm.Recv(sink, source=status.Get_source(), tag=_HEARTBEAT_TAG)
+        except MPI.Exception:
+            # With MPI's fault-tolerance extensions (Open MPI's ULFM), a wildcard probe
+            # fails while a process failure is not acknowledged; others: nothing to do.
+            if acknowledged or not hasattr(comm, "Ack_failed"):
+                return senders
+            try:
+                comm.Ack_failed()
+            except (MPI.Exception, NotImplementedError):
+                return senders
+            acknowledged = True
+            continue
         senders.add(status.Get_source())
-    return senders
 
 
 def watch(work: Callable[[], T], progress: Callable[[], Hashable], *, timeout: float,

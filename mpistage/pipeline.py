@@ -152,7 +152,8 @@ class Engine:
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
         self._done_bytes = first * plan.chunk_size
         self._wire_bytes = 0
-        #: The ranks a stalled wait was waiting on (its parent, or its children).
+        #: The children a stalled send was for (a stalled receive accuses nobody: its
+        #: parent may only be waiting on someone else; see :mod:`mpistage.recovery`).
         self.suspects: list[int] = []
         self._started = 0.0
         # How long waiting for a chunk, and for a send to finish, has been taking.
@@ -207,11 +208,9 @@ class Engine:
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
 
     def _suspect(self, receiving: bool) -> None:
-        """Name the peers a stalled wait was for: the parent, or the children whose
-        sends are in flight (or failed)."""
-        parent = getattr(self.schedule, "parent", None)
+        """Name the children whose sends a stalled wait was for (in flight, or failed)."""
         if receiving:
-            self.suspects = [parent] if parent is not None else []
+            self.suspects = []
             return
         waiting = {f.waiting_on for *_, f in self._sends if f.waiting_on is not None}
         self.suspects = sorted(waiting) or list(getattr(self.schedule, "children", None) or [])

@@ -9,9 +9,8 @@ it with point-to-point messages and deadlines alone, in rounds:
    end and tells the root a :class:`Survey`: how many chunks it holds, written cleanly,
    whether its copy failed, and on whom its transfer stalled.
 2. **Verdict.**  The root waits for every survey, as long as there is news (surveys,
-   signs of life from nodes still writing); a node that sends none while the others
-   name it as the peer they stalled on, or that stays silent for the timeout, is
-   *lost*.  If nobody stalled, the :class:`Verdict` carries the source's outcome and
+   signs of life from nodes still writing); a node that sends none while its parent
+   could not send to it, or that stays silent for the timeout, is *lost*.  If nobody stalled, the :class:`Verdict` carries the source's outcome and
    the run closes as before.  Otherwise it names the survivors and what each holds.
 3. **Re-formed run.**  The survivors (the root and every node whose copy is still good)
    run the same algorithm's shape laid over them (:class:`Reformed`; no new communicator,
@@ -74,7 +73,9 @@ class Survey:
             chunk, from its file).
         good: its copy can still become complete (no write failed).
         stall: why its transfer stalled, if it did.
-        suspects: the ranks (of the first round's communicator) it stalled waiting on.
+        suspects: the children (ranks of the communicator) whose sends stalled or failed:
+            only a parent's word counts a silent node lost early, for a child that got
+            no data may just sit behind the lost one.
     """
 
     held: int
@@ -249,7 +250,7 @@ class Rounds:
 
     def _why_lost(self, rank: int, surveys: dict[int, Survey]) -> str:
         seen = [f"{self.peer_name(r)}: {s.stall}" for r, s in sorted(surveys.items())
-                if s.stall and rank in s.suspects]
+                if s.stall and (rank in s.suspects or self.peer_name(rank) in s.stall)]
         return (f"lost mid-transfer: no word from it within {self.timeout:g} s"
                 + (f" ({'; '.join(seen)})" if seen else ""))
 

@@ -48,7 +48,7 @@ def test_plugin_from_the_environment_and_mpiexec_without_srun(
     assert no_srun[0].endswith("mpiexec")
     assert no_srun[1:6] == ["-disable-auto-cleanup", "-n", "2", "-ppn", "1"], "survive a death"
     ompi = command(["a", "b"], env, family="openmpi", which=None, monkeypatch=monkeypatch)
-    assert ompi[1:5] == ["-n", "2", "--map-by", "ppr:1:node"]
+    assert ompi[1:7] == ["--with-ft", "ulfm", "-n", "2", "--map-by", "ppr:1:node"]
 
 
 def test_outside_an_allocation_one_line_and_exit_2() -> None:
