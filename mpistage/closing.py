@@ -9,11 +9,8 @@ cut-off host is named in the report instead of hanging the job.
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Any
-
-import numpy as np
 
 from mpi4py import MPI
 
@@ -23,12 +20,14 @@ from .liveness import drain_heartbeats
 from .plan import Plan
 from .preflight import NodeCheck
 from .report import NodeResult, RankRecord, RankStatus, StageReport, build_report
+from .schedules import BinomialSchedule
 from .topology import Topology
 from .waiting import poll, receive_object, receive_objects, send_object, send_objects
 
 _STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
 _VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"
 _HELLO_TAG = 7104    # start-up: open the connections the closing exchange will use
+_REPORT_TAG = 7108   # rank 0 → every rank, down a binomial tree: the report
 
 #: After some rank reported a stall, rank 0 waits this long for the others' statuses.
 STALL_GRACE = 3.0
@@ -43,8 +42,9 @@ def connect_early(
     topo: Topology, checks: list[NodeCheck], transfer_comm: MPI.Comm | None, timeout: float,
 ) -> None:
     """Open, while every node is still reachable, the connections that the closing
-    exchange uses: every rank to rank 0, and every participant to the transfer's root
-    (the survey of :mod:`mpistage.recovery` and the source's outcome travel on them).
+    exchange uses: every rank to rank 0, the edges of the tree that relays rank 0's
+    report, and every participant to the transfer's root (the survey of
+    :mod:`mpistage.recovery` and the source's outcome travel on them).
 
     MPI connects lazily, and with a TCP transport a first message to a host that has
     become unreachable can block inside MPI until the kernel gives up, minutes later:
@@ -56,6 +56,10 @@ def connect_early(
         requests = [comm.Irecv(nothing, source=r, tag=_HELLO_TAG) for r in range(1, comm.size)]
     else:
         requests = [comm.Isend(nothing, dest=0, tag=_HELLO_TAG)]
+    tree = BinomialSchedule(comm, 0)
+    requests += [comm.Isend(nothing, dest=c, tag=_REPORT_TAG) for c in tree.children]
+    if tree.parent is not None:
+        requests.append(comm.Irecv(nothing, source=tree.parent, tag=_REPORT_TAG))
     if transfer_comm is not None:
         root_rank = participants(topo, checks).index(topo.root_node)
         if transfer_comm.rank == root_rank:
@@ -132,29 +136,30 @@ def agree_on_report(
     except MPI.Exception:
         pass
     if _broadcast_report(comm, report, timeout) is None:
-        report.reached_all = False  # some rank died after it reported: do not wait for it
+        report.reached_all = False  # a rank died after it reported: do not wait for it
     return report
 
 
 def _broadcast_report(comm: MPI.Comm, report: StageReport | None,
                       timeout: float) -> StageReport | None:
-    """Rank 0's ``report`` to every rank, pickled once, by MPI's non-blocking broadcast
-    polled with a deadline (a rank that died after it reported must not hang the
-    others in a collective); the report, or ``None`` if it did not get through."""
-    size = np.zeros(1, dtype=np.int64)
-    payload = b""
-    if comm.rank == 0:
-        payload = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
-        size[0] = len(payload)
+    """Rank 0's ``report`` to every rank, relayed down a binomial tree of point-to-point
+    sends with deadlines (not MPI's broadcast: a collective on a communicator whose
+    sends may fail, :func:`mpistage.mpi_library.fail_fast`, trips an assertion inside
+    MPICH when a rank died after it reported); the report, or ``None`` if it did not
+    get through (to this rank; on rank 0: to all of its children)."""
+    tree = BinomialSchedule(comm, 0)
+    if tree.parent is not None:
+        try:
+            report = receive_object(comm, tree.parent, _REPORT_TAG, timeout,
+                                    "rank 0's report", longest_pause=0.02)
+        except Stalled:
+            return None
+    requests = send_objects(comm, report, tree.children, _REPORT_TAG)
     try:
-        if not poll([comm.Ibcast(size, root=0)], timeout):
-            return None
-        data = bytearray(payload) if comm.rank == 0 else bytearray(int(size[0]))
-        if not poll([comm.Ibcast(data, root=0)], timeout):
-            return None
+        delivered = len(requests) == len(tree.children) and poll(requests, timeout)
     except MPI.Exception:
-        return None
-    return report if comm.rank == 0 else pickle.loads(data)
+        delivered = False
+    return report if delivered or tree.parent is not None else None
 
 
 def _stall_verdict(statuses: dict[int, RankStatus], missing: list[int], topo: Topology) -> str:

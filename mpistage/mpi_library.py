@@ -75,10 +75,10 @@ def launch_environment(*, as_root: bool | None = None) -> dict[str, str]:
 
 
 #: MPICH's OFI transport retries a send for ever while the peer's queue is full, as it
-#: stays once the peer died: after this many retries (a few seconds on a busy core) a send
+#: stays once the peer died: after this many retries (about a second on a busy core) a send
 #: on a communicator marked by :func:`fail_fast` returns an error instead, so the
 #: transfer can count that peer lost (:mod:`mpistage.recovery`).
-SEND_RETRIES = 100_000
+SEND_RETRIES = 20_000
 _RETRY_CVAR = b"MPIR_CVAR_CH4_OFI_MAX_EAGAIN_RETRY"
 
 

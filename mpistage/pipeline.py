@@ -235,7 +235,7 @@ class Engine:
 
     def _advance(self, forward: Forward, limit: int | None = None) -> bool:
         """:meth:`Forward.advance`; a send that could not even be posted (MPI's error
-        after :data:`mpistage.mpi_library.EAGAIN_RETRIES`: its peer is gone) is a stall."""
+        after :data:`mpistage.mpi_library.SEND_RETRIES`: its peer is gone) is a stall."""
         try:
             return forward.advance(limit)
         except MPI.Exception as exc:

@@ -60,6 +60,11 @@ MAX_ROUNDS = 3
 #: counts them lost.
 SUSPECT_GRACE = 0.5
 
+#: Engines of broken rounds, kept for the life of the process: MPI may still hold
+#: requests on their buffers (a send to a host cut off that comes back) that never
+#: complete, and must never find that memory freed.
+STRANDED: list[Engine] = []
+
 #: The source's outcome: ``(digest, read error, size)`` (:data:`mpistage.copies.SourceOutcome`).
 Outcome = tuple[str | None, str | None, int | None]
 
@@ -331,6 +336,7 @@ def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
         if rounds.comm.rank not in verdict.survivors:  # this copy failed: nothing to add
             return result, (None, None, None), None, engines
         rounds.next_round(verdict)
+        STRANDED.append(attempt.engine)
         attempt = next_attempt(rounds, verdict, attempt)
         engines.append(attempt.engine)
 

@@ -121,8 +121,9 @@ class Forward:
     (:meth:`advance` takes that count as ``limit``).  One is enough to keep a link busy
     (the kernel's socket buffer holds the next bytes while the next send is posted), and
     more is unsafe: with MPICH's TCP transport, a second send posted to a process that
-    died blocks inside ``MPI_Isend`` for ever, where a node must notice the stall and go
-    on without it (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
+    died blocks inside ``MPI_Isend`` (for ever, or until
+    :func:`mpistage.mpi_library.limit_send_retries`'s limit), where a node must notice
+    the stall and go on without it (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
     may be posted as soon as the chunk before posted its own.
     """
 
