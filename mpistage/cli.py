@@ -357,8 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # (and the launcher for their hosts).  The others have committed by now.
                 comm.Abort(report.exit_code)
         return report.exit_code
-    except ReportLost:
-        comm.Abort(1)  # rank 0 has spoken; it ends the job too
+    except ReportLost as exc:
+        speaker.gave_up(str(exc))  # rank 0 spoke, unless it died after its summary
+        comm.Abort(1)
         return 1
     except RootLost as exc:
         # The transfer's root (rank 0 unless --root) is gone: nobody else will speak,

@@ -110,7 +110,8 @@ def agree_on_report(
         report = _broadcast_report(comm, None, timeout)
         if report is None:
             raise ReportLost(f"rank 0's report did not arrive within {timeout:g} s "
-                             "(a rank died after it reported?)")
+                             "(a rank died after it reported; the copies in place are "
+                             "complete)")
         return report
 
     statuses = _collect_statuses(comm, status, timeout, topo)

@@ -89,9 +89,9 @@ def stage(cluster: EmulatedCluster, tmp_path: Path, src: Path, *options: str,
 
 
 def launch(cluster: EmulatedCluster, tmp_path: Path, src: Path, *options: str,
-           keep_going: bool = True) -> subprocess.Popen:  # type: ignore[type-arg]
-    """The run in the background, by default under a launcher that lets the others go
-    on when one rank dies."""
+           keep_going: bool = False) -> subprocess.Popen:  # type: ignore[type-arg]
+    """The run in the background; with ``keep_going`` under a launcher that lets the
+    others go on when one rank dies."""
     (tmp_path / "report.json").unlink(missing_ok=True)
     return subprocess.Popen(command(cluster, tmp_path, src, *options, keep_going=keep_going),
                             env=mpi_environment({"MPIEXEC_TIMEOUT": "300"}),
@@ -172,7 +172,7 @@ def others_complete(cluster: EmulatedCluster, tmp_path: Path, src: Path, fault: 
     fault_free = report["elapsed"]
     for i in range(HOSTS):
         shutil.rmtree(cluster.scratch_dir(i), ignore_errors=True)
-    job = launch(cluster, tmp_path, src)
+    job = launch(cluster, tmp_path, src, keep_going=True)
     wait_until_data_flows(cluster, MIDDLE + 1)  # (a kill before: see README, When a node dies)
     if fault == "kill":
         os.kill(rank_pid(cluster, MIDDLE), signal.SIGKILL)
@@ -240,7 +240,7 @@ def test_the_root_killed_mid_transfer(clean: EmulatedCluster, tmp_path: Path,
     says so in one line, and no host but the root's keeps a temp file."""
     clean.resize_scratch(MIDDLE, "64m")
     src = sample(tmp_path)
-    job = launch(clean, tmp_path, src)
+    job = launch(clean, tmp_path, src, keep_going=True)
     wait_until_data_flows(clean, 1)
     os.kill(rank_pid(clean, 0), signal.SIGKILL)
     killed = time.monotonic()
