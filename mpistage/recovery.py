@@ -55,9 +55,8 @@ _VERDICT_TAG = 7107  # root → participants: a Verdict (``None``: still collect
 
 #: Re-formed runs at most (each survives at least one more lost node).
 MAX_ROUNDS = 3
-#: Once every node yet to answer is one the others stalled on, the root waits this much
-#: longer (their neighbours' stalls are seen at slightly different times) before it
-#: counts them lost.
+#: Once every node yet to answer is one its parent could not send to, the root waits this
+#: much longer (stalls are seen at slightly different times) before it counts them lost.
 SUSPECT_GRACE = 0.5
 
 #: Engines of broken rounds, kept for the life of the process: MPI may still hold
@@ -225,9 +224,9 @@ class Rounds:
 
     def collect(self, own: Survey) -> dict[int, Survey]:
         """The root: this round's surveys, waiting as long as there is news (surveys,
-        heartbeats of nodes still writing); the nodes the others stalled on get
-        :data:`SUSPECT_GRACE` more, silent ones the timeout.  Those without a survey
-        are added to :attr:`lost`."""
+        heartbeats of nodes still writing); a node whose parent could not send to it
+        gets :data:`SUSPECT_GRACE` more, any other silent one the timeout.  Those
+        without a survey are added to :attr:`lost`."""
         comm = self.comm
         surveys = {self.root: own}
         pending = [r for r in self.members if r != self.root]
