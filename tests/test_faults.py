@@ -151,15 +151,9 @@ def test_f_rerun_after_space_is_freed_sends_only_to_the_failed_node(
 
 
 def rank_pid(cluster: EmulatedCluster, host: int) -> int:
-    """The mpistage rank on ``host`` (``python -m mpistage``, not hydra's proxy)."""
-    for pid in cluster.pids(host):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")
-        except FileNotFoundError:
-            continue
-        if argv[1:3] == ["-m", "mpistage"]:
-            return pid
-    raise AssertionError(f"no mpistage rank on host {host}")
+    pid = cluster.mpistage_pid(host)
+    assert pid is not None, f"no mpistage rank on host {host}"
+    return pid
 
 
 def others_complete(cluster: EmulatedCluster, tmp_path: Path, src: Path, fault: str,

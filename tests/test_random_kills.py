@@ -60,18 +60,6 @@ def cluster() -> Iterator[EmulatedCluster]:
         yield c
 
 
-def rank_pid(cluster: EmulatedCluster, host: int) -> int | None:
-    """The mpistage rank on ``host`` (``python -m mpistage``), if it still runs."""
-    for pid in cluster.pids(host):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")
-        except FileNotFoundError:
-            continue
-        if argv[1:3] == ["-m", "mpistage"]:
-            return pid
-    return None
-
-
 def transfer_started(cluster: EmulatedCluster, deadline: float) -> bool:
     while time.monotonic() < deadline:
         for host in range(1, HOSTS):
@@ -105,7 +93,7 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
         job.communicate()
         raise LaunchFailed(what)
     time.sleep(delay)
-    pid = rank_pid(cluster, victim)
+    pid = cluster.mpistage_pid(victim)
     killed = time.monotonic()
     if pid is not None:
         os.kill(pid, signal.SIGKILL)

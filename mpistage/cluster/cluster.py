@@ -296,6 +296,18 @@ class EmulatedCluster:
         listing = run_command(["ip", "netns", "pids", self.host(host)], check=False).stdout
         return [int(p) for p in listing.split()]
 
+    def mpistage_pid(self, host: int | str) -> int | None:
+        """The mpistage rank on ``host`` (``python -m mpistage``, not the launcher's
+        daemon, whose command line names the cluster's directory too), if one runs."""
+        for pid in self.pids(host):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")
+            except FileNotFoundError:
+                continue
+            if argv[1:3] == ["-m", "mpistage"]:
+                return pid
+        return None
+
     def set_link(self, host: int | str, up: bool) -> None:
         """Take ``host``'s link down (no carrier, packets dropped) or bring it back."""
         ip("-n", self.switch, "link", "set", f"h{self.index(host)}", "up" if up else "down")
