@@ -32,7 +32,7 @@ from .errors import Stalled
 from .frames import framing_for
 from .liveness import no_heartbeat
 from .plan import Plan
-from .schedules import Forward, Schedule
+from .schedules import Forward, Schedule, suspects
 from .sink import Sink
 from .source import ChunkSource, FileSource
 from .waiting import Pace, poll
@@ -183,9 +183,10 @@ class Engine:
 
     # -- main thread: all MPI calls -------------------------------------------------------
 
-    def _wait(self, requests: list[MPI.Request], receiving: bool) -> None:
-        """Wait for ``requests`` without spinning, at the pace such waits have had
-        (see :mod:`mpistage.waiting`).
+    def _wait(self, requests: list[MPI.Request], receiving: bool,
+              on: Forward | None = None) -> None:
+        """Wait for ``requests`` (``on``'s, if they are one chunk's sends) without
+        spinning, at the pace such waits have had (see :mod:`mpistage.waiting`).
 
         Raises:
             Stalled: no progress within the timeout, or MPI reported a lost peer; the
@@ -197,7 +198,7 @@ class Engine:
             done = poll(requests, self.timeout, expected=pace.expected,
                         on_wake=self._advance_sends)
         except MPI.Exception as exc:
-            self._suspect(receiving)
+            self._suspect(receiving, failed=on)
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
         finally:
             waited = time.perf_counter() - started
@@ -207,13 +208,11 @@ class Engine:
             self._suspect(receiving)
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
 
-    def _suspect(self, receiving: bool) -> None:
-        """Name the children whose sends a stalled wait was for (in flight, or failed)."""
-        if receiving:
-            self.suspects = []
-            return
-        waiting = {f.waiting_on for *_, f in self._sends if f.waiting_on is not None}
-        self.suspects = sorted(waiting) or list(getattr(self.schedule, "children", None) or [])
+    def _suspect(self, receiving: bool, failed: Forward | None = None) -> None:
+        """Name the children a stalled or failed send was for (:func:`suspects`)."""
+        children = getattr(self.schedule, "children", None) or []
+        self.suspects = [] if receiving else suspects(
+            [f for *_, f in self._sends], children, failed)
 
     def _stalled_on(self, receiving: bool) -> str:
         parent = getattr(self.schedule, "parent", None)
@@ -239,7 +238,7 @@ class Engine:
         try:
             return forward.advance(limit)
         except MPI.Exception as exc:
-            self._suspect(receiving=False)
+            self._suspect(receiving=False, failed=forward)
             raise Stalled(f"{self._stalled_on(False)}: {exc.Get_error_string()}") from exc
 
     def _retire_sends(self, block: bool) -> None:
@@ -249,7 +248,7 @@ class Engine:
         if block and self._sends:
             oldest = self._sends[0][3]
             while not self._advance(oldest):
-                self._wait(oldest.requests, receiving=False)
+                self._wait(oldest.requests, receiving=False, on=oldest)
         while self._sends and self._sends[0][3].done:
             _, index, length, _ = self._sends.popleft()
             self.pool.release(index)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 from mpi4py import MPI
@@ -178,6 +178,23 @@ class Forward:
             self._posts.popleft()
             self.posted += 1
         return self.done
+
+
+def suspects(forwards: Iterable[Forward], children: Sequence[int],
+             failed: Forward | None = None) -> list[int]:
+    """The children a node that stalled while sending names to the root.
+
+    Only they may be counted lost before the timeout (see :mod:`mpistage.recovery`), so
+    the list must not name a child that is merely slower: when one send *failed*
+    (``failed``: its posting or its request returned an error), that send's child alone,
+    though sends to others are in flight (with one send in flight per child, the next
+    child's send of an earlier chunk usually is); when sends stood still for the timeout,
+    every child with one in flight; with none in flight, every child.
+    """
+    if failed is not None and failed.waiting_on is not None:
+        return [failed.waiting_on]
+    in_flight = {f.waiting_on for f in forwards if f.waiting_on is not None}
+    return sorted(in_flight) or list(children)
 
 
 class Schedule(ABC):

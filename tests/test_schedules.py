@@ -3,11 +3,13 @@
 import math
 
 import pytest
+from mpi4py import MPI
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mpistage.algorithms import SCHEDULES
 from mpistage.schedules import (
+    Forward,
     binomial_children,
     binomial_parent,
     chain_children,
@@ -17,6 +19,7 @@ from mpistage.schedules import (
     kary_children,
     kary_height,
     kary_parent,
+    suspects,
 )
 
 SHAPES = {
@@ -89,3 +92,35 @@ def test_kary_height_is_the_deepest_node(arity: int, size: int) -> None:
 
 def test_registry_names_every_algorithm() -> None:
     assert set(SCHEDULES) == {"chain", "binomial", "tree", "flat", "bcast"}
+
+
+def _forward(peers: list[int], fail_on: int | None = None) -> Forward:
+    def post(peer: int):  # type: ignore[no-untyped-def]
+        if peer == fail_on:
+            raise MPI.Exception(MPI.ERR_OTHER)
+        return MPI.REQUEST_NULL
+    return Forward([lambda p=p: post(p) for p in peers], peers=peers)
+
+
+def test_a_failed_send_names_its_child_alone() -> None:
+    """Chunk 4's send to child 3 fails while chunk 3's send to child 4 is in flight:
+    only child 3 is named (naming 4 too counted a live node lost, CI seed 793684998)."""
+    in_flight = Forward([lambda: MPI.REQUEST_NULL, lambda: MPI.REQUEST_NULL], peers=[3, 4])
+    in_flight.posted, in_flight.requests = 2, [MPI.REQUEST_NULL]  # its send to 4 is out
+    assert in_flight.waiting_on == 4
+    failing = _forward([3, 4], fail_on=3)
+    with pytest.raises(MPI.Exception):
+        failing.advance()
+    assert failing.waiting_on == 3
+    assert suspects([in_flight, failing], [3, 4], failed=failing) == [3]
+    # a timeout names every child with a send in flight; none in flight: every child
+    assert suspects([in_flight, failing], [3, 4]) == [3, 4]
+    assert suspects([], [3, 4]) == [3, 4]
+
+
+def test_a_failed_send_to_the_second_child_names_it() -> None:
+    failing = _forward([3, 4], fail_on=4)
+    with pytest.raises(MPI.Exception):
+        failing.advance()
+    assert failing.posted == 1 and failing.waiting_on == 4
+    assert suspects([failing], [3, 4], failed=failing) == [4]
