@@ -10,6 +10,7 @@ from __future__ import annotations
 from .schedules import (
     BcastSchedule, BinomialSchedule, ChainSchedule, FlatSchedule, KaryTreeSchedule, Schedule,
 )
+from .twotree import TwoTreeSchedule
 
 #: Every algorithm, by name, in the order ``--help`` lists them.
 SCHEDULES: dict[str, type[Schedule]] = {
@@ -18,6 +19,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
         ChainSchedule,
         BinomialSchedule,
         KaryTreeSchedule,
+        TwoTreeSchedule,
         FlatSchedule,
         BcastSchedule,
     )

@@ -71,7 +71,6 @@ from dataclasses import asdict, dataclass, replace
 
 from .algorithms import SCHEDULES
 from .codec import CodecCost
-from .schedules import TreeSchedule
 
 #: Algorithms the model predicts (the names of the schedules).
 MODELLED: tuple[str, ...] = tuple(SCHEDULES)
@@ -118,9 +117,9 @@ class Parameters:
 def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
     """``(fan_out, fill)`` of a point-to-point schedule: the busiest sender's children,
     and the hops before the first chunk reaches the last node (from the schedule's own
-    parent and children, :meth:`mpistage.schedules.TreeSchedule.shape`)."""
+    parent and children, :meth:`mpistage.schedules.Schedule.shape`)."""
     schedule = SCHEDULES.get(algorithm)
-    if schedule is None or not issubclass(schedule, TreeSchedule):
+    if schedule is None or not schedule.point_to_point:
         raise ValueError(f"no shape for algorithm {algorithm!r}")
     return schedule.shape(nodes, arity)
 

@@ -155,6 +155,7 @@ class Engine:
         #: The children a stalled send was for (a stalled receive accuses nobody: its
         #: parent may only be waiting on someone else; see :mod:`mpistage.recovery`).
         self.suspects: list[int] = []
+        self._awaited = first  # the chunk a receive is waiting for
         self._started = 0.0
         # How long waiting for a chunk, and for a send to finish, has been taking.
         self._receive_pace, self._send_pace = Pace(), Pace()
@@ -215,7 +216,7 @@ class Engine:
             [f for *_, f in self._sends], children, failed)
 
     def _stalled_on(self, receiving: bool) -> str:
-        parent = getattr(self.schedule, "parent", None)
+        parent = self.schedule.parent_for(self._awaited)
         children = getattr(self.schedule, "children", None)
         if receiving and parent is not None:
             return f"no data from {self.peer_name(parent)}"
@@ -227,16 +228,16 @@ class Engine:
         """Post each chunk's next send where the last one is done (also while waiting
         for something else, so the next child need not wait for that), never ahead of
         the chunk before it."""
-        limit: int | None = None
+        blocked: set[int | None] = set()
         for *_, forward in self._sends:
-            self._advance(forward, limit)
-            limit = forward.limit
+            self._advance(forward, blocked)
+            blocked |= forward.unfinished
 
-    def _advance(self, forward: Forward, limit: int | None = None) -> bool:
+    def _advance(self, forward: Forward, blocked: set[int | None] | None = None) -> bool:
         """:meth:`Forward.advance`; a send that could not even be posted (MPI's error
         after :data:`mpistage.mpi_library.SEND_RETRIES`: its peer is gone) is a stall."""
         try:
-            return forward.advance(limit)
+            return forward.advance(blocked or frozenset())
         except MPI.Exception as exc:
             self._suspect(receiving=False, failed=forward)
             raise Stalled(f"{self._stalled_on(False)}: {exc.Get_error_string()}") from exc
@@ -287,9 +288,10 @@ class Engine:
                     continue
                 index = self._buffer_back_from_writer()
             view = self.framing.receive_space(self.pool.buffers[index], next_post)
-            self._recvs.append((next_post, index, self.schedule.post_receive(view)))
+            self._recvs.append((next_post, index, self.schedule.post_receive(view, next_post)))
             next_post += 1
         k, index, request = self._recvs.popleft()
+        self._awaited = k
         self._wait([request], receiving=True)
         return k, index, next_post
 

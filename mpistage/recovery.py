@@ -130,7 +130,10 @@ class Reformed(Schedule):
         self.children = [members[c] for c in shape.children_of(me, size, arity)]
         self.child_held = {child: held[child] for child in self.children}
 
-    def post_receive(self, buf: Buffer) -> MPI.Request:
+    def parent_for(self, k: int) -> int | None:
+        return self.parent
+
+    def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
         assert self.parent is not None, "the root receives nothing"
         return self.comm.Irecv(buf, source=self.parent, tag=self.tag)
 

@@ -117,8 +117,10 @@ class Forward:
 
     Each child must get the chunks in order (receives are matched in the order they
     were posted), and each child has **one send in flight** at a time: a chunk's send
-    to its i-th child waits until the chunk before has *completed* its own
-    (:meth:`advance` takes that count as ``limit``).  One is enough to keep a link busy
+    to a child waits until every chunk before has *completed* its own send to that child
+    (:meth:`advance` takes the children still owed an earlier chunk as ``blocked``; per
+    child, not per position, because a schedule's children may differ from chunk to
+    chunk, as in :mod:`mpistage.twotree`).  One is enough to keep a link busy
     (the kernel's socket buffer holds the next bytes while the next send is posted), and
     more is unsafe: with MPICH's TCP transport, a second send posted to a process that
     died blocks inside ``MPI_Isend`` (for ever, or until
@@ -127,23 +129,27 @@ class Forward:
     may be posted as soon as the chunk before posted its own.
     """
 
+    #: The peer of a post that names none (a collective: they are ordered among themselves).
+    COLLECTIVE = None
+
     def __init__(self, posts: Sequence[Callable[[], MPI.Request]],
                  one_in_flight: bool = True, peers: Sequence[int] = ()) -> None:
         """
         Args:
-            peers: the rank each post sends to, in order (to name the one a stalled
-                or failed send was for).
+            peers: the rank each post sends to, in order (to keep each peer's chunks in
+                order, and to name the one a stalled or failed send was for); none
+                given: every post is :data:`COLLECTIVE`.
         """
         self._posts = deque(posts)
         self.posted = 0
         self.one_in_flight = one_in_flight
-        self.peers = list(peers)
+        self.peers: list[int | None] = list(peers) or [self.COLLECTIVE] * len(self._posts)
         self.requests: list[MPI.Request] = []
 
     @property
     def waiting_on(self) -> int | None:
         """The peer of the send in flight (or of the one whose posting failed)."""
-        if (self.requests or self._failed) and self.posted <= len(self.peers):
+        if self.requests or self._failed:
             return self.peers[self.posted - 1 + self._failed]
         return None
 
@@ -155,21 +161,23 @@ class Forward:
         return not self.requests and not self._posts
 
     @property
-    def limit(self) -> int:
-        """How many sends the next chunk's :meth:`advance` may have posted."""
-        return self.posted - len(self.requests) if self.one_in_flight else self.posted
+    def unfinished(self) -> set[int | None]:
+        """The peers a later chunk may not be sent to yet: this chunk's send to them is
+        not complete (a collective's: not posted)."""
+        start = self.posted - len(self.requests) if self.one_in_flight else self.posted
+        return set(self.peers[start:])
 
-    def advance(self, limit: int | None = None) -> bool:
-        """Post the next send if the current one is complete and fewer than ``limit``
-        (the previous chunk's :attr:`limit`; ``None``: no previous chunk in flight)
-        were posted; :attr:`done`."""
+    def advance(self, blocked: set[int | None] | frozenset[int | None] = frozenset()) -> bool:
+        """Post the next send if the current one is complete and its peer is not in
+        ``blocked`` (the peers an earlier chunk's send to is not complete:
+        :attr:`unfinished`); :attr:`done`."""
         while True:
             if self.requests:
                 if not MPI.Request.Testall(self.requests):
                     break
                 self.requests = []
-            if not self._posts or (limit is not None and self.posted >= limit):
-                break  # the next child has not had the chunk before this one yet
+            if not self._posts or self.peers[self.posted] in blocked:
+                break  # that peer has not had the chunk before this one yet
             try:
                 self.requests = [self._posts[0]()]
             except MPI.Exception:
@@ -224,12 +232,29 @@ class Schedule(ABC):
         self.is_root = comm.rank == root
 
     @abstractmethod
-    def post_receive(self, buf: Buffer) -> MPI.Request:
-        """Start receiving the next chunk into ``buf`` (never called on the root)."""
+    def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
+        """Start receiving chunk ``k`` into ``buf`` (never called on the root; chunks
+        in order)."""
 
     @abstractmethod
     def post_forward(self, buf: Buffer, k: int) -> Forward:
         """Start passing on chunk ``k``, now complete in ``buf``."""
+
+    def parent_for(self, k: int) -> int | None:
+        """The rank chunk ``k`` comes from (``None``: the root, or a collective's)."""
+        return None
+
+    @classmethod
+    def shape(cls, nodes: int, arity: int = 2) -> tuple[int, int]:
+        """``(fan_out, fill)`` for the cost model (point-to-point schedules): the
+        chunks the busiest sender sends per chunk, and the hops before the first
+        chunk reaches the last node."""
+        raise NotImplementedError(f"{cls.name} is not a point-to-point schedule")
+
+    @classmethod
+    def reformed_shape(cls) -> type[TreeSchedule]:
+        """The shape survivors of a lost node go on in (:mod:`mpistage.recovery`)."""
+        raise NotImplementedError(f"{cls.name} cannot be re-formed")
 
     def describe(self) -> str:
         return self.name
@@ -267,7 +292,14 @@ class TreeSchedule(Schedule):
                          lambda v, n: cls.children_of(v, n, arity), nodes)
         return fan_out, fill
 
-    def post_receive(self, buf: Buffer) -> MPI.Request:
+    def parent_for(self, k: int) -> int | None:
+        return self.parent
+
+    @classmethod
+    def reformed_shape(cls) -> type[TreeSchedule]:
+        return cls
+
+    def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
         assert self.parent is not None, "the root receives nothing"
         return self.comm.Irecv(buf, source=self.parent, tag=self.tag)
 
@@ -350,7 +382,7 @@ class BcastSchedule(Schedule):
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
         super().__init__(comm, root)
 
-    def post_receive(self, buf: Buffer) -> MPI.Request:
+    def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
         return self.comm.Ibcast(buf, root=self.root)
 
     def post_forward(self, buf: Buffer, k: int) -> Forward:

@@ -40,7 +40,6 @@ from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, ProgressCallback, 
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, check_commands, preflight
 from .recovery import Attempt, HeldChunks, Reformed, Rounds, Verdict, can_recover, run_rounds
-from .schedules import TreeSchedule
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .source import FileSource
@@ -527,8 +526,7 @@ def _next_attempt(rounds: Rounds, verdict: Verdict, previous: Attempt, *, plan: 
     the chunks it holds from its own copy (the root: from the source, digesting on where
     its reader stopped) and receives the rest, writing on where it stopped."""
     before = previous.engine
-    shape = SCHEDULES[plan.algorithm]
-    assert issubclass(shape, TreeSchedule)
+    shape = SCHEDULES[plan.algorithm].reformed_shape()
     schedule = Reformed(shape, rounds.comm, rounds.members, verdict.held, options.arity,
                         rounds.round)
     count = before.framing.chunk_count() or 0

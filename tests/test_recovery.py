@@ -141,16 +141,16 @@ def test_a_child_has_one_send_in_flight() -> None:
     a second send posted to a process that died can block inside MPI for ever."""
     comm = MPI.COMM_SELF
     data = [np.full(4, k, np.uint8) for k in range(2)]
-    older = Forward([lambda: comm.Issend(data[0], dest=0, tag=1)])
-    newer = Forward([lambda: comm.Issend(data[1], dest=0, tag=1)])
+    older = Forward([lambda: comm.Issend(data[0], dest=0, tag=1)], peers=[0])
+    newer = Forward([lambda: comm.Issend(data[1], dest=0, tag=1)], peers=[0])
     older.advance()
-    assert older.posted == 1 and older.limit == 0, "posted, not completed"
-    newer.advance(older.limit)
+    assert older.posted == 1 and older.unfinished == {0}, "posted, not completed"
+    newer.advance(older.unfinished)
     assert newer.posted == 0, "waits for the older send to complete"
     got = np.zeros(4, np.uint8)
     comm.Recv(got, source=0, tag=1)
-    assert older.advance() and older.limit == 1 and list(got) == [0] * 4
-    newer.advance(older.limit)
+    assert older.advance() and older.unfinished == set() and list(got) == [0] * 4
+    newer.advance(older.unfinished)
     assert newer.posted == 1
     comm.Recv(got, source=0, tag=1)
     assert newer.advance() and list(got) == [1] * 4
