@@ -22,7 +22,7 @@ from .preflight import NodeCheck
 from .report import NodeResult, RankRecord, RankStatus, StageReport, build_report
 from .schedules import BinomialSchedule
 from .topology import Topology
-from .waiting import poll, receive_object, receive_objects, send_object, send_objects
+from .waiting import poll, post, receive_object, receive_objects, send_object, send_objects
 
 _STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
 _VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"
@@ -50,14 +50,24 @@ def connect_early(
     become unreachable can block inside MPI until the kernel gives up, minutes later:
     the closing exchange must only use connections that already exist.
     """
+    try:
+        _connect(topo, checks, transfer_comm, timeout)
+    except MPI.Exception as exc:
+        raise Stalled(f"could not reach every rank at start-up: {exc.Get_error_string()}") from exc
+
+
+def _connect(
+    topo: Topology, checks: list[NodeCheck], transfer_comm: MPI.Comm | None, timeout: float,
+) -> None:
     comm = topo.comm
     nothing = bytearray(0)
     if comm.rank == 0:
         requests = [comm.Irecv(nothing, source=r, tag=_HELLO_TAG) for r in range(1, comm.size)]
     else:
-        requests = [comm.Isend(nothing, dest=0, tag=_HELLO_TAG)]
+        requests = [post(lambda: comm.Isend(nothing, dest=0, tag=_HELLO_TAG), timeout)]
     tree = BinomialSchedule(comm, 0)
-    requests += [comm.Isend(nothing, dest=c, tag=_REPORT_TAG) for c in tree.children]
+    requests += [post(lambda c=c: comm.Isend(nothing, dest=c, tag=_REPORT_TAG), timeout)
+                 for c in tree.children]
     if tree.parent is not None:
         requests.append(comm.Irecv(nothing, source=tree.parent, tag=_REPORT_TAG))
     if transfer_comm is not None:
@@ -66,7 +76,8 @@ def connect_early(
             requests += [transfer_comm.Irecv(nothing, source=r, tag=_HELLO_TAG)
                          for r in range(transfer_comm.size) if r != root_rank]
         else:
-            requests.append(transfer_comm.Isend(nothing, dest=root_rank, tag=_HELLO_TAG))
+            requests.append(post(lambda: transfer_comm.Isend(nothing, dest=root_rank,
+                                                             tag=_HELLO_TAG), timeout))
     if not poll(requests, timeout):
         raise Stalled(f"could not reach every rank within {timeout:g} s at start-up")
 

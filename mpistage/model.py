@@ -37,8 +37,17 @@ algorithm  busiest fan-out ``f``     fill ``F`` (hops for the first chunk to the
 chain      1                         N − 1
 binomial   k = ⌈log2 N⌉ (the root)   ≤ k + (k−1) + … + 1 = k(k+1)/2
 tree       n (arity)                 ≤ n · h, h the height of the n-ary tree
+twotree    1 (see below)             2·h + 1, h = ⌊log2(N − 1)⌋ the heaps' height
 flat       N − 1                     N − 1
 =========  ========================  ===============================================
+
+``twotree`` (:mod:`mpistage.twotree`) sends even chunks down one binary tree and odd
+ones down another in which every interior node of the first is a leaf: a node sends
+two chunks for every two it receives, the root one per chunk, so the pipeline steps at
+one hop per chunk (a chain's bandwidth), while the first chunk reaches the last node
+after two hops per level (a tree's depth).  It assumes full-duplex links and that a
+node's two parents do not slow each other on its downlink (they send alternately in
+the steady state; :mod:`mpistage.simulate` checks the assumption).
 
 ``bcast`` is MPI's own broadcast of each chunk; MPICH moves large messages by a scatter
 and a ring allgather, ``2·(N−1)/N · c/B`` per chunk plus ``(log2 N + N − 1)·α``, and small

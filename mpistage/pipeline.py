@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from mpi4py import MPI
 
-from .buffers import BufferPool, PhaseClock
+from .buffers import Buffer, BufferPool, PhaseClock
 from .codec import make as make_codec
 from .errors import Stalled
 from .frames import framing_for
@@ -35,7 +35,7 @@ from .plan import Plan
 from .schedules import Forward, Schedule, suspects
 from .sink import Sink
 from .source import ChunkSource, FileSource
-from .waiting import Pace, poll
+from .waiting import Pace, poll, poll_any
 from .writer import ChunkWriter
 
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class Engine:
         self.framing = framing_for(plan)
         self._count = self.framing.chunk_count()  # None: a stream, until its last frame
         # More buffers than chunks would only hold memory.
+        depth = max(depth, schedule.min_depth())
         self.pool = BufferPool(max(2, min(depth, self._count if self._count is not None
                                           else depth)), self.framing.capacity)
         self._first, self._local_until, self._write_from = first, local_until, write_from
@@ -156,6 +157,7 @@ class Engine:
         #: parent may only be waiting on someone else; see :mod:`mpistage.recovery`).
         self.suspects: list[int] = []
         self._awaited = first  # the chunk a receive is waiting for
+        self._early: set[int] = set()  # chunks forwarded as they arrived, ahead of their turn
         self._started = 0.0
         # How long waiting for a chunk, and for a send to finish, has been taking.
         self._receive_pace, self._send_pace = Pace(), Pace()
@@ -185,9 +187,10 @@ class Engine:
     # -- main thread: all MPI calls -------------------------------------------------------
 
     def _wait(self, requests: list[MPI.Request], receiving: bool,
-              on: Forward | None = None) -> None:
-        """Wait for ``requests`` (``on``'s, if they are one chunk's sends) without
-        spinning, at the pace such waits have had (see :mod:`mpistage.waiting`).
+              on: Forward | None = None, any_of: bool = False) -> int:
+        """Wait for ``requests`` (``on``'s, if they are one chunk's sends; with
+        ``any_of``, for one of them: its index is returned) without spinning, at the
+        pace such waits have had (see :mod:`mpistage.waiting`).
 
         Raises:
             Stalled: no progress within the timeout, or MPI reported a lost peer; the
@@ -196,8 +199,13 @@ class Engine:
         started = time.perf_counter()
         pace = self._receive_pace if receiving else self._send_pace
         try:
-            done = poll(requests, self.timeout, expected=pace.expected,
-                        on_wake=self._advance_sends)
+            if any_of:
+                arrived = poll_any(requests, self.timeout, expected=pace.expected,
+                                   on_wake=self._advance_sends)
+                done = arrived is not None
+            else:
+                done, arrived = poll(requests, self.timeout, expected=pace.expected,
+                                     on_wake=self._advance_sends), 0
         except MPI.Exception as exc:
             self._suspect(receiving, failed=on)
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
@@ -208,6 +216,7 @@ class Engine:
         if not done:
             self._suspect(receiving)
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
+        return arrived or 0
 
     def _suspect(self, receiving: bool, failed: Forward | None = None) -> None:
         """Name the children a stalled or failed send was for (:func:`suspects`)."""
@@ -249,6 +258,8 @@ class Engine:
         if block and self._sends:
             oldest = self._sends[0][3]
             while not self._advance(oldest):
+                if not oldest.requests:  # its next send could not be posted yet
+                    time.sleep(0.001)
                 self._wait(oldest.requests, receiving=False, on=oldest)
         while self._sends and self._sends[0][3].done:
             _, index, length, _ = self._sends.popleft()
@@ -292,8 +303,25 @@ class Engine:
             next_post += 1
         k, index, request = self._recvs.popleft()
         self._awaited = k
-        self._wait([request], receiving=True)
+        if self.schedule.forwards_as_received:
+            self._wait_forwarding(k, request)
+        else:
+            self._wait([request], receiving=True)
         return k, index, next_post
+
+    def _wait_forwarding(self, k: int, oldest: MPI.Request) -> None:
+        """Wait for chunk ``k``'s receive, forwarding every later chunk the moment it
+        arrives (:attr:`Schedule.forwards_as_received`: chunks that come from several
+        parents; were they forwarded in order, each tree would wait for the other's
+        chunks, and the pipeline would step at the pace of both trees' depths)."""
+        while k not in self._early:
+            later = [(j, index, r) for j, index, r in self._recvs if j not in self._early]
+            arrived = self._wait([oldest, *(r for *_, r in later)], receiving=True, any_of=True)
+            if arrived == 0:
+                return
+            j, index, _ = later[arrived - 1]
+            self._early.add(j)
+            self._forward(j, index)
 
     def transfer(self) -> EngineResult:
         """Move every chunk through the schedule (call once).
@@ -338,34 +366,47 @@ class Engine:
         return self.source is not None and (self._local_until is None or k < self._local_until)
 
     def _dispatch(self, k: int, index: int) -> bool:
-        """Chunk ``k`` is here: forward it to the schedule's children as it came and
-        hand it to the writer (unless this node's copy was abandoned); whether it was
-        the last.
+        """Chunk ``k`` is here, in order: forward it (unless it went on as it arrived,
+        :meth:`_wait_forwarding`) and hand it to the writer (unless this node's copy
+        was abandoned); whether it was the last."""
+        if k in self._early:
+            self._early.discard(k)
+            last = self._frame(k, index)[2]
+        else:
+            last = self._forward(k, index)
+        if k >= self._write_from and not self.writer.abandoned:
+            self.writer.put(k, index)  # the writer lets go of the buffer for the dispatch
+        else:
+            self.pool.release(index)
+        return last
+
+    def _frame(self, k: int, index: int) -> tuple[Buffer, int, bool]:
+        """Chunk ``k``'s message as it travels, its length in source bytes, and
+        whether it is the last.
 
         Raises:
             Stalled: a frame's header is damaged (the stream cannot go on).
         """
         buffer = self.pool.buffers[index]
         try:
-            message = self.framing.message(buffer, k)
-            length = self.framing.raw_length(buffer, k)
-            last = self.framing.is_last(buffer, k)
+            return (self.framing.message(buffer, k), self.framing.raw_length(buffer, k),
+                    self.framing.is_last(buffer, k))
         except ValueError as exc:
             raise Stalled(f"chunk {k}: {exc}") from None
+
+    def _forward(self, k: int, index: int) -> bool:
+        """Post chunk ``k``'s sends to the schedule's children, as it came; its buffer
+        is held by them and by the chunk's dispatch (then the writer); whether it was
+        the last."""
+        message, length, last = self._frame(k, index)
         self._wire_bytes += len(message)
         forward = self.schedule.post_forward(message, k)
         sends = not forward.done
-        writes = k >= self._write_from and not self.writer.abandoned
-        holders = sends + writes
-        self.pool.hold(index, max(holders, 1))
-        if writes:
-            self.writer.put(k, index)
+        self.pool.hold(index, sends + 1)
         if sends:
             self._sends.append((k, index, length, forward))
         else:
             self._sent(length)
-        if not holders:
-            self.pool.release(index)
         return last
 
     def _cancel_receives(self) -> None:

@@ -8,6 +8,7 @@ of them chunk by chunk.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -131,6 +132,10 @@ class Forward:
 
     #: The peer of a post that names none (a collective: they are ordered among themselves).
     COLLECTIVE = None
+    #: Seconds a send may keep failing to be posted before its peer counts as gone: MPICH
+    #: gives up posting after :data:`mpistage.mpi_library.SEND_RETRIES` tries, which on
+    #: a machine with more ranks than cores can pass while the peer is only busy.
+    POST_GRACE = 2.0
 
     def __init__(self, posts: Sequence[Callable[[], MPI.Request]],
                  one_in_flight: bool = True, peers: Sequence[int] = ()) -> None:
@@ -154,6 +159,7 @@ class Forward:
         return None
 
     _failed = 0
+    _failing_since = 0.0
 
     @property
     def done(self) -> bool:
@@ -181,8 +187,13 @@ class Forward:
             try:
                 self.requests = [self._posts[0]()]
             except MPI.Exception:
+                now = time.monotonic()
+                self._failing_since = self._failing_since or now
+                if now - self._failing_since < self.POST_GRACE:
+                    break  # try again at the next advance
                 self._failed = 1  # its peer is gone (see above): :attr:`waiting_on`
                 raise
+            self._failing_since = 0.0
             self._posts.popleft()
             self.posted += 1
         return self.done
@@ -223,6 +234,10 @@ class Schedule(ABC):
     name: str = ""
     help: str = ""
     point_to_point: bool = True
+    #: A node's chunks come from several parents, each in order, and go to children
+    #: that get them from this node only: the engine forwards each chunk the moment it
+    #: arrives, ahead of earlier ones still on their way (:mod:`mpistage.twotree`).
+    forwards_as_received: bool = False
     #: Tag of its data messages (a re-formed run has its own: :mod:`mpistage.recovery`).
     tag: int = DATA_TAG
 
@@ -243,6 +258,11 @@ class Schedule(ABC):
     def parent_for(self, k: int) -> int | None:
         """The rank chunk ``k`` comes from (``None``: the root, or a collective's)."""
         return None
+
+    def min_depth(self) -> int:
+        """Buffers the engine needs at least (more than ``--depth``'s default where
+        chunks arrive out of order and wait for earlier ones to be written)."""
+        return 2
 
     @classmethod
     def shape(cls, nodes: int, arity: int = 2) -> tuple[int, int]:

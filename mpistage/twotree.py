@@ -23,7 +23,13 @@ one line each.
 A node receives from two parents, so the engine asks the schedule for chunk ``k``'s
 parent and children (:meth:`TwoTreeSchedule.post_receive` and ``post_forward`` take
 ``k``); each child still gets its chunks in order because a parent sends them in order
-and the child posts its receives in order, one per parent and chunk.
+and the child posts its receives in order, one per parent and chunk.  The engine
+forwards each chunk the moment it arrives (``forwards_as_received``), not in chunk
+order: in order, a node would hold tree 0's chunk k until tree 1's chunk k − 1 came,
+which waits on tree 0 elsewhere, and the two trees would step together at the pace of
+their depths (2·log2 N hops per chunk, :mod:`mpistage.simulate` shows it).  Chunks that
+arrive ahead wait in buffers to be written in order, so the schedule asks for more of
+them (:meth:`TwoTreeSchedule.min_depth`).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ class TwoTreeSchedule(Schedule):
 
     name = "twotree"
     help = "two complementary binary trees, half the chunks each: a chain's bandwidth, a tree's depth"
+    forwards_as_received = True
 
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
         super().__init__(comm, root)
@@ -110,6 +117,13 @@ class TwoTreeSchedule(Schedule):
 
     def parent_for(self, k: int) -> int | None:
         return self.parents[tree_of(k)]
+
+    def min_depth(self) -> int:
+        """A node may sit two hops deeper in one tree than in the other for every level
+        of the heaps, so one tree's chunks arrive up to the fill ahead of the other's;
+        they wait in buffers to be written in order, and the receives for the other
+        tree's chunks must still be posted: the fill plus a few buffers."""
+        return max(twotree_fill(self.comm.size)) + 3
 
     def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
         parent = self.parents[tree_of(k)]

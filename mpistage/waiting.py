@@ -65,6 +65,57 @@ def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float
         pause = min(pause * 2, longest)
 
 
+def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
+             on_wake: Callable[[], object] | None = None) -> int | None:
+    """Wait for one of ``requests`` (any); the index of one that completed (its request
+    object is now complete and null), or ``None`` if ``timeout`` seconds pass first.
+    Sleeps between polls as :func:`poll` does.
+
+    Raises:
+        MPI.Exception: a request failed (a peer died, a connection was reset).
+    """
+    index, done = MPI.Request.Testany(requests)
+    if done and index != MPI.UNDEFINED:
+        return index
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    pause = min(expected / 2, _PAUSE_CAP) if expected > 4 * _LONGEST_PAUSE else _FIRST_PAUSE
+    while True:
+        if deadline is not None:
+            pause = min(pause, max(deadline - time.monotonic(), 0.0))
+        time.sleep(pause)
+        index, done = MPI.Request.Testany(requests)
+        if done and index != MPI.UNDEFINED:
+            return index
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return None
+        if on_wake is not None:
+            on_wake()
+        longest = min(max(_LONGEST_PAUSE, max(expected, now - started) / 8), _PAUSE_CAP)
+        pause = min(pause * 2, longest)
+
+
+def post(start: Callable[[], MPI.Request], timeout: float) -> MPI.Request:
+    """``start()`` (the posting of a send), tried again while MPI refuses to post it
+    (MPICH's bounded retries while the peer's queue is full: at start-up on a machine
+    with more ranks than cores, a peer may be busy for longer), for ``timeout`` seconds.
+
+    Raises:
+        MPI.Exception: still refused after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            return start()
+        except MPI.Exception:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _PAUSE_CAP)
+
+
 def quiet_barrier(comm: MPI.Comm) -> None:
     """Wait for every rank of ``comm`` to get here, asleep between polls.
 

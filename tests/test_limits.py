@@ -31,7 +31,7 @@ pytestmark = [
     ),
 ]
 
-CLUSTER_ROWS = ("p2p", "relay", "bcast", "default", "chain-1M", "binomial", "auto")
+CLUSTER_ROWS = ("p2p", "relay", "bcast", "default", "chain-1M", "binomial", "twotree", "auto")
 EXPECTED = (
     [f"c8.{r}" for r in CLUSTER_ROWS] + ["c8.whole", "c8.startup", "cpu"]
     + [f"c16.{r}" for r in CLUSTER_ROWS] + [f"c8g.{r}" for r in CLUSTER_ROWS]
@@ -61,7 +61,7 @@ def test_small_run_has_every_row_with_numbers(tmp_path: Path) -> None:
                 assert is_number(row["reference"]) and is_number(row["ratio"]), name
         assert all(is_number(v) for v in row["runs"]), f"{name}: runs {row['runs']!r}"
     for name in EXPECTED:
-        if name.split(".")[-1] in ("default", "chain-1M", "binomial", "auto", "whole"):
+        if name.split(".")[-1] in ("default", "chain-1M", "binomial", "twotree", "auto", "whole"):
             assert "copies verified 1/1 runs" in rows[name]["notes"], name
     assert results["failed"] == []
     table = (tmp_path / "limits.md").read_text()
