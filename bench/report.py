@@ -140,7 +140,7 @@ def plots(rate: str, runs: list[Run], params: Parameters, directory: Path) -> li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(MODELLED, ("C0", "C1", "C2", "C3", "C4")))
+    colours = {algorithm: f"C{i}" for i, algorithm in enumerate(MODELLED)}
     ours = staged(runs)
     node_counts = sorted({r["nodes"] for r in ours})
     sizes = sorted({r["size"] for r in ours})
