@@ -380,3 +380,9 @@ def fit(samples: list[Sample], base: Parameters | None = None, huber: float | No
     return Parameters(latency=max(float(alpha), 0.0), bandwidth=1.0 / float(inverse_bandwidth),
                       read_bandwidth=base.read_bandwidth, write_bandwidth=base.write_bandwidth,
                       startup=base.startup)
+
+
+if __name__ == "__main__":  # python -m mpistage.model --nodes 1024 --size 10G ...
+    from mpistage.model_cli import main
+
+    raise SystemExit(main())

@@ -27,8 +27,6 @@ _TIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e-?\d+)?)\s*(ns|us|µs|ms|s)?\s*$",
 _SI = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}
 
-#: The extra line for twotree dispatching each chunk as soon as it arrives.
-TWOTREE_ANY_ORDER = "twotree (any order)"
 
 
 def parse_rate(text: str) -> float:
@@ -74,11 +72,6 @@ def rows(size: int, nodes: int, params: Parameters, *, chunk: int | None = None,
                       "closed": predict(name, size, nodes, best, params, arity),
                       "simulated": simulate(name, size, nodes, best, params, arity)
                       if simulated else None})
-        if name == "twotree" and simulated:
-            table.append({"name": TWOTREE_ANY_ORDER, "chunk": best,
-                          "closed": table[-1]["closed"],
-                          "simulated": simulate(name, size, nodes, best, params, arity,
-                                                in_order=False)})
     for name in REFERENCES:
         table.append({"name": name, "chunk": reference_chunk(name, size, nodes, params),
                       "closed": reference_closed_form(name, size, nodes, params),

@@ -17,8 +17,10 @@ The send discipline is the engine's (:class:`mpistage.schedules.Forward`,
 :class:`mpistage.pipeline.Engine`):
 
 * a node forwards chunk k only once it has received it, and, like the engine (which
-  waits for its oldest posted receive), only after every chunk before it
-  (``in_order=False`` drops that: each chunk goes on as soon as it is here);
+  waits for its oldest posted receive), only after every chunk before it, except in
+  the schedules the engine forwards as received (twotree; ``in_order=False``: each
+  chunk goes on as soon as it is here; forwarded in order, the two trees wait on each
+  other, ``tests/test_simulate.py`` shows the cycle);
 * it sends chunk k to its children in ``children_of``'s order, each send starting after
   the previous child's send of chunk k *completed* (the message arrived);
 * chunk k+1's send to a child starts only after chunk k's send to that child completed
@@ -282,15 +284,16 @@ def _chunk_sizes(size: int, chunk: int) -> tuple[int, int, int]:
 
 
 def simulate(algorithm: str, size: int, nodes: int, chunk: int, params: Parameters,
-             arity: int = 2, depth: int = DEFAULT_DEPTH, in_order: bool = True) -> float:
+             arity: int = 2, depth: int = DEFAULT_DEPTH, in_order: bool | None = None) -> float:
     """Simulated seconds to stage ``size`` bytes to ``nodes`` nodes in chunks of
     ``chunk`` (start-up ``params.startup`` included, as :func:`mpistage.model.predict`
     does); ``algorithm``: a schedule of :data:`mpistage.algorithms.SCHEDULES` or one of
     :data:`REFERENCES` (whole-file broadcasts; ``chunk`` is then ignored); ``depth``:
-    chunk buffers per node (the engine's default); ``in_order``: a node dispatches
-    chunks in order, as the engine does (``False``: each as soon as it arrived, what
-    the closed form assumes for twotree; buffers are then unbounded, and ``depth``
-    ignored, since a pool shared by two trees' skewed streams is not modelled).
+    chunk buffers per node (the engine's default); ``in_order``: a node forwards
+    chunks in order (``False``: each as soon as it arrived; buffers are then
+    unbounded, and ``depth`` ignored, since a pool shared by two trees' skewed streams
+    is not modelled); ``None``: as the engine does, which is in order except for the
+    schedules that forward as received (``forwards_as_received``: twotree).
 
     Raises:
         ValueError: an unknown algorithm, or a chunk, node count or depth below one.
@@ -306,6 +309,8 @@ def simulate(algorithm: str, size: int, nodes: int, chunk: int, params: Paramete
     if size == 0:
         return params.startup
     chunk = min(chunk, size)
+    if in_order is None:
+        in_order = not SCHEDULES[algorithm].forwards_as_received
     return params.startup + _transfer(algorithm, size, nodes, chunk, params, arity, depth,
                                       in_order)
 

@@ -39,7 +39,7 @@ from functools import cache
 from mpi4py import MPI
 
 from .buffers import Buffer
-from .schedules import Forward, KaryTreeSchedule, Schedule, TreeSchedule, _check
+from .schedules import Forward, Schedule, _check
 
 #: The two trees.
 TREES = (0, 1)
@@ -144,9 +144,3 @@ class TwoTreeSchedule(Schedule):
         if nodes <= 1:
             return 0, 0
         return 1, max(twotree_fill(nodes))
-
-    @classmethod
-    def reformed_shape(cls) -> type[TreeSchedule]:
-        """Survivors of a lost node go on in a binary tree (:mod:`mpistage.recovery`):
-        the pair of trees over them would need the engine's every chunk re-routed."""
-        return KaryTreeSchedule

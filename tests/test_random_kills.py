@@ -41,7 +41,7 @@ HOSTS = 6
 TIMEOUT = 2
 SIZE = 8 << 20
 RUNS = int(os.environ.get("MPISTAGE_KILL_RUNS", "50"))
-ALGORITHMS = ("chain", "binomial", "tree", "twotree", "flat")
+ALGORITHMS = ("chain", "binomial", "tree", "flat")  # twotree: not re-formed yet (recovery.can_recover)
 #: MPICH ending a survivor from inside MPI (README: When a node dies); the run is then
 #: held to no partial file and no hang, but nobody is left to name the lost node.
 MPICH_ABORTS = ("OFI poll failed", "Assertion failed in file /mpich", "Fatal error in internal_")
