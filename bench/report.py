@@ -2,13 +2,20 @@
 
     python bench/report.py --results bench/results/sweep.h5 --plots bench/results
     python bench/report.py --results a.h5 --merge b.h5 c.h5     # merge sweeps first
+    python bench/report.py --check    # exit 1 if the results miss the goals below
 
 Per link rate it fits the model's latency and bandwidth to the mpistage runs by least
 squares (relative errors), prints the model's error per algorithm (with the fitted
 parameters, and with each run's own quick measurement), how often ``--algorithm auto``
 picked the algorithm that measured fastest, mpistage next to MPI's broadcasts and the
 point-to-point bound, and draws measured against predicted time versus file size (one
-panel per node count, as in the Ka paper's figures) and versus node count.
+panel per node count, as in the Ka paper's figures) and versus node count.  Repeats of a
+configuration count as one point, their median.
+
+The goals (``--check``; what the README claims of the model): per algorithm and link
+rate, the median relative error of the fitted model at most :data:`MEDIAN_GOAL` and the
+largest at most :data:`MAX_GOAL`; ``auto`` within :data:`AUTO_SLACK` of the fastest
+measured algorithm in at least :data:`AUTO_GOAL` of the points.
 """
 
 from __future__ import annotations
@@ -26,12 +33,29 @@ from mpistage.units import format_bytes
 
 Run = dict
 
+MEDIAN_GOAL = 0.05
+MAX_GOAL = 0.15
+AUTO_SLACK = 0.05
+AUTO_GOAL = 0.95
+
 
 def load(path: str, merge: list[str]) -> list[Run]:
     with ResultStore(path, "a" if merge else "r") as store:
         for other in merge:
             print(f"merged {store.merge(other)} runs from {other}")
         return [r for r in store.runs() if r.get("ok")]
+
+
+def median_of_repeats(runs: list[Run]) -> list[Run]:
+    """One run per configuration (everything but its repeat number and results): the
+    first, with the median of the repeats' seconds."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        key = (run.get("rate"), run.get("method"), run.get("algorithm"), run.get("nodes"),
+               run.get("size"), run.get("chunk"), run.get("arity"))
+        groups[key].append(run)
+    return [{**group[0], "seconds": statistics.median(r["seconds"] for r in group),
+             "repeats": len(group)} for group in groups.values()]
 
 
 def by_rate(runs: list[Run]) -> dict[str, list[Run]]:
@@ -101,8 +125,47 @@ def auto_accuracy(runs: list[Run]) -> tuple[int, int, list[str]]:
         hits += hit
         lines.append(f"| {key[0]} | {format_bytes(key[1])} | {auto['chosen_algorithm']} "
                      f"({format_bytes(auto['chosen_chunk'])}) | {fastest} | "
-                     f"{auto['seconds']:.2f} s | {seconds:.2f} s | {'yes' if hit else 'no'} |")
+                     f"{auto['seconds']:.2f} s | {seconds:.2f} s | {'yes' if hit else 'no'} | "
+                     f"{auto['seconds'] / seconds:.2f}× |")
     return hits, len(lines), lines
+
+
+def auto_within(runs: list[Run], slack: float = AUTO_SLACK) -> tuple[int, int]:
+    """(points where auto's time was within ``slack`` of the fastest measured
+    algorithm's, points with both)."""
+    fastest: dict[tuple, float] = {}
+    autos: dict[tuple, float] = {}
+    for r in runs:
+        if r["method"] != "mpistage" or r["nodes"] < 2:
+            continue
+        key = (r["nodes"], r["size"])
+        if r["algorithm"] == "auto":
+            autos[key] = r["seconds"]
+        else:
+            fastest[key] = min(r["seconds"], fastest.get(key, math.inf))
+    keys = [k for k in autos if k in fastest]
+    return sum(autos[k] <= fastest[k] * (1 + slack) for k in keys), len(keys)
+
+
+def check(runs: list[Run]) -> list[str]:
+    """Every goal (see the module's doc) and whether the runs meet it: lines that
+    start with ``ok`` or ``MISSED``."""
+    lines = []
+    for rate, group in sorted(by_rate(runs).items()):
+        params, _ = fitted(group)
+        for algorithm, errors in sorted(relative_errors(group, params).items()):
+            for what, value, goal in (("median", statistics.median(errors), MEDIAN_GOAL),
+                                      ("max", max(errors), MAX_GOAL)):
+                verdict = "ok" if value <= goal else "MISSED"
+                lines.append(f"{verdict}: {rate} {algorithm}: {what} error {100 * value:.0f} % "
+                             f"(goal ≤ {100 * goal:.0f} %, {len(errors)} points)")
+        within, points = auto_within(group)
+        share = within / points if points else 0.0
+        verdict = "ok" if points and share >= AUTO_GOAL else "MISSED"
+        lines.append(f"{verdict}: {rate} auto within {100 * AUTO_SLACK:.0f} % of the fastest "
+                     f"in {within} of {points} points ({100 * share:.0f} %, goal ≥ "
+                     f"{100 * AUTO_GOAL:.0f} %)")
+    return lines
 
 
 def baseline_lines(runs: list[Run]) -> list[str]:
@@ -214,11 +277,19 @@ def main() -> int:
     parser.add_argument("--results", default="bench/results/sweep.h5")
     parser.add_argument("--merge", nargs="*", default=[], help="merge these files in first")
     parser.add_argument("--plots", help="directory for the PNG plots")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the goals; exit 1 if one is missed")
     args = parser.parse_args()
-    runs = load(args.results, args.merge)
+    runs = median_of_repeats(load(args.results, args.merge))
     if not runs:
         print("no runs", file=sys.stderr)
         return 1
+    if args.check:
+        lines = check(runs)
+        print("\n".join(lines))
+        missed = sum(line.startswith("MISSED") for line in lines)
+        print(f"{missed} of {len(lines)} goals missed" if missed else f"all {len(lines)} goals met")
+        return 1 if missed else 0
     out: list[str] = [f"# Sweep report ({len(runs)} runs from {args.results})", ""]
     for rate, group in sorted(by_rate(runs).items()):
         params, joint = fitted(group)
@@ -243,7 +314,10 @@ def main() -> int:
         out += ["", f"`--algorithm auto --chunk-size auto` picked the algorithm that measured "
                 f"fastest in {hits} of {cases} cases:", "",
                 "| nodes | size | auto chose | fastest measured | auto's time | fastest time "
-                "| same |", "|---|---|---|---|---|---|---|", *lines]
+                "| same | auto / fastest |", "|---|---|---|---|---|---|---|---|", *lines]
+        within, points = auto_within(group)
+        out += ["", f"`auto` within {100 * AUTO_SLACK:.0f} % of the fastest measured: "
+                f"{within} of {points} points."]
         chain8 = [r for r in staged(group) if r["algorithm"] == "chain" and r["nodes"] == 8
                   and r["size"] == 64 << 20]
         p2p64 = [r for r in group if r["method"] == "p2p" and r["size"] == 64 << 20]

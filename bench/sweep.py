@@ -33,7 +33,7 @@ from mpistage.units import format_bytes, parse_size
 MPI_BCAST_ALGORITHMS = ("auto", "scatter_ring_allgather", "pipelined_tree")
 #: mpistage runs per (nodes, size): the chain at three chunk sizes (the chunk-size
 #: question), every other algorithm at 1 MiB, and the model's own choice.
-DEFAULT_RUNS = "chain:256K,chain:1M,chain:4M,binomial:1M,tree:1M,flat:1M,bcast:1M,auto:auto"
+DEFAULT_RUNS = "chain:256K,chain:1M,chain:4M,binomial:1M,tree:1M,twotree:1M,flat:1M,bcast:1M,auto:auto"
 
 
 def sample_file(directory: Path, size: int) -> Path:

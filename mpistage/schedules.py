@@ -138,25 +138,32 @@ class Forward:
     POST_GRACE = 2.0
 
     def __init__(self, posts: Sequence[Callable[[], MPI.Request]],
-                 one_in_flight: bool = True, peers: Sequence[int] = ()) -> None:
+                 one_in_flight: bool = True, peers: Sequence[int] = (),
+                 together: bool = False) -> None:
         """
         Args:
             peers: the rank each post sends to, in order (to keep each peer's chunks in
                 order, and to name the one a stalled or failed send was for); none
                 given: every post is :data:`COLLECTIVE`.
+            together: post the sends to every child at once rather than one after
+                another, so that they share this node's link: where a child's link is
+                shared with another parent (twotree), a send to it runs at half speed,
+                and one after another this node's link would idle meanwhile.
         """
         self._posts = deque(posts)
         self.posted = 0
         self.one_in_flight = one_in_flight
+        self.together = together
         self.peers: list[int | None] = list(peers) or [self.COLLECTIVE] * len(self._posts)
         self.requests: list[MPI.Request] = []
+        self._in_flight: list[int | None] = []  # the peers of ``requests``
 
     @property
     def waiting_on(self) -> int | None:
-        """The peer of the send in flight (or of the one whose posting failed)."""
-        if self.requests or self._failed:
-            return self.peers[self.posted - 1 + self._failed]
-        return None
+        """The peer of a send in flight (or of the one whose posting failed)."""
+        if self._failed:
+            return self.peers[self.posted]
+        return self._in_flight[0] if self._in_flight else None
 
     _failed = 0
     _failing_since = 0.0
@@ -170,22 +177,20 @@ class Forward:
     def unfinished(self) -> set[int | None]:
         """The peers a later chunk may not be sent to yet: this chunk's send to them is
         not complete (a collective's: not posted)."""
-        start = self.posted - len(self.requests) if self.one_in_flight else self.posted
-        return set(self.peers[start:])
+        unposted = set(self.peers[self.posted:])
+        return unposted | set(self._in_flight) if self.one_in_flight else unposted
 
     def advance(self, blocked: set[int | None] | frozenset[int | None] = frozenset()) -> bool:
-        """Post the next send if the current one is complete and its peer is not in
-        ``blocked`` (the peers an earlier chunk's send to is not complete:
-        :attr:`unfinished`); :attr:`done`."""
+        """Post the next send if the current one is complete (or at once, ``together``)
+        and its peer is not in ``blocked`` (the peers an earlier chunk's send to is not
+        complete: :attr:`unfinished`); :attr:`done`."""
         while True:
-            if self.requests:
-                if not MPI.Request.Testall(self.requests):
-                    break
-                self.requests = []
-            if not self._posts or self.peers[self.posted] in blocked:
-                break  # that peer has not had the chunk before this one yet
+            self._retire()
+            if ((self.requests and not self.together) or not self._posts
+                    or self.peers[self.posted] in blocked):
+                break  # the send before, or that peer's send of the chunk before, is out
             try:
-                self.requests = [self._posts[0]()]
+                request = self._posts[0]()
             except MPI.Exception:
                 now = time.monotonic()
                 self._failing_since = self._failing_since or now
@@ -194,9 +199,23 @@ class Forward:
                 self._failed = 1  # its peer is gone (see above): :attr:`waiting_on`
                 raise
             self._failing_since = 0.0
+            self.requests.append(request)
+            self._in_flight.append(self.peers[self.posted])
             self._posts.popleft()
             self.posted += 1
         return self.done
+
+    def _retire(self) -> None:
+        """Let go of the sends that completed."""
+        if not self.requests:
+            return
+        if len(self.requests) == 1:
+            if self.requests[0].Test():
+                self.requests, self._in_flight = [], []
+            return
+        pending = [(r, p) for r, p in zip(self.requests, self._in_flight) if not r.Test()]
+        self.requests = [r for r, _ in pending]
+        self._in_flight = [p for _, p in pending]
 
 
 def suspects(forwards: Iterable[Forward], children: Sequence[int],

@@ -133,7 +133,7 @@ class TwoTreeSchedule(Schedule):
     def post_forward(self, buf: Buffer, k: int) -> Forward:
         children = self.tree_children[tree_of(k)]
         return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=self.tag)
-                        for child in children], peers=children)
+                        for child in children], peers=children, together=True)
 
     @classmethod
     def shape(cls, nodes: int, arity: int = 2) -> tuple[int, int]:

@@ -11,26 +11,47 @@ ROOT = Path(__file__).resolve().parent.parent
 TRUTH = Parameters(latency=300e-6, bandwidth=11.5e6)
 
 
-def test_report_fits_tabulates_and_plots(tmp_path: Path) -> None:
-    results = tmp_path / "sweep.h5"
+def synthetic_sweep(results: Path, off: dict[str, float] | None = None,
+                    repeats: int = 1) -> None:
+    """A sweep whose runs take what the model predicts with TRUTH (times ``off[algorithm]``,
+    on the 4-node runs only), each configuration ``repeats`` times (one repeat 3× slower,
+    which the median must ignore)."""
+    off = off or {}
     with ResultStore(results) as store:
         for size in (1 << 20, 16 << 20, 64 << 20):
             store.append({"rate": "100mbit", "nodes": 2, "size": size, "method": "p2p",
                           "algorithm": "send", "chunk": size, "arity": 2, "repeat": 0},
                          {"seconds": size / TRUTH.bandwidth, "ok": True})
             for nodes in (2, 4, 8):
+                times = {}
                 for algorithm in ("chain", "binomial", "tree", "flat", "bcast"):
-                    seconds = predict(algorithm, size, nodes, 1 << 20, TRUTH)
-                    store.append({"rate": "100mbit", "nodes": nodes, "size": size,
-                                  "method": "mpistage", "algorithm": algorithm,
-                                  "chunk": 1 << 20, "arity": 2, "repeat": 0},
-                                 {"seconds": seconds, "ok": True, "predicted": seconds * 1.1,
-                                  "chosen_algorithm": algorithm, "chosen_chunk": 1 << 20})
+                    seconds = times[algorithm] = predict(algorithm, size, nodes, 1 << 20, TRUTH)
+                    if nodes == 4:
+                        seconds *= off.get(algorithm, 1.0)
+                    for repeat in range(repeats):
+                        slow = 3.0 if repeat == 1 else 1.0
+                        store.append({"rate": "100mbit", "nodes": nodes, "size": size,
+                                      "method": "mpistage", "algorithm": algorithm,
+                                      "chunk": 1 << 20, "arity": 2, "repeat": repeat},
+                                     {"seconds": seconds * slow, "ok": True,
+                                      "predicted": seconds * 1.1,
+                                      "chosen_algorithm": algorithm, "chosen_chunk": 1 << 20})
+                pick = min(times, key=times.__getitem__)  # auto picks what the truth says
                 store.append({"rate": "100mbit", "nodes": nodes, "size": size,
                               "method": "mpistage", "algorithm": "auto", "chunk": 0, "arity": 2,
                               "repeat": 0},
-                             {"seconds": predict("chain", size, nodes, 1 << 20, TRUTH),
-                              "ok": True, "chosen_algorithm": "chain", "chosen_chunk": 1 << 20})
+                             {"seconds": times[pick], "ok": True, "chosen_algorithm": pick,
+                              "chosen_chunk": 1 << 20})
+
+
+def report(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_report_fits_tabulates_and_plots(tmp_path: Path) -> None:
+    results = tmp_path / "sweep.h5"
+    synthetic_sweep(results)
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--results",
                           str(results), "--plots", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
@@ -42,3 +63,22 @@ def test_report_fits_tabulates_and_plots(tmp_path: Path) -> None:
     assert "Chain to 8 hosts, 64 MiB:" in text and "against one point-to-point transfer" in text
     for name in ("model-100mbit-size.png", "model-100mbit-nodes.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+def test_check_passes_on_results_that_meet_the_goals(tmp_path: Path) -> None:
+    results = tmp_path / "sweep.h5"
+    synthetic_sweep(results, repeats=3)
+    run = report("--results", str(results), "--check")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == "all 11 goals met"
+    assert "ok: 100mbit chain: max error 0 %" in run.stdout, "the slow repeat is outvoted"
+
+
+def test_check_fails_and_names_each_missed_goal(tmp_path: Path) -> None:
+    results = tmp_path / "sweep.h5"
+    synthetic_sweep(results, off={"binomial": 1.3})
+    run = report("--results", str(results), "--check")
+    assert run.returncode == 1
+    missed = [line for line in run.stdout.splitlines() if line.startswith("MISSED")]
+    assert len(missed) == 1 and "100mbit binomial: max error" in missed[0], run.stdout
+    assert run.stdout.splitlines()[-1] == "1 of 11 goals missed"

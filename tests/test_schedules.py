@@ -126,8 +126,11 @@ def test_a_send_mpi_refuses_to_post_is_tried_again() -> None:
 def test_a_failed_send_names_its_child_alone(no_grace: None) -> None:
     """Chunk 4's send to child 3 fails while chunk 3's send to child 4 is in flight:
     only child 3 is named (naming 4 too counted a live node lost, CI seed 793684998)."""
-    in_flight = Forward([lambda: MPI.REQUEST_NULL, lambda: MPI.REQUEST_NULL], peers=[3, 4])
-    in_flight.posted, in_flight.requests = 2, [MPI.REQUEST_NULL]  # its send to 4 is out
+    data = bytearray(4)
+    # its send to 3 is done; its send to 4 (a synchronous send to this very process) is out
+    in_flight = Forward([lambda: MPI.REQUEST_NULL,
+                         lambda: MPI.COMM_SELF.Issend(data, dest=0, tag=4)], peers=[3, 4])
+    in_flight.advance()
     assert in_flight.waiting_on == 4
     failing = _forward([3, 4], fail_on=3)
     with pytest.raises(MPI.Exception):
@@ -137,6 +140,28 @@ def test_a_failed_send_names_its_child_alone(no_grace: None) -> None:
     # a timeout names every child with a send in flight; none in flight: every child
     assert suspects([in_flight, failing], [3, 4]) == [3, 4]
     assert suspects([], [3, 4]) == [3, 4]
+    MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=4)
+    assert in_flight.advance() and in_flight.waiting_on is None
+
+
+def test_sends_together_share_the_link_and_keep_each_child_in_order() -> None:
+    """``together``: a chunk's sends to both children are out at once; the next chunk's
+    send to a child still waits for that child's send of this one."""
+    data = bytearray(4)
+    first = Forward([lambda p=p: MPI.COMM_SELF.Issend(data, dest=0, tag=p) for p in (1, 2)],
+                    peers=[1, 2], together=True)
+    assert not first.advance() and first.unfinished == {1, 2} and first.posted == 2
+    second = Forward([lambda p=p: MPI.COMM_SELF.Issend(data, dest=0, tag=10 + p)
+                      for p in (1, 2)], peers=[1, 2], together=True)
+    assert not second.advance(first.unfinished) and second.posted == 0
+    MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=1)  # child 1 took the first chunk
+    assert not first.advance() and first.unfinished == {2} and first.waiting_on == 2
+    assert not second.advance(first.unfinished) and second.posted == 1, "to 1, not yet to 2"
+    for tag in (2, 11, 12):
+        MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=tag)
+        first.advance()
+        second.advance(first.unfinished)
+    assert first.done and second.done
 
 
 def test_a_failed_send_to_the_second_child_names_it(no_grace: None) -> None:
