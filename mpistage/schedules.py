@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
@@ -117,16 +117,17 @@ class Forward:
     trees finish together.  The link is as busy either way, so throughput is the same.
 
     Each child must get the chunks in order (receives are matched in the order they
-    were posted), and each child has **one send in flight** at a time: a chunk's send
-    to a child waits until every chunk before has *completed* its own send to that child
-    (:meth:`advance` takes the children still owed an earlier chunk as ``blocked``; per
-    child, not per position, because a schedule's children may differ from chunk to
-    chunk, as in :mod:`mpistage.twotree`).  One is enough to keep a link busy
-    (the kernel's socket buffer holds the next bytes while the next send is posted), and
-    more is unsafe: with MPICH's TCP transport, a second send posted to a process that
-    died blocks inside ``MPI_Isend`` (for ever, or until
-    :func:`mpistage.mpi_library.limit_send_retries`'s limit), where a node must notice
-    the stall and go on without it (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
+    were posted), so a chunk's send to a child is posted only after every chunk before
+    posted its own, and each child has **at most two sends in flight**
+    (:data:`mpistage.pipeline.SENDS_IN_FLIGHT`; the engine passes the children a chunk
+    may not be sent to yet as :meth:`advance`'s ``blocked``; per child, not per position,
+    because a schedule's children may differ from chunk to chunk, as in
+    :mod:`mpistage.twotree`).  One left the link idle while the next send was posted and
+    handed over (13-18 % slower at 256 KiB-1 MiB chunks); more is unsafe: with MPICH's
+    TCP transport, a send posted to a process that died behind one still in flight blocks
+    inside ``MPI_Isend`` until :func:`mpistage.mpi_library.limit_send_retries`'s limit
+    (and for ever without it), and a node must notice the stall and go on without the
+    child (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
     may be posted as soon as the chunk before posted its own.
     """
 
@@ -174,16 +175,20 @@ class Forward:
         return not self.requests and not self._posts
 
     @property
-    def unfinished(self) -> set[int | None]:
-        """The peers a later chunk may not be sent to yet: this chunk's send to them is
-        not complete (a collective's: not posted)."""
-        unposted = set(self.peers[self.posted:])
-        return unposted | set(self._in_flight) if self.one_in_flight else unposted
+    def unposted(self) -> set[int | None]:
+        """The peers this chunk is yet to be sent to: a later chunk may not be, before."""
+        return set(self.peers[self.posted:])
+
+    @property
+    def in_flight(self) -> list[int | None]:
+        """The peers whose send of this chunk is posted and not complete (a
+        collective's do not count: they need not complete in order)."""
+        return self._in_flight if self.one_in_flight else []
 
     def advance(self, blocked: set[int | None] | frozenset[int | None] = frozenset()) -> bool:
         """Post the next send if the current one is complete (or at once, ``together``)
         and its peer is not in ``blocked`` (the peers an earlier chunk's send to is not
-        complete: :attr:`unfinished`); :attr:`done`."""
+        complete, or ahead of it: :attr:`unposted`, :attr:`in_flight`); :attr:`done`."""
         while True:
             self._retire()
             if ((self.requests and not self.together) or not self._posts
@@ -216,6 +221,18 @@ class Forward:
         pending = [(r, p) for r, p in zip(self.requests, self._in_flight) if not r.Test()]
         self.requests = [r for r, _ in pending]
         self._in_flight = [p for _, p in pending]
+
+
+def held_back(earlier: Iterable[Forward], window: int) -> set[int | None]:
+    """The peers the next chunk's sends may not go to yet: an earlier chunk is still to
+    be sent to them (each peer gets the chunks in order), or ``window`` sends to them are
+    in flight already."""
+    unposted: set[int | None] = set()
+    in_flight: Counter[int | None] = Counter()
+    for forward in earlier:
+        unposted |= forward.unposted
+        in_flight.update(forward.in_flight)
+    return unposted | {peer for peer, sends in in_flight.items() if sends >= window}
 
 
 def suspects(forwards: Iterable[Forward], children: Sequence[int],

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from mpistage.algorithms import SCHEDULES
 from mpistage.schedules import (
     Forward,
+    held_back,
     binomial_children,
     binomial_parent,
     chain_children,
@@ -150,17 +151,17 @@ def test_sends_together_share_the_link_and_keep_each_child_in_order() -> None:
     data = bytearray(4)
     first = Forward([lambda p=p: MPI.COMM_SELF.Issend(data, dest=0, tag=p) for p in (1, 2)],
                     peers=[1, 2], together=True)
-    assert not first.advance() and first.unfinished == {1, 2} and first.posted == 2
+    assert not first.advance() and first.in_flight == [1, 2] and first.posted == 2
     second = Forward([lambda p=p: MPI.COMM_SELF.Issend(data, dest=0, tag=10 + p)
                       for p in (1, 2)], peers=[1, 2], together=True)
-    assert not second.advance(first.unfinished) and second.posted == 0
+    assert not second.advance(held_back([first], 1)) and second.posted == 0
     MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=1)  # child 1 took the first chunk
-    assert not first.advance() and first.unfinished == {2} and first.waiting_on == 2
-    assert not second.advance(first.unfinished) and second.posted == 1, "to 1, not yet to 2"
+    assert not first.advance() and first.in_flight == [2] and first.waiting_on == 2
+    assert not second.advance(held_back([first], 1)) and second.posted == 1, "to 1, not to 2"
     for tag in (2, 11, 12):
         MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=tag)
         first.advance()
-        second.advance(first.unfinished)
+        second.advance(held_back([first], 1))
     assert first.done and second.done
 
 

@@ -84,13 +84,13 @@ def test_a_later_chunk_waits_for_its_own_child_only() -> None:
     blocked: set[int | None] = set()
     for forward in (chunk0, chunk1, chunk2):
         forward.advance(blocked)
-        blocked |= forward.unfinished
+        blocked |= forward.unposted | set(forward.in_flight)
     assert log == [(0, 5), (1, 9)]  # chunk 2 to node 5 waits for chunk 0's send
     MPI.COMM_SELF.Recv(bytearray(8), source=0, tag=0)
     blocked = set()
     for forward in (chunk0, chunk1, chunk2):
         forward.advance(blocked)
-        blocked |= forward.unfinished
+        blocked |= forward.unposted | set(forward.in_flight)
     assert log == [(0, 5), (1, 9), (2, 5)] and chunk0.done and not chunk1.done
     for tag in (1, 2):
         MPI.COMM_SELF.Recv(bytearray(8), source=0, tag=tag)
