@@ -49,11 +49,14 @@ after two hops per level (a tree's depth).  It assumes full-duplex links and tha
 node's two parents do not slow each other on its downlink (they send alternately in
 the steady state; :mod:`mpistage.simulate` checks the assumption).
 
-``bcast`` is MPI's own broadcast of each chunk; MPICH moves large messages by a scatter
-and a ring allgather, ``2·(N−1)/N · c/B`` per chunk plus ``(log2 N + N − 1)·α``, and small
-ones (under 512 KiB) by a binomial tree:
+``bcast`` is MPI's own broadcast of each chunk, ``MPI_Ibcast``, several in flight, as
+MPICH 5.0.2 runs it (:mod:`mpistage.bcast_model`: a binomial tree below 8 ranks, a
+scatter and an allgather from 8): the first chunk's latency ``F_b`` (its longest path),
+then one chunk per step of the busiest link's bytes ``s_b`` (the root's ⌈log2 N⌉ copies in
+the tree, ``2·(N−1)/N · c`` with the scatter), but no faster than ``F_b`` over the chunks
+in flight:
 
-    T = I + m · max(2·(N−1)/N · c/B + (⌈log2 N⌉ + N − 1)·α, c/R, c/W)
+    T = I + F_b + (m − 1) · max(s_b/B, F_b/4, c/R, c/W) + max(c/R, c/W)
 
 The Ka paper's terms map onto these (:func:`ka_terms`): its connection set-up ``d`` is a
 per-message cost here, ``d ≈ α`` (MPI connects once, so each chunk pays α, not a TCP
@@ -78,6 +81,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 
+from . import bcast_model
 from .algorithms import SCHEDULES
 from .codec import CodecCost
 
@@ -85,8 +89,6 @@ from .codec import CodecCost
 MODELLED: tuple[str, ...] = tuple(SCHEDULES)
 #: Chunk sizes ``auto`` considers.
 CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
-#: MPICH switches its broadcast from a binomial tree to scatter + allgather here.
-BCAST_LONG_MESSAGE = 512 << 10
 
 SCHEMA = "mpistage.calibration/1"
 
@@ -165,12 +167,11 @@ def predict(
     if nodes <= 1:
         return params.startup + chunks * local
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
-        if chunk >= BCAST_LONG_MESSAGE:
-            per_chunk = (2 * (nodes - 1) / nodes * chunk / params.bandwidth
-                         + (math.ceil(math.log2(nodes)) + nodes - 1) * params.latency)
-        else:
-            per_chunk = math.ceil(math.log2(nodes)) * hop
-        return params.startup + (chunks - 1) * max(per_chunk, local) + per_chunk + local
+        messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
+        first = messages * params.latency + first_bytes / params.bandwidth
+        step = max(bcast_model.step_bytes(chunk, nodes) / params.bandwidth,
+                   first / bcast_model.IN_FLIGHT)
+        return params.startup + first + (chunks - 1) * max(step, local) + local
     fan_out, fill = shape(algorithm, nodes, arity)
     step = max(fan_out * hop, local)
     return params.startup + (chunks - 1) * step + fill * hop + local
@@ -324,12 +325,9 @@ def network_terms(algorithm: str, size: int, nodes: int, chunk: int, arity: int 
         return 0.0, 0.0
     chunk = min(chunk, size)
     chunks = math.ceil(size / chunk)
-    if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
-        if chunk >= BCAST_LONG_MESSAGE:
-            return (chunks * (math.ceil(math.log2(nodes)) + nodes - 1),
-                    chunks * 2 * (nodes - 1) / nodes * chunk)
-        hops = chunks * math.ceil(math.log2(nodes))
-        return hops, hops * chunk
+    if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast, bandwidth-bound
+        messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
+        return messages, first_bytes + (chunks - 1) * bcast_model.step_bytes(chunk, nodes)
     fan_out, fill = shape(algorithm, nodes, arity)
     hops = (chunks - 1) * fan_out + fill
     return hops, hops * chunk

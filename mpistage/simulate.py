@@ -80,7 +80,8 @@ from functools import cache
 import numpy as np
 
 from .algorithms import SCHEDULES
-from .model import BCAST_LONG_MESSAGE, Parameters
+from . import bcast_model
+from .model import Parameters
 from .pipeline import DEFAULT_DEPTH
 from .twotree import TREES, twotree_children
 
@@ -283,6 +284,12 @@ def _chunk_sizes(size: int, chunk: int) -> tuple[int, int, int]:
     return chunks, chunks if last == chunk else chunks - 1, last
 
 
+def _scatters(nbytes: int, nodes: int) -> bool:
+    """Whether MPICH broadcasts a chunk by a scatter and an allgather (a ring here, also
+    where it runs recursive doubling: :mod:`mpistage.bcast_model`), not a binomial tree."""
+    return bcast_model.algorithm(nbytes, nodes) != "binomial"
+
+
 def simulate(algorithm: str, size: int, nodes: int, chunk: int, params: Parameters,
              arity: int = 2, depth: int = DEFAULT_DEPTH, in_order: bool | None = None) -> float:
     """Simulated seconds to stage ``size`` bytes to ``nodes`` nodes in chunks of
@@ -326,7 +333,7 @@ def _transfer(algorithm: str, size: int, nodes: int, chunk: int, params: Paramet
         if algorithm == "twotree":
             return _waves("twotree", nodes, arity, TREES[k % 2]), k % 2
         if algorithm == "bcast":
-            return _waves("bcast", nodes, arity, 0, nbytes >= BCAST_LONG_MESSAGE), 0
+            return _waves("bcast", nodes, arity, 0, _scatters(nbytes, nodes)), 0
         return _waves(algorithm, nodes, arity), 0
 
     history: deque[np.ndarray] = deque(maxlen=5)  # the state after the latest chunks
@@ -340,7 +347,7 @@ def _transfer(algorithm: str, size: int, nodes: int, chunk: int, params: Paramet
         # the root reads chunk k after chunk k − 1, into a free buffer
         net.have[0] = max(net.have[0], gate[0]) + nbytes / params.read_bandwidth
         ready = net.play(waves, tree, nbytes, params, gate, in_order)
-        if algorithm == "bcast" and nbytes >= BCAST_LONG_MESSAGE and nodes > 1:
+        if algorithm == "bcast" and _scatters(nbytes, nodes) and nodes > 1:
             ready = np.full(nodes, _ring_allgather(net, ready, math.ceil(nbytes / nodes), params))
         written = net.written
         np.maximum(written, net.dispatched, out=written)

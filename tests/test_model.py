@@ -4,6 +4,9 @@ import math
 
 import pytest
 
+from mpistage import bcast_model
+from mpistage.pipeline import DEFAULT_DEPTH
+
 from mpistage.model import (
     Parameters,
     Sample,
@@ -29,15 +32,28 @@ S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
     ("tree", 8, 2, 0.5 + 9 * 2 * 0.101 + 4 * 0.101),       # fill 2 + 2 (0→2→6)
     ("tree", 13, 3, 0.5 + 9 * 3 * 0.101 + 6 * 0.101),      # fill 3 + 3 (0→3→12)
     ("flat", 4, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),       # 3.53
-    ("bcast", 4, 2, 0.5 + 10 * 2 * 0.101),                 # small chunks: binomial, 2.52
+    # MPICH's Ibcast below 8 ranks: a binomial tree whose sends share the sender's link;
+    # the first chunk: 2 hops, 3 chunks' bytes on its path (0 → {1, 2} → 3); then the
+    # root's 2 copies per chunk
+    ("bcast", 4, 2, 0.5 + (2 * 0.001 + 3 * 0.1) + 9 * 2 * 0.1),
 ])
 def test_predictions_by_hand(algorithm: str, nodes: int, arity: int, expected: float) -> None:
     assert predict(algorithm, S, nodes, C, P, arity) == pytest.approx(expected)
 
 
-def test_bcast_of_large_chunks_is_scatter_plus_ring_allgather() -> None:
-    # one chunk of 1 MB ≥ 512 KiB: 2·(N−1)/N·c/B + (log2 N + N − 1)·α = 1.5 + 0.005
-    assert predict("bcast", S, 4, S, P) == pytest.approx(0.5 + 1.505)
+def test_bcast_is_what_mpich_runs() -> None:
+    """MPICH 5.0.2's selection (its tuning JSON): binomial below 8 ranks or 12 KiB,
+    scatter + recursive doubling on powers of two below 512 KiB, else scatter + ring."""
+    assert [bcast_model.algorithm(c, n) for c, n in [
+        (64 << 20, 4), (8 << 10, 16), (256 << 10, 8), (256 << 10, 12), (512 << 10, 16)]] == [
+        "binomial", "binomial", "scatter_rd", "scatter_ring", "scatter_ring"]
+    # one chunk of 1 MB to 8 ranks, scatter + ring: (3 + 7) messages, 2.5 c on the path
+    assert predict("bcast", S, 8, S, P) == pytest.approx(0.5 + 10 * 0.001 + 2.5 * 1.0)
+    # a stream steps at the root's bytes: 2·(N−1)/N·c, or ⌈log2 N⌉·c in the tree
+    assert bcast_model.step_bytes(1 << 20, 16) == pytest.approx(2 * 15 / 16 * (1 << 20))
+    assert bcast_model.step_bytes(1 << 20, 5) == 3 * (1 << 20)
+    assert bcast_model.binomial_path(8) == (3, 6)
+    assert bcast_model.IN_FLIGHT == DEFAULT_DEPTH
 
 
 def test_slow_disk_bounds_the_pipeline() -> None:
