@@ -4,7 +4,10 @@ Every run carries a prediction next to its measurement.  The parameters come fro
 calibration file (``mpistage calibrate``) when one is given, else from a quick
 measurement on the link from the root to its first neighbour: three 1-byte ping-pongs for
 the latency and one message of up to 1 MiB for the bandwidth (a few milliseconds on a
-fast network, ~0.1 s at 100 Mbit/s); a file no larger than that message, for which no
+fast network, ~0.1 s at 100 Mbit/s), after an untimed one of up to 256 KiB, and with
+both ranks polling every 20 µs: a single message on a fresh connection, timed with the
+usual growing pauses, read a 1 Gbit/s link ~30 % slow (TCP's slow start, and the wake-up
+after the last byte); a file no larger than that message, for which no
 link could change the choice, is not worth it, and its prediction assumes a typical link.
 Disk speeds are only known from a calibration; without one the model assumes the network
 is the bottleneck.
@@ -25,11 +28,12 @@ from .model import (ASSUMED, ASSUMED_FILE_COST, MODELLED, Choice, Parameters,
                     choice_is_settled, choose)
 from .plan import Plan, SourceInfo
 from .streams import ASSUMED_STREAM_SIZE
-from .waiting import poll
 
 AUTO = "auto"
 _PROBE_TAG = 7201
 _PROBE_MIN, _PROBE_MAX = 64 << 10, 1 << 20
+_WARM_UP = 256 << 10
+_PROBE_PAUSE = 20e-6
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,13 @@ class Prediction:
 
 
 def _exchange(comm: MPI.Comm, requests: list[MPI.Request], timeout: float) -> None:
-    if not poll(requests, timeout):
-        raise Stalled(f"the link probe made no progress for {timeout:g} s")
+    """Wait for ``requests``, polling every 20 µs (the probe is short, and a late
+    wake-up would count as transfer time)."""
+    deadline = time.monotonic() + timeout
+    while not MPI.Request.Testall(requests):
+        if time.monotonic() > deadline:
+            raise Stalled(f"the link probe made no progress for {timeout:g} s")
+        time.sleep(_PROBE_PAUSE)
 
 
 def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Parameters | None:
@@ -67,10 +76,13 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
         return None
     tiny = bytearray(1)
     probe = bytearray(min(max(size, _PROBE_MIN), _PROBE_MAX))
+    warm_up = memoryview(probe)[:_WARM_UP]
     if comm.rank == peer:
         for _ in range(4):
             _exchange(comm, [comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
             _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
+        _exchange(comm, [comm.Irecv(warm_up, source=root, tag=_PROBE_TAG)], timeout)
+        _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
         _exchange(comm, [comm.Irecv(probe, source=root, tag=_PROBE_TAG)], timeout)
         _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
         return None
@@ -81,6 +93,8 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
         _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
         trips.append(time.perf_counter() - started)
     latency = min(trips[1:]) / 2
+    _exchange(comm, [comm.Isend(warm_up, dest=peer, tag=_PROBE_TAG)], timeout)  # not timed
+    _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
     started = time.perf_counter()
     _exchange(comm, [comm.Isend(probe, dest=peer, tag=_PROBE_TAG)], timeout)
     _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)

@@ -48,11 +48,15 @@ ProgressCallback = Callable[[int, int], None]
 SourceFactory = Callable[[Plan, BufferPool, PhaseClock], ChunkSource]
 
 DEFAULT_DEPTH = 4
-#: Sends in flight to one child at most (:class:`mpistage.schedules.Forward`): with one,
-#: the link idled between chunks while the next send was posted and handed over
-#: (a chain to 8 hosts at 100 Mbit/s, 64 MiB: 6.86 s with 256 KiB chunks, 5.83 s with two;
-#: point-to-point 5.61 s).
-SENDS_IN_FLIGHT = 2
+#: Sends in flight to one child at most (:class:`mpistage.schedules.Forward`).  One
+#: costs throughput at large chunks: the link idles between chunks until this rank
+#: wakes up and posts the next send (a chain to 8 hosts at 100 Mbit/s, 64 MiB: 5.83 s
+#: with 64 KiB chunks; with 256 KiB 6.86 s, and 5.83 s with two in flight; 1 MiB 7.17 s
+#: and 6.35 s; point-to-point 5.61 s).  Two are unsafe: a second send to a child that
+#: died blocks inside ``MPI_Isend`` until MPICH's retry limit, again at every retry, and
+#: its parent, silent meanwhile, was counted lost with it (a randomised kill, seed
+#: 614042548, run 22).
+SENDS_IN_FLIGHT = 1
 DEFAULT_TIMEOUT = 120.0
 
 

@@ -118,16 +118,17 @@ class Forward:
 
     Each child must get the chunks in order (receives are matched in the order they
     were posted), so a chunk's send to a child is posted only after every chunk before
-    posted its own, and each child has **at most two sends in flight**
+    posted its own, and each child has **one send in flight**
     (:data:`mpistage.pipeline.SENDS_IN_FLIGHT`; the engine passes the children a chunk
     may not be sent to yet as :meth:`advance`'s ``blocked``; per child, not per position,
     because a schedule's children may differ from chunk to chunk, as in
-    :mod:`mpistage.twotree`).  One left the link idle while the next send was posted and
-    handed over (13-18 % slower at 256 KiB-1 MiB chunks); more is unsafe: with MPICH's
-    TCP transport, a send posted to a process that died behind one still in flight blocks
-    inside ``MPI_Isend`` until :func:`mpistage.mpi_library.limit_send_retries`'s limit
-    (and for ever without it), and a node must notice the stall and go on without the
-    child (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
+    :mod:`mpistage.twotree`).  One leaves the link idle while the next send is posted
+    (13-18 % slower at 256 KiB-1 MiB chunks at 100 Mbit/s, little at ``auto``'s 64-128
+    KiB); more is unsafe: with MPICH's TCP transport, a send posted to a process that
+    died behind one still in flight blocks inside ``MPI_Isend`` until
+    :func:`mpistage.mpi_library.limit_send_retries`'s limit (and for ever without it),
+    where a node must notice the stall and go on without the child
+    (:mod:`mpistage.recovery`).  A collective (``one_in_flight=False``)
     may be posted as soon as the chunk before posted its own.
     """
 

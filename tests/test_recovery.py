@@ -19,6 +19,7 @@ from mpistage.digest import file_digest
 from mpistage.frames import framing_for
 from mpistage.plan import Plan, describe_source
 from mpistage.recovery import HeldChunks, Reformed
+from mpistage.pipeline import SENDS_IN_FLIGHT
 from mpistage.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
                                 Forward, KaryTreeSchedule, held_back)
 from mpistage.sink import Sink
@@ -136,20 +137,20 @@ def test_an_edge_of_a_re_formed_run_carries_only_what_the_child_lacks() -> None:
     assert not schedule.post_forward(buf, 5).done, "chunk 5 it lacks"
 
 
-def test_a_child_has_at_most_two_sends_in_flight() -> None:
-    """The next chunk's send to a child waits while two are in flight to it: a send
+def test_a_child_has_one_send_in_flight() -> None:
+    """The next chunk's send to a child waits while one is in flight to it: a send
     posted to a process that died behind one in flight blocks inside MPI (until MPICH's
-    retry limit), and one in flight left the link idle between chunks."""
+    retry limit, and again at every retry)."""
     comm = MPI.COMM_SELF
     data = [np.full(4, k, np.uint8) for k in range(2)]
     older = Forward([lambda: comm.Issend(data[0], dest=0, tag=1)], peers=[0])
     newer = Forward([lambda: comm.Issend(data[1], dest=0, tag=1)], peers=[0])
     older.advance()
     assert older.posted == 1 and older.in_flight == [0] and not older.unposted
-    assert held_back([older], 2) == set(), "a second send may go"
-    assert held_back([older, older], 2) == {0}, "a third may not"
-    newer.advance(held_back([older], 1))
-    assert newer.posted == 0, "with a window of one, waits for the older send to complete"
+    assert held_back([older], 2) == set(), "a window of two would let a second one go"
+    assert held_back([older], SENDS_IN_FLIGHT) == {0}
+    newer.advance(held_back([older], SENDS_IN_FLIGHT))
+    assert newer.posted == 0, "waits for the older send to complete"
     got = np.zeros(4, np.uint8)
     comm.Recv(got, source=0, tag=1)
     assert older.advance() and older.in_flight == [] and list(got) == [0] * 4
