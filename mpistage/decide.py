@@ -4,10 +4,12 @@ Every run carries a prediction next to its measurement.  The parameters come fro
 calibration file (``mpistage calibrate``) when one is given, else from a quick
 measurement on the link from the root to its first neighbour: three 1-byte ping-pongs for
 the latency and one message of up to 1 MiB for the bandwidth (a few milliseconds on a
-fast network, ~0.1 s at 100 Mbit/s), after an untimed one of up to 256 KiB, and with
-both ranks polling every 20 µs: a single message on a fresh connection, timed with the
-usual growing pauses, read a 1 Gbit/s link ~30 % slow (TCP's slow start, and the wake-up
-after the last byte); a file no larger than that message, for which no
+fast network, ~0.1 s at 100 Mbit/s): the receiver times the second of two messages sent
+back to back (half of up to 1 MiB after up to 1 MiB), polling every 20 µs.  A single
+message timed by the sender read a 1 Gbit/s link ~30 % slow (TCP's slow start on a
+fresh connection, and the wake-up after the last byte), and one sent after an untimed
+warm-up ~30 % fast (the emulated link's token bucket, refilled meanwhile, let its first
+half through at once); a file no larger than that message, for which no
 link could change the choice, is not worth it, and its prediction assumes a typical link.
 Disk speeds are only known from a calibration; without one the model assumes the network
 is the bottleneck.
@@ -16,6 +18,7 @@ is the bottleneck.
 from __future__ import annotations
 
 import time
+from array import array
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +35,6 @@ from .streams import ASSUMED_STREAM_SIZE
 AUTO = "auto"
 _PROBE_TAG = 7201
 _PROBE_MIN, _PROBE_MAX = 64 << 10, 1 << 20
-_WARM_UP = 256 << 10
 _PROBE_PAUSE = 20e-6
 
 
@@ -75,16 +77,15 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
     if comm.rank not in (root, peer):
         return None
     tiny = bytearray(1)
-    probe = bytearray(min(max(size, _PROBE_MIN), _PROBE_MAX))
-    warm_up = memoryview(probe)[:_WARM_UP]
+    lead = bytearray(min(max(size, _PROBE_MIN), _PROBE_MAX))
+    timed = memoryview(lead)[: len(lead) // 2]
     if comm.rank == peer:
         for _ in range(4):
             _exchange(comm, [comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
             _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
-        _exchange(comm, [comm.Irecv(warm_up, source=root, tag=_PROBE_TAG)], timeout)
-        _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
-        _exchange(comm, [comm.Irecv(probe, source=root, tag=_PROBE_TAG)], timeout)
-        _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
+        interval = _arrivals(comm.Irecv(lead, source=root, tag=_PROBE_TAG),
+                             comm.Irecv(timed, source=root, tag=_PROBE_TAG), timeout)
+        _exchange(comm, [comm.Isend(array("d", [interval]), dest=root, tag=_PROBE_TAG)], timeout)
         return None
     trips = []
     for _ in range(4):  # the first round trip may set up the connection: not counted
@@ -93,13 +94,25 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
         _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
         trips.append(time.perf_counter() - started)
     latency = min(trips[1:]) / 2
-    _exchange(comm, [comm.Isend(warm_up, dest=peer, tag=_PROBE_TAG)], timeout)  # not timed
-    _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
-    started = time.perf_counter()
-    _exchange(comm, [comm.Isend(probe, dest=peer, tag=_PROBE_TAG)], timeout)
-    _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
-    elapsed = time.perf_counter() - started - 2 * latency
-    return Parameters(latency=latency, bandwidth=len(probe) / max(elapsed, 1e-9))
+    interval = array("d", [0.0])
+    _exchange(comm, [comm.Isend(lead, dest=peer, tag=_PROBE_TAG),
+                     comm.Isend(timed, dest=peer, tag=_PROBE_TAG)], timeout)
+    _exchange(comm, [comm.Irecv(interval, source=peer, tag=_PROBE_TAG)], timeout)
+    return Parameters(latency=latency, bandwidth=len(timed) / max(interval[0], 1e-9))
+
+
+def _arrivals(lead: MPI.Request, timed: MPI.Request, timeout: float) -> float:
+    """Seconds between the two receives' completions, polled every 20 µs: the second
+    message's time on the link, once the first drained what a fresh connection or a
+    shaper's bucket lets through faster than the link's rate."""
+    deadline = time.monotonic() + timeout
+    while not lead.Test():
+        if time.monotonic() > deadline:
+            raise Stalled(f"the link probe made no progress for {timeout:g} s")
+        time.sleep(_PROBE_PAUSE)
+    first = time.perf_counter()
+    _exchange(MPI.COMM_SELF, [timed], timeout)
+    return time.perf_counter() - first
 
 
 def decide(
