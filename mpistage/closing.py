@@ -105,6 +105,9 @@ def agree_on_report(
         if root_lost and topo.root == 0:  # rank 0 is gone: no message may wait on it
             raise RootLost(stall or "the transfer lost its root")
         if not send_object(comm, status, 0, _STATUS_TAG, STALL_GRACE if root_lost else timeout):
+            if topo.root == 0:  # it died after the transfer: nobody else will speak
+                raise RootLost(f"lost the root, node 0 ({checks[0].host}): it took no status "
+                               f"within {timeout:g} s")
             raise Stalled(f"could not report to rank 0 within {timeout:g} s ({stall or 'no stall here'})")
         if root_lost:
             raise RootLost(stall or "the transfer lost its root")
@@ -112,8 +115,13 @@ def agree_on_report(
         # the others wait as long as the transfer takes (rank 0 ends a broken job).
         wait = 2 * timeout + 2 * STALL_GRACE if stall else None
         # Ranks that are done (non-leaders: from the start) may wait long: poll gently.
-        verdict = receive_object(comm, 0, _VERDICT_TAG, wait, "rank 0's verdict",
-                                 longest_pause=0.02)
+        try:
+            verdict = receive_object(comm, 0, _VERDICT_TAG, wait, "rank 0's verdict",
+                                     longest_pause=0.02)
+        except Stalled as exc:
+            if topo.root == 0:  # MPI reported it gone, or it stayed silent
+                raise RootLost(f"lost the root, node 0 ({checks[0].host}): {exc}") from None
+            raise
         if isinstance(verdict, StageReport):
             return verdict
         if verdict is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from mpi4py import MPI
 
@@ -45,24 +45,8 @@ def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float
         MPI.Exception: a request failed (a peer died, a connection was reset).
     """
     requests = list(requests)
-    if MPI.Request.Testall(requests):
-        return True
-    started = time.monotonic()
-    deadline = None if timeout is None else started + timeout
-    pause = min(expected / 2, _PAUSE_CAP) if expected > 4 * _LONGEST_PAUSE else _FIRST_PAUSE
-    while True:
-        if deadline is not None:
-            pause = min(pause, max(deadline - time.monotonic(), 0.0))
-        time.sleep(pause)
-        if MPI.Request.Testall(requests):
-            return True
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return False
-        if on_wake is not None:
-            on_wake()
-        longest = min(max(_LONGEST_PAUSE, max(expected, now - started) / 8), _PAUSE_CAP)
-        pause = min(pause * 2, longest)
+    return _sleep_until(lambda: True if MPI.Request.Testall(requests) else None,
+                        timeout, expected, on_wake) is not None
 
 
 def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
@@ -74,9 +58,22 @@ def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: f
     Raises:
         MPI.Exception: a request failed (a peer died, a connection was reset).
     """
-    index, done = MPI.Request.Testany(requests)
-    if done and index != MPI.UNDEFINED:
-        return index
+    def arrived() -> int | None:
+        index, done = MPI.Request.Testany(requests)
+        return index if done and index != MPI.UNDEFINED else None
+
+    return _sleep_until(arrived, timeout, expected, on_wake)
+
+
+_T = TypeVar("_T")
+
+
+def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected: float,
+                 on_wake: Callable[[], object] | None) -> _T | None:
+    """``check()``'s first result that is not ``None``, asleep between checks, with
+    pauses that grow (see the module's docstring); ``None`` after ``timeout`` seconds."""
+    if (result := check()) is not None:
+        return result
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     pause = min(expected / 2, _PAUSE_CAP) if expected > 4 * _LONGEST_PAUSE else _FIRST_PAUSE
@@ -84,9 +81,8 @@ def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: f
         if deadline is not None:
             pause = min(pause, max(deadline - time.monotonic(), 0.0))
         time.sleep(pause)
-        index, done = MPI.Request.Testany(requests)
-        if done and index != MPI.UNDEFINED:
-            return index
+        if (result := check()) is not None:
+            return result
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return None
