@@ -28,7 +28,6 @@ _SI = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}
 
 
-
 def parse_rate(text: str) -> float:
     """A rate in bytes/s: ``10gbit`` and ``100mbit`` (bits, SI), ``1.25GB/s`` (bytes,
     SI), ``inf``; a bare number is bytes/s.
