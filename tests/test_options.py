@@ -48,8 +48,13 @@ def test_auto_chunks_stay_below_the_cap_whatever_the_link() -> None:
 
 
 def test_settled_means_every_bracketed_link_picks_the_same() -> None:
-    # One chunk: the schedule with the fewest hops wins on any link.
-    assert choice_is_settled(1, 16) and choice_is_settled(60_000, 64)
+    # One chunk: the schedule with the fewest hops wins on any link...
+    assert choice_is_settled(1, 16) and choice_is_settled(60_000, 6)
+    ours = ("chain", "binomial", "tree", "twotree", "flat")
+    assert choice_is_settled(60_000, 64, algorithms=ours)
+    # ... except MPI's own broadcast from 8 ranks on, whose scatter carries fewer bytes on
+    # the longest path than our binomial tree and wins where bytes cost more than hops
+    assert not choice_is_settled(60_000, 64)
     # A large file's best chunk depends on latency × bandwidth: it must be measured.
     assert not choice_is_settled(64 << 20, 8, max_chunk=16 << 20)
     # Everything fixed by the user: nothing to choose.

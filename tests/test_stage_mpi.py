@@ -21,6 +21,7 @@ from mpi4py import MPI
 import mpistage
 from mpistage import UsageError
 from mpistage import decide as decide_module
+from mpistage.model import TIE
 from mpistage.options import DEFAULT_MEMORY
 from mpistage.digest import file_digest
 from mpistage.sink import TEMP_SUFFIX
@@ -475,7 +476,8 @@ def test_calibrate_then_explain_without_moving_data(area, make_file, assert_all)
     auto = mpistage.explain(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
                             calibration=path)
     assert_all(auto is not None and auto.source == "calibration" and auto.nodes == COMM.size)
-    assert_all(auto.choice.predicted == min(t for _, t in auto.choice.predictions.values()))
+    fastest = min(t for _, t in auto.choice.predictions.values())
+    assert_all(fastest <= auto.choice.predicted <= fastest * (1 + TIE), "a tie goes to the first")
     fixed = mpistage.explain(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
                              calibration=path, algorithm="flat", chunk_size=1 << 20)
     assert_all(fixed.choice.algorithm == "flat" and fixed.choice.chunk_size == 1 << 20)
