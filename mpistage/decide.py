@@ -78,7 +78,7 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
         return None
     tiny = bytearray(1)
     lead = bytearray(min(max(size, _PROBE_MIN), _PROBE_MAX))
-    timed = memoryview(lead)[: len(lead) // 2]
+    timed = bytearray(len(lead) // 2)  # not a view of ``lead``: receives may not overlap
     if comm.rank == peer:
         for _ in range(4):
             _exchange(comm, [comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
