@@ -58,7 +58,7 @@ class Prediction:
                 "nodes": self.nodes, "auto": self.auto, **self.choice.to_dict()}
 
 
-def _exchange(comm: MPI.Comm, requests: list[MPI.Request], timeout: float) -> None:
+def _exchange(requests: list[MPI.Request], timeout: float) -> None:
     """Wait for ``requests``, polling every 20 µs (the probe is short, and a late
     wake-up would count as transfer time)."""
     deadline = time.monotonic() + timeout
@@ -81,24 +81,24 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
     timed = bytearray(len(lead) // 2)  # not a view of ``lead``: receives may not overlap
     if comm.rank == peer:
         for _ in range(4):
-            _exchange(comm, [comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
-            _exchange(comm, [comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
+            _exchange([comm.Irecv(tiny, source=root, tag=_PROBE_TAG)], timeout)
+            _exchange([comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
         interval = _arrivals(comm.Irecv(lead, source=root, tag=_PROBE_TAG),
                              comm.Irecv(timed, source=root, tag=_PROBE_TAG), timeout)
-        _exchange(comm, [comm.Isend(array("d", [interval]), dest=root, tag=_PROBE_TAG)], timeout)
+        _exchange([comm.Isend(array("d", [interval]), dest=root, tag=_PROBE_TAG)], timeout)
         return None
     trips = []
     for _ in range(4):  # the first round trip may set up the connection: not counted
         started = time.perf_counter()
-        _exchange(comm, [comm.Isend(tiny, dest=peer, tag=_PROBE_TAG)], timeout)
-        _exchange(comm, [comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
+        _exchange([comm.Isend(tiny, dest=peer, tag=_PROBE_TAG)], timeout)
+        _exchange([comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
         trips.append(time.perf_counter() - started)
     latency = min(trips[1:]) / 2
     interval = array("d", [0.0])
     started = time.perf_counter()
-    _exchange(comm, [comm.Isend(lead, dest=peer, tag=_PROBE_TAG),
+    _exchange([comm.Isend(lead, dest=peer, tag=_PROBE_TAG),
                      comm.Isend(timed, dest=peer, tag=_PROBE_TAG)], timeout)
-    _exchange(comm, [comm.Irecv(interval, source=peer, tag=_PROBE_TAG)], timeout)
+    _exchange([comm.Irecv(interval, source=peer, tag=_PROBE_TAG)], timeout)
     elapsed = time.perf_counter() - started - 2 * latency
     if interval[0] < _PROBE_PAUSE * 10:
         # the receiver was not scheduled while the second message arrived (more ranks
@@ -112,13 +112,9 @@ def _arrivals(lead: MPI.Request, timed: MPI.Request, timeout: float) -> float:
     """Seconds between the two receives' completions, polled every 20 µs: the second
     message's time on the link, once the first drained what a fresh connection or a
     shaper's bucket lets through faster than the link's rate."""
-    deadline = time.monotonic() + timeout
-    while not lead.Test():
-        if time.monotonic() > deadline:
-            raise Stalled(f"the link probe made no progress for {timeout:g} s")
-        time.sleep(_PROBE_PAUSE)
+    _exchange([lead], timeout)
     first = time.perf_counter()
-    _exchange(MPI.COMM_SELF, [timed], timeout)
+    _exchange([timed], timeout)
     return time.perf_counter() - first
 
 
