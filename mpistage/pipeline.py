@@ -168,6 +168,7 @@ class Engine:
         self._awaited = first  # the chunk a receive is waiting for
         self._early: set[int] = set()  # chunks forwarded as they arrived, ahead of their turn
         self._started = 0.0
+        self._cpu_started = 0.0
         # How long waiting for a chunk, and for a send to finish, has been taking.
         self._receive_pace, self._send_pace = Pace(), Pace()
 
@@ -339,6 +340,7 @@ class Engine:
         writes may still be under way: :meth:`finish_writes` waits for them.
         """
         self._started = time.perf_counter()
+        self._cpu_started = time.process_time()
         self.writer.start()
         if self.source is not None:
             self.source.first, self.source.until = self._first, self._local_until
@@ -433,6 +435,9 @@ class Engine:
         self.writer.finish(self.timeout, heartbeat)
         self.pool.close()
         self.clock.add("transfer", time.perf_counter() - self._started)
+        # The process's CPU (every thread) over the same span: a sweep's evidence of
+        # runs bound by this machine's cores rather than by the links.
+        self.clock.add("cpu", time.process_time() - self._cpu_started)
         return self.result()
 
     def result(self) -> EngineResult:

@@ -27,7 +27,7 @@ SCHEMA = "mpistage.report/1"
 #: Phases in the order a run goes through them.
 PHASES = (
     "startup", "plan", "read", "encode", "wait", "decode", "write", "digest", "transfer",
-    "fsync", "verify", "rename", "total",
+    "cpu", "fsync", "verify", "rename", "total",
 )
 
 
