@@ -11,7 +11,8 @@ with the wait: up to an eighth of the time waited so far, or of the time the cal
 pause is then half of that).  A wait then costs a few dozen wake-ups whatever its
 length, and a completion is seen at most about an eighth of a wait late.  MPI data
 keeps flowing meanwhile: the kernel's socket buffers take what arrives while the rank
-sleeps, and no pause exceeds 20 ms (a few MiB at 1 Gbit/s).
+sleeps, and no pause exceeds 20 ms, or the ``longest`` the caller allows (the pipeline:
+the time its links take to carry 64 KiB, :data:`mpistage.pipeline.SLEEP_BYTES`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _PAUSE_CAP = 20e-3
 
 
 def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
-         on_wake: Callable[[], object] | None = None) -> bool:
+         on_wake: Callable[[], object] | None = None, longest: float | None = None) -> bool:
     """Wait for every request; ``False`` if ``timeout`` seconds pass first.
 
     Args:
@@ -40,17 +41,19 @@ def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float
             docstring); 0 when it does not know.
         on_wake: called at every wake-up that did not end the wait (other work that
             must not wait for this, e.g. posting the next send of a chunk).
+        longest: the longest pause (seconds; ``None``, or more than 20 ms: 20 ms).
 
     Raises:
         MPI.Exception: a request failed (a peer died, a connection was reset).
     """
     requests = list(requests)
     return _sleep_until(lambda: True if MPI.Request.Testall(requests) else None,
-                        timeout, expected, on_wake) is not None
+                        timeout, expected, on_wake, longest) is not None
 
 
 def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
-             on_wake: Callable[[], object] | None = None) -> int | None:
+             on_wake: Callable[[], object] | None = None,
+             longest: float | None = None) -> int | None:
     """Wait for one of ``requests`` (any); the index of one that completed (its request
     object is now complete and null), or ``None`` if ``timeout`` seconds pass first.
     Sleeps between polls as :func:`poll` does.
@@ -62,21 +65,22 @@ def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: f
         index, done = MPI.Request.Testany(requests)
         return index if done and index != MPI.UNDEFINED else None
 
-    return _sleep_until(arrived, timeout, expected, on_wake)
+    return _sleep_until(arrived, timeout, expected, on_wake, longest)
 
 
 _T = TypeVar("_T")
 
 
 def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected: float,
-                 on_wake: Callable[[], object] | None) -> _T | None:
+                 on_wake: Callable[[], object] | None, cap: float | None = None) -> _T | None:
     """``check()``'s first result that is not ``None``, asleep between checks, with
     pauses that grow (see the module's docstring); ``None`` after ``timeout`` seconds."""
     if (result := check()) is not None:
         return result
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
-    pause = min(expected / 2, _PAUSE_CAP) if expected > 4 * _LONGEST_PAUSE else _FIRST_PAUSE
+    cap = _PAUSE_CAP if cap is None else min(cap, _PAUSE_CAP)
+    pause = min(expected / 2, cap) if expected > 4 * _LONGEST_PAUSE else _FIRST_PAUSE
     while True:
         if deadline is not None:
             pause = min(pause, max(deadline - time.monotonic(), 0.0))
@@ -88,7 +92,7 @@ def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected
             return None
         if on_wake is not None:
             on_wake()
-        longest = min(max(_LONGEST_PAUSE, max(expected, now - started) / 8), _PAUSE_CAP)
+        longest = min(max(_LONGEST_PAUSE, max(expected, now - started) / 8), cap)
         pause = min(pause * 2, longest)
 
 
