@@ -141,6 +141,7 @@ def record(store: ResultStore, cluster: EmulatedCluster, hosts: list[int], src: 
             seconds = report["transfer_seconds"]
             store.append(config, {
                 "seconds": seconds, "elapsed": report["elapsed"], "ok": True,
+                "cores": os.cpu_count() or 1,  # for the ranks' CPU load (bench/report.py)
                 "predicted": prediction.get("predicted", float("nan")),
                 "chosen_algorithm": report["algorithm"], "chosen_chunk": report["chunk_size"],
                 "quick_latency": (prediction.get("parameters") or {}).get("latency") or float("nan"),

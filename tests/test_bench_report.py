@@ -58,7 +58,7 @@ def test_report_fits_tabulates_and_plots(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     text = run.stdout
     assert "α = 300 us, B = 92.0 Mbit/s" in text, "the joint fit recovers the truth"
-    assert "| chain | 9 | 0 % | 0 % | 10 % | 10 % |" in text
+    assert "| chain | 9 | 0 % | 0 % | 0 | - | 10 % | 10 % |" in text
     assert "picked the algorithm that measured fastest in" in text
     assert "Chain to 8 hosts, 64 MiB:" in text and "against one point-to-point transfer" in text
     for name in ("model-100mbit-size.png", "model-100mbit-nodes.png", "report.md"):
@@ -82,3 +82,30 @@ def test_check_fails_and_names_each_missed_goal(tmp_path: Path) -> None:
     missed = [line for line in run.stdout.splitlines() if line.startswith("MISSED")]
     assert len(missed) == 1 and "100mbit binomial: max error" in missed[0], run.stdout
     assert run.stdout.splitlines()[-1] == "1 of 11 goals missed"
+
+
+def test_cpu_bound_and_too_short_points_are_left_out_of_the_goals_and_listed(tmp_path: Path) -> None:
+    """A run whose ranks kept the cores busy, or whose file a link carries within a few
+    token buckets, misses the link model for reasons the model is not about: the goals
+    leave it out, the report lists it with its evidence."""
+    results = tmp_path / "sweep.h5"
+    synthetic_sweep(results, repeats=3)
+    with ResultStore(results) as store:
+        seconds = 1.5 * predict("chain", 16 << 20, 16, 1 << 20, TRUTH)
+        busy = [{"rank": i, "node": i, "leader": True, "phases": {"cpu": seconds * 2 * 0.8 / 16}}
+                for i in range(16)]
+        for repeat in range(3):
+            store.append({"rate": "100mbit", "nodes": 16, "size": 16 << 20, "method": "mpistage",
+                          "algorithm": "chain", "chunk": 1 << 20, "arity": 2, "repeat": repeat},
+                         {"seconds": seconds, "ok": True}, busy)
+        store.append({"rate": "100mbit", "nodes": 8, "size": 256 << 10, "method": "mpistage",
+                      "algorithm": "tree", "chunk": 1 << 20, "arity": 2, "repeat": 0},
+                     {"seconds": 2 * predict("tree", 256 << 10, 8, 1 << 20, TRUTH), "ok": True})
+    run = report("--results", str(results), "--check", "--cores", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok: 100mbit chain: max error 0 % (goal ≤ 15 %, 9 points; with the 1 CPU-bound " \
+        "or too short: 33 %)" in run.stdout
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| 16 ")]
+    assert rows and "| -33 % | 80 % |" in rows[0] and rows[0].endswith("| CPU-bound |"), rows
+    assert any(line.startswith("| 8 | 256.0 KiB | tree") and line.endswith("| too short |")
+               for line in run.stdout.splitlines()), run.stdout
