@@ -1,6 +1,6 @@
 """Hold a sweep's measurements against the cost model: fit, errors, choices, plots.
 
-    python bench/report.py --results bench/results/sweep.h5 --plots bench/results
+    python bench/report.py --results bench/results/sweep-3x.h5 --plots bench/results/sweep-3x
     python bench/report.py --results a.h5 --merge b.h5 c.h5     # merge sweeps first
     python bench/report.py --check    # exit 1 if the results miss the goals below
 
@@ -372,7 +372,7 @@ def percent(values: list[float], how) -> str:  # type: ignore[no-untyped-def]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="bench/results/sweep.h5")
+    parser.add_argument("--results", default="bench/results/sweep-3x.h5")
     parser.add_argument("--merge", nargs="*", default=[], help="merge these files in first")
     parser.add_argument("--plots", help="directory for the PNG plots")
     parser.add_argument("--check", action="store_true",

@@ -7,9 +7,10 @@ appended to an HDF5 file as soon as it finishes, so a sweep can be stopped and r
 transfer of the same bytes (the bound), MPI's default ``MPI_Bcast``, and MPICH's own
 large-message algorithms forced through ``MPIR_CVAR_BCAST_INTRA_ALGORITHM``.
 
-Needs root (network namespaces).  Example (the committed results):
+Needs root (network namespaces).  Example (the committed results, three repeats of each
+configuration; ``bench/results/sweep.h5`` is an earlier sweep with one):
 
-    sudo .venv/bin/python bench/sweep.py --out bench/results/sweep.h5
+    sudo .venv/bin/python bench/sweep.py --out bench/results/sweep-3x.h5 --repeat 3
 """
 
 from __future__ import annotations
@@ -153,14 +154,16 @@ def record(store: ResultStore, cluster: EmulatedCluster, hosts: list[int], src: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="bench/results/sweep.h5")
+    parser.add_argument("--out", default="bench/results/sweep-3x.h5")
     parser.add_argument("--name", default="mstsweep", help="emulated cluster's name")
     parser.add_argument("--rates", default="100mbit,1gbit")
     parser.add_argument("--nodes", default="2,4,8,16")
     parser.add_argument("--sizes", default="1M,4M,16M,64M")
     parser.add_argument("--runs", default=DEFAULT_RUNS,
                         help="ALGORITHM:CHUNK pairs for mpistage (default %(default)s)")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each configuration (default %(default)s; reports take "
+                        "their median)")
     parser.add_argument("--cap", type=float, default=40.0,
                         help="leave out runs the model expects to take longer (seconds)")
     parser.add_argument("--budget-minutes", type=float, default=60.0)

@@ -17,6 +17,7 @@ is the bottleneck.
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 from dataclasses import dataclass, replace
@@ -27,8 +28,8 @@ from mpi4py import MPI
 from .algorithms import SCHEDULES
 from .codec import CodecCost
 from .errors import Stalled
-from .model import (ASSUMED, ASSUMED_FILE_COST, MODELLED, Choice, Parameters,
-                    choice_is_settled, choose)
+from .model import (ASSUMED, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE, MODELLED, Choice,
+                    Parameters, choice_is_settled, choose)
 from .plan import Plan, SourceInfo
 from .streams import ASSUMED_STREAM_SIZE
 
@@ -155,6 +156,9 @@ def decide(
     elif params is None:
         params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
+        if params is not None:
+            params = replace(params, read_bandwidth=ASSUMED_LOCAL_RATE,
+                             write_bandwidth=ASSUMED_LOCAL_RATE)
     if comm.rank != root:
         return None
     assert params is not None
@@ -164,5 +168,7 @@ def decide(
     prediction = Prediction(source=source, parameters=params, nodes=comm.size, choice=choice,
                             auto=auto_algorithm or auto_chunk)
     plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm,
-                   codec=choice.codec)
+                   codec=choice.codec,
+                   link_rate=0.0 if source == "assumed" or not math.isfinite(params.bandwidth)
+                   else params.bandwidth)
     return plan, prediction

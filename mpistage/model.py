@@ -273,6 +273,12 @@ BRACKET = (
 )
 #: What a run assumes of the link when the choice is settled without measuring it.
 ASSUMED = BRACKET[1]
+#: Bytes/s a node reads or writes where not calibrated (the quick probe measures the
+#: link only): this machine's page cache and tmpfs through mpistage's reader and writer
+#: threads, 1.0-1.5 GB/s.  Not infinite: a pipeline's first read and last write overlap
+#: nothing, so one 16 MiB chunk costs ~30 ms more than 1 MiB ones (2 hosts at 1 Gbit/s:
+#: 0.17 s against 0.14 s), which the chunk choice must see.
+ASSUMED_LOCAL_RATE = 1e9
 #: φ where it was not calibrated: creating a file, setting its mode and mtime and
 #: closing it took 24 µs on tmpfs and 63 µs on ext4 here (Python's system calls), plus
 #: the tree sink's own work per file.

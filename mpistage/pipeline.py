@@ -65,7 +65,24 @@ SENDS_IN_FLIGHT = 1
 #: up to 20 ms 6.85 s, 5 ms 5.86 s, 2 ms 5.77 s, 0.5 ms 5.83 s; CPU per rank 0.6, 0.6,
 #: 0.7, 1.0 s (point-to-point 5.61 s).  64 KiB take 5 ms at 100 Mbit/s.
 SLEEP_BYTES = 64 * 1024
+#: Bytes/s to take a link for when the plan does not know (a small file is sent without
+#: probing the link first): pauses of 0.5 ms at most.
+UNKNOWN_LINK_RATE = 125e6
 DEFAULT_TIMEOUT = 120.0
+
+
+def longest_pause(chunk: int, message: int, chunk_seconds: float, link_rate: float) -> float:
+    """How long a rank may sleep in a wait: the time the links take to carry
+    :data:`SLEEP_BYTES`, or an eighth of MPI's largest ``message`` if less (the next is
+    begun only when this rank wakes: a send after the one in flight, a collective's next
+    step), by ``link_rate`` (the plan's, known from the start: a rank waiting for its
+    first chunk far down a chain would otherwise sleep ever longer and see it late, hop
+    after hop; 0: :data:`UNKNOWN_LINK_RATE`) and by ``chunk_seconds`` (the pace of such
+    waits, 0 unknown: a chunk's wait is about as long as the link needs for it); the
+    shorter."""
+    wake = min(SLEEP_BYTES, message / 8)
+    by_link = wake / (link_rate or UNKNOWN_LINK_RATE)
+    return min(by_link, chunk_seconds * min(1.0, wake / chunk)) if chunk_seconds else by_link
 
 
 def _no_progress(done: int, total: int) -> None:
@@ -216,8 +233,7 @@ class Engine:
         """
         started = time.perf_counter()
         pace = self._receive_pace if receiving else self._send_pace
-        # A chunk's wait takes about as long as the link needs for it: SLEEP_BYTES of it.
-        longest = pace.expected * min(1.0, SLEEP_BYTES / self.plan.chunk_size)
+        longest = self._longest_pause(pace)
         try:
             if any_of:
                 arrived = poll_any(requests, self.timeout, expected=pace.expected,
@@ -237,6 +253,11 @@ class Engine:
             self._suspect(receiving)
             raise Stalled(f"{self._stalled_on(receiving)} for {self.timeout:g} s")
         return arrived or 0
+
+    def _longest_pause(self, pace: Pace) -> float:
+        chunk = self.plan.chunk_size
+        return longest_pause(chunk, self.schedule.message_bytes(chunk), pace.expected,
+                             self.plan.link_rate)
 
     def _suspect(self, receiving: bool, failed: Forward | None = None) -> None:
         """Name the children a stalled or failed send was for (:func:`suspects`)."""

@@ -72,17 +72,21 @@ class Plan(SourceInfo):
         chunk_size: bytes per pipeline message.
         algorithm: schedule name (never ``auto``: the root resolves it first).
         codec: how chunks travel (:mod:`mpistage.codec`; never ``auto`` either).
+        link_rate: bytes/s the model has for a link (the probe's or the calibration's;
+            0 unknown): how long a rank may sleep in a wait (:mod:`mpistage.pipeline`).
     """
 
     chunk_size: int
     algorithm: str
     codec: str = "none"
+    link_rate: float = 0.0
 
     @classmethod
     def of(cls, info: SourceInfo, *, chunk_size: int, algorithm: str,
-           codec: str = "none") -> Plan:
+           codec: str = "none", link_rate: float = 0.0) -> Plan:
         return cls(**{f.name: getattr(info, f.name) for f in fields(SourceInfo)},
-                   chunk_size=check_chunk_size(chunk_size), algorithm=algorithm, codec=codec)
+                   chunk_size=check_chunk_size(chunk_size), algorithm=algorithm, codec=codec,
+                   link_rate=link_rate)
 
     @property
     def nchunks(self) -> int:

@@ -16,6 +16,7 @@ from functools import cache
 
 from mpi4py import MPI
 
+from . import bcast_model
 from .buffers import Buffer
 
 #: Tag of every data message; MPI keeps messages between two ranks in order, so one tag
@@ -296,6 +297,12 @@ class Schedule(ABC):
         """The rank chunk ``k`` comes from (``None``: the root, or a collective's)."""
         return None
 
+    def message_bytes(self, chunk: int) -> int:
+        """The largest message MPI moves at once for a chunk of ``chunk`` bytes: the
+        next one is begun only when this rank wakes, so its waits must wake well within
+        a message's time (:meth:`mpistage.pipeline.Engine._longest_pause`)."""
+        return chunk
+
     def min_depth(self) -> int:
         """Buffers the engine needs at least (more than ``--depth``'s default where
         chunks arrive out of order and wait for earlier ones to be written)."""
@@ -445,3 +452,10 @@ class BcastSchedule(Schedule):
     def post_forward(self, buf: Buffer, k: int) -> Forward:
         return Forward([lambda: self.comm.Ibcast(buf, root=self.root)] if self.is_root else [],
                        one_in_flight=False)
+
+    def message_bytes(self, chunk: int) -> int:
+        """MPICH's scatter + allgather moves a chunk in pieces of chunk/N, each begun
+        only when the ranks it joins call MPI (:mod:`mpistage.bcast_model`)."""
+        if bcast_model.algorithm(chunk, self.comm.size) == "binomial":
+            return chunk
+        return -(-chunk // self.comm.size)

@@ -67,6 +67,22 @@ def test_binomial_children_largest_subtree_first() -> None:
     assert binomial_parent(6, 8) == 4
 
 
+def test_mpi_broadcast_moves_a_chunk_in_pieces_from_8_ranks() -> None:
+    """What a wait must wake for (pipeline.longest_pause): MPICH's Ibcast is a binomial
+    tree of whole chunks below 8 ranks, scatter + allgather of chunk/N pieces from 8."""
+    from types import SimpleNamespace
+
+    from mpistage.schedules import BcastSchedule, ChainSchedule
+
+    def on(size: int, kind: type) -> object:
+        return kind(SimpleNamespace(rank=0, size=size), 0)
+
+    assert on(4, BcastSchedule).message_bytes(1 << 20) == 1 << 20
+    assert on(8, BcastSchedule).message_bytes(1 << 20) == 128 << 10
+    assert on(16, BcastSchedule).message_bytes((1 << 20) + 1) == (64 << 10) + 1
+    assert on(16, ChainSchedule).message_bytes(1 << 20) == 1 << 20
+
+
 def test_chain_is_a_line() -> None:
     assert [chain_children(v, 4) for v in range(4)] == [[1], [2], [3], []]
     assert [chain_parent(v, 4) for v in range(4)] == [None, 0, 1, 2]
