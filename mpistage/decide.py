@@ -123,10 +123,11 @@ def decide(
     comm: MPI.Comm, root: int, info: SourceInfo, *, calibration: Parameters | None,
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
     max_chunk: int | None = None, files: int = 0,
-    codecs: tuple[CodecCost | None, ...] = (None,),
+    codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
-    ``max_chunk``, the memory budget's limit), and the model's prediction; on the root
+    ``max_chunk``, the memory budget's limit, and an algorithm's buffers within ``memory``:
+    :func:`~mpistage.model.choose`), and the model's prediction; on the root
     of ``comm`` (the transfer's participants), ``None`` on its other ranks.
 
     Collective over ``comm``: without a calibration the root measures its first link,
@@ -147,7 +148,7 @@ def decide(
         algorithms = tuple(a for a in algorithms if SCHEDULES[a].point_to_point)
     candidates = dict(algorithms=algorithms,
                       chunk_size=None if auto_chunk else int(chunk_size), arity=arity,
-                      max_chunk=max_chunk, files=files, codecs=codecs)
+                      max_chunk=max_chunk, files=files, codecs=codecs, memory=memory)
     size = info.size or ASSUMED_STREAM_SIZE if info.stream else info.size
     params, source = calibration, "calibration"
     if (params is None and size <= _PROBE_MAX

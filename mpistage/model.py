@@ -231,23 +231,35 @@ class Choice:
 TIE = 0.03
 
 
+def fits(algorithm: str, nodes: int, chunk: int, memory: int | None) -> bool:
+    """Whether ``memory`` holds the chunk buffers ``algorithm`` needs at least."""
+    return memory is None or SCHEDULES[algorithm].buffers_needed(nodes) * chunk <= memory
+
+
 def choose(
     size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = MODELLED,
     chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
-    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,),
+    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
 ) -> Choice:
     """The algorithm and codec (and, unless ``chunk_size`` is given, chunk, at most
-    ``max_chunk``) predicted fastest.  ``codecs``: the codecs to weigh, each with its
-    cost on this source (``None``: sending as is).  Encoded chunks need point-to-point
-    schedules (their lengths differ; MPI's broadcast needs every rank's count)."""
+    ``max_chunk``, and at most what ``memory`` holds of the buffers the algorithm needs
+    at least) predicted fastest; an algorithm whose buffers of ``chunk_size`` overflow
+    ``memory`` is left out.  ``codecs``: the codecs to weigh, each with its cost on this
+    source (``None``: sending as is).  Encoded chunks need point-to-point schedules
+    (their lengths differ; MPI's broadcast needs every rank's count)."""
     best: Choice | None = None
     weighed: dict[str, float] = {}
     for codec in codecs:
-        usable = tuple(a for a in algorithms if codec is None or SCHEDULES[a].point_to_point)
+        usable = tuple(a for a in algorithms if (codec is None or SCHEDULES[a].point_to_point)
+                       and fits(a, nodes, chunk_size or CHUNK_CHOICES[0], memory))
         predictions = {}
         for algorithm in usable:
+            cap = max_chunk
+            if memory is not None:
+                held = memory // SCHEDULES[algorithm].buffers_needed(nodes)
+                cap = held if cap is None else min(cap, held)
             chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity,
-                                                max_chunk=max_chunk, files=files, codec=codec)
+                                                max_chunk=cap, files=files, codec=codec)
             predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params,
                                                      arity, files, codec))
         if not predictions:
@@ -288,7 +300,7 @@ ASSUMED_FILE_COST = 50e-6
 def choice_is_settled(
     size: int, nodes: int, *, algorithms: tuple[str, ...] = MODELLED,
     chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
-    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,),
+    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
 ) -> bool:
     """Whether :func:`choose` picks the same algorithm and chunk whatever the link
     (over :data:`BRACKET`): then measuring the link first is time lost.  It is, e.g.,
@@ -296,7 +308,7 @@ def choice_is_settled(
     for a large file, whose best chunk depends on latency × bandwidth."""
     picks = {(c.algorithm, c.chunk_size, c.codec) for c in (
         choose(size, nodes, params, algorithms=algorithms, chunk_size=chunk_size,
-               arity=arity, max_chunk=max_chunk, files=files, codecs=codecs)
+               arity=arity, max_chunk=max_chunk, files=files, codecs=codecs, memory=memory)
         for params in BRACKET)}
     return len(picks) == 1
 

@@ -304,8 +304,14 @@ class Schedule(ABC):
         return chunk
 
     def min_depth(self) -> int:
-        """Buffers the engine needs at least (more than ``--depth``'s default where
-        chunks arrive out of order and wait for earlier ones to be written)."""
+        """Buffers the engine needs at least on this communicator (:meth:`buffers_needed`)."""
+        return self.buffers_needed(self.comm.size)
+
+    @classmethod
+    def buffers_needed(cls, nodes: int) -> int:
+        """Chunk buffers a node needs at least, to ``nodes`` nodes (more than
+        ``--depth``'s default where chunks arrive out of order and wait for earlier
+        ones to be written); ``--memory`` must hold them."""
         return 2
 
     @classmethod

@@ -32,7 +32,7 @@ from .copies import FileCopy, PipeCopy, SourceOutcome
 from .decide import AUTO, Prediction, decide
 from .errors import CommandFailed, RootLost, Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
-from .model import Parameters
+from .model import CHUNK_CHOICES, Parameters, fits
 from .mpi_library import fail_fast
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .buffers import BufferPool, PhaseClock
@@ -46,6 +46,7 @@ from .source import FileSource
 from .sources import Sources, SourceSpec
 from .streams import STDIN, StreamInput, StreamSource, describe_stream, is_stream, open_stream
 from .topology import Topology
+from .units import format_bytes
 from .waiting import quiet_barrier
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
@@ -375,13 +376,22 @@ def _decide_plan(
     by the model over the links among the nodes that need the file (the root measures
     one when there is no calibration).  When no node needs the file nothing is measured
     and ``auto`` means the defaults."""
+    nodes = len(participants(topo, checks))
+    if not options.auto_algorithm:
+        least = CHUNK_CHOICES[0] if options.auto_chunk else int(options.chunk_size)
+        if not fits(options.algorithm, nodes, least, options.memory):
+            need = SCHEDULES[options.algorithm].buffers_needed(nodes)
+            raise UsageError(
+                f"{options.algorithm} to {nodes} nodes keeps {need} chunks per node: "
+                f"{need} x {format_bytes(least)} is more than the memory budget of "
+                f"{format_bytes(options.memory)}: use a smaller chunk or a larger --memory")
     decided: tuple[Plan, Prediction | None] | None = None
     if transfer_comm is not None:
         decided = decide(transfer_comm, participants(topo, checks).index(topo.root_node),
                          info, calibration=params, algorithm=options.algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
                          timeout=options.timeout, max_chunk=options.max_auto_chunk,
-                         files=files, codecs=codecs)
+                         files=files, codecs=codecs, memory=options.memory)
     if topo.comm.rank == options.root and decided is None:
         decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
                            if options.auto_chunk

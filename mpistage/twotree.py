@@ -29,7 +29,7 @@ order: in order, a node would hold tree 0's chunk k until tree 1's chunk k − 1
 which waits on tree 0 elsewhere, and the two trees would step together at the pace of
 their depths (2·log2 N hops per chunk, :mod:`mpistage.simulate` shows it).  Chunks that
 arrive ahead wait in buffers to be written in order, so the schedule asks for more of
-them (:meth:`TwoTreeSchedule.min_depth`).
+them (:meth:`TwoTreeSchedule.buffers_needed`; ``--memory`` must hold them).
 """
 
 from __future__ import annotations
@@ -118,12 +118,13 @@ class TwoTreeSchedule(Schedule):
     def parent_for(self, k: int) -> int | None:
         return self.parents[tree_of(k)]
 
-    def min_depth(self) -> int:
+    @classmethod
+    def buffers_needed(cls, nodes: int) -> int:
         """A node may sit two hops deeper in one tree than in the other for every level
         of the heaps, so one tree's chunks arrive up to the fill ahead of the other's;
         they wait in buffers to be written in order, and the receives for the other
         tree's chunks must still be posted: the fill plus a few buffers."""
-        return max(twotree_fill(self.comm.size)) + 3
+        return max(twotree_fill(nodes)) + 3
 
     def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
         parent = self.parents[tree_of(k)]

@@ -201,6 +201,19 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
 
 
 @needs_mpiexec
+def test_twotree_chunks_that_overflow_the_memory_budget_are_refused(src: Path, tmp_path: Path) -> None:
+    """Twotree holds up to its fill of chunks per node (5 at 3 nodes): 5 x 16 MiB is more
+    than 64 MiB, so the run is refused with one line, before anything is sent."""
+    run = mpistage("--ranks-as-nodes", "-a", "twotree", "-c", "16M", "--memory", "64M",
+                   str(src), str(tmp_path / "n{node}"), n=3)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == ("mpistage: error: twotree to 3 nodes keeps 5 chunks per "
+                                  "node: 5 x 16.0 MiB is more than the memory budget of "
+                                  "64.0 MiB: use a smaller chunk or a larger --memory")
+    assert not any((tmp_path / f"n{node}" / "input.dat").exists() for node in range(3))
+
+
+@needs_mpiexec
 @pytest.mark.parametrize("nodes", range(1, 18))
 def test_twotree_delivers_every_byte_to_1_to_17_nodes(nodes: int, tmp_path: Path) -> None:
     """Two trees over every node count from 1 to 17 (heaps of every shape: full, one

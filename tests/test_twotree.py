@@ -10,7 +10,8 @@ from mpi4py import MPI
 
 from mpistage.model import Parameters, choose, predict, shape
 from mpistage.schedules import Forward
-from mpistage.twotree import TREES, tree_of, twotree_children, twotree_fill, twotree_parent
+from mpistage.twotree import (TREES, TwoTreeSchedule, tree_of, twotree_children, twotree_fill,
+                              twotree_parent)
 
 
 def _reached(size: int, tree: int) -> list[int]:
@@ -95,3 +96,21 @@ def test_a_later_chunk_waits_for_its_own_child_only() -> None:
     for tag in (1, 2):
         MPI.COMM_SELF.Recv(bytearray(8), source=0, tag=tag)
     assert chunk1.advance() and chunk2.advance()
+
+
+def test_the_memory_budget_holds_the_buffers_twotree_needs() -> None:
+    """Twotree keeps up to its fill of chunks waiting per node (buffers_needed, more at
+    more nodes): auto's chunk shrinks to fit --memory, a fixed chunk that cannot is
+    left out of auto's choice (and refused when asked for: tests/test_cli.py)."""
+    from mpistage.model import fits
+
+    need = TwoTreeSchedule.buffers_needed(1024)
+    assert need == 22 and TwoTreeSchedule.buffers_needed(2) == 4
+    assert [TwoTreeSchedule.buffers_needed(n) for n in (8, 64, 4096)] == [8, 14, 26]
+    link = Parameters(latency=5e-6, bandwidth=1.25e9)
+    free = choose(10 << 30, 1024, link, algorithms=("twotree",))
+    tight = choose(10 << 30, 1024, link, algorithms=("twotree",), memory=need << 20)
+    assert free.chunk_size > 1 << 20 >= tight.chunk_size
+    assert not fits("twotree", 1024, 16 << 20, 64 << 20) and fits("chain", 1024, 16 << 20, 64 << 20)
+    fixed = choose(10 << 30, 1024, link, chunk_size=16 << 20, memory=64 << 20)
+    assert "twotree" not in fixed.predictions and fixed.algorithm != "twotree"
