@@ -49,13 +49,12 @@ SourceFactory = Callable[[Plan, BufferPool, PhaseClock], ChunkSource]
 
 DEFAULT_DEPTH = 4
 #: Sends in flight to one child at most (:class:`mpistage.schedules.Forward`).  One
-#: costs throughput at large chunks: the link idles between chunks until this rank
-#: wakes up and posts the next send (a chain to 8 hosts at 100 Mbit/s, 64 MiB: 5.83 s
-#: with 64 KiB chunks; with 256 KiB 6.86 s, and 5.83 s with two in flight; 1 MiB 7.17 s
-#: and 6.35 s; point-to-point 5.61 s).  Two are unsafe: a second send to a child that
-#: died blocks inside ``MPI_Isend`` until MPICH's retry limit, again at every retry, and
-#: its parent, silent meanwhile, was counted lost with it (a randomised kill, seed
-#: 614042548, run 22).
+#: cost throughput at large chunks while ranks slept long between polls (a chain to 8
+#: hosts at 100 Mbit/s, 64 MiB in 256 KiB chunks: 6.86 s, 5.83 s with two in flight);
+#: with pauses bounded by :data:`SLEEP_BYTES`, 5.82-6.06 s (point-to-point 5.61 s).
+#: Two are unsafe: a second send to a child that died blocks inside ``MPI_Isend`` until
+#: MPICH's retry limit, again at every retry, and its parent, silent meanwhile, was
+#: counted lost with it (a randomised kill, seed 614042548, run 22).
 SENDS_IN_FLIGHT = 1
 #: Bytes the links may carry while this rank sleeps in a wait (:meth:`Engine._wait`'s
 #: longest pause is the time they take).  MPI's TCP transports move a message's data

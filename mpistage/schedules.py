@@ -123,9 +123,10 @@ class Forward:
     (:data:`mpistage.pipeline.SENDS_IN_FLIGHT`; the engine passes the children a chunk
     may not be sent to yet as :meth:`advance`'s ``blocked``; per child, not per position,
     because a schedule's children may differ from chunk to chunk, as in
-    :mod:`mpistage.twotree`).  One leaves the link idle while the next send is posted
-    (13-18 % slower at 256 KiB-1 MiB chunks at 100 Mbit/s, little at ``auto``'s 64-128
-    KiB); more is unsafe: with MPICH's TCP transport, a send posted to a process that
+    :mod:`mpistage.twotree`).  One leaves the link idle until this rank wakes and posts
+    the next send (its waits are bounded for that: :func:`mpistage.pipeline.longest_pause`;
+    a chain to 8 hosts at 100 Mbit/s in 256 KiB chunks is 4-8 % over point-to-point);
+    more is unsafe: with MPICH's TCP transport, a send posted to a process that
     died behind one still in flight blocks inside ``MPI_Isend`` until
     :func:`mpistage.mpi_library.limit_send_retries`'s limit (and for ever without it),
     where a node must notice the stall and go on without the child
