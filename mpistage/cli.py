@@ -124,7 +124,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                         f"(default {DEFAULT_DEPTH}; fewer if they exceed --memory)")
     parser.add_argument("--memory", type=_memory, default=DEFAULT_MEMORY, metavar="SIZE",
                         help="chunk buffer memory per node leader: depth × chunk stays "
-                        f"within it (default {format_bytes(DEFAULT_MEMORY)})")
+                        "within it, and twotree's extra buffers too "
+                        f"(default {format_bytes(DEFAULT_MEMORY)})")
     parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="give up when the transfer makes no progress for this long; must "
                         f"exceed one chunk's time on the slowest link; at most a week "
