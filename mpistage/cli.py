@@ -216,6 +216,20 @@ def _speak(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped
     sys.stderr.flush()
 
 
+#: Seconds rank 0 leaves the launcher to forward what it printed before it ends the job:
+#: hydra's proxy, told to kill its processes, may drop what is still in their pipes (a
+#: randomised kill, seed 3215513472, run 7: the report file written, the summary lost).
+OUTPUT_DRAIN = 0.5
+
+
+def _abort_after_output(comm, code: int) -> None:  # type: ignore[no-untyped-def]
+    """``MPI_Abort`` once what this rank printed has had the time to reach the launcher."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(OUTPUT_DRAIN)
+    comm.Abort(code)
+
+
 def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     """The --explain table: every algorithm's best chunk and predicted time, the choice."""
     if prediction is None:
@@ -356,11 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if report.stalled or report.missing_ranks or not report.reached_all:
                 # Some ranks are gone or cut off: MPI_Finalize could wait for them forever
                 # (and the launcher for their hosts).  The others have committed by now.
-                comm.Abort(report.exit_code)
+                _abort_after_output(comm, report.exit_code)
         return report.exit_code
     except ReportLost as exc:
         speaker.gave_up(str(exc))  # rank 0 spoke, unless it died after its summary
-        comm.Abort(1)
+        _abort_after_output(comm, 1)
         return 1
     except RootLost as exc:
         # The transfer's root (rank 0 unless --root) is gone: nobody else will speak,
