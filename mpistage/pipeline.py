@@ -236,11 +236,11 @@ class Engine:
         try:
             if any_of:
                 arrived = poll_any(requests, self.timeout, expected=pace.expected,
-                                   on_wake=self._advance_sends, longest=longest or None)
+                                   on_wake=self._advance_sends, longest=longest)
                 done = arrived is not None
             else:
                 done, arrived = poll(requests, self.timeout, expected=pace.expected,
-                                     on_wake=self._advance_sends, longest=longest or None), 0
+                                     on_wake=self._advance_sends, longest=longest), 0
         except MPI.Exception as exc:
             self._suspect(receiving, failed=on)
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
@@ -254,6 +254,7 @@ class Engine:
         return arrived or 0
 
     def _longest_pause(self, pace: Pace) -> float:
+        """:func:`longest_pause` for this plan, schedule and kind of wait."""
         chunk = self.plan.chunk_size
         return longest_pause(chunk, self.schedule.message_bytes(chunk), pace.expected,
                              self.plan.link_rate)
