@@ -268,7 +268,7 @@ def outliers(runs: list[Run], params: Parameters) -> list[str]:
 
 
 OUTLIER_HEADER = ["| nodes | size | algorithm | chunk | measured (median) | model | error "
-                  "| CPU load | spread of repeats | why |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| CPU load | spread of repeats | why |", "|---" * 10 + "|"]
 
 
 def baseline_lines(runs: list[Run]) -> list[str]:
