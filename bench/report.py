@@ -25,8 +25,8 @@ emulated links are token buckets: after a pause each lets a bucket through at fu
 speed (500 KB at 1 Gbit/s, 4 ms of the link's time), so a file that takes the link less
 than :data:`SHORT_BUCKETS` buckets' time is *too short* to time the link by.  Both kinds
 are left out of the fit and of the error goals, and their figures are listed.  Every
-point outside :data:`MAX_GOAL` is listed with its evidence: its CPU load, the spread
-of its repeats, how long the link needs for it.
+point outside :data:`MAX_GOAL` is listed with its evidence: its CPU load and the spread
+of its repeats.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def link_bound(runs: list[Run]) -> list[Run]:
 
 
 def left_out(runs: list[Run]) -> list[Run]:
+    """The runs :func:`link_bound` leaves out."""
     return [r for r in runs if cpu_bound(r) or too_short(r)]
 
 
