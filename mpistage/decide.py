@@ -98,7 +98,7 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
     interval = array("d", [0.0])
     started = time.perf_counter()
     _exchange([comm.Isend(lead, dest=peer, tag=_PROBE_TAG),
-                     comm.Isend(timed, dest=peer, tag=_PROBE_TAG)], timeout)
+               comm.Isend(timed, dest=peer, tag=_PROBE_TAG)], timeout)
     _exchange([comm.Irecv(interval, source=peer, tag=_PROBE_TAG)], timeout)
     elapsed = time.perf_counter() - started - 2 * latency
     if interval[0] < _PROBE_PAUSE * 10:

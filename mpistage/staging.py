@@ -376,18 +376,11 @@ def _decide_plan(
     by the model over the links among the nodes that need the file (the root measures
     one when there is no calibration).  When no node needs the file nothing is measured
     and ``auto`` means the defaults."""
-    nodes = len(participants(topo, checks))
-    if not options.auto_algorithm:
-        least = CHUNK_CHOICES[0] if options.auto_chunk else int(options.chunk_size)
-        if not fits(options.algorithm, nodes, least, options.memory):
-            need = SCHEDULES[options.algorithm].buffers_needed(nodes)
-            raise UsageError(
-                f"{options.algorithm} to {nodes} nodes keeps {need} chunks per node: "
-                f"{need} x {format_bytes(least)} is more than the memory budget of "
-                f"{format_bytes(options.memory)}: use a smaller chunk or a larger --memory")
+    taking_part = participants(topo, checks)
+    _check_buffers(options, len(taking_part))
     decided: tuple[Plan, Prediction | None] | None = None
     if transfer_comm is not None:
-        decided = decide(transfer_comm, participants(topo, checks).index(topo.root_node),
+        decided = decide(transfer_comm, taking_part.index(topo.root_node),
                          info, calibration=params, algorithm=options.algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
                          timeout=options.timeout, max_chunk=options.max_auto_chunk,
@@ -401,6 +394,20 @@ def _decide_plan(
     decided = topo.comm.bcast(decided, root=options.root)
     assert decided is not None
     return decided
+
+
+def _check_buffers(options: StageOptions, nodes: int) -> None:
+    """Every rank: an algorithm given by name must fit the buffers it needs at least
+    (twotree's grow with the node count) in ``--memory``, with its smallest chunk."""
+    if options.auto_algorithm:
+        return  # the model picks among those that fit
+    least = CHUNK_CHOICES[0] if options.auto_chunk else int(options.chunk_size)
+    if not fits(options.algorithm, nodes, least, options.memory):
+        need = SCHEDULES[options.algorithm].buffers_needed(nodes)
+        raise UsageError(
+            f"{options.algorithm} to {nodes} nodes keeps {need} chunks per node: "
+            f"{need} x {format_bytes(least)} is more than the memory budget of "
+            f"{format_bytes(options.memory)}: use a smaller chunk or a larger --memory")
 
 
 @contextmanager
