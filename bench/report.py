@@ -254,12 +254,14 @@ def known_cause(run: Run) -> str | None:
     """What makes the model miss ``run``, where a measurement apart found it (README,
     "Validating the model: the sweep", has the figures); the goals still count the miss.
 
-    * twotree: each node has two parents, MPI's TCP transport sends as soon as a send is
-      posted (the receiver cannot pace its parents), so every downlink is fed by two
-      senders at once and queues (``bench/link_queues.py``: up to 250-500 kB, 20-40 ms
-      at 100 Mbit/s, where a chain's downlinks stay empty); what crosses a queued link
-      afterwards, the acknowledgements a send waits for among it, waits behind it.  The
-      model, and the simulator, let every link carry one message at a time.
+    * twotree (from 3 nodes): every node has two parents, and MPI's TCP transport sends
+      as soon as a send is posted (the receiver cannot pace its parents), so each
+      downlink is fed by two senders at once: it queues (``bench/link_queues.py``,
+      100 Mbit/s: up to 250-500 kB, 20-40 ms; a chain's stay empty), and a flow that
+      falls behind gets only half of it and never catches up (at 4 hosts the two flows
+      between the interior nodes, each beside one of the root's, run at 40-45 Mbit/s
+      where they need 47).  The model and the simulator let every link carry one
+      message at a time.
     * ``bcast`` of one chunk below 8 nodes: MPICH's binomial ``Ibcast`` posts the root's
       sends at once, and the transport does not share the root's link evenly between
       them (``bench/ibcast_shares.py``: 4 hosts, 1 MiB, the last rank done after
@@ -275,7 +277,7 @@ def known_cause(run: Run) -> str | None:
 
 def outliers(runs: list[Run], params: Parameters) -> list[str]:
     """A table row for every point the fitted model misses by more than
-    :data:`MAX_GOAL`, with its evidence: CPU load, spread of the repeats."""
+    :data:`MAX_GOAL`, with its evidence: CPU load, spread of the repeats, a known cause."""
     rows = []
     for r in staged(runs):
         predicted = predict(r["algorithm"], r["size"], r["nodes"], r["chunk"], params, r["arity"])
