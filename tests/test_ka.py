@@ -15,7 +15,7 @@ import pytest
 from mpistage.model import Parameters, predict
 
 ROOT = Path(__file__).resolve().parent.parent
-SWEEP = ROOT / "bench" / "results" / "sweep.h5"
+SWEEP = ROOT / "bench" / "results" / "sweep-3x.h5"
 
 
 def _load_ka():  # type: ignore[no-untyped-def]
