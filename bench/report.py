@@ -257,11 +257,12 @@ def known_cause(run: Run) -> str | None:
     * twotree (from 3 nodes): every node has two parents, and MPI's TCP transport sends
       as soon as a send is posted (the receiver cannot pace its parents), so each
       downlink is fed by two senders at once: it queues (``bench/link_queues.py``,
-      100 Mbit/s: up to 250-500 kB, 20-40 ms; a chain's stay empty), and a flow that
-      falls behind gets only half of it and never catches up (at 4 hosts the two flows
-      between the interior nodes, each beside one of the root's, run at 40-45 Mbit/s
-      where they need 47).  The model and the simulator let every link carry one
-      message at a time.
+      100 Mbit/s: up to 250-500 kB, 20-40 ms; a chain's stay empty), which stretches
+      every round trip across it (MPI's send completions seen up to 43-200 ms after the
+      child had the data, 5.7-13 ms in a chain), and the flows that end last (at 4
+      hosts, the two between the interior nodes: 40-45 Mbit/s where they need 47) are
+      held back by their round trips more than by their links.  The model and the
+      simulator let every link carry one message at a time, with no queues.
     * ``bcast`` of one chunk below 8 nodes: MPICH's binomial ``Ibcast`` posts the root's
       sends at once, and the transport does not share the root's link evenly between
       them (``bench/ibcast_shares.py``: 4 hosts, 1 MiB, the last rank done after

@@ -34,8 +34,8 @@ The send discipline is the engine's (:class:`mpistage.schedules.Forward`,
   while a message waits; the sender's uplink is charged ``c/B`` from the message's start
   even when the receiver holds part of it back (TCP would share the uplink with the
   next send, to another child, meanwhile; on the emulated cluster at 100 Mbit/s it
-  does not quite: a flow that falls behind on a downlink it shares gets half of it
-  and never catches up, 10-17 % at 4-16 hosts, README "Validating the model").
+  does not quite: the downlinks fed by two parents queue, the round trips across them
+  stretch, and twotree measures 10-17 % over, README "Validating the model").
 
 Local I/O and memory: the root reads chunk k at ``R`` (sequentially) and every node,
 the root included, writes it at ``W`` once dispatched (sequentially, behind the
