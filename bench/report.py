@@ -219,15 +219,29 @@ def auto_within(runs: list[Run], slack: float = AUTO_SLACK,
     return sum(autos[k] <= fastest[k] * (1 + slack) for k in keys), len(keys)
 
 
-def check(runs: list[Run]) -> list[str]:
-    """Every goal (see the module's doc) and whether the runs meet it: lines that
-    start with ``ok`` or ``MISSED``."""
-    lines = []
+Fit = tuple[Parameters, Parameters]
+
+
+def fits_by_rate(runs: list[Run]) -> dict[str, tuple[list[Run], Fit | None]]:
+    """Per link rate, its runs and the model fitted to their link-bound ones
+    (:func:`fitted`; ``None`` with fewer than two mpistage runs to fit), once for the
+    goals, the outlier table and the report."""
+    rates: dict[str, tuple[list[Run], Fit | None]] = {}
     for rate, group in sorted(by_rate(runs).items()):
-        if len(staged(link_bound(group))) < 2:
+        link = link_bound(group)
+        rates[rate] = (group, fitted(link) if len(staged(link)) >= 2 else None)
+    return rates
+
+
+def check(rates: dict[str, tuple[list[Run], Fit | None]]) -> list[str]:
+    """Every goal (see the module's doc) and whether the runs (:func:`fits_by_rate`)
+    meet it: lines that start with ``ok`` or ``MISSED``."""
+    lines = []
+    for rate, (group, model) in rates.items():
+        if model is None:
             lines.append(f"MISSED: {rate}: too few runs to fit the model")
             continue
-        params, _ = fitted(link_bound(group))
+        params, _ = model
         every = relative_errors(group, params)
         for algorithm, errors in sorted(relative_errors(link_bound(group), params).items()):
             left = len(every[algorithm]) - len(errors)
@@ -419,12 +433,12 @@ def main() -> int:
     if not runs:
         print("no runs", file=sys.stderr)
         return 1
+    rates = fits_by_rate(runs)
     if args.check:
-        lines = check(runs)
+        lines = check(rates)
         print("\n".join(lines))
-        for rate, group in sorted(by_rate(runs).items()):
-            rows = (outliers(group, fitted(link_bound(group))[0])
-                    if len(staged(link_bound(group))) >= 2 else [])
+        for rate, (group, model) in rates.items():
+            rows = outliers(group, model[0]) if model is not None else []
             if rows:
                 print(f"\n{rate}: points outside {100 * MAX_GOAL:.0f} %", *OUTLIER_HEADER, *rows,
                       sep="\n")
@@ -433,12 +447,12 @@ def main() -> int:
         print(f"{missed} of {len(lines)} goals missed" if missed else f"all {len(lines)} goals met")
         return 1 if missed else 0
     out: list[str] = [f"# Sweep report ({len(runs)} runs from {args.results})", ""]
-    for rate, group in sorted(by_rate(runs).items()):
+    for rate, (group, model) in rates.items():
         link = link_bound(group)
-        if len(staged(link)) < 2:
+        if model is None:
             out += [f"## {rate}", "", "Too few runs to fit the model.", ""]
             continue
-        params, joint = fitted(link)
+        params, joint = model
         out += [f"## {rate}", "",
                 f"Model parameters: α = {params.latency * 1e6:.0f} us per message (median of "
                 f"the runs' own small-message probes), B = {params.bandwidth * 8 / 1e6:.1f} "

@@ -231,9 +231,16 @@ class Choice:
 TIE = 0.03
 
 
+def largest_chunk(algorithm: str, nodes: int, memory: int | None) -> int | None:
+    """The largest chunk of which ``memory`` holds the buffers ``algorithm`` needs at
+    least to ``nodes`` nodes (``None``: no budget)."""
+    return None if memory is None else memory // SCHEDULES[algorithm].buffers_needed(nodes)
+
+
 def fits(algorithm: str, nodes: int, chunk: int, memory: int | None) -> bool:
     """Whether ``memory`` holds the chunk buffers ``algorithm`` needs at least."""
-    return memory is None or SCHEDULES[algorithm].buffers_needed(nodes) * chunk <= memory
+    largest = largest_chunk(algorithm, nodes, memory)
+    return largest is None or chunk <= largest
 
 
 def choose(
@@ -254,10 +261,9 @@ def choose(
                        and fits(a, nodes, chunk_size or CHUNK_CHOICES[0], memory))
         predictions = {}
         for algorithm in usable:
-            cap = max_chunk
-            if memory is not None:
-                held = memory // SCHEDULES[algorithm].buffers_needed(nodes)
-                cap = held if cap is None else min(cap, held)
+            caps = [c for c in (max_chunk, largest_chunk(algorithm, nodes, memory))
+                    if c is not None]
+            cap = min(caps) if caps else None
             chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity,
                                                 max_chunk=cap, files=files, codec=codec)
             predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params,
