@@ -15,6 +15,7 @@ from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
 from .decide import AUTO
 from .errors import MpistageError, ReportLost, RootLost, Stalled, UsageError
+from .model import TIE
 from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
@@ -231,7 +232,9 @@ def _abort_after_output(comm, code: int) -> None:  # type: ignore[no-untyped-def
 
 
 def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
-    """The --explain table: every algorithm's best chunk and predicted time, the choice."""
+    """The --explain table: every algorithm's best chunk and predicted time, the choice
+    first, then the others fastest first.  The choice can trail the fastest by up to
+    ``model.TIE`` (a tie, won by the simpler schedule); its line then says so."""
     if prediction is None:
         return "mpistage --explain: every node already holds the file; nothing would be sent"
     p = prediction.parameters
@@ -244,9 +247,16 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
         f"{prediction.source}: α {format_seconds(p.latency)}, {rates}",
         f"  {'algorithm':<10} {'chunk':>10} {'predicted transfer':>19}",
     ]
-    for algorithm, (chunk, seconds) in sorted(prediction.choice.predictions.items(),
-                                              key=lambda item: item[1][1]):
-        mark = "  <- chosen" if algorithm == prediction.choice.algorithm else ""
+    chosen = prediction.choice.algorithm
+    predictions = prediction.choice.predictions
+    fastest = min(seconds for _, seconds in predictions.values())
+    for algorithm, (chunk, seconds) in sorted(
+            predictions.items(), key=lambda item: (item[0] != chosen, item[1][1])):
+        mark = ""
+        if algorithm == chosen:
+            mark = "  <- chosen"
+            if seconds > fastest:
+                mark += f" (within {TIE:.0%} of the fastest: a tie, won by the simpler schedule)"
         lines.append(f"  {algorithm:<10} {format_bytes(chunk):>10} {format_seconds(seconds):>19}{mark}")
     codecs = prediction.choice.codecs or {}
     if len(codecs) > 1:
