@@ -12,8 +12,10 @@ its own for ``Ibcast``), by communicator size N and chunk bytes c, one rank per 
 * otherwise: the scatter and a **ring allgather** (N − 1 steps).
 
 Consecutive ``Ibcast``s run concurrently (each its own schedule and tag), so a stream of
-chunks is paced by the busiest link's bytes per chunk: the root's m = ⌈log2 N⌉ copies in
-the tree, or ``2(N − 1)/N · c`` with a scatter and an allgather.  The first chunk takes its
+chunks is paced by the busiest node's sends per chunk, each ``α`` plus its bytes, as a
+point-to-point schedule's sends are (:func:`step_messages`, :func:`step_bytes`): the
+root's m = ⌈log2 N⌉ copies in the tree; with a scatter and an allgather ``2(N − 1)/N · c``
+in ``2m`` messages (recursive doubling) or ``m + N − 1`` (ring).  The first chunk takes its
 whole latency (:func:`first_chunk`): hops of α and the bytes of the longest path, the
 children of a node sharing its link.  A stream of m chunks takes about
 ``first + (m − 1) · step``.  Constants for the scatter variants' first chunk come from a
@@ -76,6 +78,18 @@ def binomial_path(nodes: int) -> tuple[int, int]:
 
 def _levels(nodes: int) -> int:
     return (nodes - 1).bit_length()
+
+
+def step_messages(chunk: int, nodes: int) -> int:
+    """Messages the busiest node (the root) sends per chunk in a stream of them: its
+    scatter's (or tree's) ⌈log2 N⌉, and one per round of the allgather."""
+    if nodes <= 1:
+        return 0
+    levels = _levels(nodes)
+    kind = algorithm(chunk, nodes)
+    if kind == "binomial":
+        return levels
+    return levels + (levels if kind == "scatter_rd" else nodes - 1)
 
 
 def step_bytes(chunk: int, nodes: int) -> float:

@@ -52,11 +52,12 @@ the steady state; :mod:`mpistage.simulate` checks the assumption).
 ``bcast`` is MPI's own broadcast of each chunk, ``MPI_Ibcast``, several in flight, as
 MPICH 5.0.2 runs it (:mod:`mpistage.bcast_model`: a binomial tree below 8 ranks, a
 scatter and an allgather from 8): the first chunk's latency ``F_b`` (its longest path),
-then one chunk per step of the busiest link's bytes ``s_b`` (the root's ⌈log2 N⌉ copies in
-the tree, ``2·(N−1)/N · c`` with the scatter), but no faster than ``F_b`` over the chunks
-in flight:
+then one chunk per step of the busiest node's ``n_b`` messages and ``s_b`` bytes (the
+root's ⌈log2 N⌉ copies in the tree; ``2·(N−1)/N · c`` with the scatter, in 2⌈log2 N⌉
+messages with recursive doubling, ⌈log2 N⌉ + N − 1 with the ring), but no faster than
+``F_b`` over the chunks in flight:
 
-    T = I + F_b + (m − 1) · max(s_b/B, F_b/4, c/R, c/W) + max(c/R, c/W)
+    T = I + F_b + (m − 1) · max(n_b·α + s_b/B, F_b/4, c/R, c/W) + max(c/R, c/W)
 
 The Ka paper's terms map onto these (:func:`ka_terms`): its connection set-up ``d`` is a
 per-message cost here, ``d ≈ α`` (MPI connects once, so each chunk pays α, not a TCP
@@ -169,7 +170,8 @@ def predict(
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
         messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
         first = messages * params.latency + first_bytes / params.bandwidth
-        step = max(bcast_model.step_bytes(chunk, nodes) / params.bandwidth,
+        step = max(bcast_model.step_messages(chunk, nodes) * params.latency
+                   + bcast_model.step_bytes(chunk, nodes) / params.bandwidth,
                    first / bcast_model.IN_FLIGHT)
         return params.startup + first + (chunks - 1) * max(step, local) + local
     fan_out, fill = shape(algorithm, nodes, arity)
@@ -351,7 +353,8 @@ def network_terms(algorithm: str, size: int, nodes: int, chunk: int, arity: int 
     chunks = math.ceil(size / chunk)
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast, bandwidth-bound
         messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
-        return messages, first_bytes + (chunks - 1) * bcast_model.step_bytes(chunk, nodes)
+        return (messages + (chunks - 1) * bcast_model.step_messages(chunk, nodes),
+                first_bytes + (chunks - 1) * bcast_model.step_bytes(chunk, nodes))
     fan_out, fill = shape(algorithm, nodes, arity)
     hops = (chunks - 1) * fan_out + fill
     return hops, hops * chunk

@@ -47,15 +47,16 @@ which it nearly is when dispatch is in order).  Not modelled: CPU cost per messa
 the first messages (connection set-up), TCP's slow start, fair sharing of a link
 between messages (one waits, or is preempted), a switch's limits (full bisection).
 
-``bcast`` (MPI's own broadcast of each chunk, as MPICH runs it): a chunk of 512 KiB or
-more is a binomial scatter of ``N`` pieces (largest subtree first, each message its
-subtree's pieces) and a ring allgather of ``N − 1`` rounds (a node's round starts when
-it and its ring predecessor finished the previous one, so the ring ends
-``(N − 1)·(α + c/(N·B))`` after the last node finished the scatter); a smaller chunk is
-a binomial tree.  The collectives of consecutive chunks are independent requests, so the
-root may start chunk k+1 while chunk k is in flight, but the ring keeps every link busy,
-so they barely overlap.  MPICH's recursive-doubling allgather for medium messages on
-powers of two is not modelled (the closed form does not either).
+``bcast`` (MPI's own broadcast of each chunk, as MPICH runs it,
+:mod:`mpistage.bcast_model`): from 8 nodes and 12 KiB a chunk is a binomial scatter of
+``N`` pieces (largest subtree first, each message its subtree's pieces) and an
+allgather: recursive doubling, ``log2 N`` rounds, on a power-of-two N below 512 KiB,
+else a ring of ``N − 1`` rounds (a node's round starts when it and its ring predecessor
+finished the previous one); either ends ``rounds·α + (N − 1)·c/(N·B)`` after the last
+node finished the scatter.  Otherwise a chunk goes down a binomial tree.  The
+collectives of consecutive chunks are independent requests, so the root may start chunk
+k+1 while chunk k is in flight, but the allgather keeps every link busy, so they barely
+overlap (the simulation has chunk k+1 wait for chunk k's allgather).
 
 Two references run the *whole* file as one MPI broadcast (memory to memory: no reading
 or writing; not per-chunk mpistage schedules): :func:`scatter_allgather_seconds` (MPICH's
@@ -266,12 +267,16 @@ class _Network:
         return ready
 
 
-def _ring_allgather(net: _Network, started: np.ndarray, piece: float, params: Parameters) -> float:
-    """MPICH's ring allgather of ``N`` pieces: in round r every node sends the piece it
-    got in round r − 1 to its successor (a blocking ``Sendrecv``), so round r ends at
-    node i at ``max(end_i(r−1), end_{i−1}(r−1)) + α + piece/B``; after ``N − 1`` rounds
-    every node's end is ``max(started) + (N − 1)·(α + piece/B)``."""
-    end = float(started.max()) + (net.nodes - 1) * (params.latency + piece / params.bandwidth)
+def _allgather(net: _Network, started: np.ndarray, piece: float, params: Parameters,
+               rounds: int) -> float:
+    """MPICH's allgather of ``N`` pieces in ``rounds`` rounds, ``N − 1`` pieces reaching
+    every node: the ring's ``N − 1`` rounds (each node sends its successor the piece it
+    got in the round before, a blocking ``Sendrecv``, so round r ends at node i at
+    ``max(end_i(r−1), end_{i−1}(r−1)) + α + piece/B``), or recursive doubling's
+    ``log2 N`` (round r exchanges ``2^r`` pieces with the node ``2^r`` away).  Every
+    node's end is ``max(started) + rounds·α + (N − 1)·piece/B``."""
+    end = (float(started.max()) + rounds * params.latency
+           + (net.nodes - 1) * piece / params.bandwidth)
     net.up[:] = end
     net.edge[0][:] = end  # the next chunk's scatter reaches a node after its ring ends
     net.have[1:] = end
@@ -287,9 +292,17 @@ def _chunk_sizes(size: int, chunk: int) -> tuple[int, int, int]:
 
 
 def _scatters(nbytes: int, nodes: int) -> bool:
-    """Whether MPICH broadcasts a chunk by a scatter and an allgather (a ring here, also
-    where it runs recursive doubling: :mod:`mpistage.bcast_model`), not a binomial tree."""
+    """Whether MPICH broadcasts a chunk by a scatter and an allgather
+    (:mod:`mpistage.bcast_model`), not a binomial tree."""
     return bcast_model.algorithm(nbytes, nodes) != "binomial"
+
+
+def _allgather_rounds(nbytes: int, nodes: int) -> int:
+    """The rounds of MPICH's allgather after the scatter: recursive doubling's
+    ``log2 N`` (a power-of-two N, chunks below 512 KiB) or the ring's ``N − 1``."""
+    if bcast_model.algorithm(nbytes, nodes) == "scatter_rd":
+        return (nodes - 1).bit_length()
+    return nodes - 1
 
 
 def simulate(algorithm: str, size: int, nodes: int, chunk: int, params: Parameters,
@@ -350,7 +363,9 @@ def _transfer(algorithm: str, size: int, nodes: int, chunk: int, params: Paramet
         net.have[0] = max(net.have[0], gate[0]) + nbytes / params.read_bandwidth
         ready = net.play(waves, tree, nbytes, params, gate, in_order)
         if algorithm == "bcast" and _scatters(nbytes, nodes) and nodes > 1:
-            ready = np.full(nodes, _ring_allgather(net, ready, math.ceil(nbytes / nodes), params))
+            rounds = _allgather_rounds(nbytes, nodes)
+            ready = np.full(nodes, _allgather(net, ready, math.ceil(nbytes / nodes), params,
+                                              rounds))
         written = net.written
         np.maximum(written, net.dispatched, out=written)
         written += nbytes / params.write_bandwidth
@@ -401,7 +416,7 @@ def scatter_allgather_seconds(size: int, nodes: int, params: Parameters) -> floa
         return params.startup
     net = _Network(nodes, 1)
     ready = net.play(_waves("bcast", nodes, 2, 0, True), 0, size, params, np.zeros(nodes))
-    _ring_allgather(net, ready, math.ceil(size / nodes), params)
+    _allgather(net, ready, math.ceil(size / nodes), params, nodes - 1)
     return params.startup + float(net.have.max())
 
 

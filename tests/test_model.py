@@ -34,8 +34,8 @@ S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
     ("flat", 4, 2, 0.5 + 9 * 3 * 0.101 + 3 * 0.101),       # 3.53
     # MPICH's Ibcast below 8 ranks: a binomial tree whose sends share the sender's link;
     # the first chunk: 2 hops, 3 chunks' bytes on its path (0 → {1, 2} → 3); then the
-    # root's 2 copies per chunk
-    ("bcast", 4, 2, 0.5 + (2 * 0.001 + 3 * 0.1) + 9 * 2 * 0.1),
+    # root's 2 copies per chunk, each a message
+    ("bcast", 4, 2, 0.5 + (2 * 0.001 + 3 * 0.1) + 9 * 2 * 0.101),
 ])
 def test_predictions_by_hand(algorithm: str, nodes: int, arity: int, expected: float) -> None:
     assert predict(algorithm, S, nodes, C, P, arity) == pytest.approx(expected)
@@ -52,6 +52,9 @@ def test_bcast_is_what_mpich_runs() -> None:
     # a stream steps at the root's bytes: 2·(N−1)/N·c, or ⌈log2 N⌉·c in the tree
     assert bcast_model.step_bytes(1 << 20, 16) == pytest.approx(2 * 15 / 16 * (1 << 20))
     assert bcast_model.step_bytes(1 << 20, 5) == 3 * (1 << 20)
+    # in as many messages as the root sends: its scatter's, one per allgather round
+    assert [bcast_model.step_messages(c, n) for c, n in [
+        (64 << 20, 4), (256 << 10, 8), (256 << 10, 12), (1 << 20, 16)]] == [2, 6, 4 + 11, 4 + 15]
     assert bcast_model.binomial_path(8) == (3, 6)
     assert bcast_model.IN_FLIGHT == DEFAULT_DEPTH
 
