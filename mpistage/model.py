@@ -46,8 +46,9 @@ ones down another in which every interior node of the first is a leaf: a node se
 two chunks for every two it receives, the root one per chunk, so the pipeline steps at
 one hop per chunk (a chain's bandwidth), while the first chunk reaches the last node
 after two hops per level (a tree's depth).  It assumes full-duplex links and that a
-node's two parents do not slow each other on its downlink (they send alternately in
-the steady state; :mod:`mpistage.simulate` checks the assumption).
+node's two parents do not slow each other down (where both send to it at once, one
+message waits on its downlink while its sender goes on: :mod:`mpistage.simulate` plays
+that out and agrees within 1.5 % at every N).
 
 ``bcast`` is MPI's own broadcast of each chunk, ``MPI_Ibcast``, several in flight, as
 MPICH 5.0.2 runs it (:mod:`mpistage.bcast_model`: a binomial tree below 8 ranks, a

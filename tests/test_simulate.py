@@ -59,11 +59,20 @@ def test_twotree_any_order_reaches_the_closed_form_at_scale() -> None:
     for nodes in (64, 256):
         closed = predict("twotree", 1 << 30, nodes, 1 << 20, NET)
         simulated = simulate("twotree", 1 << 30, nodes, 1 << 20, NET, in_order=False)
-        # Two effects, in opposite directions, within 1 %: the two parents of a node
-        # contend for its downlink (the closed form's fan-out 1 assumes they never do),
-        # and an interior node sends a chunk to two children in α + 2·c/B, not
-        # 2·(α + c/B) (see above).
-        assert simulated == pytest.approx(closed, rel=0.01)
+        # Within 1.5 %: an interior node sends a chunk to two children in α + 2·c/B, not
+        # 2·(α + c/B) (see above); where the two parents of a node send at once, the
+        # later message waits on its downlink but its sender goes on (it would idle the
+        # uplink otherwise: 1.2-1.5x at most N, see the next test).
+        assert simulated == pytest.approx(closed, rel=0.015)
+
+
+def test_twotree_reaches_the_closed_form_at_every_node_count() -> None:
+    """Colliding parents cost a receiver's downlink time, not the senders': with the
+    senders held until their delayed message ended, these node counts simulated
+    1.06-1.44x the closed form (1.19x or more at 7 of the 9)."""
+    for nodes in (8, 11, 17, 32, 128, 256, 512, 1000, 1024):
+        closed = predict("twotree", 256 << 20, nodes, 2 << 20, NET)
+        assert simulate("twotree", 256 << 20, nodes, 2 << 20, NET) == pytest.approx(closed, rel=0.015)
 
 
 def test_twotree_in_chunk_order_is_paced_by_a_cycle_between_the_trees() -> None:
@@ -171,7 +180,7 @@ def test_simulation_against_the_measured_sweep() -> None:
         assert r["nodes"] == 16 or r["size"] <= 4 * r["chunk"], r["key"]
 
 
-@pytest.mark.parametrize("rate, points, close", [("100mbit", 117, 110), ("1gbit", 52, 52)])
+@pytest.mark.parametrize("rate, points, close", [("100mbit", 117, 108), ("1gbit", 52, 52)])
 def test_simulation_against_the_three_repeat_sweep(rate: str, points: int, close: int) -> None:
     """The committed 3-repeat sweep (``bench/results/sweep-3x.h5``, this engine), every
     algorithm, the medians of the repeats that ``bench/report.py`` fits (CPU-bound and
