@@ -284,7 +284,7 @@ def _allgather(net: _Network, started: np.ndarray, piece: float, params: Paramet
     end = (float(started.max()) + rounds * params.latency
            + (net.nodes - 1) * piece / params.bandwidth)
     net.up[:] = end
-    net.edge[0][:] = end  # the next chunk's scatter reaches a node after its ring ends
+    net.edge[0][:] = end  # the next chunk's scatter reaches a node after this allgather
     net.have[1:] = end
     net.dispatched[:] = end
     return end

@@ -213,7 +213,6 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
     lines = run.stdout.splitlines()
     assert lines[0].startswith("mpistage --explain: 2 nodes to serve; parameters from the calibration")
     assert len(lines) == 2 + len(SCHEDULES) and "<- chosen" in lines[2], "the choice first"
-
     assert os.listdir(tmp_path / "n0") == [] and os.listdir(tmp_path / "n1") == []
     run = mpistage("calibrate", "--dest", str(tmp_path / "missing"), "--sample", "1K")
     assert run.returncode == 2 and run.stderr.startswith("mpistage calibrate: error: node 0")
