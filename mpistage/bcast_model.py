@@ -80,16 +80,21 @@ def _levels(nodes: int) -> int:
     return (nodes - 1).bit_length()
 
 
+def allgather_rounds(chunk: int, nodes: int) -> int:
+    """Rounds of the allgather after the scatter: recursive doubling's ⌈log2 N⌉, the
+    ring's N − 1, none where a binomial tree broadcasts the chunk."""
+    kind = algorithm(chunk, nodes)
+    if kind == "binomial":
+        return 0
+    return _levels(nodes) if kind == "scatter_rd" else nodes - 1
+
+
 def step_messages(chunk: int, nodes: int) -> int:
     """Messages the busiest node (the root) sends per chunk in a stream of them: its
     scatter's (or tree's) ⌈log2 N⌉, and one per round of the allgather."""
     if nodes <= 1:
         return 0
-    levels = _levels(nodes)
-    kind = algorithm(chunk, nodes)
-    if kind == "binomial":
-        return levels
-    return levels + (levels if kind == "scatter_rd" else nodes - 1)
+    return _levels(nodes) + allgather_rounds(chunk, nodes)
 
 
 def step_bytes(chunk: int, nodes: int) -> float:

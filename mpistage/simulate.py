@@ -303,13 +303,6 @@ def _scatters(nbytes: int, nodes: int) -> bool:
     return bcast_model.algorithm(nbytes, nodes) != "binomial"
 
 
-def _allgather_rounds(nbytes: int, nodes: int) -> int:
-    """The rounds of MPICH's allgather after the scatter: recursive doubling's
-    ``log2 N`` (a power-of-two N, chunks below 512 KiB) or the ring's ``N − 1``."""
-    if bcast_model.algorithm(nbytes, nodes) == "scatter_rd":
-        return (nodes - 1).bit_length()
-    return nodes - 1
-
 
 def simulate(algorithm: str, size: int, nodes: int, chunk: int, params: Parameters,
              arity: int = 2, depth: int = DEFAULT_DEPTH, in_order: bool | None = None) -> float:
@@ -369,7 +362,7 @@ def _transfer(algorithm: str, size: int, nodes: int, chunk: int, params: Paramet
         net.have[0] = max(net.have[0], gate[0]) + nbytes / params.read_bandwidth
         ready = net.play(waves, tree, nbytes, params, gate, in_order)
         if algorithm == "bcast" and _scatters(nbytes, nodes) and nodes > 1:
-            rounds = _allgather_rounds(nbytes, nodes)
+            rounds = bcast_model.allgather_rounds(nbytes, nodes)
             ready = np.full(nodes, _allgather(net, ready, math.ceil(nbytes / nodes), params,
                                               rounds))
         written = net.written
