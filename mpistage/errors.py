@@ -34,6 +34,19 @@ class RootLost(Stalled):
     (:mod:`mpistage.recovery`)."""
 
 
+class RoundEnded(Stalled):
+    """This node's part in a transfer round was ended from outside: the root called the
+    round off because a node stalled or fell silent (:mod:`mpistage.rollcall`).
+
+    Attributes:
+        suspects: the nodes (ranks of the round's communicator) that fell silent.
+    """
+
+    def __init__(self, message: str, suspects: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.suspects = suspects
+
+
 class ReportLost(Stalled):
     """The run is over and rank 0 has its report, but it did not reach this rank (a rank
     died after it reported): nothing is left to wait for."""

@@ -34,10 +34,18 @@ class Heartbeat:
     collects the surveys of :mod:`mpistage.recovery`) a small message (no pickling) at
     most every ``interval`` seconds, and only when the progress it is given has changed."""
 
-    def __init__(self, comm: MPI.Comm, interval: float, dest: int = 0) -> None:
+    def __init__(self, comm: MPI.Comm, interval: float, dest: int = 0,
+                 pulse: bool = False) -> None:
+        """
+        Args:
+            pulse: send whether or not the progress changed: a sign of life, not of
+                progress (:mod:`mpistage.rollcall`: the node judges its own progress;
+                the one it tells only needs to know it still runs).
+        """
         self.comm = comm
         self.interval = interval
         self.dest = dest
+        self.pulse = pulse
         self._last: Hashable = None
         self._sent_at = time.monotonic()
         self._message = bytearray(8)
@@ -45,7 +53,8 @@ class Heartbeat:
 
     def __call__(self, progress: Hashable) -> None:
         now = time.monotonic()
-        if self.comm.rank == self.dest or progress == self._last or now - self._sent_at < self.interval:
+        if (self.comm.rank == self.dest or (progress == self._last and not self.pulse)
+                or now - self._sent_at < self.interval):
             return
         self._last, self._sent_at = progress, now
         self._requests = [r for r in self._requests if not r.Test()]
@@ -128,8 +137,9 @@ def watch(work: Callable[[], T], progress: Callable[[], Hashable], *, timeout: f
 
 def follow(thread: threading.Thread, progress: Callable[[], Hashable], *, timeout: float,
            heartbeat: Callable[[Hashable], None], what: str) -> None:
-    """Wait for ``thread`` to end, as long as ``progress()`` keeps changing; pass each
-    change to ``heartbeat``.
+    """Wait for ``thread`` to end, as long as ``progress()`` keeps changing; pass it to
+    ``heartbeat`` at every look (a :class:`Heartbeat` sends only changes, or, as a
+    pulse, a sign of life at its interval).
 
     Raises:
         Stalled: ``progress()`` stood still for ``timeout`` seconds; ``what`` names the
@@ -144,9 +154,9 @@ def follow(thread: threading.Thread, progress: Callable[[], Hashable], *, timeou
             return
         pause = min(pause * 2, _LONGEST_LOOK, timeout / 4)
         now = progress()
+        heartbeat(now)
         if now != last:
             last, still_since = now, time.monotonic()
-            heartbeat(now)
         elif time.monotonic() - still_since >= timeout:
             raise Stalled(f"{what} made no progress for {timeout:g} s")
 

@@ -88,6 +88,10 @@ def _no_progress(done: int, total: int) -> None:
     """Default progress callback: do nothing."""
 
 
+def _nothing_to_watch() -> None:
+    """Default watch: a transfer nobody calls off."""
+
+
 @dataclass
 class EngineResult:
     """What one leader's engine did.
@@ -133,6 +137,7 @@ class Engine:
         local_until: int | None = None,
         write_from: int = 0,
         writer: ChunkWriter | None = None,
+        watch: Callable[[], None] = _nothing_to_watch,
     ) -> None:
         """
         Args:
@@ -143,6 +148,9 @@ class Engine:
             digest_writes: the writer digests what it writes (off where the sink checks
                 the bytes itself, as a tree's does per file).
             corrupt: test hook: flip a byte of the first chunk before writing it.
+            watch: called at every wake-up of the engine's waits and once a chunk
+                (:meth:`mpistage.recovery.Rounds.watch`: signs of life, and whether the
+                round was called off, which it raises as a :class:`Stalled`).
             first, local_until, write_from, writer: a run re-formed after a lost node
                 (:mod:`mpistage.recovery`) starts at chunk ``first``; chunks before
                 ``local_until`` come from ``source`` (the root's file, or this node's
@@ -158,6 +166,7 @@ class Engine:
         self.plan = plan
         self.schedule = schedule
         self.progress = progress
+        self._watch = watch
         self.timeout = timeout
         self.peer_name = peer_name
         self.clock = PhaseClock()
@@ -215,6 +224,7 @@ class Engine:
             index = self.pool.take(block=True, timeout=min(0.1, self.timeout))
             if index is not None:
                 return index
+            self._watch()
             if not self._writer_holds_up() and time.monotonic() >= deadline:
                 raise Stalled(f"no buffer came back from the writer for {self.timeout:g} s")
 
@@ -236,11 +246,11 @@ class Engine:
         try:
             if any_of:
                 arrived = poll_any(requests, self.timeout, expected=pace.expected,
-                                   on_wake=self._advance_sends, longest=longest)
+                                   on_wake=self._on_wake, longest=longest)
                 done = arrived is not None
             else:
                 done, arrived = poll(requests, self.timeout, expected=pace.expected,
-                                     on_wake=self._advance_sends, longest=longest), 0
+                                     on_wake=self._on_wake, longest=longest), 0
         except MPI.Exception as exc:
             self._suspect(receiving, failed=on)
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
@@ -273,6 +283,11 @@ class Engine:
         if not receiving and (self.suspects or children):
             return f"{', '.join(self.peer_name(c) for c in self.suspects or children)} took no data"
         return "MPI's broadcast made no progress"
+
+    def _on_wake(self) -> None:
+        """A wait woke without its end: move the sends on, and look around."""
+        self._advance_sends()
+        self._watch()
 
     def _advance_sends(self) -> None:
         """Post each chunk's next send where the last one is done (also while waiting
@@ -386,6 +401,7 @@ class Engine:
                     k, index, next_post = self._next_from_parent(next_post)
                 last = self._dispatch(k, index)
                 self._retire_sends(block=False)
+                self._watch()
                 k += 1
                 if last:
                     break

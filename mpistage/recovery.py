@@ -1,24 +1,30 @@
 """Surviving a lost node: the transfer re-formed among the nodes still there.
 
-A node whose rank is killed, or whose link goes down, stops passing chunks on: in a chain
-everyone behind it, and soon everyone before it, stalls.  Without MPI's fault-tolerance
-extensions (the MPICH wheel has none; see README "When a node dies") mpistage survives
-it with point-to-point messages and deadlines alone, in rounds:
+A node whose rank is killed, whose link goes down or whose process freezes stops passing
+chunks on: in a chain everyone behind it starves, and everyone before it soon waits on
+its child.  Without MPI's fault-tolerance extensions (the MPICH wheel has none; see
+README "When a node dies") mpistage survives it with point-to-point messages and
+deadlines alone, in rounds:
 
-1. **Survey.**  After its transfer ends (or stalls), each participant lets its writes
-   end and tells the root a :class:`Survey`: how many chunks it holds, written cleanly,
-   whether its copy failed, and on whom its transfer stalled.
-2. **Verdict.**  The root waits for every survey, as long as there is news (surveys,
-   signs of life from nodes still writing); a node that sends none while its parent
-   could not send to it, or that stays silent for the timeout, is *lost*.  If nobody stalled, the :class:`Verdict` carries the source's outcome and
-   the run closes as before.  Otherwise it names the survivors and what each holds.
-3. **Re-formed run.**  The survivors (the root and every node whose copy is still good)
-   run the same algorithm's shape laid over them (:class:`Reformed`; no new communicator,
-   whose creation would wait for ever on a survivor that dies meanwhile: a tag of the
-   round's own, so no message of the broken run can match), the same engine, resumed:
-   each edge carries only the chunks the
+1. **Roll call.**  During a round every participant pulses to the root, whatever its
+   progress (:mod:`mpistage.rollcall`); the root calls the round off as soon as one
+   reports a stall or falls silent for the timeout, and the call reaches every
+   participant, also those blocked behind the lost node.
+2. **Survey.**  Each participant, its round over (ended, stalled or called off), lets
+   its writes end and tells the root a :class:`Survey`: how many chunks it holds,
+   written cleanly, whether its copy failed, and why its round ended.
+3. **Verdict.**  The root waits for every survey; a participant that sends none and
+   gives no sign of life for the timeout is *lost*, and no other: a node blocked behind
+   the lost one goes on pulsing.  If nobody stalled, the :class:`Verdict` carries the
+   source's outcome and the run closes as before.  Otherwise it names the survivors and
+   what each holds.
+4. **Re-formed run.**  The survivors (the root and every node whose copy is still good)
+   run the algorithm's shape laid over them (:class:`~mpistage.reformed.Reformed`; twotree's survivors
+   go on as a chain; no new communicator, whose creation would wait for ever on a
+   survivor that dies meanwhile: a tag of the round's own, so no message of the broken
+   run can match), the same engine, resumed: each edge carries only the chunks the
    child lacks, and a parent sends the ones it already holds from its own copy on disk
-   (:class:`HeldChunks`), so a node after the lost one gets what it missed from the
+   (:class:`~mpistage.reformed.HeldChunks`), so a node after the lost one gets what it missed from the
    nearest node that has it, never from the start of the file.  Writes go on where
    they stopped, into the same temp file and running digest.  Then back to 1.
 
@@ -28,36 +34,33 @@ ulfm``), and communication errors are returned, not fatal (mpi4py's default).  W
 the launcher ends the job, the run fails as before, cleanly.  A lost root ends the run
 (it alone has the source); one file of known size only (a stream cannot be read
 twice, a tree's or a command's sink cannot be resumed, and MPI's own broadcast cannot
-leave a member out), and not twotree yet (:func:`can_recover`).
+leave a member out: :func:`can_recover`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mpi4py import MPI
 
-from .buffers import Buffer, BufferPool, PhaseClock, pieces
 from . import interrupt
-from .errors import RootLost, Stalled
-from .liveness import Heartbeat, drain_heartbeats
+from .errors import RootLost, RoundEnded, Stalled
 from .pipeline import Engine, EngineResult
 from .plan import Plan
-from .schedules import DATA_TAG, Forward, Schedule, TreeSchedule
-from .source import ChunkSource, _pread_full
-from .waiting import poll, receive_objects, send_object, send_objects
+from .rollcall import RollCall
+from .schedules import Schedule
+from .waiting import (poll, receive_arrived, receive_objects, send_object, send_objects,
+                      tend_background)
 
 _SURVEY_TAG = 7106   # participant → root: a Survey
 _VERDICT_TAG = 7107  # root → participants: a Verdict (``None``: still collecting)
 
 #: Re-formed runs at most (each survives at least one more lost node).
 MAX_ROUNDS = 3
-#: Once every node yet to answer is one its parent could not send to, the root waits this
-#: much longer (stalls are seen at slightly different times) before it counts them lost.
-SUSPECT_GRACE = 0.5
+#: Seconds the root waits at most for the verdict's sends (a dead member's never end).
+ANNOUNCE_GRACE = 0.5
 
 #: Engines of broken rounds, kept for the life of the process: MPI may still hold
 #: requests on their buffers (a send to a host cut off that comes back) that never
@@ -76,10 +79,9 @@ class Survey:
         held: chunks ``0 .. held-1`` are in its copy, written cleanly (the root: every
             chunk, from its file).
         good: its copy can still become complete (no write failed).
-        stall: why its transfer stalled, if it did.
-        suspects: the children (ranks of the communicator) whose sends stalled or failed:
-            only a parent's word counts a silent node lost early, for a child that got
-            no data may just sit behind the lost one.
+        stall: why its round ended before its transfer did, if it did.
+        suspects: the nodes (ranks of the communicator) its stall names: the children
+            whose sends stalled or failed, the members the root found silent.
     """
 
     held: int
@@ -106,74 +108,9 @@ class Verdict:
 
 
 def can_recover(plan: Plan, schedule: Schedule, tree: bool, pipe: bool) -> bool:
-    """Whether a run like this one can be re-formed after a lost node (see above).  Not
-    twotree's yet: a node fed by two parents keeps making progress on one tree after
-    the other stalled, so the survivors' stalls do not line up with the root's
-    deadlines (a randomised kill left every node counted lost); it fails cleanly."""
-    return (schedule.point_to_point and not schedule.forwards_as_received
-            and not plan.stream and plan.codec == "none" and not tree and not pipe)
-
-
-# -- the round's schedule and sources ----------------------------------------------------
-
-class Reformed(Schedule):
-    """An algorithm's shape laid over the survivors (``members``, the root first), on the
-    first round's communicator with a tag of the round's own (no message of a broken
-    round can match one of this round), each edge carrying only what the child lacks:
-    chunk ``k`` goes to a child only if it holds fewer than ``k + 1`` chunks."""
-
-    def __init__(self, shape: type[TreeSchedule], comm: MPI.Comm, members: list[int],
-                 held: dict[int, int], arity: int, round_: int) -> None:
-        super().__init__(comm, members[0])
-        self.name = shape.name
-        self.tag = DATA_TAG + round_
-        size, me = len(members), members.index(comm.rank)
-        parent = shape.parent_of(me, size, arity)
-        self.parent = None if parent is None else members[parent]
-        self.children = [members[c] for c in shape.children_of(me, size, arity)]
-        self.child_held = {child: held[child] for child in self.children}
-
-    def parent_for(self, k: int) -> int | None:
-        return self.parent
-
-    def post_receive(self, buf: Buffer, k: int) -> MPI.Request:
-        assert self.parent is not None, "the root receives nothing"
-        return self.comm.Irecv(buf, source=self.parent, tag=self.tag)
-
-    def post_forward(self, buf: Buffer, k: int) -> Forward:
-        lacking = [child for child in self.children if self.child_held[child] <= k]
-        return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=self.tag)
-                        for child in lacking], peers=lacking)
-
-
-class HeldChunks(ChunkSource):
-    """A survivor's own copy read back (its temp file), for the chunks it holds and a
-    child of the re-formed run lacks.  Not digested: the node digested them when it
-    wrote them, and the child digests what it writes."""
-
-    def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock, path: str) -> None:
-        super().__init__(plan, pool, clock)
-        self.path = path
-        self._fd = -1
-
-    def _open(self) -> None:
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as exc:
-            self.error = f"cannot read back {self.path}: {exc.strerror}"
-
-    def _fill(self, k: int, view: Buffer) -> None:
-        offset = k * self.plan.chunk_size
-        for piece in pieces(view):
-            if _pread_full(self._fd, piece, offset) < len(piece):
-                self.error = f"{self.path} is shorter than the chunks it held"
-                return
-            offset += len(piece)
-
-    def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    """Whether a run like this one can be re-formed after a lost node (see above)."""
+    return (schedule.point_to_point and not plan.stream and plan.codec == "none"
+            and not tree and not pipe)
 
 
 # -- the exchange ---------------------------------------------------------------------------
@@ -186,6 +123,7 @@ class Rounds:
     Attributes:
         members: this round's ranks (of ``comm``), the root first after round 0.
         lost: every rank counted lost so far, and why.
+        roll: the signs of life of the round under way.
     """
 
     def __init__(self, comm: MPI.Comm, root: int, timeout: float,
@@ -197,11 +135,54 @@ class Rounds:
         self.members = list(range(comm.size))
         self.lost: dict[int, str] = {}
         self.round = 0
+        self.roll = RollCall(comm, root, timeout, peer_name)
+        self._surveys: dict[int, Survey] = {}  # the root: this round's, as they came
+        self._last_ping = 0.0
         self._requests: list[MPI.Request] = []  # sends nobody waits on, kept alive
 
     @property
     def is_root(self) -> bool:
         return self.comm.rank == self.root
+
+    def begin(self, schedule: Schedule) -> None:
+        """This node's engine is about to run the round on ``schedule``."""
+        self.roll.start(self.round, self.members, schedule.senders())
+
+    def watch(self) -> None:
+        """The engine's chore, at every wake-up of its waits: signs of life and calls
+        (:meth:`RollCall.look`); the root also takes in the surveys of members whose
+        round ended, ends its own round at the first that reports a stall, and tells
+        the members waiting for the verdict that it lives.
+
+        Raises:
+            RoundEnded: this node's part in the round is over.
+        """
+        if not self.roll.look() or not self.is_root:
+            return
+        self._take_surveys()
+        self._ping()
+        for rank, survey in self._surveys.items():
+            if survey.stall:
+                raise RoundEnded(f"{self.peer_name(rank)}: {survey.stall}")
+
+    def _take_surveys(self) -> None:
+        """The root: keep this round's surveys that arrived; a survey of an earlier
+        round comes from a node counted lost meanwhile (a frozen process that woke up):
+        it is told so, and drops its copy."""
+        for rank, (round_, survey) in receive_arrived(self.comm, _SURVEY_TAG):
+            if round_ == self.round and rank in self.members and rank not in self.lost:
+                self._surveys[rank] = survey
+                self.roll.reported.add(rank)
+                self.roll.heard(rank)
+            else:
+                self._send(Verdict(None, tuple(self.members), lost=dict(self.lost)), [rank])
+
+    def _ping(self) -> None:
+        """The root: "still working" to the members waiting for the verdict."""
+        now = time.monotonic()
+        if now - self._last_ping >= min(self.timeout / 4, 1.0):
+            self._last_ping = now
+            self._send(None, [r for r in self._surveys if r != self.root])
 
     def report(self, survey: Survey) -> Verdict:
         """A participant: send the root this round's survey and return its verdict.
@@ -210,7 +191,7 @@ class Rounds:
             RootLost: the root did not take the survey, or went silent.
         """
         lost = f"lost the root, {self.peer_name(self.root)}"
-        with interrupt.deadline(self.timeout + 2 * SUSPECT_GRACE, lost):
+        with interrupt.deadline(self.timeout + 2 * ANNOUNCE_GRACE, lost):
             sent = send_object(self.comm, (self.round, survey), self.root, _SURVEY_TAG,
                                self.timeout)
         if not sent:
@@ -229,46 +210,43 @@ class Rounds:
                 return verdict
 
     def collect(self, own: Survey) -> dict[int, Survey]:
-        """The root: this round's surveys, waiting as long as there is news (surveys,
-        heartbeats of nodes still writing); a node whose parent could not send to it
-        gets :data:`SUSPECT_GRACE` more, any other silent one the timeout.  Those
-        without a survey are added to :attr:`lost`."""
-        comm = self.comm
-        surveys = {self.root: own}
-        pending = [r for r in self.members if r != self.root]
-        quiet_since = last_ping = time.monotonic()
-        while pending:
-            got = receive_objects(comm, pending, _SURVEY_TAG, 0.1)
-            for rank, (round_, survey) in got.items():
-                if round_ == self.round:
-                    surveys[rank] = survey
-            pending = [r for r in pending if r not in surveys]
-            now = time.monotonic()
-            if got or drain_heartbeats(comm).intersection(pending):
-                quiet_since = now
-            if now - last_ping >= min(self.timeout / 4, 1.0):
-                last_ping = now  # "still collecting": those waiting know the root lives
-                self._send(None, [r for r in surveys if r != self.root])
-            suspects = {s for survey in surveys.values() for s in survey.suspects}
-            quiet = now - quiet_since
-            if (pending and set(pending) <= suspects and quiet >= SUSPECT_GRACE) \
-                    or quiet >= self.timeout:
+        """The root: this round's surveys.  Once any member stalled, the round is
+        called off for those yet to report; a member is waited for as long as it shows
+        signs of life, and counted lost (added to :attr:`lost`) once it was silent for
+        the timeout."""
+        surveys = self._surveys
+        surveys[self.root] = own
+        self.roll.reported.add(self.root)
+        pause = 1e-3
+        while True:
+            self._take_surveys()
+            self.roll.listen()
+            pending = [r for r in self.members if r not in surveys and r not in self.lost]
+            if not pending:
                 break
-        for rank in pending:
-            self.lost[rank] = self._why_lost(rank, surveys)
+            if any(s.stall for s in surveys.values()):
+                self.roll.call_off(pending)
+            self._ping()
+            for rank in self.roll.silent():
+                if rank not in self.lost:
+                    self.lost[rank] = self._why_lost(rank, surveys)
+            time.sleep(pause)
+            tend_background()
+            pause = min(2 * pause, 0.02)
+        self._surveys = {}
         return surveys
 
     def _why_lost(self, rank: int, surveys: dict[int, Survey]) -> str:
         seen = [f"{self.peer_name(r)}: {s.stall}" for r, s in sorted(surveys.items())
                 if s.stall and (rank in s.suspects or self.peer_name(rank) in s.stall)]
-        return (f"lost mid-transfer: no word from it within {self.timeout:g} s"
+        return (f"lost mid-transfer: no sign of life for {self.timeout:g} s"
                 + (f" ({'; '.join(seen)})" if seen else ""))
 
     def announce(self, verdict: Verdict, to: list[int]) -> None:
         """The root: send ``verdict`` to ``to``, waiting on none of them for long."""
         self._send(verdict, to)
         try:
-            poll(list(self._requests), SUSPECT_GRACE)
+            poll(list(self._requests), ANNOUNCE_GRACE)
         except MPI.Exception:
             pass
 
@@ -308,9 +286,9 @@ class Attempt:
 
 def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
                next_attempt: Callable[[Rounds, Verdict, Attempt], Attempt],
-               heartbeat: Heartbeat,
                ) -> tuple[EngineResult, Outcome, str | None, list[Engine]]:
-    """Run the transfer, re-formed among the survivors as long as that helps.
+    """Run the transfer, re-formed among the survivors as long as that helps.  Each
+    engine must call :meth:`Rounds.watch` at every wake-up of its waits.
 
     Returns this node's engine result (its writes ended), the source's outcome, why this
     node's transfer stalled if it could not be repaired (else ``None``), and every
@@ -318,20 +296,24 @@ def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
     keep them until the run is over).
     """
     attempt, engines = first, [first.engine]
+    roll = rounds.roll
     while True:
         stall: str | None = None
         suspects: tuple[int, ...] = ()
+        engine = attempt.engine
+        rounds.begin(engine.schedule)
         try:
-            attempt.engine.transfer()
+            engine.transfer()
         except Stalled as exc:
             stall = str(exc)
-            suspects = tuple(attempt.engine.suspects)
-        result = attempt.engine.finish_writes(heartbeat)
+            suspects = exc.suspects if isinstance(exc, RoundEnded) else tuple(engine.suspects)
+            roll.drain(engine.schedule.tag, engine.framing.capacity)
+        result = engine.finish_writes(lambda progress: roll.pulse())
         survey = Survey(held=count if rounds.is_root else attempt.held(),
                         good=attempt.good(), stall=stall, suspects=suspects)
         if rounds.is_root:
             verdict = _decide(rounds, survey, result, recoverable)
-        elif not heartbeat.settled(rounds.timeout):
+        elif not roll.settled(rounds.timeout):
             raise RootLost(f"lost the root, {rounds.peer_name(rounds.root)}: it took no "
                            f"message for {rounds.timeout:g} s")
         else:
@@ -341,7 +323,7 @@ def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
         if rounds.comm.rank not in verdict.survivors:  # this copy failed: nothing to add
             return result, (None, None, None), None, engines
         rounds.next_round(verdict)
-        STRANDED.append(attempt.engine)
+        STRANDED.append(engine)
         attempt = next_attempt(rounds, verdict, attempt)
         engines.append(attempt.engine)
 

@@ -298,6 +298,12 @@ class Schedule(ABC):
         """The rank chunk ``k`` comes from (``None``: the root, or a collective's)."""
         return None
 
+    def senders(self) -> tuple[int, ...]:
+        """The ranks this node receives chunks from (every schedule's chunks alternate
+        between at most two parents)."""
+        return tuple(dict.fromkeys(p for p in (self.parent_for(0), self.parent_for(1))
+                                   if p is not None))
+
     def message_bytes(self, chunk: int) -> int:
         """The largest message MPI moves at once for a chunk of ``chunk`` bytes: the
         next one is begun only when this rank wakes, so its waits must wake well within

@@ -39,7 +39,8 @@ from .buffers import BufferPool, PhaseClock
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT, Engine, ProgressCallback, SourceFactory
 from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, check_commands, preflight
-from .recovery import Attempt, HeldChunks, Reformed, Rounds, Verdict, can_recover, run_rounds
+from .recovery import Attempt, Rounds, Verdict, can_recover, run_rounds
+from .reformed import HeldChunks, Reformed
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .source import FileSource
@@ -480,8 +481,8 @@ def _transfer_and_commit(
     # Signs of life for rank 0 while this node's own writes, flush and re-read go on.
     heartbeat = Heartbeat(topo.comm, interval=min(timeout / 4, 1.0))
     root_rank = taking_part.index(topo.root_node)
-    # ... and for the transfer's root, while it waits for the surveys.
-    drain_beat = Heartbeat(comm, interval=min(timeout / 4, 1.0), dest=root_rank)
+    # ... and for the transfer's root, during the transfer (signs of life, calls).
+    rounds = Rounds(comm, root_rank, timeout, peer_name=lambda rank: names[rank])
     engine: Engine | None = None
     try:
         schedule = SCHEDULES[plan.algorithm](comm, root_rank, options.arity)
@@ -491,22 +492,20 @@ def _transfer_and_commit(
             peer_name=lambda rank: names[rank],
             progress=copy.progress(progress) if (progress is not None and is_root) else _noop,
             source=copy.source, digest_writes=copy.digest_writes,
-            corrupt=faults.active("corrupt-chunk", mine.index),
+            corrupt=faults.active("corrupt-chunk", mine.index), watch=rounds.watch,
         )
         first = engine
 
         def good() -> bool:
             return sink_error is None and first.writer.error is None
 
-        rounds = Rounds(comm, root_rank, timeout, peer_name=lambda rank: names[rank])
         outcome, source, stall, engines = run_rounds(
             rounds, Attempt(engine, held=lambda: first.writer.held, good=good),
             can_recover(plan, schedule, tree=type(copy) is not FileCopy,
                         pipe=options.pipe is not None),
             first.framing.chunk_count() or 0,
             partial(_next_attempt, plan=plan, sink=sink, options=options, names=names,
-                    receives=receives),
-            drain_beat)
+                    receives=receives))
         engine = engines[-1]
         lost.update({taking_part[rank]: why for rank, why in rounds.lost.items()})
         if stall is not None:
@@ -528,7 +527,7 @@ def _transfer_and_commit(
         return result("copied", None, outcome.digest, written, **said), source
     finally:
         heartbeat.close(timeout)
-        drain_beat.close(timeout)
+        rounds.roll.close(timeout)
         if engine is not None:
             engine.close()
         if sink is not None:
@@ -567,7 +566,7 @@ def _next_attempt(rounds: Rounds, verdict: Verdict, previous: Attempt, *, plan: 
                     depth=options.buffers(plan.chunk_size), timeout=options.timeout,
                     peer_name=lambda rank: names[rank], source=source,
                     progress=before.progress, first=first, local_until=local_until,
-                    write_from=write_from, writer=before.writer)
+                    write_from=write_from, writer=before.writer, watch=rounds.watch)
     return Attempt(engine, previous.held, previous.good)
 
 

@@ -39,7 +39,7 @@ from functools import cache
 from mpi4py import MPI
 
 from .buffers import Buffer
-from .schedules import Forward, Schedule, _check
+from .schedules import ChainSchedule, Forward, Schedule, TreeSchedule, _check
 
 #: The two trees.
 TREES = (0, 1)
@@ -117,6 +117,14 @@ class TwoTreeSchedule(Schedule):
 
     def parent_for(self, k: int) -> int | None:
         return self.parents[tree_of(k)]
+
+    @classmethod
+    def reformed_shape(cls) -> type[TreeSchedule]:
+        """After a lost node the survivors go on as a chain (:mod:`mpistage.recovery`):
+        two trees re-formed would each have to be told which chunks every node lacks of
+        the other's, and the rest of the file is what is left to send, at a chain's
+        bandwidth."""
+        return ChainSchedule
 
     @classmethod
     def buffers_needed(cls, nodes: int) -> int:

@@ -25,6 +25,12 @@ from mpi4py import MPI
 
 from .errors import Stalled
 
+#: Work that must go on at every wake-up of every wait for the rest of the run, whatever
+#: the wait is for (:class:`mpistage.rollcall.Drain`: receiving the data a broken round
+#: still has in flight, which would otherwise hold back every later message on its
+#: connection).  Each is cheap (a few ``MPI_Test``) and never raises.
+BACKGROUND: list[Callable[[], object]] = []
+
 _FIRST_PAUSE = 20e-6
 _LONGEST_PAUSE = 1e-3
 #: However long waits have been, never sleep longer than this at once: a socket buffer
@@ -85,6 +91,7 @@ def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected
         if deadline is not None:
             pause = min(pause, max(deadline - time.monotonic(), 0.0))
         time.sleep(pause)
+        tend_background()
         if (result := check()) is not None:
             return result
         now = time.monotonic()
@@ -94,6 +101,12 @@ def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected
             on_wake()
         longest = min(max(_LONGEST_PAUSE, max(expected, now - started) / 8), cap)
         pause = min(pause * 2, longest)
+
+
+def tend_background() -> None:
+    """Run every :data:`BACKGROUND` chore once."""
+    for chore in BACKGROUND:
+        chore()
 
 
 def post(start: Callable[[], MPI.Request], timeout: float) -> MPI.Request:
@@ -181,11 +194,27 @@ def receive_objects(
                 pending.discard(source)
         if not pending or time.monotonic() >= deadline:
             break
+        tend_background()
         if not arrived:
             time.sleep(pause)
             pause = min(pause * 2, longest_pause)
         else:
             pause = _FIRST_PAUSE
+    return received
+
+
+def receive_arrived(comm: MPI.Comm, tag: int) -> list[tuple[int, Any]]:
+    """Every small pickled object of ``tag`` that has arrived, from any rank, as
+    ``(source, object)`` in the order received, without waiting (one probe per object,
+    whatever the number of ranks)."""
+    received: list[tuple[int, Any]] = []
+    status = MPI.Status()
+    try:
+        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag, status=status):
+            source = status.Get_source()
+            received.append((source, comm.recv(source=source, tag=tag)))
+    except MPI.Exception:
+        pass  # Open MPI's ULFM: a wildcard probe fails until a failure is acknowledged
     return received
 
 

@@ -18,7 +18,7 @@ from mpistage.buffers import BufferPool, PhaseClock
 from mpistage.digest import file_digest
 from mpistage.frames import framing_for
 from mpistage.plan import Plan, describe_source
-from mpistage.recovery import HeldChunks, Reformed
+from mpistage.reformed import HeldChunks, Reformed
 from mpistage.pipeline import SENDS_IN_FLIGHT
 from mpistage.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
                                 Forward, KaryTreeSchedule, held_back)
