@@ -9,6 +9,7 @@ tree's run: a file's run does not pay for its modules).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from .source import FileSource
 
 if TYPE_CHECKING:
     from .pipesink import PipeSink
+
+log = logging.getLogger("mpistage.copies")
 
 #: The root's ``(source_digest, read_error, source_size)``, as every participant learns it.
 SourceOutcome = tuple[str | None, str | None, int | None]
@@ -35,6 +38,30 @@ def judge_stream(result: EngineResult, source_digest: str | None,
     if result.write_error is not None:
         return result.write_error
     return None
+
+
+def remove_outdated(target: str, judged: tuple[int, int]) -> None:
+    """``--remove-first``: delete the copy that pre-flight judged outdated (the disk
+    cannot hold old and new together), and only that one.
+
+    Another mpistage on this node may have staged the same path since: with
+    ``--remove-first`` it removed the old copy already (nothing left to do), or it put
+    its own finished copy there, which a job may be using: that copy stays, and this
+    run's rename replaces it in one step.  (A rename between the ``lstat`` and the
+    ``unlink`` below still loses the other run's copy: a window of microseconds.)
+    """
+    try:
+        found = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if (found.st_dev, found.st_ino) != judged:
+        log.info("%s is no longer the copy checked before the transfer (another run "
+                 "staged it meanwhile): left in place until this copy replaces it", target)
+        return
+    try:
+        os.unlink(target)
+    except FileNotFoundError:
+        pass
 
 
 @dataclass
@@ -53,8 +80,8 @@ class FileCopy:
     def open_sink(self, mine: NodeCheck, *, remove_first: bool, fsync: bool,
                   verify: bool) -> Sink:
         assert mine.target is not None
-        if remove_first and mine.existing_size is not None:
-            os.unlink(mine.target)  # the disk cannot hold old and new together
+        if remove_first and mine.existing_inode is not None:
+            remove_outdated(mine.target, mine.existing_inode)
         return Sink(mine.target)
 
     def judge(self, result: EngineResult, outcome: SourceOutcome,

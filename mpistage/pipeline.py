@@ -313,8 +313,9 @@ class Engine:
         if block and self._sends:
             oldest = self._sends[0][3]
             while not self._advance(oldest):
-                if not oldest.requests:  # its next send could not be posted yet
-                    time.sleep(0.001)
+                if not oldest.requests:  # its next send could not be posted yet (MPI
+                    time.sleep(0.001)    # retried it up to a second): still alive
+                    self._watch()
                 self._wait(oldest.requests, receiving=False, on=oldest)
         while self._sends and self._sends[0][3].done:
             _, index, length, _ = self._sends.popleft()

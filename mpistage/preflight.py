@@ -31,8 +31,10 @@ class NodeCheck:
 
     Attributes:
         problem: why this node cannot take the file (``None`` if it can).
-        existing_size, existing_mtime_ns: the regular file already at the destination
-            (never a symlink: a symlink is replaced, not trusted).
+        existing_size, existing_mtime_ns, existing_inode: the regular file already at
+            the destination (never a symlink: a symlink is replaced, not trusted); the
+            inode as ``(st_dev, st_ino)``, so that ``--remove-first`` removes this file
+            and not one another run put there since.
         up_to_date: the existing file already holds the source's content.
         occupied: something (of any type) already stands at the destination.
         files_wanted, files_have, bytes_wanted: a tree's files this node lacks and has,
@@ -47,6 +49,7 @@ class NodeCheck:
     free: int | None = None
     existing_size: int | None = None
     existing_mtime_ns: int | None = None
+    existing_inode: tuple[int, int] | None = None
     up_to_date: bool = False
     occupied: bool = False
     files_wanted: int = 0
@@ -82,7 +85,8 @@ def check_local(
         found = replace(found, occupied=True)
         if stat.S_ISREG(existing.st_mode):
             found = replace(found, existing_size=existing.st_size,
-                            existing_mtime_ns=existing.st_mtime_ns)
+                            existing_mtime_ns=existing.st_mtime_ns,
+                            existing_inode=(existing.st_dev, existing.st_ino))
     except FileNotFoundError:
         pass
     except OSError as exc:

@@ -175,7 +175,8 @@ class Rounds:
                 self.roll.reported.add(rank)
                 self.roll.heard(rank)
             else:
-                self._send(Verdict(None, tuple(self.members), lost=dict(self.lost)), [rank])
+                survivors = tuple(r for r in self.members if r not in self.lost)
+                self._send(Verdict(None, survivors, lost=dict(self.lost)), [rank])
 
     def _ping(self) -> None:
         """The root: "still working" to the members waiting for the verdict."""

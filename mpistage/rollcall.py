@@ -50,6 +50,11 @@ def pulse_interval(timeout: float) -> float:
     return min(timeout / 4, 1.0)
 
 
+#: Every :class:`Drain` of the run, kept for the life of the process: MPI holds their
+#: receives (a parent cut off may never send) and must never find that memory freed.
+KEPT: list[Drain] = []
+
+
 class Drain:
     """Receives, dropped as they complete and posted again, for a broken round's data
     that ``sources`` (this node's parents in that round) may still have in flight to
@@ -63,6 +68,7 @@ class Drain:
         self._posted: dict[int, tuple[np.ndarray, MPI.Request]] = {}
         for source in sources:
             self._post(source, np.empty(capacity, dtype=np.uint8))
+        KEPT.append(self)
         BACKGROUND.append(self.tend)
 
     def _post(self, source: int, buffer: np.ndarray) -> None:
@@ -108,7 +114,12 @@ class RollCall:
         self._next_look = 0.0
         self._calls: list[tuple[np.ndarray, MPI.Request]] = []  # sent, kept alive
         self._called = False
+        self._calls_heard: set[int] = set()  # rounds called off
         self.start(0, self.members, ())
+        if not self.is_root:
+            # Calls must be received whenever they come, also after this node left its
+            # round: one left unreceived would hold back the root's verdict behind it.
+            BACKGROUND.append(self._absorb_calls)
 
     @property
     def is_root(self) -> bool:
@@ -184,16 +195,20 @@ class RollCall:
     def called(self) -> bool:
         """Whether this round was called off (by the root, or relayed by a child); the
         call is passed on to this node's parents."""
-        heard = False
+        self._absorb_calls()
+        return self.round in self._calls_heard
+
+    def _absorb_calls(self) -> None:
+        """Receive every call that came; pass this round's on to the parents, once."""
         status = MPI.Status()
         message = np.empty(1, dtype=np.int64)
         try:
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_CALL_TAG, status=status):
                 self.comm.Recv(message, source=status.Get_source(), tag=_CALL_TAG)
-                heard = heard or int(message[0]) == self.round
+                self._calls_heard.add(int(message[0]))
         except MPI.Exception:
             pass  # Open MPI's ULFM: a wildcard probe fails until a failure is acknowledged
-        if heard:
+        if self.round in self._calls_heard and not self._called:
             self._called = True
             for parent in self._parents:
                 if parent != self.root:
@@ -203,7 +218,6 @@ class RollCall:
                                                                    tag=_CALL_TAG)))
                     except MPI.Exception:
                         pass
-        return heard
 
     def drain(self, tag: int, capacity: int) -> None:
         """This node's round ended: receive what its parents still send in it."""

@@ -48,7 +48,7 @@ from .sources import Sources, SourceSpec
 from .streams import STDIN, StreamInput, StreamSource, describe_stream, is_stream, open_stream
 from .topology import Topology
 from .units import format_bytes
-from .waiting import quiet_barrier
+from .waiting import BACKGROUND, quiet_barrier
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
     from .manifest import Manifest
@@ -265,6 +265,7 @@ def _own_communicator(comm: MPI.Comm) -> Iterator[MPI.Comm]:
     try:
         yield own
     finally:
+        BACKGROUND.clear()  # this run's chores (mpistage.rollcall): its messages are over
         own.Free()
 
 
