@@ -124,6 +124,7 @@ def decide(
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
     max_chunk: int | None = None, files: int = 0,
     codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
+    recoverable: bool = False,
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
     ``max_chunk``, the memory budget's limit, and an algorithm's buffers within ``memory``:
@@ -140,11 +141,13 @@ def decide(
     codecs to weigh, measured on a sample of the source (``None``: as is).  A stream's
     size is unknown: the model plans it for ``--expect-size``, else for
     :data:`~mpistage.streams.ASSUMED_STREAM_SIZE`, and never with MPI's broadcast
-    (every rank would have to know how many chunks come).
+    (every rank would have to know how many chunks come).  ``recoverable``: the run
+    could survive a lost node (:func:`mpistage.recovery.can_recover`: one file of known
+    size): ``auto`` then never picks MPI's own broadcast, which cannot leave a member out.
     """
     auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
     algorithms = MODELLED if auto_algorithm else (algorithm,)
-    if info.stream:
+    if info.stream or (auto_algorithm and recoverable):
         algorithms = tuple(a for a in algorithms if SCHEDULES[a].point_to_point)
     candidates = dict(algorithms=algorithms,
                       chunk_size=None if auto_chunk else int(chunk_size), arity=arity,

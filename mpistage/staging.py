@@ -386,7 +386,8 @@ def _decide_plan(
                          info, calibration=params, algorithm=options.algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
                          timeout=options.timeout, max_chunk=options.max_auto_chunk,
-                         files=files, codecs=codecs, memory=options.memory)
+                         files=files, codecs=codecs, memory=options.memory,
+                         recoverable=files == 0 and options.pipe is None)
     if topo.comm.rank == options.root and decided is None:
         decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
                            if options.auto_chunk
@@ -654,6 +655,8 @@ def explain(
                     calibration=params, algorithm=AUTO, chunk_size=options.chunk_size,
                     arity=arity, timeout=timeout, max_chunk=options.max_auto_chunk,
                     files=copy.files_in_stream, codecs=codecs,
+                    recoverable=(options.auto_algorithm and copy.files_in_stream == 0
+                                 and options.pipe is None),
                 )
                 prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:
