@@ -60,7 +60,7 @@ _VERDICT_TAG = 7107  # root → participants: a Verdict (``None``: still collect
 #: Re-formed runs at most (each survives at least one more lost node).
 MAX_ROUNDS = 3
 #: Seconds the root waits at most for the verdict's sends (a dead member's never end).
-ANNOUNCE_GRACE = 0.5
+ANNOUNCE_GRACE = 0.05
 
 #: Engines of broken rounds, kept for the life of the process: MPI may still hold
 #: requests on their buffers (a send to a host cut off that comes back) that never
@@ -225,10 +225,14 @@ class Rounds:
             pending = [r for r in self.members if r not in surveys and r not in self.lost]
             if not pending:
                 break
+            named = self._named(surveys)
             if any(s.stall for s in surveys.values()):
-                self.roll.call_off(pending)
+                # Not to a node named in a stall or silent already: a send to a dead
+                # process blocks inside MPI until its retries run out.
+                self.roll.call_off(r for r in pending
+                                   if r not in named and r not in self.roll.silent(named))
             self._ping()
-            for rank in self.roll.silent():
+            for rank in self.roll.silent(named):
                 if rank not in self.lost:
                     self.lost[rank] = self._why_lost(rank, surveys)
             time.sleep(pause)
@@ -236,6 +240,14 @@ class Rounds:
             pause = min(2 * pause, 0.02)
         self._surveys = {}
         return surveys
+
+    def _named(self, surveys: dict[int, Survey]) -> set[int]:
+        """The members a stall names: the suspects, and the parents a stall's message
+        names as sending nothing."""
+        named = {r for s in surveys.values() for r in s.suspects}
+        stalls = [s.stall for s in surveys.values() if s.stall]
+        return named | {r for r in self.members
+                        if any(f"from {self.peer_name(r)} " in stall for stall in stalls)}
 
     def _why_lost(self, rank: int, surveys: dict[int, Survey]) -> str:
         seen = [f"{self.peer_name(r)}: {s.stall}" for r, s in sorted(surveys.items())
@@ -321,6 +333,9 @@ def run_rounds(rounds: Rounds, first: Attempt, recoverable: bool, count: int,
             verdict = rounds.report(survey)
         if verdict.outcome is not None:
             return result, verdict.outcome, stall, engines
+        if rounds.comm.rank in verdict.lost:  # counted lost (it froze, then woke up)
+            why = verdict.lost[rounds.comm.rank]
+            return result, (None, None, None), f"counted lost by the root ({why})", engines
         if rounds.comm.rank not in verdict.survivors:  # this copy failed: nothing to add
             return result, (None, None, None), None, engines
         rounds.next_round(verdict)

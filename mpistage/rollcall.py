@@ -131,6 +131,7 @@ class RollCall:
         self.round, self.members = round_, list(members)
         self._parents = tuple(parents)
         self._heard = dict.fromkeys(self.members, now)
+        self._spoke: set[int] = set()  # heard from since the round began
         self.reported = set()
         self._called = False
 
@@ -141,17 +142,25 @@ class RollCall:
         now = time.monotonic()
         for rank in drain_heartbeats(self.comm):
             self._heard[rank] = now
+            self._spoke.add(rank)
 
     def heard(self, rank: int) -> None:
         """The root: a message from ``rank`` (its survey) is a sign of life too."""
         self._heard[rank] = time.monotonic()
+        self._spoke.add(rank)
 
-    def silent(self) -> list[int]:
-        """The root: members yet to report that gave no sign of life for the timeout."""
-        now = time.monotonic()
+    def silent(self, named: Iterable[int] = ()) -> list[int]:
+        """The root: members yet to report that gave no sign of life for the timeout:
+        since they last spoke, or since the round began for those ``named`` by a stall
+        (their parent could not send to them, or their child got nothing from them);
+        any other not heard from yet, twice the timeout (on a machine with more ranks
+        than cores a node may reach its part seconds late)."""
+        now, named = time.monotonic(), set(named)
         return [rank for rank in self.members
                 if rank != self.root and rank not in self.reported
-                and now - self._heard.get(rank, now) >= self.timeout]
+                and now - self._heard.get(rank, now)
+                >= (self.timeout if rank in self._spoke or rank in named
+                    else 2 * self.timeout)]
 
     def call_off(self, ranks: Iterable[int]) -> None:
         """The root: tell ``ranks`` that this round is over (once a round)."""
