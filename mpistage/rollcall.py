@@ -55,6 +55,20 @@ def pulse_interval(timeout: float) -> float:
 KEPT: list[Drain] = []
 
 
+def run_over() -> None:
+    """The run is over: no more chores, and every drain's receives withdrawn (a receive
+    left posted can hold ``MPI_Finalize`` up: Open MPI's ULFM waited for ever)."""
+    BACKGROUND.clear()
+    for drain in KEPT:
+        drain.cancel()
+
+
+def draining(comm: MPI.Comm) -> bool:
+    """Whether receives of a :class:`Drain` are posted on ``comm``: then it must not be
+    freed (MPI would free it under them, and the closing exchange still needs them)."""
+    return any(drain.comm is comm for drain in KEPT)
+
+
 class Drain:
     """Receives, dropped as they complete and posted again, for a broken round's data
     that ``sources`` (this node's parents in that round) may still have in flight to
@@ -77,8 +91,20 @@ class Drain:
         except MPI.Exception:
             self._posted.pop(source, None)  # that parent is gone: nothing more comes
 
+    def cancel(self) -> None:
+        """The run is over: withdraw the receives (MPI completes a cancelled receive)."""
+        for _, request in self._posted.values():
+            try:
+                request.Cancel()
+                request.Test()
+            except MPI.Exception:
+                pass
+        self._posted = {}
+
     def tend(self) -> None:
         """Drop what arrived and post the receive again."""
+        if self.comm == MPI.COMM_NULL:
+            return
         for source, (buffer, request) in list(self._posted.items()):
             try:
                 arrived = request.Test()
@@ -209,6 +235,8 @@ class RollCall:
 
     def _absorb_calls(self) -> None:
         """Receive every call that came; pass this round's on to the parents, once."""
+        if self.comm == MPI.COMM_NULL:  # freed: the run is over
+            return
         status = MPI.Status()
         message = np.empty(1, dtype=np.int64)
         try:

@@ -41,6 +41,7 @@ from .plan import Plan, SourceInfo, check_template, describe_source
 from .preflight import NodeCheck, check_commands, preflight
 from .recovery import Attempt, Rounds, Verdict, can_recover, run_rounds
 from .reformed import HeldChunks, Reformed
+from .rollcall import draining, run_over
 from .report import NodeResult, RankRecord, StageReport
 from .sink import Sink
 from .source import FileSource
@@ -48,7 +49,7 @@ from .sources import Sources, SourceSpec
 from .streams import STDIN, StreamInput, StreamSource, describe_stream, is_stream, open_stream
 from .topology import Topology
 from .units import format_bytes
-from .waiting import BACKGROUND, quiet_barrier
+from .waiting import quiet_barrier
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
     from .manifest import Manifest
@@ -265,7 +266,7 @@ def _own_communicator(comm: MPI.Comm) -> Iterator[MPI.Comm]:
     try:
         yield own
     finally:
-        BACKGROUND.clear()  # this run's chores (mpistage.rollcall): its messages are over
+        run_over()  # this run's chores and drains (mpistage.rollcall)
         own.Free()
 
 
@@ -430,7 +431,7 @@ def _transfer_communicator(topo: Topology, checks: list[NodeCheck]) -> Iterator[
     try:
         yield sub if joins else None
     finally:
-        if joins:
+        if joins and not draining(sub):  # a broken round's drains go on to the end
             sub.Free()
 
 
