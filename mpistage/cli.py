@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import interrupt
+from . import interrupt, mpi_library
 from ._version import __version__
 from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
@@ -231,6 +231,21 @@ def _abort_after_output(comm, code: int) -> None:  # type: ignore[no-untyped-def
     comm.Abort(code)
 
 
+def _end_without_the_lost(comm, rank: int, code: int) -> None:  # type: ignore[no-untyped-def]
+    """End a job some of whose ranks are gone.  MPICH: rank 0 calls ``MPI_Abort`` (hydra
+    then ends every process, also one on a host cut off), the others return.  Open MPI:
+    every rank leaves at once, without ``MPI_Finalize``: after ``MPI_Abort``, or in
+    ``MPI_Finalize``, with a process dead, its launcher (5.0, ``--with-ft ulfm``) waited
+    until its own time limit (``MPIEXEC_TIMEOUT``, 120 s in the tests) before it ended."""
+    if mpi_library.family() == "openmpi":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(OUTPUT_DRAIN)
+        os._exit(code)
+    if rank == 0:
+        _abort_after_output(comm, code)
+
+
 def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     """The --explain table: every algorithm's best chunk and predicted time, the choice
     first, then the others fastest first.  The choice can trail the fastest by up to
@@ -377,10 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if rank == 0:
             _speak(report, args)
-            if report.stalled or report.missing_ranks or not report.reached_all:
-                # Some ranks are gone or cut off: MPI_Finalize could wait for them forever
-                # (and the launcher for their hosts).  The others have committed by now.
-                _abort_after_output(comm, report.exit_code)
+        if report.stalled or report.missing_ranks or not report.reached_all:
+            # Some ranks are gone or cut off: MPI_Finalize could wait for them forever
+            # (and the launcher for their hosts).  The others have committed by now.
+            _end_without_the_lost(comm, rank, report.exit_code)
         return report.exit_code
     except ReportLost as exc:
         speaker.gave_up(str(exc))  # rank 0 spoke, unless it died after its summary
