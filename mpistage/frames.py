@@ -54,6 +54,12 @@ class Bare:
         """Chunk ``k``'s message, as it arrived or was sealed, to forward."""
         return buffer[: self.plan.chunk_length(k)]
 
+    def whole(self, buffer: Buffer, k: int, count: int) -> bool:
+        """Whether the ``count`` bytes that arrived in ``buffer`` are chunk ``k``'s whole
+        message: MPI completes a receive with a shorter message without an error, and
+        MPICH's TCP transport does so when the sender is killed in the middle of one."""
+        return count == self.plan.chunk_length(k)
+
     def raw_length(self, buffer: Buffer, k: int) -> int:
         return self.plan.chunk_length(k)
 
@@ -110,6 +116,12 @@ class Framed:
 
     def message(self, buffer: Buffer, k: int) -> Buffer:
         return buffer[: HEADER.size + self._header(buffer)[0]]
+
+    def whole(self, buffer: Buffer, k: int, count: int) -> bool:
+        try:
+            return count >= HEADER.size and count == len(self.message(buffer, k))
+        except ValueError:
+            return False
 
     def raw_length(self, buffer: Buffer, k: int) -> int:
         return self._header(buffer)[1]

@@ -231,10 +231,12 @@ class Engine:
     # -- main thread: all MPI calls -------------------------------------------------------
 
     def _wait(self, requests: list[MPI.Request], receiving: bool,
-              on: Forward | None = None, any_of: bool = False) -> int:
+              on: Forward | None = None, any_of: bool = False,
+              status: MPI.Status | None = None) -> int:
         """Wait for ``requests`` (``on``'s, if they are one chunk's sends; with
-        ``any_of``, for one of them: its index is returned) without spinning, at the
-        pace such waits have had (see :mod:`mpistage.waiting`).
+        ``any_of``, for one of them: its index is returned; ``status``: a receive's,
+        or the one that arrived) without spinning, at the pace such waits have had
+        (see :mod:`mpistage.waiting`).
 
         Raises:
             Stalled: no progress within the timeout, or MPI reported a lost peer; the
@@ -246,11 +248,12 @@ class Engine:
         try:
             if any_of:
                 arrived = poll_any(requests, self.timeout, expected=pace.expected,
-                                   on_wake=self._on_wake, longest=longest)
+                                   on_wake=self._on_wake, longest=longest, status=status)
                 done = arrived is not None
             else:
                 done, arrived = poll(requests, self.timeout, expected=pace.expected,
-                                     on_wake=self._on_wake, longest=longest), 0
+                                     on_wake=self._on_wake, longest=longest,
+                                     statuses=None if status is None else [status]), 0
         except MPI.Exception as exc:
             self._suspect(receiving, failed=on)
             raise Stalled(f"{self._stalled_on(receiving)}: {exc.Get_error_string()}") from exc
@@ -360,24 +363,46 @@ class Engine:
         k, index, request = self._recvs.popleft()
         self._awaited = k
         if self.schedule.forwards_as_received:
-            self._wait_forwarding(k, request)
+            self._wait_forwarding(k, index, request)
         else:
-            self._wait([request], receiving=True)
+            status = MPI.Status()
+            self._wait([request], receiving=True, status=status)
+            self._check_whole(k, index, status)
         return k, index, next_post
 
-    def _wait_forwarding(self, k: int, oldest: MPI.Request) -> None:
+    def _check_whole(self, k: int, index: int, status: MPI.Status) -> None:
+        """Chunk ``k`` arrived whole in buffer ``index``.
+
+        Raises:
+            Stalled: it arrived short (its sender was killed in mid-message): the chunk
+                is neither forwarded nor written, and the next round sends it again.
+        """
+        if not self.schedule.point_to_point:  # a collective's status has no count
+            return
+        count = status.Get_count(MPI.BYTE)
+        if not self.framing.whole(self.pool.buffers[index], k, count):
+            parent = self.schedule.parent_for(k)
+            sender = "MPI" if parent is None else self.peer_name(parent)
+            raise Stalled(f"chunk {k} from {sender} arrived cut short ({count} bytes): "
+                          "its sender stopped mid-message")
+
+    def _wait_forwarding(self, k: int, index: int, oldest: MPI.Request) -> None:
         """Wait for chunk ``k``'s receive, forwarding every later chunk the moment it
         arrives (:attr:`Schedule.forwards_as_received`: chunks that come from several
         parents; were they forwarded in order, each tree would wait for the other's
         chunks, and the pipeline would step at the pace of both trees' depths)."""
+        status = MPI.Status()
         while k not in self._early:
-            later = [(j, index, r) for j, index, r in self._recvs if j not in self._early]
-            arrived = self._wait([oldest, *(r for *_, r in later)], receiving=True, any_of=True)
+            later = [(j, i, r) for j, i, r in self._recvs if j not in self._early]
+            arrived = self._wait([oldest, *(r for *_, r in later)], receiving=True,
+                                 any_of=True, status=status)
             if arrived == 0:
+                self._check_whole(k, index, status)
                 return
-            j, index, _ = later[arrived - 1]
+            j, i, _ = later[arrived - 1]
+            self._check_whole(j, i, status)
             self._early.add(j)
-            self._forward(j, index)
+            self._forward(j, i)
 
     def transfer(self) -> EngineResult:
         """Move every chunk through the schedule (call once).

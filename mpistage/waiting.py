@@ -39,7 +39,8 @@ _PAUSE_CAP = 20e-3
 
 
 def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
-         on_wake: Callable[[], object] | None = None, longest: float | None = None) -> bool:
+         on_wake: Callable[[], object] | None = None, longest: float | None = None,
+         statuses: list[MPI.Status] | None = None) -> bool:
     """Wait for every request; ``False`` if ``timeout`` seconds pass first.
 
     Args:
@@ -48,27 +49,28 @@ def poll(requests: Sequence[MPI.Request], timeout: float | None, expected: float
         on_wake: called at every wake-up that did not end the wait (other work that
             must not wait for this, e.g. posting the next send of a chunk).
         longest: the longest pause (seconds; ``None``, or more than 20 ms: 20 ms).
+        statuses: filled with the requests' statuses once they completed.
 
     Raises:
         MPI.Exception: a request failed (a peer died, a connection was reset).
     """
     requests = list(requests)
-    return _sleep_until(lambda: True if MPI.Request.Testall(requests) else None,
+    return _sleep_until(lambda: True if MPI.Request.Testall(requests, statuses) else None,
                         timeout, expected, on_wake, longest) is not None
 
 
 def poll_any(requests: Sequence[MPI.Request], timeout: float | None, expected: float = 0.0,
              on_wake: Callable[[], object] | None = None,
-             longest: float | None = None) -> int | None:
+             longest: float | None = None, status: MPI.Status | None = None) -> int | None:
     """Wait for one of ``requests`` (any); the index of one that completed (its request
-    object is now complete and null), or ``None`` if ``timeout`` seconds pass first.
-    Sleeps between polls as :func:`poll` does.
+    object is now complete and null; its status in ``status``), or ``None`` if
+    ``timeout`` seconds pass first.  Sleeps between polls as :func:`poll` does.
 
     Raises:
         MPI.Exception: a request failed (a peer died, a connection was reset).
     """
     def arrived() -> int | None:
-        index, done = MPI.Request.Testany(requests)
+        index, done = MPI.Request.Testany(requests, status)
         return index if done and index != MPI.UNDEFINED else None
 
     return _sleep_until(arrived, timeout, expected, on_wake, longest)

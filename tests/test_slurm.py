@@ -320,6 +320,44 @@ def test_scancel_mid_transfer_stops_every_rank_cleanly(
              "the epilog to empty every node's scratch")
 
 
+@pytest.mark.skipif(mpi_library.family() != "mpich",
+                    reason="srun --mpi=pmix (Open MPI) ends the step when a task dies "
+                    "(README: When a node dies)")
+@pytest.mark.parametrize("chunk", [None, "64K"], ids=["default options", "64 KiB chunks"])
+def test_srun_a_lost_node_costs_only_itself(cluster: EmulatedCluster, shared: Path,
+                                            chunk: str | None) -> None:
+    """srun (which lets the others go on when a task dies): node 2's rank killed
+    mid-transfer; the others hold verified copies and no temp file, and the summary names
+    node 2 alone."""
+    clear_scratch(cluster)
+    src = sample(shared, 32 << 20)
+    report = shared / "lost-report.json"
+    report.unlink(missing_ok=True)
+    argv = ["srun", f"--nodes={HOSTS}", "--ntasks-per-node=1", SRUN_MPI, sys.executable,
+            "-m", "mpistage", "--timeout", "5", *(["-c", chunk] if chunk else []),
+            "--report", str(report), str(src), cluster.scratch]
+    job = subprocess.Popen(cluster.command(0, argv),
+                           env=mpi_environment({"MPIEXEC_TIMEOUT": "300"}),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = 2
+
+    def receiving() -> bool:
+        return any(TEMP.search(p.name) and p.stat().st_size > 0
+                   for p in cluster.scratch_dir(victim).iterdir())
+
+    wait_for(receiving, 60, "node 2 to receive")
+    pid = cluster.mpistage_pid(victim)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    out, err = job.communicate(timeout=120)
+    nodes = json.loads(report.read_text())["nodes"]
+    assert [n["index"] for n in nodes if not n["ok"]] == [victim], out + err
+    assert copies_match(cluster, src.name, src) == [i != victim for i in range(HOSTS)]
+    assert f"node {victim} ({cluster.hostnames[victim]}" in out and "lost the root" not in out + err
+    listing = scratch_listing(cluster)
+    assert not [n for i in range(HOSTS) if i != victim for n in listing[i] if TEMP.search(n)]
+
+
 def _stage_in_background(cluster: EmulatedCluster, src: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         cluster.mpiexec_command([sys.executable, "-m", "mpistage", "-c", "1M", str(src),

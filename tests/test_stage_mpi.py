@@ -414,7 +414,8 @@ def test_auto_choice_stages_correctly_and_reports_its_prediction(area, make_file
     assert_all(prediction.get("auto") is True
                and prediction.get("source") == "quick measurement")
     assert_all(report.chunk_size <= DEFAULT_MEMORY // 4, "auto stays within the memory budget")
-    assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS))
+    # One file: auto weighs the algorithms that survive a lost node (not MPI's bcast).
+    assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS) - {"bcast"})
     assert_all(prediction["algorithm"] == report.algorithm
                and prediction["chunk_size"] == report.chunk_size)
     assert_all(prediction["parameters"]["latency"] > 0 and prediction["parameters"]["bandwidth"] > 0)
