@@ -80,6 +80,7 @@ class Drain:
         self.comm = comm
         self.tag = tag
         self._posted: dict[int, tuple[np.ndarray, MPI.Request]] = {}
+        self._cancelled = False
         for source in sources:
             self._post(source, np.empty(capacity, dtype=np.uint8))
         KEPT.append(self)
@@ -92,18 +93,21 @@ class Drain:
             self._posted.pop(source, None)  # that parent is gone: nothing more comes
 
     def cancel(self) -> None:
-        """The run is over: withdraw the receives (MPI completes a cancelled receive)."""
+        """The run is over: withdraw the receives (MPI completes a cancelled receive;
+        the buffers stay referenced here, in :data:`KEPT`, whatever MPI does)."""
+        if self._cancelled:
+            return
+        self._cancelled = True
         for _, request in self._posted.values():
             try:
                 request.Cancel()
                 request.Test()
             except MPI.Exception:
                 pass
-        self._posted = {}
 
     def tend(self) -> None:
         """Drop what arrived and post the receive again."""
-        if self.comm == MPI.COMM_NULL:
+        if self._cancelled or self.comm == MPI.COMM_NULL:
             return
         for source, (buffer, request) in list(self._posted.items()):
             try:

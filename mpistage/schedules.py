@@ -242,8 +242,10 @@ def suspects(forwards: Iterable[Forward], children: Sequence[int],
              failed: Forward | None = None) -> list[int]:
     """The children a node that stalled while sending names to the root.
 
-    Only they may be counted lost before the timeout (see :mod:`mpistage.recovery`), so
-    the list must not name a child that is merely slower: when one send *failed*
+    The root counts lost only the silent, but it sends no call to a node a stall names
+    (a send to a dead process blocks inside MPI) and names it in the lost node's line
+    (:mod:`mpistage.recovery`), so the list must not name a child that is merely
+    slower: when one send *failed*
     (``failed``: its posting or its request returned an error), that send's child alone,
     though sends to others are in flight (with one send in flight per child, the next
     child's send of an earlier chunk usually is); when sends stood still for the timeout,

@@ -211,8 +211,24 @@ def others_complete(cluster: EmulatedCluster, tmp_path: Path, src: Path, fault: 
     nodes and no other (its first line too), exit 1, within the fault-free time + the
     timeout + 20 %."""
     fault_free = fault_free_time(cluster, tmp_path, src, chunk)
-    job = launch(cluster, tmp_path, src, keep_going=True, chunk=chunk)
-    wait_until_data_flows(cluster, max(victims))
+    for attempt in range(2):  # a launch that never gets past MPI_Init is retried once
+        job = launch(cluster, tmp_path, src, keep_going=True, chunk=chunk)
+        try:
+            wait_until_data_flows(cluster, max(victims))
+            break
+        except AssertionError:
+            job.kill()
+            job.communicate()
+            for i in range(HOSTS):
+                for pid in cluster.pids(i):
+                    if pid != os.getpid():
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                shutil.rmtree(cluster.scratch_dir(i), ignore_errors=True)
+            if attempt:
+                raise
     frozen = hit(cluster, fault, victims)
     struck = time.monotonic()
     if frozen:  # wake it once it must have been counted lost, while the others finish

@@ -356,6 +356,12 @@ def test_srun_a_lost_node_costs_only_itself(cluster: EmulatedCluster, shared: Pa
     assert f"node {victim} ({cluster.hostnames[victim]}" in out and "lost the root" not in out + err
     listing = scratch_listing(cluster)
     assert not [n for i in range(HOSTS) if i != victim for n in listing[i] if TEMP.search(n)]
+    # Rank 0 ended the step (MPI_Abort): MPICH's shared-memory files of the ranks it
+    # killed stay in /dev/shm (as after any kill -9), for the tests after this one.
+    for i in range(HOSTS):
+        for name in os.listdir(cluster.shm_dir(i)):
+            if name.startswith("mpich_shm_"):
+                os.unlink(cluster.shm_dir(i) / name)
 
 
 def _stage_in_background(cluster: EmulatedCluster, src: Path) -> subprocess.Popen[str]:
