@@ -41,7 +41,8 @@ LAUNCHER_PMIX_ERROR = re.compile(r"^\[[^\]]+:\d+\] PMIX ERROR: .*\n?", re.MULTIL
 def without_launcher_box(stderr: str) -> str:
     """``stderr`` without what Open MPI's launcher adds: the box in which it names the
     failed rank, and its own PMIx errors."""
-    return LAUNCHER_PMIX_ERROR.sub("", LAUNCHER_BOX.sub("", stderr))
+    # The PMIx errors first: one may land inside the box, between its top and its text.
+    return LAUNCHER_BOX.sub("", LAUNCHER_PMIX_ERROR.sub("", stderr))
 
 
 def mpistage(*args: str, n: int | None = 2, prefix: tuple[str, ...] = (), timeout: float = 180,
