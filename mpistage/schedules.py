@@ -455,7 +455,8 @@ class BcastSchedule(Schedule):
     """
 
     name = "bcast"
-    help = "MPI's own broadcast per chunk (baseline)"
+    help = ("MPI's own broadcast per chunk (baseline; it cannot go on without a lost node, "
+            "so auto never picks it for one file)")
     point_to_point = False
 
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
