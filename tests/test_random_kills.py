@@ -108,7 +108,14 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
             assert file_digest(final) == file_digest(src), f"partial file on host {host}; {what}"
             whole.append(host)
     if pid is None:
-        assert job.returncode == 0 and whole == list(range(HOSTS)), what
+        assert whole == list(range(HOSTS)), what
+        assert f"all {HOSTS} nodes hold a verified copy" in out, what
+        if job.returncode == -signal.SIGPIPE:
+            # The rank had ended and nothing was killed, but hydra's mpiexec itself died
+            # of SIGPIPE as the job ended (seen once in CI, every copy verified): the
+            # launcher's teardown, counted apart (README: When a node dies).
+            return "finished before the kill; mpiexec ended by SIGPIPE"
+        assert job.returncode == 0, what
         return "finished before the kill"
     if victim == 0:
         if whole == list(range(HOSTS)):
