@@ -50,14 +50,20 @@ def clean(cluster: EmulatedCluster) -> Iterator[EmulatedCluster]:
     yield cluster
     for i in range(HOSTS):
         cluster.set_link(i, up=True)
+    empty_hosts(cluster)
+    cluster.resize_scratch(MIDDLE, "1m")
+
+
+def empty_hosts(cluster: EmulatedCluster) -> None:
+    """Kill every process on every host and empty every scratch (a mount: contents only)."""
+    for i in range(HOSTS):
         for pid in cluster.pids(i):
             if pid != os.getpid():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        shutil.rmtree(cluster.scratch_dir(i), ignore_errors=True)  # contents only: a mount
-    cluster.resize_scratch(MIDDLE, "1m")
+        shutil.rmtree(cluster.scratch_dir(i), ignore_errors=True)
 
 
 def sample(tmp_path: Path, size: int = 32 << 20) -> Path:
@@ -219,14 +225,7 @@ def others_complete(cluster: EmulatedCluster, tmp_path: Path, src: Path, fault: 
         except AssertionError:
             job.kill()
             job.communicate()
-            for i in range(HOSTS):
-                for pid in cluster.pids(i):
-                    if pid != os.getpid():
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                shutil.rmtree(cluster.scratch_dir(i), ignore_errors=True)
+            empty_hosts(cluster)
             if attempt:
                 raise
     frozen = hit(cluster, fault, victims)
