@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpistage.model import MODELLED, Parameters, Sample, fit, predict
+from mpistage.model import MODELLED, Parameters, predict
+from mpistage.model_fit import Sample, fit
 from mpistage.results import ResultStore
 from mpistage.units import format_bytes
 

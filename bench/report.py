@@ -43,7 +43,8 @@ import numpy as np
 
 from mpistage.bcast_model import algorithm as mpich_bcast_algorithm
 from mpistage.cluster.cluster import bucket_bytes, parse_rate
-from mpistage.model import ASSUMED, MODELLED, Parameters, Sample, fit, predict
+from mpistage.model import ASSUMED, MODELLED, Parameters, predict
+from mpistage.model_fit import Sample, fit
 from mpistage.results import ResultStore
 from mpistage.units import format_bytes
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from . import engine_cost
 from .errors import UsageError
 from .model import SCHEMA, Parameters
 from .plan import expand
@@ -49,6 +50,7 @@ class Calibration:
     rtt: list[float] = field(default_factory=list)
     read: dict[str, Any] | None = None
     writes: list[dict[str, Any]] = field(default_factory=list)
+    engine: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class Calibration:
             "rtt": {"seconds": self.rtt, **rtt_summary(self.rtt)},
             "read": self.read,
             "writes": self.writes,
+            "engine": self.engine,
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -78,6 +81,9 @@ class Calibration:
             f"  start-up I       {format_seconds(p.startup)}",
             f"  per file φ (max) {format_seconds(p.file_cost) if p.file_cost else '-'}"
             " (a tree's create, mode, mtime, close)",
+            f"  CPU per message o {format_seconds(p.overhead) if p.overhead else '-'}"
+            " (the engine's, per end: staged by chain at 64 KiB and 1 MiB chunks)",
+            f"  CPU rate         {_rate(p.cpu_rate)} per message end",
         ]
         for link in self.links:
             lines.append(f"    link {link['from']} -> {link['to']} ({link['host']}): "
@@ -212,6 +218,17 @@ def _timed_files(directory: str, count: int = 256) -> float:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def leaders_can_write(comm: MPI.Comm, writes: list[dict[str, Any]]) -> bool:
+    """Whether every node's write was timed without an error (rank 0 decides; the
+    same answer on every rank)."""
+    return bool(comm.bcast(bool(writes) and not any("error" in w for w in writes), root=0))
+
+
+#: Link parameters for calibrate's own stagings: their algorithm and chunk are fixed,
+#: so the model's prediction does not matter, and the link is not probed again.
+_NO_PROBE = Parameters(latency=1e-5, bandwidth=1e9)
+
+
 def calibrate(
     comm: MPI.Comm | None = None, *, source: str | None = None, dest: str | None = None,
     sample: int = 64 << 20, sizes: tuple[int, ...] = DEFAULT_SIZES, repeats: int = 3,
@@ -266,6 +283,9 @@ def calibrate(
             except UsageError as exc:
                 write = {"node": topo.node.index, "host": topo.node.host, "error": str(exc)}
         writes = [w for w in comm.gather(write, root=0) or [] if w is not None]
+        engine = None
+        if dest is not None and leaders_can_write(comm, writes):
+            engine = engine_cost.measure(comm, dest, sample, _NO_PROBE, ranks_as_nodes)
         result = None
         if comm.rank == 0:
             problems = [f"node {w['node']} ({w['host']}): {w['error']}" for w in writes if "error" in w]
@@ -283,8 +303,11 @@ def calibrate(
                         write_bandwidth=min(measured_writes) if measured_writes else math.inf,
                         startup=startup,
                         file_cost=max((w["file_cost"] for w in writes), default=0.0),
+                        overhead=engine["overhead"] if engine else 0.0,
+                        cpu_rate=(engine or {}).get("cpu_rate") or math.inf,
                     ),
                     nodes=len(topo.nodes), links=links, rtt=rtt, read=read, writes=writes,
+                    engine=engine,
                 )
         result = comm.bcast(result, root=0)
         if isinstance(result, str):

@@ -257,13 +257,17 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
         f"{name} {'-' if value == float('inf') else format_bytes(value) + '/s'}"
         for name, value in (("B", p.bandwidth), ("R", p.read_bandwidth), ("W", p.write_bandwidth))
     )
+    cpu = (f"; CPU o {format_seconds(p.overhead)} per message, "
+           f"{format_bytes(p.cpu_rate)}/s per message end, {p.share:g} ranks per core"
+           if p.overhead else "")
     lines = [
         f"mpistage --explain: {prediction.nodes} nodes to serve; parameters from the "
-        f"{prediction.source}: α {format_seconds(p.latency)}, {rates}",
-        f"  {'algorithm':<10} {'chunk':>10} {'predicted transfer':>19}",
+        f"{prediction.source}: α {format_seconds(p.latency)}, {rates}{cpu}",
+        f"  {'algorithm':<10} {'chunk':>10} {'predicted transfer':>19}  {'bound by':<8}",
     ]
     chosen = prediction.choice.algorithm
     predictions = prediction.choice.predictions
+    bounds = prediction.choice.bounds or {}
     fastest = min(seconds for _, seconds in predictions.values())
     for algorithm, (chunk, seconds) in sorted(
             predictions.items(), key=lambda item: (item[0] != chosen, item[1][1])):
@@ -272,7 +276,8 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
             mark = "  <- chosen"
             if seconds > fastest:
                 mark += f" (within {TIE:.0%} of the fastest: a tie, won by the simpler schedule)"
-        lines.append(f"  {algorithm:<10} {format_bytes(chunk):>10} {format_seconds(seconds):>19}{mark}")
+        lines.append(f"  {algorithm:<10} {format_bytes(chunk):>10} {format_seconds(seconds):>19}"
+                     f"  {bounds.get(algorithm, '-'):<8}{mark}")
     codecs = prediction.choice.codecs or {}
     if len(codecs) > 1:
         weighed = ", ".join(f"{name} {format_seconds(seconds)}"

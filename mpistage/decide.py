@@ -28,8 +28,9 @@ from mpi4py import MPI
 from .algorithms import SCHEDULES
 from .codec import CodecCost
 from .errors import Stalled
-from .model import (ASSUMED, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE, MODELLED, Choice,
-                    Parameters, choice_is_settled, choose)
+from .cores import core_share
+from .model import (ASSUMED, ASSUMED_CPU_RATE, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE,
+                    ENGINE_OVERHEAD, MODELLED, Choice, Parameters, choice_is_settled, choose)
 from .plan import Plan, SourceInfo
 from .streams import ASSUMED_STREAM_SIZE
 
@@ -37,6 +38,9 @@ AUTO = "auto"
 _PROBE_TAG = 7201
 _PROBE_MIN, _PROBE_MAX = 64 << 10, 1 << 20
 _PROBE_PAUSE = 20e-6
+#: Messages in the probe's burst (1 byte each, sent back to back): MPI's CPU per
+#: message, LogGP's ``o``, a millisecond or less on any link.
+_BURST = 32
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,9 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
             _exchange([comm.Isend(tiny, dest=root, tag=_PROBE_TAG)], timeout)
         interval = _arrivals(comm.Irecv(lead, source=root, tag=_PROBE_TAG),
                              comm.Irecv(timed, source=root, tag=_PROBE_TAG), timeout)
-        _exchange([comm.Isend(array("d", [interval]), dest=root, tag=_PROBE_TAG)], timeout)
+        received = _burst(comm, root, False, timeout)
+        _exchange([comm.Isend(array("d", [interval, received]), dest=root, tag=_PROBE_TAG)],
+                  timeout)
         return None
     trips = []
     for _ in range(4):  # the first round trip may set up the connection: not counted
@@ -95,18 +101,36 @@ def quick_parameters(comm: MPI.Comm, root: int, size: int, timeout: float) -> Pa
         _exchange([comm.Irecv(tiny, source=peer, tag=_PROBE_TAG)], timeout)
         trips.append(time.perf_counter() - started)
     latency = min(trips[1:]) / 2
-    interval = array("d", [0.0])
+    measured = array("d", [0.0, 0.0])
     started = time.perf_counter()
     _exchange([comm.Isend(lead, dest=peer, tag=_PROBE_TAG),
                comm.Isend(timed, dest=peer, tag=_PROBE_TAG)], timeout)
-    _exchange([comm.Irecv(interval, source=peer, tag=_PROBE_TAG)], timeout)
     elapsed = time.perf_counter() - started - 2 * latency
-    if interval[0] < _PROBE_PAUSE * 10:
+    sent = _burst(comm, peer, True, timeout)
+    _exchange([comm.Irecv(measured, source=peer, tag=_PROBE_TAG)], timeout)
+    interval, received = measured
+    overhead = max(sent, received)
+    if interval < _PROBE_PAUSE * 10:
         # the receiver was not scheduled while the second message arrived (more ranks
         # than cores): its interval says nothing; the whole exchange, timed here, does
-        return Parameters(latency=latency,
+        return Parameters(latency=latency, overhead=overhead,
                           bandwidth=(len(lead) + len(timed)) / max(elapsed, 1e-9))
-    return Parameters(latency=latency, bandwidth=len(timed) / interval[0])
+    return Parameters(latency=latency, bandwidth=len(timed) / interval, overhead=overhead)
+
+
+def _burst(comm: MPI.Comm, peer: int, sending: bool, timeout: float) -> float:
+    """CPU seconds per message of :data:`_BURST` 1-byte messages sent back to back
+    (``sending``) or received from ``peer``, posted and tested as the engine does: MPI's
+    own ``o``.  Thread CPU, not wall time: a rank that shares its core with others is
+    charged for that by the model's ``share``, not here."""
+    buffers = [bytearray(1) for _ in range(_BURST)]
+    started = time.thread_time()
+    if sending:
+        requests = [comm.Isend(b, dest=peer, tag=_PROBE_TAG) for b in buffers]
+    else:
+        requests = [comm.Irecv(b, source=peer, tag=_PROBE_TAG) for b in buffers]
+    _exchange(requests, timeout)
+    return (time.thread_time() - started) / _BURST
 
 
 def _arrivals(lead: MPI.Request, timed: MPI.Request, timeout: float) -> float:
@@ -117,6 +141,19 @@ def _arrivals(lead: MPI.Request, timed: MPI.Request, timeout: float) -> float:
     first = time.perf_counter()
     _exchange([timed], timeout)
     return time.perf_counter() - first
+
+
+def with_cpu(params: Parameters, share: float, measured: bool) -> Parameters:
+    """``params`` with the CPU's terms: ``share`` (found at run time, as placement
+    decides it), and where no calibration gave them, the per-message ``overhead`` (MPI's,
+    as the probe ``measured`` it, plus :data:`~mpistage.model.ENGINE_OVERHEAD`) and
+    :data:`~mpistage.model.ASSUMED_CPU_RATE`."""
+    overhead, cpu_rate = params.overhead, params.cpu_rate
+    if measured or not overhead:
+        overhead = ENGINE_OVERHEAD + (params.overhead if measured else 0.0)
+    if math.isinf(cpu_rate):
+        cpu_rate = ASSUMED_CPU_RATE
+    return replace(params, overhead=overhead, cpu_rate=cpu_rate, share=share)
 
 
 def decide(
@@ -163,11 +200,13 @@ def decide(
         if params is not None:
             params = replace(params, read_bandwidth=ASSUMED_LOCAL_RATE,
                              write_bandwidth=ASSUMED_LOCAL_RATE)
+    share = core_share(comm, root) if source != "assumed" else 0.0
     if comm.rank != root:
         return None
     assert params is not None
     if files and not params.file_cost:
         params = replace(params, file_cost=ASSUMED_FILE_COST)
+    params = with_cpu(params, share, measured=source == "quick measurement")
     choice = choose(size, comm.size, replace(params, startup=0.0), **candidates)
     prediction = Prediction(source=source, parameters=params, nodes=comm.size, choice=choice,
                             auto=auto_algorithm or auto_chunk)

@@ -97,7 +97,16 @@ SCHEMA = "mpistage.calibration/1"
 
 @dataclass(frozen=True)
 class Parameters:
-    """Calibrated machine parameters (SI units: seconds, bytes per second)."""
+    """Calibrated machine parameters (SI units: seconds, bytes per second).
+
+    The last three are the processor's (LogGP's ``o`` and a per-byte cost): ``overhead``
+    is the CPU a rank spends per chunk message it sends or receives (MPI's call and the
+    engine's own work around it), ``cpu_rate`` the bytes/s one rank's CPU carries per
+    message end through its per-byte work (MPI's copy, and its part of the digest and
+    of the write's or read's copy), ``share`` the transfer's ranks per core on the most
+    crowded machine (4 ranks on a 2-core host: 2; 0: every rank has a core of its own).
+    Zero overhead and an infinite rate leave the CPU out: the wire-only model.
+    """
 
     latency: float
     bandwidth: float
@@ -105,6 +114,9 @@ class Parameters:
     write_bandwidth: float = math.inf
     startup: float = 0.0
     file_cost: float = 0.0
+    overhead: float = 0.0
+    cpu_rate: float = math.inf
+    share: float = 0.0
 
     def to_dict(self) -> dict[str, float | None]:
         return {k: (None if math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -113,7 +125,8 @@ class Parameters:
     def from_dict(cls, data: dict[str, float | None]) -> Parameters:
         return cls(**{k: math.inf if data.get(k) is None else float(data[k])  # type: ignore[arg-type]
                       for k in ("latency", "bandwidth", "read_bandwidth", "write_bandwidth",
-                                "startup", "file_cost") if k in data})
+                                "startup", "file_cost", "overhead", "cpu_rate", "share")
+                      if k in data})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Parameters:
@@ -125,6 +138,10 @@ class Parameters:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"{path} is not an mpistage calibration file (schema {SCHEMA})")
         return cls.from_dict(data["parameters"])
+
+    def message_cpu(self, nbytes: float) -> float:
+        """CPU seconds one end of a message of ``nbytes`` costs its rank."""
+        return self.overhead + nbytes / self.cpu_rate
 
 
 def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
@@ -154,8 +171,30 @@ def predict(
         raise ValueError(f"invalid chunk size {chunk}")
     if size == 0:
         return params.startup
-    chunk = min(chunk, size)
-    chunks = math.ceil(size / chunk)
+    return sum(_terms(algorithm, size, nodes, chunk, params, arity, files, codec).values())
+
+
+#: The resources a step can wait for, as :func:`bound` names them.
+RESOURCES = ("link", "CPU", "read", "write")
+
+
+def bound(
+    algorithm: str, size: int, nodes: int, chunk: int, params: Parameters, arity: int = 2,
+    files: int = 0, codec: CodecCost | None = None,
+) -> str:
+    """Which resource paces the pipeline's steady steps: ``"link"``, ``"CPU"``,
+    ``"read"`` (the source) or ``"write"`` (the disk); for a file of one chunk, the
+    one the single step waits for longest."""
+    terms = _step_terms(algorithm, size, nodes, chunk, params, arity, files, codec)
+    return max(terms, key=lambda name: terms[name])
+
+
+def _step_terms(
+    algorithm: str, size: int, nodes: int, chunk: int, params: Parameters, arity: int,
+    files: int, codec: CodecCost | None,
+) -> dict[str, float]:
+    """Seconds one steady step needs of each resource (:data:`RESOURCES`)."""
+    chunk = max(1, min(chunk, size))
     write_bandwidth = params.write_bandwidth
     if files and params.file_cost > 0:
         write_bandwidth = size / (size / write_bandwidth + files * params.file_cost)
@@ -164,20 +203,56 @@ def predict(
         read += chunk / codec.encode_rate
         write += chunk / codec.decode_rate
         wire = chunk * codec.ratio
-    local = max(read, write)
-    hop = params.latency + wire / params.bandwidth
     if nodes <= 1:
-        return params.startup + chunks * local
+        return {"link": 0.0, "CPU": 0.0, "read": read, "write": write}
+    # every node receives each chunk once: 2(N − 1) message ends per chunk in all, so
+    # ranks crowded onto shared cores need 2(N − 1)/N ends' CPU per rank and core
+    crowd = 2 * params.share * (nodes - 1) / nodes
+    if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
+        messages = bcast_model.step_messages(chunk, nodes)
+        wire_bytes = bcast_model.step_bytes(chunk, nodes)
+        link = messages * params.latency + wire_bytes / params.bandwidth
+        cpu = max(1.0, params.share) * ((messages + 1) * params.overhead
+                                        + (wire_bytes + chunk) / params.cpu_rate)
+    else:
+        fan_out, _ = shape(algorithm, nodes, arity)
+        link = fan_out * (params.latency + wire / params.bandwidth)
+        # the busiest rank receives the chunk and sends it to each child (with two
+        # nodes, each rank does one of the two), unless sharing cores is worse
+        busiest = fan_out + (1 if nodes > 2 else 0)
+        cpu = max(busiest, crowd) * params.message_cpu(wire)
+    return {"link": link, "CPU": cpu, "read": read, "write": write}
+
+
+def _terms(
+    algorithm: str, size: int, nodes: int, chunk: int, params: Parameters, arity: int,
+    files: int, codec: CodecCost | None,
+) -> dict[str, float]:
+    """The predicted time in parts: ``startup``, ``steps`` (the steady chunks, each
+    at the pace of the slowest resource), ``fill`` (the first chunk's way to the last
+    node) and ``ends`` (the first read and the last write, which overlap nothing)."""
+    chunk = min(chunk, size)
+    chunks = math.ceil(size / chunk)
+    steady = _step_terms(algorithm, size, nodes, chunk, params, arity, files, codec)
+    step = max(steady.values())
+    ends = max(steady["read"], steady["write"])
+    if nodes <= 1:
+        return {"startup": params.startup, "steps": chunks * step, "fill": 0.0, "ends": 0.0}
+    wire = chunk * codec.ratio if codec is not None else chunk
+    # one hop of the first chunk: its wire time, or the CPU to receive and send it
+    # where that is longer (the ranks on its way do nothing else meanwhile)
+    hop_cpu = 2 * params.message_cpu(wire)
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
         messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
-        first = messages * params.latency + first_bytes / params.bandwidth
-        step = max(bcast_model.step_messages(chunk, nodes) * params.latency
-                   + bcast_model.step_bytes(chunk, nodes) / params.bandwidth,
-                   first / bcast_model.IN_FLIGHT)
-        return params.startup + first + (chunks - 1) * max(step, local) + local
-    fan_out, fill = shape(algorithm, nodes, arity)
-    step = max(fan_out * hop, local)
-    return params.startup + (chunks - 1) * step + fill * hop + local
+        first = max(messages * params.latency + first_bytes / params.bandwidth,
+                    messages * hop_cpu)
+        step = max(step, first / bcast_model.IN_FLIGHT)
+        return {"startup": params.startup, "steps": (chunks - 1) * step, "fill": first,
+                "ends": ends}
+    _, fill = shape(algorithm, nodes, arity)
+    hop = max(params.latency + wire / params.bandwidth, hop_cpu)
+    return {"startup": params.startup, "steps": (chunks - 1) * step, "fill": fill * hop,
+            "ends": ends}
 
 
 def optimal_chunk(
@@ -218,11 +293,12 @@ class Choice:
     predictions: dict[str, tuple[int, float]]  # algorithm → (its best chunk, seconds)
     codec: str = "none"
     codecs: dict[str, float] | None = None
+    bounds: dict[str, str] | None = None  # algorithm → what paces it (:func:`bound`)
 
     def to_dict(self) -> dict[str, object]:
         return {"algorithm": self.algorithm, "chunk_size": self.chunk_size,
                 "predicted": self.predicted, "codec": self.codec,
-                "codecs": self.codecs or {},
+                "codecs": self.codecs or {}, "bounds": self.bounds or {},
                 "predictions": {a: {"chunk_size": c, "seconds": t}
                                 for a, (c, t) in self.predictions.items()}}
 
@@ -279,7 +355,10 @@ def choose(
         name = "none" if codec is None else codec.name
         weighed[name] = predictions[pick][1]
         if best is None or predictions[pick][1] < best.predicted:
-            best = Choice(pick, predictions[pick][0], predictions[pick][1], predictions, name)
+            bounds = {a: bound(a, size, nodes, c, params, arity, files, codec)
+                      for a, (c, _) in predictions.items()}
+            best = Choice(pick, predictions[pick][0], predictions[pick][1], predictions, name,
+                          bounds=bounds)
     if best is None:
         raise ValueError(f"no algorithm of {', '.join(algorithms)} can send encoded chunks")
     return replace(best, codecs=weighed)
@@ -304,6 +383,16 @@ ASSUMED_LOCAL_RATE = 1e9
 #: closing it took 24 µs on tmpfs and 63 µs on ext4 here (Python's system calls), plus
 #: the tree sink's own work per file.
 ASSUMED_FILE_COST = 50e-6
+#: The engine's own CPU per chunk message on a rank, beyond MPI's call (which the quick
+#: probe measures): taking the chunk, posting and testing its requests, handing it to the
+#: writer, digesting.  ``mpistage calibrate`` measures the whole per-message cost by
+#: running the engine; this is what it measured here (2 cores, MPICH wheel, one host):
+#: 0.10-0.12 ms per message, of which MPI's own 2-5 µs.
+ENGINE_OVERHEAD = 105e-6
+#: Bytes/s one rank's CPU carries through its per-byte work on a chunk where not
+#: calibrated (MPI's copy, the digest, the write's copy into the page cache): 1.0-1.5
+#: GB/s here, by ``mpistage calibrate``.
+ASSUMED_CPU_RATE = 1.2e9
 
 
 def choice_is_settled(
@@ -326,86 +415,6 @@ def ka_terms(params: Parameters, size: int) -> dict[str, float]:
     """The Ka paper's symbols in terms of the calibrated parameters (see module doc)."""
     return {"d": params.latency, "d_prime": params.latency, "L": size / params.bandwidth,
             "I": params.startup}
-
-
-# -- fitting the model to measured runs ---------------------------------------------------
-
-@dataclass(frozen=True)
-class Sample:
-    """One measured run: its configuration and its transfer time (start-up excluded)."""
-
-    algorithm: str
-    size: int
-    nodes: int
-    chunk: int
-    seconds: float
-    arity: int = 2
-
-
-def network_terms(algorithm: str, size: int, nodes: int, chunk: int, arity: int = 2) -> tuple[float, float]:
-    """``(a, b)`` with network-bound transfer time ``a·α + b/B`` (no start-up, R = W = ∞).
-
-    The model is linear in α and 1/B wherever the network is the bottleneck, which lets
-    :func:`fit` use plain linear least squares.
-    """
-    if size == 0 or nodes <= 1:
-        return 0.0, 0.0
-    chunk = min(chunk, size)
-    chunks = math.ceil(size / chunk)
-    if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast, bandwidth-bound
-        messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
-        return (messages + (chunks - 1) * bcast_model.step_messages(chunk, nodes),
-                first_bytes + (chunks - 1) * bcast_model.step_bytes(chunk, nodes))
-    fan_out, fill = shape(algorithm, nodes, arity)
-    hops = (chunks - 1) * fan_out + fill
-    return hops, hops * chunk
-
-
-def fit(samples: list[Sample], base: Parameters | None = None, huber: float | None = 0.1,
-        latency: float | None = None) -> Parameters:
-    """Least-squares α and B from measured runs, minimising the *relative* error (a 1 s
-    run counts as much as a 60 s one).  Other parameters come from ``base``.
-
-    Runs the model describes badly (a CPU-bound run, an MPI broadcast whose internal
-    algorithm differs from the modelled one) would drag the fit; with ``huber`` the fit
-    is robust: iteratively reweighted least squares with Huber weights, so residuals
-    beyond ``huber`` (10 %) count linearly, not quadratically.  ``huber=None`` gives the
-    plain least-squares fit.
-
-    When chunks are large, ``c/B`` dwarfs α and the two are nearly collinear; a
-    ``latency`` measured directly (small-message ping-pongs) can then be given, and only
-    B is fitted.
-
-    Raises:
-        ValueError: fewer than two usable samples, or they cannot separate α from B.
-    """
-    import numpy as np
-
-    rows = [(network_terms(s.algorithm, s.size, s.nodes, s.chunk, s.arity), s.seconds)
-            for s in samples if s.seconds > 0 and s.nodes > 1 and s.size > 0]
-    if len(rows) < 2:
-        raise ValueError(f"need at least two runs on two or more nodes to fit, got {len(rows)}")
-    design = np.array([[a / t, b / t] for (a, b), t in rows])
-    target = np.ones(len(rows))
-    if latency is not None:  # move the known α·a/t to the right-hand side
-        target = target - design[:, 0] * latency
-        design = design[:, 1:]
-    weights = np.ones(len(rows))
-    for _ in range(50 if huber else 1):
-        root = np.sqrt(weights)[:, None]
-        solution, *_ = np.linalg.lstsq(design * root, target * root[:, 0], rcond=None)
-        residuals = np.abs(design @ solution - target)
-        updated = np.where(residuals <= (huber or np.inf), 1.0, (huber or 1.0) / np.maximum(residuals, 1e-12))
-        if np.allclose(updated, weights):
-            break
-        weights = updated
-    alpha, inverse_bandwidth = (latency, solution[0]) if latency is not None else solution
-    if inverse_bandwidth <= 0:
-        raise ValueError("the runs do not determine a positive bandwidth")
-    base = base or Parameters(latency=0.0, bandwidth=math.inf)
-    return Parameters(latency=max(float(alpha), 0.0), bandwidth=1.0 / float(inverse_bandwidth),
-                      read_bandwidth=base.read_bandwidth, write_bandwidth=base.write_bandwidth,
-                      startup=base.startup)
 
 
 if __name__ == "__main__":  # python -m mpistage.model --nodes 1024 --size 10G ...

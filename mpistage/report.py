@@ -289,6 +289,8 @@ class StageReport:
             predicted = self.prediction["predicted"]
             error = (predicted - self.transfer_seconds) / self.transfer_seconds
             chosen = " (chosen by the model)" if self.prediction["auto"] else ""
+            paced = (self.prediction.get("bounds") or {}).get(self.algorithm)
+            chosen += f", bound by the {paced}" if paced else ""
             basis = self.prediction["source"]
             if basis == "quick measurement":  # disks unknown: see 'mpistage calibrate'
                 basis = "quick link probe, disks not measured"

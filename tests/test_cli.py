@@ -207,6 +207,7 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
                    "20", "-o", str(cal))
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("mpistage calibrate: 2 nodes") and "round trips" in run.stdout
+    assert "CPU per message o" in run.stdout
     assert json.loads(cal.read_text())["schema"] == "mpistage.calibration/1"
     run = mpistage("--explain", "-a", "auto", "--calibration", str(cal), "--ranks-as-nodes",
                    str(src), str(tmp_path / "n{node}"))
@@ -216,6 +217,8 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
     # One file: auto weighs the algorithms that survive a lost node (not MPI's bcast).
     recoverable = [name for name, cls in SCHEDULES.items() if cls.point_to_point]
     assert len(lines) == 2 + len(recoverable) and "<- chosen" in lines[2], "the choice first"
+    assert "bound by" in lines[1] and "ranks per core" in lines[0]
+    assert all(line.split()[5] in ("link", "CPU", "read", "write") for line in lines[2:]), lines
     assert not any(line.split()[0] == "bcast" for line in lines[2:]), lines
     assert os.listdir(tmp_path / "n0") == [] and os.listdir(tmp_path / "n1") == []
     run = mpistage("calibrate", "--dest", str(tmp_path / "missing"), "--sample", "1K")

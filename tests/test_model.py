@@ -1,6 +1,7 @@
 """The cost model against hand-computed values, the choice, and the fit."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -9,15 +10,18 @@ from mpistage.pipeline import DEFAULT_DEPTH
 
 from mpistage.model import (
     Parameters,
-    Sample,
     chain_optimal_chunk,
     choose,
-    fit,
     ka_terms,
     optimal_chunk,
     predict,
     shape,
 )
+from mpistage.model_fit import Sample, fit
+from mpistage.cores import share_of
+from mpistage.decide import with_cpu
+from mpistage.engine_cost import fit_engine
+from mpistage.model import ASSUMED_CPU_RATE, ENGINE_OVERHEAD, bound
 
 P = Parameters(latency=0.001, bandwidth=1e6, startup=0.5)  # 1 ms per message, 1 MB/s
 S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
@@ -182,3 +186,70 @@ def test_a_tree_pays_its_per_file_cost_only_where_writing_is_the_bottleneck() ->
     assert tree - one == pytest.approx(files * 50e-6, rel=0.1)  # now φ is what it costs
     assert predict("chain", tree_size, 8, 1 << 20, replace(fast_link, file_cost=0.0),
                    files=files) < tree
+
+
+# -- the CPU in the model -----------------------------------------------------------------
+
+#: One host, 2 cores, MPICH's shared memory, as ``mpistage calibrate`` measured it (o
+#: 110-160 µs per message end, 1.0-1.5 GB/s per message end).
+ONE_HOST = Parameters(latency=40e-6, bandwidth=4.5e9, read_bandwidth=1e9, write_bandwidth=1e9,
+                      overhead=110e-6, cpu_rate=1.2e9)
+
+
+def test_without_cpu_terms_the_model_is_the_wire_only_one() -> None:
+    wire = Parameters(latency=100e-6, bandwidth=12.5e6)
+    cpu_free = Parameters(latency=100e-6, bandwidth=12.5e6, overhead=0.0, share=4.0)
+    for algorithm in ("chain", "binomial", "twotree", "bcast"):
+        assert predict(algorithm, 64 << 20, 8, 1 << 16, wire) == predict(
+            algorithm, 64 << 20, 8, 1 << 16, cpu_free)
+
+
+def test_where_the_cpu_binds_small_chunks_cost_what_was_measured() -> None:
+    """One host, 2 ranks, 1 GiB (measured: 64 KiB 2.4-3.1 s, 1 MiB 0.85-1.13 s): the
+    wire-only model called the two the same; with the CPU, 64 KiB costs ~3× as much and
+    the choice is a chunk of a MiB or more."""
+    two = replace(ONE_HOST, share=1.0)
+    small = predict("chain", 1 << 30, 2, 64 << 10, two)
+    large = predict("chain", 1 << 30, 2, 1 << 20, two)
+    assert 2.5 < small / large < 4 and 2.3 < small < 3.3 and 0.8 < large < 1.2
+    assert bound("chain", 1 << 30, 2, 64 << 10, two) == "CPU"
+    assert optimal_chunk("chain", 1 << 30, 2, two) >= 1 << 20
+
+
+def test_ranks_sharing_cores_pay_for_every_message_end_on_them() -> None:
+    """4 ranks on 2 cores: 6 message ends per chunk over 2 cores, 3 per core, where one
+    rank of its own would pay 2 (it receives and sends)."""
+    alone, crowded = replace(ONE_HOST, share=0.0), replace(ONE_HOST, share=2.0)
+    chunk = 4 << 20
+    per_end = ONE_HOST.message_cpu(chunk)
+    steps = math.ceil((64 << 20) / chunk) - 1
+    gap = predict("chain", 64 << 20, 4, chunk, crowded) - predict("chain", 64 << 20, 4, chunk, alone)
+    assert gap == pytest.approx(steps * per_end, rel=1e-6)
+    assert share_of([("boot-a", 2)] * 4) == 2.0
+    assert share_of([("boot-a", 2)] * 3 + [("boot-b", 64)] * 5) == 1.5
+
+
+def test_a_slow_link_stays_link_bound_and_keeps_small_chunks() -> None:
+    """8 emulated hosts at 100 Mbit/s on 2 cores (4 ranks per core): a 64 KiB chunk's
+    CPU (7 message ends per core) is below its 5 ms on the wire, so the chunk stays small
+    (measured best: 64 KiB 5.67 s, 256 KiB 5.81 s, 1 MiB 6.10 s)."""
+    link = Parameters(latency=150e-6, bandwidth=11.8e6, read_bandwidth=1e9, write_bandwidth=1e9,
+                      overhead=110e-6, cpu_rate=1.2e9, share=4.0)
+    assert bound("chain", 64 << 20, 8, 64 << 10, link) == "link"
+    assert optimal_chunk("chain", 64 << 20, 8, link) <= 256 << 10
+
+
+def test_the_engine_fit_finds_its_overhead_and_rate() -> None:
+    overhead, rate = 110e-6, 1.2e9
+    runs = [(m, m * overhead + (256 << 20) / rate) for m in (4096, 256)]
+    fitted = fit_engine(runs, 256 << 20)
+    assert fitted[0] == pytest.approx(overhead) and fitted[1] == pytest.approx(rate)
+    assert fit_engine([(16, 0.001), (1, 0.002)], 1 << 20)[0] == 0.0, "noise never makes o < 0"
+
+
+def test_a_probe_measured_overhead_adds_the_engines_own() -> None:
+    probed = with_cpu(Parameters(1e-5, 1e9, overhead=4e-6), 2.0, measured=True)
+    assert probed.overhead == pytest.approx(ENGINE_OVERHEAD + 4e-6) and probed.share == 2.0
+    assert probed.cpu_rate == ASSUMED_CPU_RATE
+    calibrated = with_cpu(Parameters(1e-5, 1e9, overhead=2e-4, cpu_rate=9e8), 0.5, measured=False)
+    assert (calibrated.overhead, calibrated.cpu_rate, calibrated.share) == (2e-4, 9e8, 0.5)

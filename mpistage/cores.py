@@ -1,0 +1,49 @@
+"""How many of a transfer's ranks share each core: the cost model's ``share``.
+
+Ranks that run under one kernel share its cores, whatever MPI calls a node: 4 ranks
+staged "as nodes" on a 2-core host, or emulated hosts that are network namespaces of one
+machine, each get half a core or less, and every chunk message's CPU costs them that
+much more wall time.  A kernel is told apart by its boot id (Linux's
+``/proc/sys/kernel/random/boot_id``, new at every boot, distinct between machines); its
+cores are those this process may run on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from mpi4py import MPI
+
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def this_kernel() -> tuple[str, int]:
+    """``(kernel id, usable cores)`` of this process (the host name where the boot id
+    cannot be read: then ranks on one machine count as one kernel only if their hosts'
+    names agree)."""
+    try:
+        with open(_BOOT_ID, encoding="ascii") as source:
+            kernel = source.read().strip()
+    except OSError:
+        kernel = os.uname().nodename
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return kernel, max(cores, 1)
+
+
+def share_of(kernels: list[tuple[str, int]]) -> float:
+    """Ranks per core on the most crowded kernel (``kernels``: every rank's
+    :func:`this_kernel`)."""
+    counts = Counter(kernel for kernel, _ in kernels)
+    cores = dict(kernels)
+    return max(count / cores[kernel] for kernel, count in counts.items())
+
+
+def core_share(comm: MPI.Comm, root: int) -> float:
+    """:func:`share_of` the ranks of ``comm`` (collective; the result on ``root``,
+    0 elsewhere)."""
+    kernels = comm.gather(this_kernel(), root=root)
+    return share_of(kernels) if kernels is not None else 0.0
