@@ -375,10 +375,13 @@ BRACKET = (
 ASSUMED = BRACKET[1]
 #: Bytes/s a node reads or writes where not calibrated (the quick probe measures the
 #: link only): this machine's page cache and tmpfs through mpistage's reader and writer
-#: threads, 1.0-1.5 GB/s.  Not infinite: a pipeline's first read and last write overlap
-#: nothing, so one 16 MiB chunk costs ~30 ms more than 1 MiB ones (2 hosts at 1 Gbit/s:
-#: 0.17 s against 0.14 s), which the chunk choice must see.
-ASSUMED_LOCAL_RATE = 1e9
+#: threads, 1.0-1.6 GB/s (``mpistage calibrate``: writes to tmpfs 1.58 GB/s).  Not
+#: infinite: a pipeline's first read and last write overlap nothing, so one 16 MiB chunk
+#: costs ~30 ms more than 1 MiB ones (2 hosts at 1 Gbit/s: 0.17 s against 0.14 s), which
+#: the chunk choice must see.  Not the low end either: where the CPU binds (one host),
+#: 1 GB/s made every chunk from 1 MiB up look read-bound and alike, and the choice fell
+#: on 1 MiB, 13 % slower than 4 MiB (1 GiB, 2 ranks: 0.96-1.00 s against 0.84-0.89 s).
+ASSUMED_LOCAL_RATE = 1.5e9
 #: φ where it was not calibrated: creating a file, setting its mode and mtime and
 #: closing it took 24 µs on tmpfs and 63 µs on ext4 here (Python's system calls), plus
 #: the tree sink's own work per file.
