@@ -95,7 +95,7 @@ def sweep(args: argparse.Namespace) -> None:
                         if nodes == 2:
                             jobs.append(({**base, "method": "p2p", "algorithm": "send",
                                           "chunk": size}, ("p2p", None)))
-                        for algorithm in MPI_BCAST_ALGORITHMS:
+                        for algorithm in filter(None, args.mpi_bcast.split(",")):
                             jobs.append(({**base, "method": "mpi_bcast", "algorithm": algorithm,
                                           "chunk": size}, ("bcast", algorithm)))
                         for algorithm, chunk in runs:
@@ -147,6 +147,9 @@ def record(store: ResultStore, cluster: EmulatedCluster, hosts: list[int], src: 
                 "chosen_algorithm": report["algorithm"], "chosen_chunk": report["chunk_size"],
                 "quick_latency": (prediction.get("parameters") or {}).get("latency") or float("nan"),
                 "quick_bandwidth": (prediction.get("parameters") or {}).get("bandwidth") or float("nan"),
+                # the CPU's terms the run's model used (its probe's o, the rate, the share)
+                **{f"model_{name}": (prediction.get("parameters") or {}).get(name) or float("nan")
+                   for name in ("overhead", "cpu_rate", "share")},
                 "error": "",
             }, report["ranks"])
     print(f"{label}: {seconds if seconds is None else f'{seconds:.3f} s'}", flush=True)
@@ -161,6 +164,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="1M,4M,16M,64M")
     parser.add_argument("--runs", default=DEFAULT_RUNS,
                         help="ALGORITHM:CHUNK pairs for mpistage (default %(default)s)")
+    parser.add_argument("--mpi-bcast", default=",".join(MPI_BCAST_ALGORITHMS),
+                        help="MPI_Bcast algorithms to run as baselines, comma-separated "
+                        "('' for none; default %(default)s)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each configuration (default %(default)s; reports take "
                         "their median)")
