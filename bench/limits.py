@@ -22,11 +22,14 @@ Goal rows (64 MiB unless said; "default" means no ``-a``/``-c`` given):
   tiny    a 1-byte file to 4 ranks on one host, the whole mpiexec ≤ 1.5 × a bare
           ``MPI.COMM_WORLD.Barrier()`` under the same mpiexec
   import  ``import mpistage.cli`` beyond mpi4py's own ``import mpi4py.MPI`` ≤ 0.08 s
+  best    (with c8, c16, c8g and shm) the default ≤ 1.05 × the fastest of the fixed
+          choices (chain at 64 KiB … 16 MiB, twotree at 1 MiB, binomial at 4 MiB), run in
+          the same rounds
 
 For context every cluster also gets one MPI point-to-point copy h0 → h1 (the reference),
 the plain TCP relay chain over all hosts (the physical bound, ≈ 1.00 × p2p), MPI's default
-``MPI_Bcast``, and mpistage with forced algorithms (``-a chain -c 1M``, ``-a binomial``,
-``-a auto -c auto``).  Every mpistage run's copies are checked against the source's digest
+``MPI_Bcast``, and mpistage with each fixed choice (:data:`FIXED`) and with
+``-a auto -c auto``.  Every mpistage run's copies are checked against the source's digest
 on every host, and each row says so.  The repeats are interleaved (round 1 of every row,
 then round 2 ...), so a slow spell of the machine does not land on one row only, and
 each run starts 2 s after the last one ended (the machine settles after an MPI_Bcast).
@@ -66,9 +69,17 @@ from mpistage.units import format_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("c8", "cpu", "c16", "c8g", "shm", "rss", "tiny", "import")
-#: mpistage with forced algorithms, for context: where the defaults stand.
-FORCED = (("chain-1M", ["-a", "chain", "-c", "1M"]), ("binomial", ["-a", "binomial"]),
-          ("twotree", ["-a", "twotree", "-c", "auto"]), ("auto", ["-a", "auto", "-c", "auto"]))
+#: The fixed choices the default is held against (the issue's "chunk sizes 64 KiB-16 MiB
+#: × the algorithms"; the trees at the chunks where they stand best): the row
+#: ``KEY.best`` compares the default with the fastest of them, in the same rounds.
+FIXED = (("chain-64K", ["-a", "chain", "-c", "64K"]), ("chain-256K", ["-a", "chain", "-c", "256K"]),
+         ("chain-1M", ["-a", "chain", "-c", "1M"]), ("chain-4M", ["-a", "chain", "-c", "4M"]),
+         ("chain-16M", ["-a", "chain", "-c", "16M"]), ("twotree-1M", ["-a", "twotree", "-c", "1M"]),
+         ("binomial-4M", ["-a", "binomial", "-c", "4M"]))
+#: mpistage with forced algorithms: the fixed grid, and the model's own pick of both.
+FORCED = (*FIXED, ("auto", ["-a", "auto", "-c", "auto"]))
+#: How far the default may trail the best fixed choice.
+BEST_SLACK = 1.05
 MB = 10**6  # the issue's "150 MB"; decimal, so the goal is not loosened by 5 %
 #: A bare MPI rank: start Python, import mpi4py (MPI_Init), one Barrier; prints the slowest
 #: rank's seconds from its process start (as mpistage's whole-command time counts them).
@@ -502,11 +513,32 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
                             notes=f"{verified(runs, hosts)}; ran {plans(runs)}; "
                             f"{_times(median([o.value for o in runs]), bound)}; whole command "
                             f"{_s(median([o.extra.get('elapsed') for o in runs]))}{errors(runs)}"))
+        rows.append(best_row(f"{key}.best", f"{case.label}: mpistage default vs the best fixed "
+                             "choice, transfer", default, out, "value"))
     if cpu:
         middle = cluster.hostnames[1:-1] or cluster.hostnames[1:]
         rows.append(cpu_row(case, set(middle), relayed, out["measured"], out["startup"],
                             out["mpirelay"]))
     return rows
+
+
+def best_row(row_id: str, label: str, default: Sequence[Outcome],
+             out: dict[str, list[Outcome]], what: str) -> Row:
+    """The default (median of its runs' ``what``: ``value`` or an ``extra`` key) against
+    the fastest of the :data:`FIXED` choices run in the same rounds."""
+    def seconds(outcomes: Sequence[Outcome]) -> float | None:
+        return median([o.value if what == "value" else o.extra.get(what) for o in outcomes])
+
+    fixed = {name: seconds(out[name]) for name, _ in FIXED if name in out}
+    measured = {name: value for name, value in fixed.items() if value is not None}
+    best = min(measured, key=measured.__getitem__) if measured else None
+    listing = ", ".join(f"{name} {_s(value)}" for name, value in sorted(
+        measured.items(), key=lambda item: item[1]))
+    return Row(row_id, label, "s", seconds(default), measured.get(best) if best else None,
+               f"best fixed ({best})" if best else "best fixed", Goal("ratio", BEST_SLACK),
+               all(o.ok for o in default) and all(o.ok for name in fixed for o in out[name]),
+               f"default ran {plans(default)}; fixed choices, fastest first: {listing}",
+               [o.value if what == "value" else o.extra.get(what) for o in default])
 
 
 def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
@@ -554,6 +586,8 @@ def local_rows(scale: Scale, repeat: int, groups: set[str], work: Path) -> list[
         if "shm" in groups:
             actions += [("cp", lambda: parallel_cp(src, work)),
                         ("mpistage", lambda: stage_locally(2, src, digest, [], work, timeout))]
+            actions += [(name, lambda options=options: stage_locally(
+                2, src, digest, options, work, timeout)) for name, options in FIXED]
         if "rss" in groups:
             actions += [(f"rss-{name}", lambda options=options: stage_locally(
                 2, src, digest, options, work, timeout, measure=True))
@@ -569,6 +603,8 @@ def local_rows(scale: Scale, repeat: int, groups: set[str], work: Path) -> list[
                 f"{verified(mine, 2)}; ran {plans(mine)}; transfer "
                 f"{_s(median([o.extra.get('transfer') for o in mine]))}{errors(mine + cps)}",
                 [o.value for o in mine]))
+            rows.append(best_row("shm.best", f"{label}: mpistage default vs the best fixed "
+                                 "choice, whole mpiexec", mine, out, "value"))
         if "rss" in groups:
             for name, options in (("auto", "-c auto"), ("default", "default options")):
                 runs = out[f"rss-{name}"]

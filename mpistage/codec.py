@@ -168,14 +168,18 @@ class CodecCost:
         name: the codec.
         ratio: bytes on the wire per source byte (a chunk that would grow travels as it
             is, so at most 1).
-        encode_rate: source bytes per second the root encodes (one thread).
+        encode_rate: source bytes per second the root encodes (with all its
+            ``encode_threads``).
         decode_rate: source bytes per second a node decodes (one thread).
+        encode_threads: the root's encoder threads (their CPU is ``threads / rate``
+            seconds per byte, which ranks sharing cores pay for).
     """
 
     name: str
     ratio: float
     encode_rate: float
     decode_rate: float
+    encode_threads: int = 1
 
 
 def measure(name: str, samples: Sequence[bytes]) -> CodecCost:

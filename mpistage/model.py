@@ -218,9 +218,14 @@ def _step_terms(
         fan_out, _ = shape(algorithm, nodes, arity)
         link = fan_out * (params.latency + wire / params.bandwidth)
         # the busiest rank receives the chunk and sends it to each child (with two
-        # nodes, each rank does one of the two), unless sharing cores is worse
+        # nodes, each rank does one of the two), unless sharing cores is worse: then
+        # the codec's CPU (the root's encoding, every other node's decoding) is shared too
         busiest = fan_out + (1 if nodes > 2 else 0)
-        cpu = max(busiest, crowd) * params.message_cpu(wire)
+        coding = 0.0
+        if codec is not None and params.share:
+            coding = params.share * ((nodes - 1) * chunk / codec.decode_rate
+                                     + chunk * codec.encode_threads / codec.encode_rate) / nodes
+        cpu = max(busiest * params.message_cpu(wire), crowd * params.message_cpu(wire) + coding)
     return {"link": link, "CPU": cpu, "read": read, "write": write}
 
 

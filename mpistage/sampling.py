@@ -54,7 +54,7 @@ def codec_costs(requested: str, samples: list[bytes]) -> tuple[CodecCost | None,
             costs.append(None)
             continue
         one = measure(name, samples)
-        costs.append(replace(one, encode_rate=one.encode_rate * threads))
+        costs.append(replace(one, encode_rate=one.encode_rate * threads, encode_threads=threads))
     return tuple(costs)
 
 

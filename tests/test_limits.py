@@ -31,11 +31,13 @@ pytestmark = [
     ),
 ]
 
-CLUSTER_ROWS = ("p2p", "relay", "bcast", "default", "chain-1M", "binomial", "twotree", "auto")
+FIXED = ("chain-64K", "chain-256K", "chain-1M", "chain-4M", "chain-16M", "twotree-1M",
+         "binomial-4M")
+CLUSTER_ROWS = ("p2p", "relay", "bcast", "default", *FIXED, "auto", "best")
 EXPECTED = (
     [f"c8.{r}" for r in CLUSTER_ROWS] + ["c8.whole", "c8.startup", "cpu"]
     + [f"c16.{r}" for r in CLUSTER_ROWS] + [f"c8g.{r}" for r in CLUSTER_ROWS]
-    + ["shm", "rss.auto", "rss.default", "tiny", "import"]
+    + ["shm", "shm.best", "rss.auto", "rss.default", "tiny", "import"]
 )
 
 
@@ -46,7 +48,7 @@ def is_number(value: object) -> bool:
 def test_small_run_has_every_row_with_numbers(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "limits.py"), "--small", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     results = json.loads((tmp_path / "limits.json").read_text())
@@ -61,8 +63,12 @@ def test_small_run_has_every_row_with_numbers(tmp_path: Path) -> None:
                 assert is_number(row["reference"]) and is_number(row["ratio"]), name
         assert all(is_number(v) for v in row["runs"]), f"{name}: runs {row['runs']!r}"
     for name in EXPECTED:
-        if name.split(".")[-1] in ("default", "chain-1M", "binomial", "twotree", "auto", "whole"):
+        if name.split(".")[-1] in ("default", *FIXED, "auto", "whole"):
             assert "copies verified 1/1 runs" in rows[name]["notes"], name
+    for name in ("c8.best", "c16.best", "c8g.best", "shm.best"):
+        assert "fixed choices, fastest first: chain-" in rows[name]["notes"] or \
+            "fixed choices, fastest first: twotree" in rows[name]["notes"] or \
+            "fixed choices, fastest first: binomial" in rows[name]["notes"], rows[name]["notes"]
     assert results["failed"] == []
     table = (tmp_path / "limits.md").read_text()
     assert table.count("\n| ") == len(EXPECTED) + 1  # the header and one line per row
