@@ -45,12 +45,14 @@ import numpy as np
 
 from mpistage.bcast_model import algorithm as mpich_bcast_algorithm
 from mpistage.cluster.cluster import bucket_bytes, parse_rate
-from mpistage.model import ASSUMED, MODELLED, Parameters, predict
+from mpistage.choice import ASSUMED
+from mpistage.model import MODELLED, Parameters, predict
 from mpistage.model_fit import Sample, fit
 from mpistage.results import ResultStore
 from mpistage.units import format_bytes
 
-import model_check  # bench/model_check.py: the check, out of sample, every point counted
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_check  # noqa: E402  (bench/model_check.py: the check, out of sample)
 
 Run = dict
 
@@ -162,7 +164,7 @@ def relative_errors(runs: list[Run], params: Parameters) -> dict[str, list[float
 
 def probed(run: Run) -> bool:
     """Whether the run measured its link (a small file whose choice is settled is not
-    measured: its prediction is for :data:`~mpistage.model.ASSUMED` links)."""
+    measured: its prediction is for :data:`~mpistage.choice.ASSUMED` links)."""
     return not (run.get("quick_bandwidth") == ASSUMED.bandwidth
                 and run.get("quick_latency") == ASSUMED.latency)
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from mpistage.algorithms import SCHEDULES
-from mpistage.model import Parameters, optimal_chunk, predict
+from mpistage.choice import optimal_chunk
+from mpistage.model import Parameters, predict
 from mpistage.simulate import REFERENCES, reference_closed_form, simulate
 from mpistage.units import format_bytes
 

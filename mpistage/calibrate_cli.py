@@ -17,16 +17,17 @@ def build_parser(rank: int) -> argparse.ArgumentParser:
         prog="mpistage calibrate",
         description="Measure the cost model's parameters between node leaders: per-message "
         "latency and bandwidth (ping-pong over a range of sizes), a histogram of round "
-        "trips, the root's read bandwidth and each node's write bandwidth.",
+        "trips, the root's read bandwidth, each node's write bandwidth, and the engine's "
+        "CPU per message and per byte (a sample staged by chain at two chunk sizes).",
         rank=rank,
     )
     parser.add_argument("--source", metavar="FILE", help="time the root's reads of this file")
     parser.add_argument("--dest", metavar="DIR",
                         help="time each node's writes in this directory ({node}, {host}, "
-                        "{rank} allowed)")
+                        "{rank} allowed), and stage a sample through the engine there")
     parser.add_argument("-o", "--output", metavar="FILE.json", help="save the calibration here")
     parser.add_argument("--sample", type=parse_size, default=64 << 20, metavar="SIZE",
-                        help="bytes read and written for the disk figures (default 64M)")
+                        help="bytes read, written and staged (default 64M)")
     parser.add_argument("--sizes", default=",".join(format_bytes(s).replace(" ", "").replace(
                         "iB", "").replace(".0", "") for s in DEFAULT_SIZES),
                         help="ping-pong message sizes (default %(default)s)")

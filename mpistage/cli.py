@@ -15,7 +15,7 @@ from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
 from .decide import AUTO
 from .errors import MpistageError, ReportLost, RootLost, Stalled, UsageError
-from .model import TIE
+from .choice import TIE
 from .options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
 from .pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from .plan import MAX_DEPTH, MIN_DEPTH, check_timeout
@@ -249,7 +249,7 @@ def _end_without_the_lost(comm, rank: int, code: int) -> None:  # type: ignore[n
 def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     """The --explain table: every algorithm's best chunk and predicted time, the choice
     first, then the others fastest first.  The choice can trail the fastest by up to
-    ``model.TIE`` (a tie, won by the simpler schedule); its line then says so."""
+    ``choice.TIE`` (a tie, won by the simpler schedule); its line then says so."""
     if prediction is None:
         return "mpistage --explain: every node already holds the file; nothing would be sent"
     p = prediction.parameters

@@ -29,8 +29,9 @@ from .algorithms import SCHEDULES
 from .codec import CodecCost
 from .errors import Stalled
 from .cores import core_share
-from .model import (ASSUMED, ASSUMED_CPU_RATE, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE,
-                    ENGINE_OVERHEAD, MODELLED, Choice, Parameters, choice_is_settled, choose)
+from .choice import ASSUMED, Choice, choice_is_settled, choose
+from .model import (ASSUMED_CPU_RATE, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE, ENGINE_OVERHEAD,
+                    MODELLED, Parameters)
 from .plan import Plan, SourceInfo
 from .streams import ASSUMED_STREAM_SIZE
 
@@ -165,7 +166,7 @@ def decide(
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
     ``max_chunk``, the memory budget's limit, and an algorithm's buffers within ``memory``:
-    :func:`~mpistage.model.choose`), and the model's prediction; on the root
+    :func:`~mpistage.choice.choose`), and the model's prediction; on the root
     of ``comm`` (the transfer's participants), ``None`` on its other ranks.
 
     Collective over ``comm``: without a calibration the root measures its first link,

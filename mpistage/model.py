@@ -1,4 +1,4 @@
-"""The cost model: predicted staging time from five measured parameters, and the choice.
+"""The cost model: predicted staging time from measured parameters, and the choice.
 
 Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
 
@@ -9,6 +9,11 @@ Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
 * ``startup`` I — seconds from launch until every rank is ready;
 * ``file_cost`` φ — seconds a node spends per file of a tree beyond its bytes (create,
   set mode and mtime, close; the rename of the tree is one step for all of them).
+* ``overhead`` o, ``cpu_rate`` ρ — the CPU a rank spends per end of a chunk message
+  (LogGP's ``o``: MPI's call and the engine's work around it) and the bytes/s its CPU
+  carries per message end (MPI's copy, its part of the digest and of the write);
+* ``share`` s — the transfer's ranks per core on the most crowded machine (found at run
+  time from the kernels' boot ids, :mod:`mpistage.cores`).
 
 Every algorithm is pipelined by chunks of ``c`` bytes, ``m = ceil(S / c)`` of them.  One
 hop of one chunk costs ``α + c/B``.  The pipeline advances one *step* per chunk at the
@@ -19,7 +24,17 @@ Before that rhythm sets in, the first chunk must reach the last node: the *fill*
 link and all get the chunk after ``f`` hops: the fill is the sum of the fan-outs along
 the path to the last node.
 
-    T = I + (m − 1) · max(f · (α + c/B), c/R, c/W) + F · (α + c/B) + max(c/R, c/W)
+    T = I + (m − 1) · max(f · (α + c/B), C, c/R, c/W) + F · max(α + c/B, 2(o + c/ρ))
+          + max(c/R, c/W)
+
+The processor is a resource of each step like the link: ``C``, the CPU a step needs, is
+the busiest rank's ``(f + 1)(o + c/ρ)`` (it receives the chunk and sends it ``f`` times),
+or where ranks share cores, ``2s(N − 1)/N · (o + c/ρ)``: every node receives each chunk
+once, so a chunk costs ``2(N − 1)`` message ends in all, and a crowded machine's cores
+pay for all of its ranks' (with a codec, its encoding and decoding too).  The terms
+overlap rather than add: one host, 1 GiB to 2 ranks, measured 0.85-1.13 s at 1 MiB
+where the CPU needs ~1.0 s and the wire 0.2 s; 8 hosts at 1 Gbit/s, 256 MiB in 512 KiB
+chunks, 2.26 s where each term alone needs 2.2 s (added, 4.3 s).
 
 Compressed (``--compress``, :mod:`mpistage.codec`), a chunk of ``c`` source bytes travels
 as ``r·c`` bytes (``r`` the ratio measured on a sample of the source), the root encodes it
@@ -81,7 +96,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from . import bcast_model
 from .algorithms import SCHEDULES
@@ -89,10 +104,32 @@ from .codec import CodecCost
 
 #: Algorithms the model predicts (the names of the schedules).
 MODELLED: tuple[str, ...] = tuple(SCHEDULES)
-#: Chunk sizes ``auto`` considers.
-CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
 
 SCHEMA = "mpistage.calibration/1"
+
+#: Bytes/s a node reads or writes where not calibrated (the quick probe measures the
+#: link only): this machine's page cache and tmpfs through mpistage's reader and writer
+#: threads, 1.0-1.6 GB/s (``mpistage calibrate``: writes to tmpfs 1.58 GB/s).  Not
+#: infinite: a pipeline's first read and last write overlap nothing, so one 16 MiB chunk
+#: costs ~30 ms more than 1 MiB ones (2 hosts at 1 Gbit/s: 0.17 s against 0.14 s), which
+#: the chunk choice must see.  Not the low end either: where the CPU binds (one host),
+#: 1 GB/s made every chunk from 1 MiB up look read-bound and alike, and the choice fell
+#: on 1 MiB, 13 % slower than 4 MiB (1 GiB, 2 ranks: 0.96-1.00 s against 0.84-0.89 s).
+ASSUMED_LOCAL_RATE = 1.5e9
+#: φ where it was not calibrated: creating a file, setting its mode and mtime and
+#: closing it took 24 µs on tmpfs and 63 µs on ext4 here (Python's system calls), plus
+#: the tree sink's own work per file.
+ASSUMED_FILE_COST = 50e-6
+#: The engine's own CPU per chunk message on a rank, beyond MPI's call (which the quick
+#: probe measures): taking the chunk, posting and testing its requests, handing it to the
+#: writer, digesting.  ``mpistage calibrate`` measures the whole per-message cost by
+#: running the engine; this is what it measured here (2 cores, MPICH wheel, one host):
+#: 0.10-0.12 ms per message, of which MPI's own 2-5 µs.
+ENGINE_OVERHEAD = 105e-6
+#: Bytes/s one rank's CPU carries through its per-byte work on a chunk where not
+#: calibrated (MPI's copy, the digest, the write's copy into the page cache): 1.0-1.5
+#: GB/s here, by ``mpistage calibrate``.
+ASSUMED_CPU_RATE = 1.2e9
 
 
 @dataclass(frozen=True)
@@ -258,165 +295,6 @@ def _terms(
     hop = max(params.latency + wire / params.bandwidth, hop_cpu)
     return {"startup": params.startup, "steps": (chunks - 1) * step, "fill": fill * hop,
             "ends": ends}
-
-
-def optimal_chunk(
-    algorithm: str, size: int, nodes: int, params: Parameters, arity: int = 2,
-    choices: tuple[int, ...] = CHUNK_CHOICES, max_chunk: int | None = None, files: int = 0,
-    codec: CodecCost | None = None,
-) -> int:
-    """The chunk size among ``choices`` (none above ``max_chunk``, the memory budget's
-    limit; the smallest choice always stays) with the lowest predicted time."""
-    if max_chunk is not None:
-        choices = tuple(c for c in choices if c <= max_chunk) or (min(choices),)
-    candidates = sorted({min(c, max(size, 1)) for c in choices})
-    return min(candidates,
-               key=lambda c: (predict(algorithm, size, nodes, c, params, arity, files, codec),
-                              -c))
-
-
-def chain_optimal_chunk(size: int, nodes: int, params: Parameters) -> float:
-    """Closed form for the network-bound chain: ``sqrt(S·α·B / (N − 2))``."""
-    if nodes <= 2:
-        return float(size)
-    return math.sqrt(size * params.latency * params.bandwidth / (nodes - 2))
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The model's pick and what it predicted for every candidate.
-
-    Attributes:
-        predictions: per algorithm, its best chunk and seconds (with the chosen codec).
-        codec: the codec chosen (``"none"``: chunks travel as they are).
-        codecs: per codec weighed, the best predicted seconds with it.
-    """
-
-    algorithm: str
-    chunk_size: int
-    predicted: float
-    predictions: dict[str, tuple[int, float]]  # algorithm → (its best chunk, seconds)
-    codec: str = "none"
-    codecs: dict[str, float] | None = None
-    bounds: dict[str, str] | None = None  # algorithm → what paces it (:func:`bound`)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"algorithm": self.algorithm, "chunk_size": self.chunk_size,
-                "predicted": self.predicted, "codec": self.codec,
-                "codecs": self.codecs or {}, "bounds": self.bounds or {},
-                "predictions": {a: {"chunk_size": c, "seconds": t}
-                                for a, (c, t) in self.predictions.items()}}
-
-
-#: Predictions this close count as a tie, won by the algorithm listed first (the chain
-#: before the trees): the model is good to a few per cent, and where two schedules are
-#: that close the simpler one measured faster here (two trees at 8-16 hosts: each node
-#: takes two flows at once on its downlink, which the model does not charge).
-TIE = 0.03
-
-
-def largest_chunk(algorithm: str, nodes: int, memory: int | None) -> int | None:
-    """The largest chunk of which ``memory`` holds the buffers ``algorithm`` needs at
-    least to ``nodes`` nodes (``None``: no budget)."""
-    return None if memory is None else memory // SCHEDULES[algorithm].buffers_needed(nodes)
-
-
-def fits(algorithm: str, nodes: int, chunk: int, memory: int | None) -> bool:
-    """Whether ``memory`` holds the chunk buffers ``algorithm`` needs at least."""
-    largest = largest_chunk(algorithm, nodes, memory)
-    return largest is None or chunk <= largest
-
-
-def choose(
-    size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = MODELLED,
-    chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
-    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
-) -> Choice:
-    """The algorithm and codec (and, unless ``chunk_size`` is given, chunk, at most
-    ``max_chunk``, and at most what ``memory`` holds of the buffers the algorithm needs
-    at least) predicted fastest; an algorithm whose buffers of ``chunk_size`` overflow
-    ``memory`` is left out.  ``codecs``: the codecs to weigh, each with its cost on this
-    source (``None``: sending as is).  Encoded chunks need point-to-point schedules
-    (their lengths differ; MPI's broadcast needs every rank's count)."""
-    best: Choice | None = None
-    weighed: dict[str, float] = {}
-    for codec in codecs:
-        usable = tuple(a for a in algorithms if (codec is None or SCHEDULES[a].point_to_point)
-                       and fits(a, nodes, chunk_size or CHUNK_CHOICES[0], memory))
-        predictions = {}
-        for algorithm in usable:
-            caps = [c for c in (max_chunk, largest_chunk(algorithm, nodes, memory))
-                    if c is not None]
-            cap = min(caps) if caps else None
-            chunk = chunk_size or optimal_chunk(algorithm, size, nodes, params, arity,
-                                                max_chunk=cap, files=files, codec=codec)
-            predictions[algorithm] = (chunk, predict(algorithm, size, nodes, chunk, params,
-                                                     arity, files, codec))
-        if not predictions:
-            continue
-        fastest = min(t for _, t in predictions.values())
-        pick = next(a for a in algorithms if a in predictions
-                    and predictions[a][1] <= fastest * (1 + TIE))
-        name = "none" if codec is None else codec.name
-        weighed[name] = predictions[pick][1]
-        if best is None or predictions[pick][1] < best.predicted:
-            bounds = {a: bound(a, size, nodes, c, params, arity, files, codec)
-                      for a, (c, _) in predictions.items()}
-            best = Choice(pick, predictions[pick][0], predictions[pick][1], predictions, name,
-                          bounds=bounds)
-    if best is None:
-        raise ValueError(f"no algorithm of {', '.join(algorithms)} can send encoded chunks")
-    return replace(best, codecs=weighed)
-
-
-#: Links as far apart as our users' (a 100 Mbit/s Ethernet, a fast fabric, and between):
-#: a choice that is the same for all of them is one a measurement of the link cannot change.
-BRACKET = (
-    Parameters(latency=100e-6, bandwidth=12.5e6),
-    Parameters(latency=20e-6, bandwidth=1.25e9),
-    Parameters(latency=2e-6, bandwidth=25e9),
-)
-#: What a run assumes of the link when the choice is settled without measuring it.
-ASSUMED = BRACKET[1]
-#: Bytes/s a node reads or writes where not calibrated (the quick probe measures the
-#: link only): this machine's page cache and tmpfs through mpistage's reader and writer
-#: threads, 1.0-1.6 GB/s (``mpistage calibrate``: writes to tmpfs 1.58 GB/s).  Not
-#: infinite: a pipeline's first read and last write overlap nothing, so one 16 MiB chunk
-#: costs ~30 ms more than 1 MiB ones (2 hosts at 1 Gbit/s: 0.17 s against 0.14 s), which
-#: the chunk choice must see.  Not the low end either: where the CPU binds (one host),
-#: 1 GB/s made every chunk from 1 MiB up look read-bound and alike, and the choice fell
-#: on 1 MiB, 13 % slower than 4 MiB (1 GiB, 2 ranks: 0.96-1.00 s against 0.84-0.89 s).
-ASSUMED_LOCAL_RATE = 1.5e9
-#: φ where it was not calibrated: creating a file, setting its mode and mtime and
-#: closing it took 24 µs on tmpfs and 63 µs on ext4 here (Python's system calls), plus
-#: the tree sink's own work per file.
-ASSUMED_FILE_COST = 50e-6
-#: The engine's own CPU per chunk message on a rank, beyond MPI's call (which the quick
-#: probe measures): taking the chunk, posting and testing its requests, handing it to the
-#: writer, digesting.  ``mpistage calibrate`` measures the whole per-message cost by
-#: running the engine; this is what it measured here (2 cores, MPICH wheel, one host):
-#: 0.10-0.12 ms per message, of which MPI's own 2-5 µs.
-ENGINE_OVERHEAD = 105e-6
-#: Bytes/s one rank's CPU carries through its per-byte work on a chunk where not
-#: calibrated (MPI's copy, the digest, the write's copy into the page cache): 1.0-1.5
-#: GB/s here, by ``mpistage calibrate``.
-ASSUMED_CPU_RATE = 1.2e9
-
-
-def choice_is_settled(
-    size: int, nodes: int, *, algorithms: tuple[str, ...] = MODELLED,
-    chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
-    files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
-) -> bool:
-    """Whether :func:`choose` picks the same algorithm and chunk whatever the link
-    (over :data:`BRACKET`): then measuring the link first is time lost.  It is, e.g.,
-    for a file that fits one chunk (the schedule with the fewest hops wins), and never
-    for a large file, whose best chunk depends on latency × bandwidth."""
-    picks = {(c.algorithm, c.chunk_size, c.codec) for c in (
-        choose(size, nodes, params, algorithms=algorithms, chunk_size=chunk_size,
-               arity=arity, max_chunk=max_chunk, files=files, codecs=codecs, memory=memory)
-        for params in BRACKET)}
-    return len(picks) == 1
 
 
 def ka_terms(params: Parameters, size: int) -> dict[str, float]:

@@ -3,7 +3,7 @@
     python -m mpistage.model --nodes 1024 --size 10G --bandwidth 10gbit --latency 5us
 
 One line per algorithm of :data:`mpistage.algorithms.SCHEDULES` (at the chunk
-:func:`mpistage.model.optimal_chunk` picks, or ``--chunk``) and per reference
+:func:`mpistage.choice.optimal_chunk` picks, or ``--chunk``) and per reference
 (:data:`mpistage.simulate.REFERENCES`, whole-file MPI broadcasts), best first: the
 chunk, the closed form's seconds, the simulator's, and both as a multiple of the bound
 ``S/B`` (one link's time for the file).  No MPI is started.
@@ -18,7 +18,8 @@ import sys
 
 from .algorithms import SCHEDULES
 from .errors import UsageError
-from .model import Parameters, optimal_chunk, predict
+from .choice import optimal_chunk
+from .model import Parameters, predict
 from .simulate import REFERENCES, reference_chunk, reference_closed_form, simulate
 from .units import format_bytes, format_seconds, parse_size
 

@@ -32,7 +32,8 @@ from .copies import FileCopy, PipeCopy, SourceOutcome
 from .decide import AUTO, Prediction, decide
 from .errors import CommandFailed, RootLost, Stalled, UsageError
 from .liveness import Heartbeat, watch, writeback_activity
-from .model import CHUNK_CHOICES, Parameters, fits
+from .choice import CHUNK_CHOICES, fits
+from .model import Parameters
 from .mpi_library import fail_fast
 from .options import DEFAULT_CHUNK, DEFAULT_MEMORY, StageOptions
 from .buffers import BufferPool, PhaseClock

@@ -15,7 +15,8 @@ import pytest
 from mpistage.algorithms import SCHEDULES
 from mpistage.cli import build_parser, describe_prediction
 from mpistage.decide import Prediction
-from mpistage.model import Choice, Parameters
+from mpistage.choice import Choice
+from mpistage.model import Parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

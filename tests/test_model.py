@@ -8,21 +8,22 @@ import pytest
 from mpistage import bcast_model
 from mpistage.pipeline import DEFAULT_DEPTH
 
+from mpistage.choice import chain_optimal_chunk, choose, optimal_chunk
+from mpistage.codec import CodecCost
+from mpistage.cores import share_of
+from mpistage.decide import with_cpu
+from mpistage.engine_cost import fit_engine
 from mpistage.model import (
+    ASSUMED_CPU_RATE,
+    ENGINE_OVERHEAD,
     Parameters,
-    chain_optimal_chunk,
-    choose,
+    _step_terms,
+    bound,
     ka_terms,
-    optimal_chunk,
     predict,
     shape,
 )
 from mpistage.model_fit import Sample, fit
-from mpistage.cores import share_of
-from mpistage.decide import with_cpu
-from mpistage.engine_cost import fit_engine
-from mpistage.codec import CodecCost
-from mpistage.model import ASSUMED_CPU_RATE, ENGINE_OVERHEAD, _step_terms, bound
 
 P = Parameters(latency=0.001, bandwidth=1e6, startup=0.5)  # 1 ms per message, 1 MB/s
 S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mpistage.errors import UsageError
-from mpistage.model import BRACKET, MODELLED, Parameters, choice_is_settled, choose
+from mpistage.choice import BRACKET, choice_is_settled, choose
+from mpistage.model import MODELLED, Parameters
 from mpistage.options import CALIBRATION_ENV, DEFAULT_MEMORY, StageOptions
 
 

@@ -21,7 +21,7 @@ from mpi4py import MPI
 import mpistage
 from mpistage import UsageError
 from mpistage import decide as decide_module
-from mpistage.model import TIE
+from mpistage.choice import TIE
 from mpistage.options import DEFAULT_MEMORY
 from mpistage.digest import file_digest
 from mpistage.sink import TEMP_SUFFIX

@@ -13,7 +13,8 @@ from mpistage import codec
 from mpistage.codec import CodecCost
 from mpistage.errors import UsageError
 from mpistage.frames import HEADER, LAST, Bare, Framed, decode, framing_for
-from mpistage.model import Parameters, choose, predict
+from mpistage.choice import choose
+from mpistage.model import Parameters, predict
 from mpistage.options import StageOptions
 from mpistage.plan import Plan, SourceInfo, resolve_dest
 from mpistage.sampling import PIECE, codec_costs, sample_file, sample_stream
