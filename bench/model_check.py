@@ -30,6 +30,11 @@ from mpistage.model import ASSUMED_CPU_RATE, ENGINE_OVERHEAD, MODELLED, Paramete
 
 Run = dict
 
+#: The sweep's rate name for runs on this machine alone (``bench/sweep.py --one-host``).
+ONE_HOST = "shm"
+#: Methods of ``bench/sweep.py --zstd``: judged by their own runs' predictions.
+OWN_PREDICTION = ("mpistage-text", "mpistage-zstd")
+
 MEDIAN_GOAL = 0.05
 MAX_GOAL = 0.15
 AUTO_SLACK = 0.05
@@ -37,6 +42,8 @@ AUTO_GOAL = 0.95
 #: A loss of auto's smaller than this counts as a win (the issue's rule: noise at that
 #: scale is the launch's, not the choice's).
 AUTO_LOSS = 0.010
+#: Compressed text against the same text uncompressed, whole run (issue 28).
+ZSTD_GOAL = 2.5
 
 
 def halves(runs: list[Run]) -> tuple[list[Run], list[Run], bool]:
@@ -94,15 +101,28 @@ def fit_bandwidth(runs: list[Run], base: Parameters, nominal: float, cores: int)
     return float(min(candidates, key=loss))
 
 
+def probed(runs: list[Run], name: str) -> list[float]:
+    """The runs' own probe's ``name`` (``quick_latency``, ``quick_bandwidth``)."""
+    return [r[name] for r in runs if isinstance(r.get(name), float) and math.isfinite(r[name])]
+
+
+def nominal_bandwidth(runs: list[Run], rate: str) -> float:
+    """Bytes/s of the link as set (``100mbit``), or, on one host (``shm``, no link to
+    set), as the runs' own probes measured MPI's shared memory."""
+    if rate == ONE_HOST:
+        return statistics.median(probed(runs, "quick_bandwidth") or [1e9])
+    return parse_rate(rate) / 8
+
+
 def model_for(fit_runs: list[Run], rate: str, cores: int) -> Parameters:
     """The model for one rate: α probed, B fitted to ``fit_runs``, CPU as recorded."""
-    latencies = [r["quick_latency"] for r in fit_runs if isinstance(r.get("quick_latency"), float)
-                 and math.isfinite(r["quick_latency"])]
+    latencies = probed(fit_runs, "quick_latency")
     overhead, cpu_rate = cpu_terms(fit_runs)
+    nominal = nominal_bandwidth(fit_runs, rate)
     base = Parameters(latency=statistics.median(latencies) if latencies else 1e-4,
-                      bandwidth=parse_rate(rate) / 8, read_bandwidth=1.5e9,
+                      bandwidth=nominal, read_bandwidth=1.5e9,
                       write_bandwidth=1.5e9, overhead=overhead, cpu_rate=cpu_rate)
-    return replace(base, bandwidth=fit_bandwidth(fit_runs, base, parse_rate(rate) / 8, cores))
+    return replace(base, bandwidth=fit_bandwidth(fit_runs, base, nominal, cores))
 
 
 def auto_within(runs: list[Run]) -> tuple[int, int]:
@@ -129,7 +149,8 @@ def check(runs: list[Run], cores: int, too_short) -> tuple[list[str], list[str]]
     lines, rows = [], []
     by_rate: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        by_rate[run["rate"]].append(run)
+        if run["method"] not in OWN_PREDICTION:
+            by_rate[run["rate"]].append(run)
     for rate, group in sorted(by_rate.items()):
         fit, judge, separate = halves(group)
         ours = [r for r in fit if r["method"] == "mpistage" and r["algorithm"] in MODELLED
@@ -169,7 +190,33 @@ def check(runs: list[Run], cores: int, too_short) -> tuple[list[str], list[str]]
                      f"within {100 * AUTO_SLACK:.0f} % of the fastest (or < "
                      f"{AUTO_LOSS * 1e3:.0f} ms behind) in {within} of {points} points "
                      f"({100 * share:.0f} %, goal ≥ {100 * AUTO_GOAL:.0f} %, every point)")
+    lines += own_prediction_lines([r for r in runs if r["method"] in OWN_PREDICTION])
     return lines, rows
+
+
+def own_prediction_lines(runs: list[Run]) -> list[str]:
+    """The ``--zstd`` runs, judged on the prediction each run made for itself (its probe,
+    its sample's compression ratio and codec rates, nothing fitted to the sweep), and
+    how much faster compression made the whole run."""
+    lines = []
+    for method in OWN_PREDICTION:
+        errors = [abs(r["predicted"] - r["seconds"]) / r["seconds"] for r in runs
+                  if r["method"] == method and math.isfinite(r.get("predicted", math.nan))]
+        for what, measure, goal in (("median", statistics.median, MEDIAN_GOAL),
+                                    ("max", max, MAX_GOAL)):
+            if errors:
+                value = measure(errors)
+                lines.append(f"{'ok' if value <= goal else 'MISSED'}: {method}: {what} error "
+                             f"of the runs' own predictions {100 * value:.0f} % (goal ≤ "
+                             f"{100 * goal:.0f} %, {len(errors)} runs)")
+    elapsed = {m: statistics.median(r["elapsed"] for r in runs if r["method"] == m)
+               for m in OWN_PREDICTION if any(r["method"] == m for r in runs)}
+    if len(elapsed) == 2:
+        speedup = elapsed["mpistage-text"] / elapsed["mpistage-zstd"]
+        lines.append(f"{'ok' if speedup >= ZSTD_GOAL else 'MISSED'}: --compress zstd "
+                     f"{speedup:.2f}× faster than without, whole run (goal ≥ {ZSTD_GOAL}×; "
+                     f"{elapsed['mpistage-zstd']:.2f} s against {elapsed['mpistage-text']:.2f} s)")
+    return lines
 
 
 ROW_HEADER = ["| rate | nodes | size | algorithm | chunk | measured | model | error | |",

@@ -7,10 +7,19 @@ appended to an HDF5 file as soon as it finishes, so a sweep can be stopped and r
 transfer of the same bytes (the bound), MPI's default ``MPI_Bcast``, and MPICH's own
 large-message algorithms forced through ``MPIR_CVAR_BCAST_INTRA_ALGORITHM``.
 
-Needs root (network namespaces).  Example (the committed results, three repeats of each
-configuration; ``bench/results/sweep.h5`` is an earlier sweep with one):
+Two kinds of runs beside the emulated links, so that the check sees where the CPU binds:
+``--one-host 2,4`` stages on this machine alone (ranks as nodes, tmpfs to tmpfs, MPI's
+shared memory; rate ``shm``), and ``--zstd RATE:NODES:SIZE`` stages a compressible text
+(log lines, zstd ratio ~3-4) with ``--compress zstd`` and without (methods
+``mpistage-zstd`` and ``mpistage-text``).
 
-    sudo .venv/bin/python bench/sweep.py --out bench/results/sweep-3x.h5 --repeat 3
+Needs root (network namespaces).  Example (the committed results, three repeats of each
+configuration; ``bench/results/sweep.h5`` and ``sweep-3x.h5`` are earlier sweeps, before
+the model had CPU terms)::
+
+    sudo .venv/bin/python bench/sweep.py --out bench/results/sweep-cpu.h5 --repeat 3 \
+        --sizes 4M,16M,64M --runs chain:64K,chain:256K,chain:1M,chain:4M,twotree:1M,binomial:1M,auto:auto \
+        --mpi-bcast '' --one-host 2,4 --zstd 100mbit:8:64M
 """
 
 from __future__ import annotations
@@ -18,13 +27,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from streams import write_text  # noqa: E402  (the compressible sample of bench/streams.py)
+
 from mpistage.cluster import EmulatedCluster, parse_rate, teardown
-from mpistage.cluster.runs import stage_with_report
+from mpistage import mpi_library
+from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report
 from mpistage.model import Parameters, predict
 from mpistage.results import ResultStore
 from mpistage.samples import write_random_file
@@ -35,6 +51,11 @@ MPI_BCAST_ALGORITHMS = ("auto", "scatter_ring_allgather", "pipelined_tree")
 #: mpistage runs per (nodes, size): the chain at three chunk sizes (the chunk-size
 #: question), every other algorithm at 1 MiB, and the model's own choice.
 DEFAULT_RUNS = "chain:256K,chain:1M,chain:4M,binomial:1M,tree:1M,twotree:1M,flat:1M,bcast:1M,auto:auto"
+
+
+#: One run: a report (an mpistage run, or ``{"ok": False, "error": ...}``) or a
+#: baseline's seconds (``None`` where it failed).
+Runner = Callable[[], "dict | float | None"]
 
 
 def sample_file(directory: Path, size: int) -> Path:
@@ -51,15 +72,39 @@ def rough_seconds(algorithm: str, size: int, nodes: int, chunk: int, rate: int) 
 
 
 def run_mpistage(cluster: EmulatedCluster, hosts: list[int], src: Path, algorithm: str,
-                 chunk: str) -> dict:
+                 chunk: str, options: tuple[str, ...] = ()) -> dict:
     run, report = stage_with_report(
-        cluster, src, ["--algorithm", algorithm, "--chunk-size", chunk, "--timeout", "120"],
+        cluster, src, ["--algorithm", algorithm, "--chunk-size", chunk, "--timeout", "120",
+                       *options],
         hosts=hosts, env={"MPIEXEC_TIMEOUT": "900"}, timeout=1200)
     for i in hosts:
         (cluster.scratch_dir(i) / src.name).unlink(missing_ok=True)
     if run.returncode != 0 or report is None:
         return {"ok": False, "error": (run.stderr or run.stdout).strip()[-500:]}
     return report
+
+
+def run_locally(ranks: int, src: Path, algorithm: str, chunk: str, work: Path) -> dict:
+    """``mpiexec -n RANKS mpistage --ranks-as-nodes`` on this machine alone, into tmpfs;
+    the report, or ``{"ok": False, "error": ...}``."""
+    mpiexec = mpi_library.find_mpiexec()
+    if mpiexec is None:
+        return {"ok": False, "error": "no mpiexec"}
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    try:
+        report_path = run_dir / "report.json"
+        argv = mpistage_command(report_path, ["--ranks-as-nodes", "--algorithm", algorithm,
+                                              "--chunk-size", chunk, "--timeout", "120"],
+                                src, str(run_dir / "x{node}"))
+        env = {**os.environ, **mpi_library.launch_environment(), "MPIEXEC_TIMEOUT": "900"}
+        run = subprocess.run([mpiexec, "-n", str(ranks), *argv], env=env, capture_output=True,
+                             text=True, timeout=1200)
+        report = read_report(report_path)
+        if run.returncode != 0 or report is None:
+            return {"ok": False, "error": (run.stderr or run.stdout).strip()[-500:]}
+        return report
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_mpi(cluster: EmulatedCluster, module: str, hosts: list[int], size: int,
@@ -73,85 +118,146 @@ def run_mpi(cluster: EmulatedCluster, module: str, hosts: list[int], size: int,
     return float(run.stdout.split()[-1])
 
 
+class OutOfTime(Exception):
+    """The sweep's time budget is spent (resume with the same command)."""
+
+
+def run_jobs(store: ResultStore, jobs: list[tuple[dict, Runner]], repeat: int,
+             deadline: float) -> None:
+    """Each job ``repeat`` times, skipping runs already in ``store``."""
+    for config, runner in jobs:
+        for index in range(repeat):
+            config = {**config, "repeat": index}
+            if store.has(config):
+                continue
+            if time.monotonic() > deadline:
+                raise OutOfTime
+            record(store, config, runner)
+
+
 def sweep(args: argparse.Namespace) -> None:
     runs = [tuple(item.split(":")) for item in args.runs.split(",")]
     deadline = time.monotonic() + args.budget_minutes * 60
-    work = Path(tempfile.mkdtemp(prefix="mpistage-sweep-"))
-    with ResultStore(args.out) as store:
-        for rate_text in args.rates.split(","):
-            rate = parse_rate(rate_text)
-            node_counts = [int(n) for n in args.nodes.split(",")]
-            if rate_text in args.nodes_for:
-                node_counts = [int(n) for n in args.nodes_for[rate_text].split(",")]
-            sizes = [parse_size(s) for s in (args.sizes_for.get(rate_text) or args.sizes).split(",")]
-            teardown(args.name)
-            with EmulatedCluster(hosts=max(node_counts), rate=rate, name=args.name) as cluster:
-                for size in sizes:
-                    src = sample_file(work, size)
-                    for nodes in node_counts:
-                        hosts = list(range(nodes))
-                        base = {"rate": rate_text, "nodes": nodes, "size": size, "arity": 2}
-                        jobs: list[tuple[dict, object]] = []
-                        if nodes == 2:
-                            jobs.append(({**base, "method": "p2p", "algorithm": "send",
-                                          "chunk": size}, ("p2p", None)))
-                        for algorithm in filter(None, args.mpi_bcast.split(",")):
-                            jobs.append(({**base, "method": "mpi_bcast", "algorithm": algorithm,
-                                          "chunk": size}, ("bcast", algorithm)))
-                        for algorithm, chunk in runs:
-                            chunk_bytes = parse_size(chunk) if chunk != "auto" else 1 << 20
-                            if rough_seconds(algorithm, size, nodes, chunk_bytes, rate) > args.cap:
-                                continue
-                            jobs.append(({**base, "method": "mpistage", "algorithm": algorithm,
-                                          "chunk": chunk_bytes if chunk != "auto" else 0},
-                                         ("mpistage", (algorithm, chunk))))
-                        for config, (kind, detail) in jobs:
-                            for repeat in range(args.repeat):
-                                config = {**config, "repeat": repeat}
-                                if store.has(config):
-                                    continue
-                                if time.monotonic() > deadline:
-                                    print("time budget spent; resume with the same command")
-                                    return
-                                record(store, cluster, hosts, src, config, kind, detail, work)
+    work = Path(tempfile.mkdtemp(prefix="mpistage-sweep-", dir="/dev/shm"))
+    try:
+        with ResultStore(args.out) as store:
+            for rate_text in filter(None, args.rates.split(",")):
+                cluster_sweep(args, store, runs, rate_text, work, deadline)
+            if args.one_host:
+                one_host_sweep(args, store, runs, work, deadline)
+            if args.zstd:
+                zstd_sweep(args, store, work, deadline)
+    except OutOfTime:
+        print("time budget spent; resume with the same command")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def record(store: ResultStore, cluster: EmulatedCluster, hosts: list[int], src: Path,
-           config: dict, kind: str, detail: object, work: Path) -> None:
-    size = config["size"]
-    label = (f"{config['rate']} n={config['nodes']} {format_bytes(size)} {config['method']}"
-             f"/{config['algorithm']} chunk {format_bytes(config['chunk'])}")
-    if kind == "p2p":
-        seconds = run_mpi(cluster, "mpistage.cluster.p2p", [0, 1], size)
+def cluster_sweep(args: argparse.Namespace, store: ResultStore, runs: list[tuple[str, ...]],
+                  rate_text: str, work: Path, deadline: float) -> None:
+    rate = parse_rate(rate_text)
+    node_counts = [int(n) for n in args.nodes.split(",")]
+    if rate_text in args.nodes_for:
+        node_counts = [int(n) for n in args.nodes_for[rate_text].split(",")]
+    sizes = [parse_size(s) for s in (args.sizes_for.get(rate_text) or args.sizes).split(",")]
+    teardown(args.name)
+    with EmulatedCluster(hosts=max(node_counts), rate=rate, name=args.name) as cluster:
+        for size in sizes:
+            src = sample_file(work, size)
+            for nodes in node_counts:
+                hosts = list(range(nodes))
+                base = {"rate": rate_text, "nodes": nodes, "size": size, "arity": 2}
+                jobs: list[tuple[dict, Runner]] = []
+                if nodes == 2:
+                    jobs.append(({**base, "method": "p2p", "algorithm": "send", "chunk": size},
+                                 lambda: run_mpi(cluster, "mpistage.cluster.p2p", [0, 1], size)))
+                for algorithm in filter(None, args.mpi_bcast.split(",")):
+                    env = {} if algorithm == "auto" else \
+                        {"MPIR_CVAR_BCAST_INTRA_ALGORITHM": algorithm}
+                    jobs.append(({**base, "method": "mpi_bcast", "algorithm": algorithm,
+                                  "chunk": size},
+                                 lambda env=env: run_mpi(cluster, "mpistage.cluster.bcast",
+                                                         hosts, size, env)))
+                for algorithm, chunk in runs:
+                    chunk_bytes = parse_size(chunk) if chunk != "auto" else 1 << 20
+                    if rough_seconds(algorithm, size, nodes, chunk_bytes, rate) > args.cap:
+                        continue
+                    jobs.append(({**base, "method": "mpistage", "algorithm": algorithm,
+                                  "chunk": chunk_bytes if chunk != "auto" else 0},
+                                 lambda a=algorithm, c=chunk, h=hosts, s=src:
+                                 run_mpistage(cluster, h, s, a, c)))
+                run_jobs(store, jobs, args.repeat, deadline)
+
+
+def one_host_sweep(args: argparse.Namespace, store: ResultStore, runs: list[tuple[str, ...]],
+                   work: Path, deadline: float) -> None:
+    """Ranks as nodes on this machine alone: MPI's shared memory, no link to wait on, so
+    the CPU (and tmpfs) bound every step (rate ``shm``)."""
+    for size in [parse_size(s) for s in args.one_host_sizes.split(",")]:
+        src = sample_file(work, size)
+        for nodes in [int(n) for n in args.one_host.split(",")]:
+            base = {"rate": "shm", "nodes": nodes, "size": size, "arity": 2}
+            jobs: list[tuple[dict, Runner]] = [
+                ({**base, "method": "mpistage", "algorithm": algorithm,
+                  "chunk": parse_size(chunk) if chunk != "auto" else 0},
+                 lambda a=algorithm, c=chunk, n=nodes, s=src: run_locally(n, s, a, c, work))
+                for algorithm, chunk in runs]
+            run_jobs(store, jobs, args.repeat, deadline)
+        src.unlink(missing_ok=True)
+
+
+def zstd_sweep(args: argparse.Namespace, store: ResultStore, work: Path,
+               deadline: float) -> None:
+    """A compressible text (bench/streams.py's log lines) with ``--compress zstd`` and
+    without, default options otherwise, on ``NODES`` emulated hosts at ``RATE``."""
+    rate_text, nodes_text, size_text = args.zstd.split(":")
+    nodes, size = int(nodes_text), parse_size(size_text)
+    src = work / f"text-{size}.log"
+    write_text(src, size)
+    teardown(args.name)
+    with EmulatedCluster(hosts=nodes, rate=parse_rate(rate_text), name=args.name) as cluster:
+        hosts = list(range(nodes))
+        base = {"rate": rate_text, "nodes": nodes, "size": size, "arity": 2,
+                "algorithm": "auto", "chunk": 0}
+        run_jobs(store, [
+            ({**base, "method": "mpistage-text"},
+             lambda: run_mpistage(cluster, hosts, src, "auto", "auto")),
+            ({**base, "method": "mpistage-zstd"},
+             lambda: run_mpistage(cluster, hosts, src, "auto", "auto",
+                                  ("--compress", "zstd"))),
+        ], args.repeat, deadline)
+
+
+def record(store: ResultStore, config: dict, runner: Runner) -> None:
+    """Run ``runner`` and append its outcome: a baseline's seconds, or an mpistage
+    report's transfer time, phases, the model's prediction and the terms it used."""
+    label = (f"{config['rate']} n={config['nodes']} {format_bytes(config['size'])} "
+             f"{config['method']}/{config['algorithm']} chunk {format_bytes(config['chunk'])}")
+    result = runner()
+    if not isinstance(result, dict):
+        seconds = result
         store.append(config, {"seconds": seconds if seconds else float("nan"),
                               "ok": seconds is not None})
-    elif kind == "bcast":
-        env = {} if detail == "auto" else {"MPIR_CVAR_BCAST_INTRA_ALGORITHM": str(detail)}
-        seconds = run_mpi(cluster, "mpistage.cluster.bcast", hosts, size, env)
-        store.append(config, {"seconds": seconds if seconds else float("nan"),
-                              "ok": seconds is not None})
+    elif not result.get("ok"):
+        store.append(config, {"seconds": float("nan"), "ok": False,
+                              "error": result.get("error", "")})
+        seconds = None
     else:
-        algorithm, chunk = detail  # type: ignore[misc]
-        report = run_mpistage(cluster, hosts, src, algorithm, chunk)
-        if not report.get("ok"):
-            store.append(config, {"seconds": float("nan"), "ok": False,
-                                  "error": report.get("error", "")})
-            seconds = None
-        else:
-            prediction = report.get("prediction") or {}
-            seconds = report["transfer_seconds"]
-            store.append(config, {
-                "seconds": seconds, "elapsed": report["elapsed"], "ok": True,
-                "cores": os.cpu_count() or 1,  # for the ranks' CPU load (bench/report.py)
-                "predicted": prediction.get("predicted", float("nan")),
-                "chosen_algorithm": report["algorithm"], "chosen_chunk": report["chunk_size"],
-                "quick_latency": (prediction.get("parameters") or {}).get("latency") or float("nan"),
-                "quick_bandwidth": (prediction.get("parameters") or {}).get("bandwidth") or float("nan"),
-                # the CPU's terms the run's model used (its probe's o, the rate, the share)
-                **{f"model_{name}": (prediction.get("parameters") or {}).get(name) or float("nan")
-                   for name in ("overhead", "cpu_rate", "share")},
-                "error": "",
-            }, report["ranks"])
+        prediction = result.get("prediction") or {}
+        parameters = prediction.get("parameters") or {}
+        seconds = result["transfer_seconds"]
+        store.append(config, {
+            "seconds": seconds, "elapsed": result["elapsed"], "ok": True,
+            "cores": os.cpu_count() or 1,  # for the ranks' CPU load (bench/report.py)
+            "predicted": prediction.get("predicted", float("nan")),
+            "chosen_algorithm": result["algorithm"], "chosen_chunk": result["chunk_size"],
+            "quick_latency": parameters.get("latency") or float("nan"),
+            "quick_bandwidth": parameters.get("bandwidth") or float("nan"),
+            # the CPU's terms the run's model used (its probe's o, the rate, the share)
+            **{f"model_{name}": parameters.get(name) or float("nan")
+               for name in ("overhead", "cpu_rate", "share")},
+            "error": "",
+        }, result["ranks"])
     print(f"{label}: {seconds if seconds is None else f'{seconds:.3f} s'}", flush=True)
 
 
@@ -176,6 +282,13 @@ def main() -> int:
     parser.add_argument("--nodes-for", type=json.loads, default={"1gbit": "2,4,8"},
                         help='per-rate node counts as JSON (default {"1gbit": "2,4,8"}: '
                         "16 ranks on 2 cores cannot drive 1 Gbit/s links)")
+    parser.add_argument("--one-host", default="",
+                        help="rank counts for one-host runs (ranks as nodes, tmpfs, MPI's "
+                        "shared memory; rate 'shm'), e.g. 2,4; none by default")
+    parser.add_argument("--one-host-sizes", default="256M,1G")
+    parser.add_argument("--zstd", default="", metavar="RATE:NODES:SIZE",
+                        help="also stage a compressible text with --compress zstd and "
+                        "without, e.g. 100mbit:8:64M")
     parser.add_argument("--sizes-for", type=json.loads, default={"1gbit": "1M,16M,64M,256M"},
                         help="per-rate sizes as JSON")
     args = parser.parse_args()

@@ -168,3 +168,36 @@ def test_too_short_points_are_left_out_and_listed(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout
     assert any(line.startswith("| 100mbit | 8 | 256.0 KiB | tree") and
                line.endswith("| left out: too short |") for line in run.stdout.splitlines())
+
+
+def test_one_host_runs_are_judged_with_their_probed_rate_and_zstd_by_its_own_predictions(
+        tmp_path: Path) -> None:
+    """``bench/sweep.py --one-host`` (rate ``shm``: no link set, B near what the runs'
+    probes measured, nothing left out as too short) and ``--zstd`` (each run judged on its
+    own prediction; the speed-up of compression against the goal)."""
+    results = tmp_path / "sweep.h5"
+    cpu_sweep(results, nodes_list=(2, 4))
+    shm = replace(CPU_TRUTH, latency=30e-6, bandwidth=2.0e9)
+    with ResultStore(results) as store:
+        for nodes in (2, 4):
+            for chunk in (1 << 20, 4 << 20):
+                seconds = predict("chain", 1 << 30, nodes, chunk, replace(shm, share=nodes / 2))
+                for repeat in range(3):
+                    store.append({"rate": "shm", "nodes": nodes, "size": 1 << 30,
+                                  "method": "mpistage", "algorithm": "chain", "chunk": chunk,
+                                  "arity": 2, "repeat": repeat},
+                                 {"seconds": seconds, "ok": True, "cores": 2,
+                                  "quick_latency": shm.latency, "quick_bandwidth": 1.7e9,
+                                  "model_overhead": shm.overhead, "model_cpu_rate": shm.cpu_rate})
+        for method, elapsed, predicted in (("mpistage-text", 6.0, 5.5), ("mpistage-zstd", 2.0, 1.3)):
+            for repeat in range(3):
+                store.append({"rate": "100mbit", "nodes": 8, "size": 64 << 20, "method": method,
+                              "algorithm": "auto", "chunk": 0, "arity": 2, "repeat": repeat},
+                             {"seconds": elapsed - 0.5, "elapsed": elapsed, "ok": True,
+                              "predicted": predicted})
+    run = report("--results", str(results), "--check", "--cores", "2")
+    assert "ok: shm chain: median error 0 %" in run.stdout, run.stdout
+    assert "ok: mpistage-text: median error of the runs' own predictions 0 %" in run.stdout
+    assert "MISSED: mpistage-zstd: median error of the runs' own predictions 13 %" in run.stdout
+    assert "ok: --compress zstd 3.00× faster than without" in run.stdout, run.stdout
+    assert run.returncode == 1
