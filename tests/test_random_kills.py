@@ -142,13 +142,18 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
     if mine["ok"]:  # killed after its copy was in place (and reported)
         assert victim in whole, what
         return "killed after its copy was in place"
-    assert job.returncode == 1, what
+    # mpistage exits 1; hydra's mpiexec may instead die of SIGPIPE as it tears the job
+    # down after a proxy was killed (once in CI, the report and every copy right): the
+    # launcher's, counted apart as for a run that ended before its kill.
+    assert job.returncode in (1, -signal.SIGPIPE), what
     assert mine["status"] == "failed" and ("lost mid-transfer" in mine["error"]
                                            or "no status" in mine["error"]), what
     first = out.splitlines()[0] if out else ""
     failed = [line for line in out.splitlines() if ": failed: " in line]
     assert len(failed) == 1 and f"node {victim} ({cluster.hostnames[victim]}" in failed[0], what
     assert "lost the root" not in out + err and first.startswith("mpistage: "), what
+    if job.returncode == -signal.SIGPIPE:
+        return "lost mid-transfer, the others completed; mpiexec ended by SIGPIPE"
     return "lost mid-transfer, the others completed"
 
 
