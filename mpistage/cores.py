@@ -5,7 +5,8 @@ staged "as nodes" on a 2-core host, or emulated hosts that are network namespace
 machine, each get half a core or less, and every chunk message's CPU costs them that
 much more wall time.  A kernel is told apart by its boot id (Linux's
 ``/proc/sys/kernel/random/boot_id``, new at every boot, distinct between machines); its
-cores are those this process may run on.
+cores are those its ranks may run on, together (ranks that MPI pins to a core each share
+nothing: four pinned ranks on a 64-core node are 1/16 per core, not 4).
 """
 
 from __future__ import annotations
@@ -18,28 +19,30 @@ from mpi4py import MPI
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-def this_kernel() -> tuple[str, int]:
-    """``(kernel id, usable cores)`` of this process (the host name where the boot id
-    cannot be read: then ranks on one machine count as one kernel only if their hosts'
-    names agree)."""
+def this_kernel() -> tuple[str, frozenset[int]]:
+    """``(kernel id, the cores this process may run on)`` (the host name where the boot
+    id cannot be read: then ranks on one machine count as one kernel only if their
+    hosts' names agree)."""
     try:
         with open(_BOOT_ID, encoding="ascii") as source:
             kernel = source.read().strip()
     except OSError:
         kernel = os.uname().nodename
     try:
-        cores = len(os.sched_getaffinity(0))
+        cores = frozenset(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return kernel, max(cores, 1)
+        cores = frozenset(range(os.cpu_count() or 1))
+    return kernel, cores or frozenset({0})
 
 
-def share_of(kernels: list[tuple[str, int]]) -> float:
+def share_of(kernels: list[tuple[str, frozenset[int]]]) -> float:
     """Ranks per core on the most crowded kernel (``kernels``: every rank's
-    :func:`this_kernel`)."""
+    :func:`this_kernel`; a kernel's cores are those any of its ranks may use)."""
     counts = Counter(kernel for kernel, _ in kernels)
-    cores = dict(kernels)
-    return max(count / cores[kernel] for kernel, count in counts.items())
+    cores: dict[str, set[int]] = {}
+    for kernel, usable in kernels:
+        cores.setdefault(kernel, set()).update(usable)
+    return max(count / len(cores[kernel]) for kernel, count in counts.items())
 
 
 def core_share(comm: MPI.Comm, root: int) -> float:

@@ -6,7 +6,7 @@ so plain (robust) least squares finds them.  The CPU parameters are measured dir
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import bcast_model
 from .algorithms import SCHEDULES
@@ -86,8 +86,7 @@ def fit(samples: list[Sample], base: Parameters | None = None, huber: float | No
     if inverse_bandwidth <= 0:
         raise ValueError("the runs do not determine a positive bandwidth")
     base = base or Parameters(latency=0.0, bandwidth=math.inf)
-    return Parameters(latency=max(float(alpha), 0.0), bandwidth=1.0 / float(inverse_bandwidth),
-                      read_bandwidth=base.read_bandwidth, write_bandwidth=base.write_bandwidth,
-                      startup=base.startup)
+    return replace(base, latency=max(float(alpha), 0.0),
+                   bandwidth=1.0 / float(inverse_bandwidth))
 
 

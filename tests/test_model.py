@@ -227,8 +227,12 @@ def test_ranks_sharing_cores_pay_for_every_message_end_on_them() -> None:
     steps = math.ceil((64 << 20) / chunk) - 1
     gap = predict("chain", 64 << 20, 4, chunk, crowded) - predict("chain", 64 << 20, 4, chunk, alone)
     assert gap == pytest.approx(steps * per_end, rel=1e-6)
-    assert share_of([("boot-a", 2)] * 4) == 2.0
-    assert share_of([("boot-a", 2)] * 3 + [("boot-b", 64)] * 5) == 1.5
+    two, many = frozenset({0, 1}), frozenset(range(64))
+    assert share_of([("boot-a", two)] * 4) == 2.0
+    assert share_of([("boot-a", two)] * 3 + [("boot-b", many)] * 5) == 1.5
+    pinned = [("boot-c", frozenset({core})) for core in range(4)]  # MPI binds a core each
+    assert share_of(pinned) == 4 / 4
+    assert share_of(pinned + [("boot-c", many)]) == 5 / 64
 
 
 def test_a_slow_link_stays_link_bound_and_keeps_small_chunks() -> None:
