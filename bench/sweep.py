@@ -138,13 +138,13 @@ def run_jobs(store: ResultStore, jobs: list[tuple[dict, Runner]], repeat: int,
 def sweep(args: argparse.Namespace) -> None:
     runs = [tuple(item.split(":")) for item in args.runs.split(",")]
     deadline = time.monotonic() + args.budget_minutes * 60
-    work = Path(tempfile.mkdtemp(prefix="mpistage-sweep-", dir="/dev/shm"))
+    work = Path(tempfile.mkdtemp(prefix="mpistage-sweep-"))  # the emulated hosts see /tmp
     try:
         with ResultStore(args.out) as store:
             for rate_text in filter(None, args.rates.split(",")):
                 cluster_sweep(args, store, runs, rate_text, work, deadline)
             if args.one_host:
-                one_host_sweep(args, store, runs, work, deadline)
+                one_host_sweep(args, store, runs, deadline)
             if args.zstd:
                 zstd_sweep(args, store, work, deadline)
     except OutOfTime:
@@ -189,21 +189,24 @@ def cluster_sweep(args: argparse.Namespace, store: ResultStore, runs: list[tuple
                 run_jobs(store, jobs, args.repeat, deadline)
 
 
-def one_host_sweep(args: argparse.Namespace, store: ResultStore, runs: list[tuple[str, ...]],
-                   work: Path, deadline: float) -> None:
+def one_host_sweep(args: argparse.Namespace, store: ResultStore,
+                   runs: list[tuple[str, ...]], deadline: float) -> None:
     """Ranks as nodes on this machine alone: MPI's shared memory, no link to wait on, so
-    the CPU (and tmpfs) bound every step (rate ``shm``)."""
-    for size in [parse_size(s) for s in args.one_host_sizes.split(",")]:
-        src = sample_file(work, size)
-        for nodes in [int(n) for n in args.one_host.split(",")]:
-            base = {"rate": "shm", "nodes": nodes, "size": size, "arity": 2}
-            jobs: list[tuple[dict, Runner]] = [
-                ({**base, "method": "mpistage", "algorithm": algorithm,
-                  "chunk": parse_size(chunk) if chunk != "auto" else 0},
-                 lambda a=algorithm, c=chunk, n=nodes, s=src: run_locally(n, s, a, c, work))
-                for algorithm, chunk in runs]
-            run_jobs(store, jobs, args.repeat, deadline)
-        src.unlink(missing_ok=True)
+    the CPU (and tmpfs) bound every step (rate ``shm``); source and copies in /dev/shm."""
+    work = Path(tempfile.mkdtemp(prefix="mpistage-sweep-", dir="/dev/shm"))
+    try:
+        for size in [parse_size(s) for s in args.one_host_sizes.split(",")]:
+            src = sample_file(work, size)
+            for nodes in [int(n) for n in args.one_host.split(",")]:
+                base = {"rate": "shm", "nodes": nodes, "size": size, "arity": 2}
+                run_jobs(store, [
+                    ({**base, "method": "mpistage", "algorithm": algorithm,
+                      "chunk": parse_size(chunk) if chunk != "auto" else 0},
+                     lambda a=algorithm, c=chunk, n=nodes, s=src: run_locally(n, s, a, c, work))
+                    for algorithm, chunk in runs], args.repeat, deadline)
+            src.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def zstd_sweep(args: argparse.Namespace, store: ResultStore, work: Path,
