@@ -26,7 +26,8 @@ from dataclasses import replace
 import numpy as np
 
 from mpistage.cluster.cluster import parse_rate
-from mpistage.model import ASSUMED_CPU_RATE, ENGINE_OVERHEAD, MODELLED, Parameters, predict
+from mpistage.model import (ASSUMED_CPU_RATE, ASSUMED_LOCAL_RATE, ENGINE_OVERHEAD, MODELLED,
+                            Parameters, predict)
 
 Run = dict
 
@@ -120,8 +121,8 @@ def model_for(fit_runs: list[Run], rate: str, cores: int) -> Parameters:
     overhead, cpu_rate = cpu_terms(fit_runs)
     nominal = nominal_bandwidth(fit_runs, rate)
     base = Parameters(latency=statistics.median(latencies) if latencies else 1e-4,
-                      bandwidth=nominal, read_bandwidth=1.5e9,
-                      write_bandwidth=1.5e9, overhead=overhead, cpu_rate=cpu_rate)
+                      bandwidth=nominal, read_bandwidth=ASSUMED_LOCAL_RATE,
+                      write_bandwidth=ASSUMED_LOCAL_RATE, overhead=overhead, cpu_rate=cpu_rate)
     return replace(base, bandwidth=fit_bandwidth(fit_runs, base, nominal, cores))
 
 
@@ -198,10 +199,14 @@ def own_prediction_lines(runs: list[Run]) -> list[str]:
     """The ``--zstd`` runs, judged on the prediction each run made for itself (its probe,
     its sample's compression ratio and codec rates, nothing fitted to the sweep), and
     how much faster compression made the whole run."""
-    lines = []
+    lines: list[str] = []
+    if not runs:
+        return lines  # a sweep without --zstd
     for method in OWN_PREDICTION:
         errors = [abs(r["predicted"] - r["seconds"]) / r["seconds"] for r in runs
                   if r["method"] == method and math.isfinite(r.get("predicted", math.nan))]
+        if not errors:
+            lines.append(f"MISSED: {method}: no run with a prediction")
         for what, measure, goal in (("median", statistics.median, MEDIAN_GOAL),
                                     ("max", max, MAX_GOAL)):
             if errors:
@@ -211,7 +216,9 @@ def own_prediction_lines(runs: list[Run]) -> list[str]:
                              f"{100 * goal:.0f} %, {len(errors)} runs)")
     elapsed = {m: statistics.median(r["elapsed"] for r in runs if r["method"] == m)
                for m in OWN_PREDICTION if any(r["method"] == m for r in runs)}
-    if len(elapsed) == 2:
+    if len(elapsed) < 2:
+        lines.append("MISSED: --compress zstd: runs with and without it are both needed")
+    else:
         speedup = elapsed["mpistage-text"] / elapsed["mpistage-zstd"]
         lines.append(f"{'ok' if speedup >= ZSTD_GOAL else 'MISSED'}: --compress zstd "
                      f"{speedup:.2f}× faster than without, whole run (goal ≥ {ZSTD_GOAL}×; "

@@ -1,4 +1,5 @@
-"""The cost model: predicted staging time from measured parameters, and the choice.
+"""The cost model: predicted staging time from measured parameters (the choice made
+with it is :mod:`mpistage.choice`'s).
 
 Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
 
@@ -88,7 +89,7 @@ granularity of the socket buffer; here the granularity is the chunk.  So Ka's ch
 
 The optimal chunk balances the ``m`` steps (fewer with big chunks) against the fill
 (shorter with small chunks): for the network-bound chain,
-``c* = sqrt(S·α·B / (N − 2))``.  :func:`optimal_chunk` finds it numerically for every
+``c* = sqrt(S·α·B / (N − 2))``.  :func:`mpistage.choice.optimal_chunk` finds it numerically for every
 algorithm, among powers of two.
 """
 
@@ -147,7 +148,8 @@ class Parameters:
     engine's own work around it), ``cpu_rate`` the bytes/s one rank's CPU carries per
     message end through its per-byte work (MPI's copy, and its part of the digest and
     of the write's or read's copy), ``share`` the transfer's ranks per core on the most
-    crowded machine (4 ranks on a 2-core host: 2; 0: every rank has a core of its own).
+    crowded machine (4 ranks on a 2-core host: 2; 0, as where nothing is known of
+    the placement: the crowd is not charged).
     Zero overhead and an infinite rate leave the CPU out: the wire-only model.
     """
 

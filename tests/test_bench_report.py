@@ -115,7 +115,7 @@ def test_check_passes_out_of_sample_with_every_point_counted(tmp_path: Path) -> 
         "the sweep holds CPU-bound points"
     run = report("--results", str(results), "--check", "--cores", "2")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.splitlines()[-1] == "all 9 goals met", run.stdout
+    assert run.stdout.splitlines()[-1] == "all 10 goals met", run.stdout
     assert "out of sample (fitted to repeat 0, judged on the others)" in run.stdout
     assert "ok: 100mbit chain: max error 0 % (goal ≤ 15 %, 8 points, every one counted)" \
         in run.stdout, "the slow repeat is outvoted, and the CPU-bound points count"
@@ -128,7 +128,7 @@ def test_check_fails_and_names_each_missed_goal(tmp_path: Path) -> None:
     assert run.returncode == 1
     missed = [line for line in run.stdout.splitlines() if line.startswith("MISSED")]
     assert len(missed) == 1 and "100mbit binomial: max error 23 %" in missed[0], run.stdout
-    assert run.stdout.splitlines()[-1] == "1 of 9 goals missed"
+    assert run.stdout.splitlines()[-1] == "1 of 10 goals missed"
     assert any(line.startswith("| 100mbit | 4 | 64.0 MiB | binomial") for line in
                run.stdout.splitlines()), "the point outside the goal is listed"
 
