@@ -54,11 +54,14 @@ def measure(comm: MPI.Comm, dest: str, sample: int, link: Parameters,
     """Stage a ``sample``-byte file (written by rank 0 into its ``dest``) by a chain at
     :data:`SMALL` and :data:`LARGE` chunks into a scratch directory under every node's
     ``dest``, and fit the engine's costs (collective; ``None`` on ranks other than 0,
-    and for a single node, whose transfer sends nothing).  Everything it wrote is
+    for a single node, whose transfer sends nothing, and for a sample of one
+    :data:`SMALL` chunk or less, which cannot tell ``o`` from ``ρ``).  Everything it wrote is
     removed."""
     from .plan import expand
     from .staging import stage  # calibrate's own use of the engine; staging never needs this
 
+    if sample <= SMALL or comm.size < 2:
+        return None  # one chunk at either size (o and ρ not told apart), or nothing sent
     sample_path = None
     if comm.rank == 0:
         directory = expand(dest, node=0, host=os.uname().nodename, rank=0)

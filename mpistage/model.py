@@ -29,7 +29,8 @@ the path to the last node.
           + max(c/R, c/W)
 
 The processor is a resource of each step like the link: ``C``, the CPU a step needs, is
-the busiest rank's ``(f + 1)(o + c/ρ)`` (it receives the chunk and sends it ``f`` times),
+the busiest rank's ``(f + 1)(o + c/ρ)`` (it receives the chunk and sends it ``f`` times;
+in a binomial tree or flat the root, ``f(o + c/ρ)``: it receives nothing),
 or where ranks share cores, ``2s(N − 1)/N · (o + c/ρ)``: every node receives each chunk
 once, so a chunk costs ``2(N − 1)`` message ends in all, and a crowded machine's cores
 pay for all of its ranks' (with a codec, its encoding and decoding too).  The terms
