@@ -407,6 +407,8 @@ def main() -> int:
                         help="cores of the machine that ran the sweep, where a run does not "
                         "say (default: this machine's, %(default)s)")
     args = parser.parse_args()
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
     every_run = load(args.results, args.merge, args.cores)
     if not every_run:
         print("no runs", file=sys.stderr)
@@ -490,7 +492,6 @@ def main() -> int:
     text = "\n".join(out)
     print(text)
     if args.plots:
-        Path(args.plots).mkdir(parents=True, exist_ok=True)
         (Path(args.plots) / "report.md").write_text(text + "\n")
     return 0
 

@@ -114,8 +114,9 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                         "quickly, unless the file is at most 1 MiB and no link could change "
                         "the choice)")
     parser.add_argument("--explain", action="store_true",
-                        help="print the predicted time of each algorithm and the choice, "
-                        "without moving data")
+                        help="print the predicted time of each algorithm, what bounds it "
+                        "(link, CPU, read or write) and the choice, with the parameters "
+                        "used (α, B, the CPU's o and ρ, ranks per core), without moving data")
     parser.add_argument("--root", type=int, default=0, metavar="RANK",
                         help="rank that reads SRC (default 0)")
     parser.add_argument("--ranks-as-nodes", action="store_true",
