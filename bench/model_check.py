@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -126,9 +127,10 @@ def model_for(fit_runs: list[Run], rate: str, cores: int) -> Parameters:
     return replace(base, bandwidth=fit_bandwidth(fit_runs, base, nominal, cores))
 
 
-def auto_within(runs: list[Run]) -> tuple[int, int]:
-    """(points where auto was within :data:`AUTO_SLACK` of the fastest measured
-    algorithm or lost less than :data:`AUTO_LOSS`, points)."""
+def auto_within(runs: list[Run], slack: float = AUTO_SLACK, loss: float = AUTO_LOSS,
+                keep: Callable[[Run], bool] = lambda run: True) -> tuple[int, int]:
+    """(points where auto was within ``slack`` of the fastest measured algorithm or lost
+    less than ``loss`` seconds, points), over the auto runs that ``keep`` accepts."""
     fastest: dict[tuple, float] = {}
     autos: dict[tuple, float] = {}
     for r in runs:
@@ -136,11 +138,12 @@ def auto_within(runs: list[Run]) -> tuple[int, int]:
             continue
         key = (r["nodes"], r["size"])
         if r["algorithm"] == "auto":
-            autos[key] = r["seconds"]
+            if keep(r):
+                autos[key] = r["seconds"]
         else:
             fastest[key] = min(r["seconds"], fastest.get(key, math.inf))
     keys = [k for k in autos if k in fastest]
-    return (sum(autos[k] <= fastest[k] * (1 + AUTO_SLACK) or autos[k] - fastest[k] < AUTO_LOSS
+    return (sum(autos[k] <= fastest[k] * (1 + slack) or autos[k] - fastest[k] < loss
                 for k in keys), len(keys))
 
 

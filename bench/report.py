@@ -213,19 +213,9 @@ def auto_within(runs: list[Run], slack: float = AUTO_SLACK,
     """(points where auto's time was within ``slack`` of the fastest measured
     algorithm's, points with both), over the points where auto's run is neither
     CPU-bound (unless ``cpu_bound_too``) nor too short (:func:`link_bound`)."""
-    fastest: dict[tuple, float] = {}
-    autos: dict[tuple, float] = {}
-    for r in runs:
-        if r["method"] != "mpistage" or r["nodes"] < 2:
-            continue
-        key = (r["nodes"], r["size"])
-        if r["algorithm"] == "auto":
-            if not too_short(r) and (cpu_bound_too or not cpu_bound(r)):
-                autos[key] = r["seconds"]
-        else:
-            fastest[key] = min(r["seconds"], fastest.get(key, math.inf))
-    keys = [k for k in autos if k in fastest]
-    return sum(autos[k] <= fastest[k] * (1 + slack) for k in keys), len(keys)
+    return model_check.auto_within(
+        runs, slack, loss=0.0,
+        keep=lambda r: not too_short(r) and (cpu_bound_too or not cpu_bound(r)))
 
 
 Fit = tuple[Parameters, Parameters]

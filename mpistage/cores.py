@@ -5,8 +5,8 @@ staged "as nodes" on a 2-core host, or emulated hosts that are network namespace
 machine, each get half a core or less, and every chunk message's CPU costs them that
 much more wall time.  A kernel is told apart by its boot id (Linux's
 ``/proc/sys/kernel/random/boot_id``, new at every boot, distinct between machines); its
-cores are those its ranks may run on, together (ranks that MPI pins to a core each share
-nothing: four pinned ranks on a 64-core node are 1/16 per core, not 4).
+cores are those its ranks may run on, together: four ranks that MPI pins to a core each
+see one usable core apiece, and are one rank per core, not four.
 """
 
 from __future__ import annotations
