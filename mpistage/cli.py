@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import interrupt, mpi_library
+from . import interrupt, mpi_library, stuck
 from ._version import __version__
 from .algorithms import algorithm_help
 from .cli_base import RankZeroParser
@@ -383,19 +383,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = None
         if args.progress or (not args.quiet and sys.stderr.isatty()):
             progress = TerminalProgress(sys.stderr)
-        report = stage(
-            args.sources, args.dest, comm=comm, files_from=args.files_from, base=args.base,
-            nul=args.from0, delete=args.delete, skip_special=args.skip_special,
-            pipe=args.pipe, compress=args.compress, expect_size=args.expect_size,
-            algorithm=args.algorithm,
-            chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
-            arity=args.arity, calibration=args.calibration,
-            fsync=args.fsync, verify=args.verify, depth=args.depth, memory=args.memory,
-            timeout=args.timeout,
-            mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
-            remove_first=args.remove_first, no_clobber=args.no_clobber, progress=progress,
-            started=started,
-        )
+        with stuck.Watchdog(stuck.limit_for(args.timeout), stuck.leave(rank)):
+            report = stage(
+                args.sources, args.dest, comm=comm, files_from=args.files_from, base=args.base,
+                nul=args.from0, delete=args.delete, skip_special=args.skip_special,
+                pipe=args.pipe, compress=args.compress, expect_size=args.expect_size,
+                algorithm=args.algorithm,
+                chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
+                arity=args.arity, calibration=args.calibration,
+                fsync=args.fsync, verify=args.verify, depth=args.depth, memory=args.memory,
+                timeout=args.timeout,
+                mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
+                remove_first=args.remove_first, no_clobber=args.no_clobber, progress=progress,
+                started=started,
+            )
         if rank == 0:
             _speak(report, args)
         if report.stalled or report.missing_ranks or not report.reached_all:

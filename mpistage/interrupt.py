@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -150,22 +151,27 @@ def on_give_up(announce: Callable[[str], None]) -> None:
     _on_give_up[:] = [announce]
 
 
+def give_up(reason: str | None) -> NoReturn:
+    """End this process at once, from any thread: its temp files and MPI's shared memory
+    removed, ``reason`` announced (:func:`on_give_up`; ``None``: nothing said), exit
+    status 1.  Neither ``MPI_Finalize`` nor ``MPI_Abort``: both would wait on the MPI
+    that may be what holds the main thread."""
+    _temp_files.remove_all()
+    remove_mapped_shared_memory()
+    try:
+        for announce in _on_give_up if reason is not None else []:
+            announce(reason)
+    finally:
+        os._exit(1)
+
+
 @contextmanager
 def deadline(seconds: float, reason: str) -> Iterator[None]:
     """The body must be done within ``seconds``, or this process removes its temp files
     and exits 1 from another thread.  For MPI calls that may never return: with MPICH's
     TCP transport a send to a process that died can block inside MPI for ever, and no
     MPI call (not even ``MPI_Abort``) can end the run cleanly after that."""
-    def give_up() -> None:
-        _temp_files.remove_all()
-        remove_mapped_shared_memory()
-        try:
-            for announce in _on_give_up:
-                announce(reason)
-        finally:
-            os._exit(1)
-
-    timer = threading.Timer(seconds, give_up)
+    timer = threading.Timer(seconds, give_up, args=(reason,))
     timer.daemon = True
     timer.start()
     try:

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -65,6 +66,13 @@ def copy_mode(source_mode: int, umask: int | None = None) -> int:
     back and forth while another thread creates files would be a race."""
     mask = current_umask() if umask is None else umask
     return source_mode & ~mask & ~0o002 & 0o1777
+
+
+def directory_mode(source_mode: int, umask: int | None = None) -> int:
+    """A directory's bits: as :func:`copy_mode`, but its setgid bit kept (as ``cp -a``
+    and ``rsync -p`` do): on a directory it grants nothing, it only makes new entries
+    inherit the directory's group, which a group-shared tree needs."""
+    return copy_mode(source_mode, umask) | (source_mode & stat.S_ISGID)
 
 
 class Abandoned(OSError):

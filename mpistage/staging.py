@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mpi4py import MPI
 
-from . import faults
+from . import faults, stuck
 from .algorithms import SCHEDULES
 from .closing import agree_on_report, connect_early, participants
 from .codec import CodecCost
@@ -503,13 +503,14 @@ def _transfer_and_commit(
         def good() -> bool:
             return sink_error is None and first.writer.error is None
 
-        outcome, source, stall, engines = run_rounds(
-            rounds, Attempt(engine, held=lambda: first.writer.held, good=good),
-            can_recover(plan, schedule, tree=type(copy) is not FileCopy,
-                        pipe=options.pipe is not None),
-            first.framing.chunk_count() or 0,
-            partial(_next_attempt, plan=plan, sink=sink, options=options, names=names,
-                    receives=receives))
+        with stuck.polled():  # every wait in the rounds is a polled one
+            outcome, source, stall, engines = run_rounds(
+                rounds, Attempt(engine, held=lambda: first.writer.held, good=good),
+                can_recover(plan, schedule, tree=type(copy) is not FileCopy,
+                            pipe=options.pipe is not None),
+                first.framing.chunk_count() or 0,
+                partial(_next_attempt, plan=plan, sink=sink, options=options, names=names,
+                        receives=receives))
         engine = engines[-1]
         lost.update({taking_part[rank]: why for rank, why in rounds.lost.items()})
         if stall is not None:

@@ -26,7 +26,7 @@ from .errors import UsageError
 from .manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest
 from .plan import SourceInfo, describe_file_type, expand
 from .preflight import NodeCheck, stop_unless_skipping
-from .sink import copy_mode, current_umask, remove_stale_temps
+from .sink import copy_mode, current_umask, directory_mode, remove_stale_temps
 from .topology import Topology
 from .treesink import NodeTree, is_real_dir
 from .units import format_bytes
@@ -160,7 +160,8 @@ class _Local:
             if kind == DIRECTORY:
                 if stat.S_ISDIR(st.st_mode):
                     real_dirs.add(path)
-                    if stat.S_IMODE(st.st_mode) != copy_mode(manifest.modes[index], umask):
+                    if stat.S_IMODE(st.st_mode) != directory_mode(manifest.modes[index],
+                                                                  umask):
                         self.changed.add(top)
                 else:
                     self._differs(index, top)

@@ -29,7 +29,7 @@ from pathlib import Path
 from . import interrupt
 from .digest import file_digest, new_digest
 from .manifest import DIRECTORY, SYMLINK, TRAILER, Manifest, stream_files
-from .sink import TEMP_SUFFIX, copy_mode, current_umask, temp_prefix
+from .sink import TEMP_SUFFIX, copy_mode, current_umask, directory_mode, temp_prefix
 
 log = logging.getLogger("mpistage.treesink")
 
@@ -359,7 +359,7 @@ class TreeSink:
             built = self._path_of(path)
             if self.fsync:  # its entries, so that after a crash the tree holds its files
                 _fsync_directory(built)
-            os.chmod(built, copy_mode(manifest.modes[index], self._umask))
+            os.chmod(built, directory_mode(manifest.modes[index], self._umask))
             os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]))
         for index in range(len(manifest)):
             if manifest.kinds[index] == SYMLINK:

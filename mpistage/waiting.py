@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from mpi4py import MPI
 
+from . import stuck
 from .errors import Stalled
 
 #: Work that must go on at every wake-up of every wait for the rest of the run, whatever
@@ -83,6 +84,7 @@ def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected
                  on_wake: Callable[[], object] | None, cap: float | None = None) -> _T | None:
     """``check()``'s first result that is not ``None``, asleep between checks, with
     pauses that grow (see the module's docstring); ``None`` after ``timeout`` seconds."""
+    stuck.alive()  # back from the last MPI call (mpistage.stuck)
     if (result := check()) is not None:
         return result
     started = time.monotonic()
@@ -106,7 +108,9 @@ def _sleep_until(check: Callable[[], _T | None], timeout: float | None, expected
 
 
 def tend_background() -> None:
-    """Run every :data:`BACKGROUND` chore once."""
+    """Run every :data:`BACKGROUND` chore once (at every wake-up of every wait: the
+    main thread is back from MPI, :func:`mpistage.stuck.alive`)."""
+    stuck.alive()
     for chore in BACKGROUND:
         chore()
 

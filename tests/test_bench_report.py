@@ -1,5 +1,6 @@
 """bench/report.py on a synthetic sweep whose truth is known."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,14 @@ def test_one_host_runs_are_judged_with_their_probed_rate_and_zstd_by_its_own_pre
     assert "MISSED: mpistage-zstd: median error of the runs' own predictions 13 %" in run.stdout
     assert "ok: --compress zstd 3.00× faster than without" in run.stdout, run.stdout
     assert run.returncode == 1
+
+
+def test_committed_results_cite_no_path_of_the_machine_that_made_them() -> None:
+    """Generated reports name their inputs relative to the repository: an absolute path
+    of the development machine (``/work/…``, a home directory) means nothing elsewhere."""
+    machine = re.compile(r"(?<![\w.])/(?:work|root|home)/")
+    for path in sorted((ROOT / "bench" / "results").rglob("*")):
+        if path.suffix in {".md", ".txt", ".json", ".csv"}:
+            text = path.read_text(encoding="utf-8")
+            assert str(ROOT) not in text, path
+            assert not machine.search(text), f"{path}: {machine.search(text)}"

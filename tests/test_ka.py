@@ -136,6 +136,8 @@ def test_script_writes_its_plots_and_text(tmp_path: Path) -> None:
     for name in ("ka-sizes.png", "ka-nodes.png", "ka-ratio.png"):
         assert f"]({name})" in text  # relative links, next to the text
     assert "nan" not in text.lower().replace("nano", "")
+    # inputs cited relative to the repository, never by this machine's absolute path
+    assert str(ROOT.parent) not in text and "../shared/seeds/" in text
     for heading in ("**Chain.**", "**Binary tree.**", "**Binomial.**", "**Multicast.**"):
         assert heading in text
 

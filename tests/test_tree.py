@@ -4,11 +4,12 @@ what stands at its destination, and the commit's semantics."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
 import pytest
-from treelisting import listing
+from treelisting import listing, rsync_differences
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -191,14 +192,34 @@ def test_a_tree_arrives_whole_with_modes_mtimes_and_links(tmp_path: Path, chunk:
     sink, source = stage_locally(walk([data]), dest, chunk=chunk)
     assert source.error is None and sink.error is None
     assert listing(dest / "data") == listing(data)
+    assert rsync_differences(data, dest / "data") == []
     assert sink.files_written == 4
     assert [n for n in os.listdir(dest) if n.endswith(".mpistage-tmp")] == []
+
+
+def test_a_setgid_directory_keeps_its_bit_files_never(tmp_path: Path) -> None:
+    """A group-shared directory (setgid: new entries inherit its group) stays one, as
+    with ``cp -a`` and ``rsync -p``; a setuid or setgid *file* loses both bits."""
+    data = make_tree(tmp_path / "src")
+    os.chmod(data / "sub", 0o2755)
+    os.chmod(data / "sub" / "deeper" / "x", 0o6755)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    sink, source = stage_locally(walk([data]), dest)
+    assert source.error is None and sink.error is None
+    assert stat.S_IMODE(os.stat(dest / "data" / "sub").st_mode) == 0o2755
+    assert stat.S_IMODE(os.stat(dest / "data" / "sub" / "deeper" / "x").st_mode) == 0o755
+    # rsync -p would carry the file's bits over too; the directory's agree
+    assert rsync_differences(data, dest / "data") == [".f...p..... sub/deeper/x"]
+    # and a rerun finds the directory as it should be: nothing to send, nothing to fix
+    assert node_view(walk([data]), dest).changed == set()
 
 
 def test_dest_named_like_cp_dash_r(tmp_path: Path) -> None:
     data = make_tree(tmp_path / "src")
     sink, _ = stage_locally(walk([data]), tmp_path / "copy", fsync=True)  # the new name
     assert listing(tmp_path / "copy") == listing(data)
+    assert rsync_differences(data, tmp_path / "copy") == []
     assert "verify" in sink.timings and "rename" in sink.timings
 
 
@@ -214,6 +235,7 @@ def test_a_rerun_sends_only_what_changed(tmp_path: Path) -> None:
     sink, _ = stage_locally(walk([data]), dest)
     assert sink.files_written == 1 and sink.bytes_written == 3
     assert listing(dest / "data") == listing(data)
+    assert rsync_differences(data, dest / "data") == []
     assert (dest / "data" / "big.bin").stat().st_ino == before, "unchanged files linked, not copied"
 
 
@@ -245,6 +267,7 @@ def test_extras_are_kept_unless_delete(tmp_path: Path) -> None:
     assert (dest / "data" / "a.txt").read_text() == "changed\n"
     stage_locally(walk([data]), dest, delete=True)
     assert listing(dest / "data") == listing(data)
+    assert rsync_differences(data, dest / "data") == []
 
 
 def test_a_symlink_planted_in_dest_is_replaced_never_followed(tmp_path: Path) -> None:
@@ -259,6 +282,7 @@ def test_a_symlink_planted_in_dest_is_replaced_never_followed(tmp_path: Path) ->
     (dest / "data" / "a.txt").symlink_to(elsewhere / "a.txt")  # a file symlink
     stage_locally(walk([data]), dest)
     assert listing(dest / "data") == listing(data)
+    assert rsync_differences(data, dest / "data") == []
     assert os.listdir(elsewhere) == ["a.txt"] and (elsewhere / "a.txt").read_text() == "precious"
     other = tmp_path / "other"
     other.mkdir()
@@ -382,6 +406,7 @@ def test_a_copy_whose_mode_or_mtime_differs_is_fixed_without_its_bytes(tmp_path:
     assert sink.files_written == 0 and sink.bytes_written == 0
     assert copy.stat().st_ino == inode, "the same file, linked into the new tree"
     assert listing(dest / "data") == listing(data)
+    assert rsync_differences(data, dest / "data") == []
 
 
 def test_remove_first_deletes_each_outdated_file_before_its_bytes(tmp_path: Path) -> None:
@@ -420,4 +445,5 @@ def test_sources_named_as_symlinks_are_staged_as_what_they_point_to(tmp_path: Pa
     sink, source = stage_locally(walk([tmp_path / "alias", tmp_path / "file-alias"]), dest)
     assert source.error is None and sink.error is None
     assert listing(dest / "alias") == listing(data)
+    assert rsync_differences(data, dest / "alias") == []
     assert (dest / "file-alias").read_bytes() == (data / "big.bin").read_bytes()

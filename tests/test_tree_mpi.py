@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from treelisting import listing
+from treelisting import listing, rsync_differences
 from mpi4py import MPI
 
 import mpistage
@@ -60,7 +60,8 @@ def test_every_node_gets_the_whole_tree(area, assert_all, algorithm):
     report = stage_tree(area, algorithm=algorithm)
     mine = area / f"n{COMM.rank}"
     assert_all(report.ok, str([n.error for n in report.failed]))
-    assert_all(listing(mine / "data") == listing(area / "src" / "data"), "trees differ")
+    assert_all(listing(mine / "data") == listing(area / "src" / "data")
+               and rsync_differences(area / "src" / "data", mine / "data") == [], "trees differ")
     assert_all(leftovers(mine) == [], "temp entries left behind")
     assert_all(report.tree is not None and report.tree["files"] == 42
                and report.tree["files_sent"] == 42 and report.tree["symlinks"] == 1)
@@ -84,7 +85,8 @@ def test_a_rerun_sends_only_what_some_node_lacks(area, assert_all):
     assert_all(statuses[victim] == ("copied", 1, 41), str(statuses))
     assert_all(all(statuses[i][0] == "up-to-date" for i in statuses if i != victim))
     mine = area / f"n{COMM.rank}"
-    assert_all(listing(mine / "data") == listing(area / "src" / "data"))
+    assert_all(listing(mine / "data") == listing(area / "src" / "data")
+               and rsync_differences(area / "src" / "data", mine / "data") == [])
 
 
 def test_several_sources_and_a_file_list(area, assert_all):
@@ -94,7 +96,8 @@ def test_several_sources_and_a_file_list(area, assert_all):
     mine = area / f"n{COMM.rank}"
     assert_all(report.ok and sorted(os.listdir(mine)) == ["big.bin", "sub"])
     assert_all((mine / "big.bin").read_bytes() == (data / "big.bin").read_bytes())
-    assert_all(listing(mine / "sub") == listing(data / "sub"))
+    assert_all(listing(mine / "sub") == listing(data / "sub")
+               and rsync_differences(data / "sub", mine / "sub") == [])
     if COMM.rank == 0:
         (area / "list").write_text("sub/deeper/x\nbig.bin\n")
     COMM.Barrier()
@@ -123,7 +126,8 @@ def test_a_node_whose_disk_fills_mid_tree_keeps_nothing_of_it(area, assert_all):
     if COMM.rank == victim:
         assert_all(os.listdir(mine) == [], "nothing of the tree, no temp entry")
     else:
-        assert_all(listing(mine / "data") == listing(area / "src" / "data"))
+        assert_all(listing(mine / "data") == listing(area / "src" / "data")
+                   and rsync_differences(area / "src" / "data", mine / "data") == [])
 
 
 def test_a_bad_node_is_left_out_or_stops_the_run(area, assert_all):
@@ -135,7 +139,8 @@ def test_a_bad_node_is_left_out_or_stops_the_run(area, assert_all):
         stage_tree_to(area, target)
     report = stage_tree_to(area, target, skip_bad_nodes=True)
     assert_all(not report.ok and [n.index for n in report.nodes if n.ok] == [0])
-    assert_all(listing(area / "n0" / "deep" / "x") == listing(area / "src" / "data"))
+    assert_all(listing(area / "n0" / "deep" / "x") == listing(area / "src" / "data")
+               and rsync_differences(area / "src" / "data", area / "n0" / "deep" / "x") == [])
 
 
 def stage_tree_to(area: Path, target: str,
@@ -152,7 +157,8 @@ def test_root_other_than_rank_zero_and_explain(area, assert_all):
     report = mpistage.stage(area / "src" / "data", str(area / "n{node}"), comm=COMM,
                             root=root, ranks_as_nodes=True, chunk_size=CHUNK)
     assert_all(report.ok)
-    assert_all(listing(area / f"n{COMM.rank}" / "data") == listing(area / "src" / "data"))
+    assert_all(listing(area / f"n{COMM.rank}" / "data") == listing(area / "src" / "data")
+               and rsync_differences(area / "src" / "data", area / f"n{COMM.rank}" / "data") == [])
 
 
 class Recorder:
@@ -193,7 +199,8 @@ def test_a_symlink_planted_inside_dest_is_replaced_not_followed(area, assert_all
     COMM.Barrier()
     report = stage_tree(area)
     assert_all(report.ok and report.tree["files_sent"] == 41, str(report.tree))
-    assert_all(listing(mine) == listing(area / "src" / "data"))
+    assert_all(listing(mine) == listing(area / "src" / "data")
+               and rsync_differences(area / "src" / "data", mine) == [])
     assert_all(os.listdir(outside) == ["small05"] and
                (outside / "small05").read_text() == "not yours", "written through a link")
 
