@@ -30,7 +30,9 @@ from .codec import CodecCost
 from .codec import check as check_codec
 from .copies import FileCopy, PipeCopy, SourceOutcome
 from .decide import AUTO, Prediction, decide
+from .agreement import check_arguments_agree
 from .errors import CommandFailed, RootLost, Stalled, UsageError
+from .shared_dest import refuse_shared_paths
 from .liveness import Heartbeat, watch, writeback_activity
 from .choice import CHUNK_CHOICES, fits
 from .model import Parameters
@@ -169,6 +171,13 @@ def stage(
     entered = time.perf_counter()
     start = entered if started is None else started
     comm = MPI.COMM_WORLD if comm is None else comm
+    check_arguments_agree(comm, "stage", dict(
+        source=source, dest=dest, pipe=pipe, compress=compress, expect_size=expect_size,
+        files_from=files_from, base=base, nul=nul, delete=delete, skip_special=skip_special,
+        algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
+        arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
+        memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
+        quick=quick, remove_first=remove_first, no_clobber=no_clobber))
     dest = _destination(dest, pipe)
     kind = _stream_kind(comm, source, root)
     options = StageOptions(
@@ -360,6 +369,7 @@ def _check_nodes(
         checks = preflight(topo, info, mkdir=options.mkdir, remove_first=options.remove_first,
                            quick=options.quick, skip_bad_nodes=options.skip_bad_nodes,
                            no_clobber=options.no_clobber)
+        refuse_shared_paths(topo, checks)
         return checks, FileCopy(source), info
     from .treecheck import check_tree
     from .treecopy import TreeCopy
@@ -367,6 +377,7 @@ def _check_nodes(
     checks, node_tree, needed = check_tree(
         topo, manifest, info, mkdir=options.mkdir, remove_first=options.remove_first,
         quick=options.quick, delete=options.delete, skip_bad_nodes=options.skip_bad_nodes)
+    refuse_shared_paths(topo, checks)
     copy = TreeCopy(manifest, needed, node_tree, delete=options.delete)
     return checks, copy, replace(info, size=copy.bytes_in_stream)
 

@@ -446,3 +446,31 @@ def test_a_host_whose_disk_fills_mid_tree_keeps_nothing_of_it(faulty4: EmulatedC
     for i in (0, 1):
         assert tree_listing(faulty4.scratch_dir(i) / "dataset") == tree_listing(src)
         shutil.rmtree(faulty4.scratch_dir(i) / "dataset")
+
+
+@needs_root
+def test_hosts_sharing_a_dest_are_refused_or_given_their_own(cluster8: EmulatedCluster,
+                                                              tmp_path: Path) -> None:
+    """/tmp is one file system for every emulated host (only /scratch is each host's own):
+    four hosts writing DEST/sample.bin there would write one file.  Refused with one line
+    and exit 2, nothing left behind; with {host} in DEST each host gets its own copy."""
+    src = sample(tmp_path, 1 << 20)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    run = cluster8.mpiexec([sys.executable, "-m", "mpistage", str(src), f"{shared}/"],
+                           hosts=[0, 1, 2, 3], env=TIMEOUT, capture_output=True, text=True,
+                           timeout=600)
+    names = [f"{i} ({cluster8.hostnames[i]})" for i in range(4)]
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.splitlines() == [
+        f"mpistage: error: nodes {', '.join(names[:3])} and {names[3]} would all write "
+        f"{shared}/sample.bin: one file on a file system they share; put {{node}} in DEST "
+        f"(e.g. {shared}/{{node}}/sample.bin, with --mkdir) so that each node has its own copy"]
+    assert os.listdir(shared) == []  # no copy, no marker
+    run = cluster8.mpiexec([sys.executable, "-m", "mpistage", "--mkdir", str(src),
+                            f"{shared}/{{host}}/"], hosts=[0, 1, 2, 3], env=TIMEOUT,
+                           capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(os.listdir(shared)) == sorted(cluster8.hostnames[:4])
+    for host in cluster8.hostnames[:4]:
+        assert file_digest(shared / host / "sample.bin") == file_digest(src)

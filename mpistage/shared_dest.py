@@ -1,0 +1,165 @@
+"""Two nodes, one path: refused before any byte moves.
+
+Without ``{node}``, ``{rank}`` or ``{host}`` in DEST, every node writes the same path; that
+is right when each node has its own file system there (node-local scratch), and wrong
+when two nodes share one: ranks taken as nodes on one machine, a ``/tmp`` shared by a
+login node's ranks, a DEST on the parallel file system.  Then several nodes write one
+file and the report counts one copy as many.  The paths as strings cannot tell these
+apart; the file system can, as each node sees it:
+
+* **on one machine** (same boot id): the directory that will hold the copy is the same
+  directory exactly when its device and inode numbers are the same;
+* **across machines** device numbers mean nothing (an NFS or Lustre mount gets a number
+  of its own on every client, and two local file systems may share one), so each node
+  leaves a **marker** (an empty file named for this run and node) in that directory,
+  and looks for the others' markers there.  A node that sees another's marker shares
+  its directory.
+
+Two nodes that share the directory and the final name would write the same file:
+:func:`refuse_shared_paths` raises the same :class:`~mpistage.errors.UsageError` on every
+rank, naming the nodes and the fix.  Two collectives and a file created, listed and
+removed per node leader; the markers never outlive the check.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import defaultdict
+from pathlib import Path
+
+from .cores import this_kernel
+from .errors import UsageError
+from .preflight import NodeCheck
+from .topology import Topology
+
+_MARKER = ".mpistage-who-{run}-"
+
+
+def refuse_shared_paths(topo: Topology, checks: list[NodeCheck]) -> None:
+    """Collective: raise :class:`UsageError` on every rank if two nodes' copies would be
+    the same file (see the module's docstring); nothing is left behind either way."""
+    run = topo.comm.bcast(secrets.token_hex(6) if topo.comm.rank == 0 else None, root=0)
+    mine = next((c for c in checks if c.index == topo.node.index), None) \
+        if topo.is_leader else None
+    own = _Spot.of(mine, run) if mine is not None and mine.target and not mine.problem \
+        else None
+    if own is not None:
+        own.leave_marker()
+    identities = topo.comm.allgather(own.identity() if own is not None else None)
+    try:
+        seen = own.markers_seen() if own is not None else []
+    finally:
+        if own is not None:
+            own.remove_marker()
+    sightings = topo.comm.allgather((own.node, seen) if own is not None else None)
+    groups = same_files(checks, [i for i in identities if i is not None],
+                        [s for s in sightings if s is not None])
+    if groups:
+        raise UsageError(describe(groups, checks))
+
+
+class _Spot:
+    """One node's view of the directory that will hold its copy."""
+
+    def __init__(self, node: int, directory: Path, name: str, run: str) -> None:
+        self.node, self.directory, self.name = node, directory, name
+        self.prefix = _MARKER.format(run=run)
+        self.marker = directory / f"{self.prefix}{node}"
+        self.placed = False
+
+    @classmethod
+    def of(cls, check: NodeCheck, run: str) -> _Spot:
+        target = Path(str(check.target))
+        return cls(check.index, target.parent, target.name, run)
+
+    def leave_marker(self) -> None:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            self.placed = True
+        except OSError:
+            pass  # a directory this node cannot write: its identity still counts
+
+    def identity(self) -> tuple[int, str, tuple[int, int] | None]:
+        """``(node, kernel, (st_dev, st_ino))`` of the directory (``None``: unreadable)."""
+        try:
+            st = os.stat(self.directory)
+            inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            inode = None
+        return self.node, this_kernel()[0], inode
+
+    def markers_seen(self) -> list[int]:
+        """The other nodes whose markers this node sees in its directory."""
+        try:
+            with os.scandir(self.directory) as entries:
+                names = [e.name for e in entries if e.name.startswith(self.prefix)]
+        except OSError:
+            return []
+        nodes = []
+        for name in names:
+            suffix = name[len(self.prefix):]
+            if suffix.isdigit() and int(suffix) != self.node:
+                nodes.append(int(suffix))
+        return nodes
+
+    def remove_marker(self) -> None:
+        if self.placed:
+            try:
+                os.unlink(self.marker)
+            except OSError:
+                pass
+
+
+def same_files(checks: list[NodeCheck],
+               identities: list[tuple[int, str, tuple[int, int] | None]],
+               sightings: list[tuple[int, list[int]]]) -> list[list[int]]:
+    """Groups (two nodes or more, in node order) whose copies would be one file: the same
+    directory (one machine's device and inode, or a marker seen) and the same name."""
+    name = {c.index: Path(str(c.target)).name for c in checks if c.target}
+    parent = {n: n for n in name}
+
+    def find(n: int) -> int:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    def join(a: int, b: int) -> None:
+        if a in name and b in name and name[a] == name[b]:
+            parent[find(b)] = find(a)
+
+    by_directory: dict[tuple[str, tuple[int, int]], list[int]] = defaultdict(list)
+    for node, kernel, inode in identities:
+        if inode is not None:
+            by_directory[(kernel, inode)].append(node)
+    for nodes in by_directory.values():
+        for other in nodes[1:]:
+            join(nodes[0], other)
+    for node, seen in sightings:
+        for other in seen:
+            join(node, other)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for n in sorted(name):
+        groups[find(n)].append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def describe(groups: list[list[int]], checks: list[NodeCheck]) -> str:
+    """One line: the first group, how many more, and the fix."""
+    by_index = {c.index: c for c in checks}
+    first = groups[0]
+    nodes = [f"{n} ({by_index[n].host})" for n in first]
+    listed = ", ".join(nodes[:-1]) + f" and {nodes[-1]}" if len(nodes) <= 4 else \
+        f"{', '.join(nodes[:3])} and {len(nodes) - 3} more"
+    more = f" (and {len(groups) - 1} more such group{'s' if len(groups) > 2 else ''})" \
+        if len(groups) > 1 else ""
+    return (f"nodes {listed} would all write {by_index[first[0]].target}: one file on a "
+            f"file system they share{more}; put {{node}} in DEST (e.g. "
+            f"{_with_node(by_index[first[0]].target)}, with --mkdir) so that each node "
+            "has its own copy")
+
+
+def _with_node(target: str | None) -> str:
+    path = Path(str(target))
+    return str(path.parent / "{node}" / path.name)

@@ -1,0 +1,33 @@
+"""Which argument differs from rank 0's (mpistage.agreement), without MPI."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from mpistage.agreement import STREAM, canonical, first_difference
+
+
+def fingerprint(**arguments):  # type: ignore[no-untyped-def]
+    return [(name, canonical(value)) for name, value in arguments.items()]
+
+
+def test_paths_compare_as_strings_and_sequences_as_tuples() -> None:
+    assert canonical(Path("/a/b")) == "/a/b"
+    assert canonical([Path("/a"), "b"]) == ("/a", "b")
+    assert canonical(io.BytesIO(b"x")) == STREAM
+
+
+def test_the_first_difference_is_found_and_agreement_is_the_length() -> None:
+    zero = fingerprint(source="/in", dest="/out/n0/", timeout=30.0)
+    assert first_difference(zero, zero) == 3
+    assert first_difference(fingerprint(source="/in", dest="/out/n1/", timeout=31.0), zero) == 1
+    assert first_difference(fingerprint(source=Path("/in"), dest="/out/n0/", timeout=30), zero) == 3
+
+
+def test_a_streams_source_is_the_roots_alone() -> None:
+    zero = fingerprint(source=io.BytesIO(b"data"), dest="/out")
+    assert first_difference(fingerprint(source=None, dest="/out"), zero) == 2
+    assert first_difference(fingerprint(source="/other", dest="/out"), zero) == 2
+    files = fingerprint(source="/in", dest="/out")
+    assert first_difference(fingerprint(source="/elsewhere", dest="/out"), files) == 0

@@ -1,0 +1,34 @@
+"""Which nodes' copies would be one file (mpistage.shared_dest), without MPI."""
+
+from __future__ import annotations
+
+from mpistage.preflight import NodeCheck
+from mpistage.shared_dest import describe, same_files
+
+
+def check(index: int, target: str, host: str = "h") -> NodeCheck:
+    return NodeCheck(index=index, host=f"{host}{index}", rank=index, target=target)
+
+
+def test_one_machine_tells_by_device_and_inode() -> None:
+    checks = [check(0, "/tmp/out/a"), check(1, "/tmp/out/a"), check(2, "/tmp/out/b")]
+    identities = [(0, "boot", (1, 7)), (1, "boot", (1, 7)), (2, "boot", (1, 7))]
+    assert same_files(checks, identities, []) == [[0, 1]]  # node 2: another name
+
+
+def test_equal_numbers_on_two_machines_mean_nothing_markers_do() -> None:
+    checks = [check(n, "/scratch/a") for n in range(4)]
+    identities = [(n, f"boot{n}", (1, 7)) for n in range(4)]  # tmpfs on each: same numbers
+    assert same_files(checks, identities, []) == []
+    # nodes 1 and 3 see each other's markers: one shared file system at DEST
+    assert same_files(checks, identities, [(1, [3]), (3, [1])]) == [[1, 3]]
+
+
+def test_the_line_names_the_nodes_the_file_and_the_fix() -> None:
+    checks = [check(n, "/tmp/out/in.dat") for n in range(3)]
+    line = describe([[0, 1, 2]], checks)
+    assert line == ("nodes 0 (h0), 1 (h1) and 2 (h2) would all write /tmp/out/in.dat: one "
+                    "file on a file system they share; put {node} in DEST (e.g. "
+                    "/tmp/out/{node}/in.dat, with --mkdir) so that each node has its own copy")
+    many = [check(n, "/p/x") for n in range(10)]
+    assert "0 (h0), 1 (h1), 2 (h2) and 7 more" in describe([list(range(10)), [0, 1]], many)
