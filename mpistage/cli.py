@@ -147,6 +147,9 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     parser.add_argument("--no-clobber", action="store_true",
                         help="fail on nodes where DEST already holds something other than an "
                         "up-to-date copy, instead of replacing it")
+    parser.add_argument("--shared-dest", action="store_true",
+                        help="where nodes' DEST is one file on a file system they share, "
+                        "write it once and have the others check it (default: refuse)")
     parser.add_argument("--fsync", action="store_true",
                         help="flush each copy to its device before renaming it into place")
     parser.add_argument("--verify", action="store_true",
@@ -394,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fsync=args.fsync, verify=args.verify, depth=args.depth, memory=args.memory,
                 timeout=args.timeout,
                 mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
-                remove_first=args.remove_first, no_clobber=args.no_clobber, progress=progress,
+                remove_first=args.remove_first, no_clobber=args.no_clobber,
+                shared_dest=args.shared_dest, progress=progress,
                 started=started,
             )
         if rank == 0:

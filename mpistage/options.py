@@ -51,6 +51,7 @@ class StageOptions:
     quick: bool = False
     remove_first: bool = False
     no_clobber: bool = False
+    shared_dest: bool = False
     delete: bool = False
     skip_special: bool = False
     compress: str = "none"
@@ -110,7 +111,8 @@ class StageOptions:
             meaningless = [name for name, value in (
                 ("--verify", self.verify), ("--fsync", self.fsync),
                 ("--remove-first", self.remove_first), ("--no-clobber", self.no_clobber),
-                ("--quick", self.quick), ("--mkdir", self.mkdir), ("--delete", self.delete))
+                ("--quick", self.quick), ("--mkdir", self.mkdir), ("--delete", self.delete),
+                ("--shared-dest", self.shared_dest))
                 if value]
             if meaningless:
                 raise UsageError(f"{', '.join(meaningless)} mean nothing with --pipe "

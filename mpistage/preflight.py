@@ -39,6 +39,9 @@ class NodeCheck:
         occupied: something (of any type) already stands at the destination.
         files_wanted, files_have, bytes_wanted: a tree's files this node lacks and has,
             and the bytes it lacks (:mod:`mpistage.treecheck`).
+        shares_with: the node that writes this node's copy, the same file on a file
+            system both see (``--shared-dest``, :mod:`mpistage.shared_dest`); this node
+            receives nothing and checks that copy once it is in place.
     """
 
     index: int
@@ -55,10 +58,11 @@ class NodeCheck:
     files_wanted: int = 0
     files_have: int = 0
     bytes_wanted: int = 0
+    shares_with: int | None = None
 
     @property
     def needs_data(self) -> bool:
-        return self.problem is None and not self.up_to_date
+        return self.problem is None and not self.up_to_date and self.shares_with is None
 
     def line(self) -> str:
         return f"node {self.index} ({self.host}): {self.problem}"

@@ -60,7 +60,7 @@ class NodeResult:
     @property
     def ok(self) -> bool:
         """The node holds a verified copy."""
-        return self.status in ("copied", "up-to-date")
+        return self.status in ("copied", "up-to-date", "shared")
 
 
 @dataclass
@@ -275,6 +275,10 @@ class StageReport:
                 lines.append(f"  no status from ranks {_ranges(self.missing_ranks)} (dead or unreachable)")
         if fresh:
             lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
+        sharing = [node.index for node in self.nodes if node.status == "shared"]
+        if sharing:
+            lines.append(f"  nodes {_ranges(sharing)} share another node's file "
+                         "(--shared-dest: one file system at DEST), each checked it in place")
         chatty = [node for node in self.nodes if node.stderr and node.ok]
         for node in chatty[:_STDERR_NODES]:
             lines.append(f"  node {node.index} ({node.host}) command's stderr ended: {node.stderr}")

@@ -16,9 +16,13 @@ apart; the file system can, as each node sees it:
   its directory.
 
 Two nodes that share the directory and the final name would write the same file:
-:func:`refuse_shared_paths` raises the same :class:`~mpistage.errors.UsageError` on every
-rank, naming the nodes and the fix.  Two collectives and a file created, listed and
-removed per node leader; the markers never outlive the check.
+:func:`check_shared_paths` raises the same :class:`~mpistage.errors.UsageError` on every
+rank, naming the nodes and the fix.  Three small collectives and a file created, listed
+and removed per node leader; the markers never outlive the check.
+
+Asked for on purpose (``--shared-dest``), each such file has one writer (the lowest
+node); the others receive nothing and, once the report says the writer's copy is in
+place, read it there and check it against the source's digest (:func:`verify_shared`).
 """
 
 from __future__ import annotations
@@ -26,19 +30,35 @@ from __future__ import annotations
 import os
 import secrets
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from .cores import this_kernel
+from .digest import file_digest
 from .errors import UsageError
 from .preflight import NodeCheck
+from .report import NodeResult, StageReport
 from .topology import Topology
 
 _MARKER = ".mpistage-who-{run}-"
 
 
-def refuse_shared_paths(topo: Topology, checks: list[NodeCheck]) -> None:
-    """Collective: raise :class:`UsageError` on every rank if two nodes' copies would be
-    the same file (see the module's docstring); nothing is left behind either way."""
+def check_shared_paths(topo: Topology, checks: list[NodeCheck], *,
+                       allowed: bool = False) -> list[NodeCheck]:
+    """Collective: the checks, each sharer's marked with the node that writes its file
+    (the group's lowest); unless ``allowed`` (``--shared-dest``), raise
+    :class:`UsageError` on every rank when any two nodes share one (see the module's
+    docstring).  Nothing is left behind either way."""
+    groups = find_shared_paths(topo, checks)
+    if groups and not allowed:
+        raise UsageError(describe(groups, checks))
+    writer = {node: group[0] for group in groups for node in group[1:]}
+    return [replace(c, shares_with=writer[c.index]) if c.index in writer else c
+            for c in checks]
+
+
+def find_shared_paths(topo: Topology, checks: list[NodeCheck]) -> list[list[int]]:
+    """Collective: the groups of nodes (in node order) whose copies would be one file."""
     run = topo.comm.bcast(secrets.token_hex(6) if topo.comm.rank == 0 else None, root=0)
     mine = next((c for c in checks if c.index == topo.node.index), None) \
         if topo.is_leader else None
@@ -53,10 +73,53 @@ def refuse_shared_paths(topo: Topology, checks: list[NodeCheck]) -> None:
         if own is not None:
             own.remove_marker()
     sightings = topo.comm.allgather((own.node, seen) if own is not None else None)
-    groups = same_files(checks, [i for i in identities if i is not None],
-                        [s for s in sightings if s is not None])
-    if groups:
-        raise UsageError(describe(groups, checks))
+    return same_files([c for c in checks if not c.problem],
+                      [i for i in identities if i is not None],
+                      [s for s in sightings if s is not None])
+
+
+def verify_shared(topo: Topology, checks: list[NodeCheck], report: StageReport) -> StageReport:
+    """Collective, once the report is agreed: every node that shares another's file
+    reads it in place and checks it against the source's digest (or the writer's, when
+    nothing was sent); the report, the same on every rank, then says so per node.
+    Where the run lost a rank, no collective can be trusted: sharers are reported
+    unchecked."""
+    writers = {c.index: c.shares_with for c in checks if c.shares_with is not None}
+    results = {n.index: n for n in report.nodes}
+    if report.stalled or report.missing_ranks or not report.reached_all:
+        checked = [(i, "failed", "not checked: the run lost a node") for i in writers]
+    else:
+        mine = None
+        if topo.is_leader and topo.node.index in writers:
+            own = next(c for c in checks if c.index == topo.node.index)
+            mine = _check_in_place(own, results, writers[own.index], report.source_digest)
+        checked = [m for m in topo.comm.allgather(mine) if m is not None]
+    for index, status, error in checked:
+        results[index] = replace(results[index], status=status, error=error,
+                                 digest=results[writers[index]].digest)
+    nodes = [results[n.index] for n in report.nodes]
+    return replace(report, nodes=nodes, ok=report.ok and all(n.ok for n in nodes))
+
+
+def _check_in_place(own: NodeCheck, results: dict[int, NodeResult], writer: int,
+                    source_digest: str | None) -> tuple[int, str, str | None]:
+    """This sharer's verdict on the file its writer put in place: read and digested,
+    unless nothing was sent and the pre-flight already found it up to date here."""
+    node, written = own.index, results[writer]
+    if not written.ok:
+        return node, "failed", f"node {writer}, which writes this node's file, failed"
+    if written.status == "up-to-date" and own.up_to_date:
+        return node, "shared", None  # checked by this node in the pre-flight
+    expected = source_digest or written.digest
+    path = results[node].path
+    try:
+        found = file_digest(str(path), drop_cache=False) if path else None
+    except OSError as exc:
+        return node, "failed", f"cannot read {path}, written by node {writer}: {exc.strerror}"
+    if expected is None or found != expected:
+        return node, "failed", (f"{path}, written by node {writer}, does not match the "
+                                "source's digest")
+    return node, "shared", None
 
 
 class _Spot:

@@ -32,7 +32,7 @@ from .copies import FileCopy, PipeCopy, SourceOutcome
 from .decide import AUTO, Prediction, decide
 from .agreement import check_arguments_agree
 from .errors import CommandFailed, RootLost, Stalled, UsageError
-from .shared_dest import refuse_shared_paths
+from .shared_dest import check_shared_paths, verify_shared
 from .liveness import Heartbeat, watch, writeback_activity
 from .choice import CHUNK_CHOICES, fits
 from .model import Parameters
@@ -93,6 +93,7 @@ def stage(
     quick: bool = False,
     remove_first: bool = False,
     no_clobber: bool = False,
+    shared_dest: bool = False,
     progress: ProgressCallback | None = None,
     started: float | None = None,
 ) -> StageReport:
@@ -152,6 +153,9 @@ def stage(
         no_clobber: fail on nodes where something other than an up-to-date copy
             already stands at the destination, instead of replacing it (sbcast's
             default; its ``--force`` is this option's absence).
+        shared_dest: where several nodes' DEST is one file on a file system they share,
+            write it once (the lowest node) and have the others check it in place,
+            instead of refusing the run (one file, not a tree).
         progress: ``progress(done, total)`` called on the root as chunks leave it (bytes
             of the stream); for a tree, a callback that also has a ``files(done, total)``
             method is told the files sent, too (the CLI's progress line shows both).
@@ -177,7 +181,8 @@ def stage(
         algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
         memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
-        quick=quick, remove_first=remove_first, no_clobber=no_clobber))
+        quick=quick, remove_first=remove_first, no_clobber=no_clobber,
+        shared_dest=shared_dest))
     dest = _destination(dest, pipe)
     kind = _stream_kind(comm, source, root)
     options = StageOptions(
@@ -185,6 +190,7 @@ def stage(
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
         memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
         quick=quick, remove_first=remove_first, no_clobber=no_clobber, delete=delete,
+        shared_dest=shared_dest,
         skip_special=skip_special, compress=check_codec(compress), pipe=pipe,
         expect_size=expect_size, stream=kind is not None,
     )
@@ -222,9 +228,12 @@ def stage(
         phases["total"] = time.perf_counter() - start
         record = RankRecord(rank=comm.rank, node=topo.node.index, host=topo.node.host,
                             leader=topo.is_leader, phases=phases)
-        return agree_on_report(topo, plan, checks, record, result, outcome, prediction, stall,
-                               options.buffers(plan.chunk_size), timeout, copy.summary(),
-                               pipe, lost, root_lost)
+        report = agree_on_report(topo, plan, checks, record, result, outcome, prediction,
+                                 stall, options.buffers(plan.chunk_size), timeout,
+                                 copy.summary(), pipe, lost, root_lost)
+        if any(c.shares_with is not None for c in checks):
+            report = verify_shared(topo, checks, report)
+        return report
 
 
 def _destination(dest: str | os.PathLike[str] | None, pipe: str | None) -> str:
@@ -369,15 +378,18 @@ def _check_nodes(
         checks = preflight(topo, info, mkdir=options.mkdir, remove_first=options.remove_first,
                            quick=options.quick, skip_bad_nodes=options.skip_bad_nodes,
                            no_clobber=options.no_clobber)
-        refuse_shared_paths(topo, checks)
+        checks = check_shared_paths(topo, checks, allowed=options.shared_dest)
         return checks, FileCopy(source), info
+    if options.shared_dest:
+        raise UsageError("--shared-dest writes one file for the nodes that share it; a "
+                         "tree is staged into a DEST of each node's own ({node} in DEST)")
     from .treecheck import check_tree
     from .treecopy import TreeCopy
 
     checks, node_tree, needed = check_tree(
         topo, manifest, info, mkdir=options.mkdir, remove_first=options.remove_first,
         quick=options.quick, delete=options.delete, skip_bad_nodes=options.skip_bad_nodes)
-    refuse_shared_paths(topo, checks)
+    check_shared_paths(topo, checks)
     copy = TreeCopy(manifest, needed, node_tree, delete=options.delete)
     return checks, copy, replace(info, size=copy.bytes_in_stream)
 

@@ -102,3 +102,35 @@ def test_a_streams_source_is_the_roots_alone(mpi_tmp_path, assert_all):  # type:
                             expect_size=len(data))
     assert_all(report.ok, str(report.nodes))
     assert_all((out / f"{COMM.rank}.bin").read_bytes() == data)
+
+
+def test_shared_dest_writes_the_file_once_and_every_other_node_checks_it(
+        source, mpi_tmp_path, assert_all):  # type: ignore[no-untyped-def]
+    out = mpi_tmp_path / "out"
+    for run in ("new", "again"):
+        report = mpistage.stage(source, f"{out}/", comm=COMM, ranks_as_nodes=True,
+                                shared_dest=True)
+        statuses = [n.status for n in report.nodes]
+        first = "copied" if run == "new" else "up-to-date"
+        assert_all(report.ok and statuses == [first] + ["shared"] * (COMM.size - 1),
+                   f"{run}: {statuses}")
+        assert_all("share another node's file" in report.summary())
+        assert_all(os.listdir(out) == ["in.dat"], str(os.listdir(out)))
+        assert_all((out / "in.dat").read_bytes() == source.read_bytes())
+        COMM.Barrier()
+
+
+def test_a_tree_is_refused_a_shared_dest_even_on_purpose(mpi_tmp_path, assert_all):  # type: ignore[no-untyped-def]
+    tree, out = mpi_tmp_path / "tree", mpi_tmp_path / "out"
+    if COMM.rank == 0:
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "f").write_bytes(b"x")
+        out.mkdir()
+    COMM.Barrier()
+    plain = raised(lambda: mpistage.stage(tree, f"{out}/", comm=COMM, ranks_as_nodes=True))
+    assert_all(f"would all write {out}/tree" in plain, plain)
+    meant = raised(lambda: mpistage.stage(tree, f"{out}/", comm=COMM, ranks_as_nodes=True,
+                                          shared_dest=True))
+    assert_all(meant.startswith("--shared-dest writes one file"), meant)
+    COMM.Barrier()
+    assert_all(os.listdir(out) == [], str(os.listdir(out)))

@@ -474,3 +474,15 @@ def test_hosts_sharing_a_dest_are_refused_or_given_their_own(cluster8: EmulatedC
     assert sorted(os.listdir(shared)) == sorted(cluster8.hostnames[:4])
     for host in cluster8.hostnames[:4]:
         assert file_digest(shared / host / "sample.bin") == file_digest(src)
+    # on purpose: one writer, the three others check its file in place
+    one = tmp_path / "one"
+    one.mkdir()
+    report = tmp_path / "report.json"
+    run = cluster8.mpiexec([sys.executable, "-m", "mpistage", "--shared-dest", "--report",
+                            str(report), str(src), f"{one}/"], hosts=[0, 1, 2, 3],
+                           env=TIMEOUT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "nodes 1-3 share another node's file" in run.stdout
+    nodes = json.loads(report.read_text())["nodes"]
+    assert [n["status"] for n in nodes] == ["copied", "shared", "shared", "shared"]
+    assert os.listdir(one) == ["sample.bin"] and file_digest(one / "sample.bin") == file_digest(src)

@@ -32,3 +32,24 @@ def test_the_line_names_the_nodes_the_file_and_the_fix() -> None:
                     "/tmp/out/{node}/in.dat, with --mkdir) so that each node has its own copy")
     many = [check(n, "/p/x") for n in range(10)]
     assert "0 (h0), 1 (h1), 2 (h2) and 7 more" in describe([list(range(10)), [0, 1]], many)
+
+
+def test_a_sharer_reads_the_writers_file_and_catches_a_wrong_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mpistage.digest import file_digest
+    from mpistage.report import NodeResult
+    from mpistage.shared_dest import _check_in_place
+
+    path = tmp_path / "in.dat"
+    path.write_bytes(b"the source")
+    digest = file_digest(path)
+    results = {n: NodeResult(index=n, host=f"h{n}", rank=n, path=str(path), status=s,
+                             digest=digest)
+               for n, s in ((0, "copied"), (1, "up-to-date"))}
+    sharer = check(1, str(path))
+    assert _check_in_place(sharer, results, 0, digest) == (1, "shared", None)
+    path.write_bytes(b"something else")
+    node, status, error = _check_in_place(sharer, results, 0, digest)
+    assert status == "failed" and "does not match the source's digest" in str(error)
+    results[0] = NodeResult(index=0, host="h0", rank=0, path=str(path), status="failed")
+    assert _check_in_place(sharer, results, 0, digest)[2] == \
+        "node 0, which writes this node's file, failed"
