@@ -73,8 +73,16 @@ class Watchdog:
         self._thread.join()
 
     def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.limit / 4)):
-            if _in_region and (held := time.monotonic() - _last_seen) >= self.limit:
+        interval = min(1.0, self.limit / 4)
+        looked = time.monotonic()
+        while not self._stop.wait(interval):
+            now = time.monotonic()
+            if now - looked > interval + 1.0:
+                # This thread itself did not run (the process was stopped, SIGSTOP, or
+                # starved): the main thread had no chance either; it gets a new one.
+                alive()
+            looked = now
+            if _in_region and (held := now - _last_seen) >= self.limit:
                 self.on_stuck(held)
                 return
 

@@ -486,3 +486,29 @@ def test_hosts_sharing_a_dest_are_refused_or_given_their_own(cluster8: EmulatedC
     nodes = json.loads(report.read_text())["nodes"]
     assert [n["status"] for n in nodes] == ["copied", "shared", "shared", "shared"]
     assert os.listdir(one) == ["sample.bin"] and file_digest(one / "sample.bin") == file_digest(src)
+
+
+@needs_root
+def test_arguments_that_differ_between_hosts_are_named_on_every_rank(
+        cluster8: EmulatedCluster, tmp_path: Path) -> None:
+    """From Python, each host passing its own DEST (rank 0's used to count for all): the
+    same UsageError on every rank, naming the first argument that differs."""
+    src = sample(tmp_path, 1 << 16)
+    script = ("import sys\n"
+              "from mpi4py import MPI\n"
+              "import mpistage\n"
+              "rank = MPI.COMM_WORLD.rank\n"
+              "try:\n"
+              f"    mpistage.stage({str(src)!r}, f'/scratch/n{{rank}}/', mkdir=True)\n"
+              "except mpistage.UsageError as exc:\n"
+              "    print(f'rank {rank}: {exc}')\n"
+              "    sys.exit(2)\n")
+    run = cluster8.mpiexec([sys.executable, "-c", script], hosts=[0, 1, 2], env=TIMEOUT,
+                           capture_output=True, text=True, timeout=600)
+    lines = sorted(run.stdout.splitlines())
+    said = ("stage() was called with dest='/scratch/n1/' on rank 1 but dest='/scratch/n0/' "
+            "on rank 0; its arguments must be the same on every rank: for a path per node "
+            "or per rank, write {node}, {host} or {rank} in DEST, which each rank fills in")
+    assert lines == [f"rank {r}: {said}" for r in range(3)], run.stdout + run.stderr
+    for host in range(3):
+        assert not (cluster8.scratch_dir(host) / f"n{host}").exists()  # nothing made

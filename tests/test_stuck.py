@@ -73,3 +73,25 @@ def test_the_commands_policy_ends_the_process_with_one_line(tmp_path) -> None:  
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpistage: transfer failed: rank 0 was held")
+
+
+def test_a_process_that_was_stopped_is_not_judged_stuck_on_waking(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP stops every thread: on SIGCONT the gap is the whole process's, not one MPI
+    call's, and the main thread gets a new chance (a frozen node that wakes goes on as
+    mpistage.recovery says).  The stop is played by a clock that jumps 5 s while the
+    main thread is, for 0.3 s, not back from a call (the limit is 0.4 s)."""
+    import types
+
+    jump = [0.0]
+    monkeypatch.setattr(stuck, "time", types.SimpleNamespace(
+        monotonic=lambda: time.monotonic() + jump[0]))
+
+    def body(fired: threading.Event) -> None:
+        with stuck.polled():
+            for step in range(20):
+                stuck.alive()
+                time.sleep(0.03)
+                if step == 10:
+                    jump[0] = 5.0  # the process was stopped for 5 s ...
+                    time.sleep(0.3)  # ... and the watchdog looks before this call returns
+    assert watched(0.4, body) == []
