@@ -10,6 +10,8 @@ fingerprint is broadcast, each rank finds its first difference, and a ``MINLOC``
 reduction names the same first difference (lowest argument, then lowest rank) on every
 rank, which all raise the same :class:`~mpistage.errors.UsageError`.  Three small
 collectives when they differ, two when they agree; nothing of the data is pickled.
+They run on the caller's communicator (before its private duplicate exists): being
+collectives, they never match the application's point-to-point messages.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 from mpi4py import MPI
 
 from .errors import UsageError
+from .streams import is_stream
 
-#: A source that is a stream (a file object): only the root's counts, so a stream on one
-#: rank and ``None`` on another agree.
+#: A source that is a stream (``-``, a command's output, a file object): only the root's
+#: counts, so a stream on one rank and ``None`` (or another stream) on another agree.
 STREAM = "<stream>"
 
 #: Arguments that may differ: a stream's source is the root's alone (the others may pass
@@ -34,12 +37,12 @@ _ONLY_THE_ROOTS = {"source"}
 def canonical(value: Any) -> Any:
     """A picklable, comparable stand-in for an argument: paths as strings, sequences as
     tuples, file objects as :data:`STREAM`, dataclasses and numbers as they are."""
+    if is_stream(value):  # "-", a FromCommand (every rank has its own), a file object
+        return STREAM
     if isinstance(value, (str, bytes, int, float, bool)) or value is None:
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if hasattr(value, "read"):
-        return STREAM
     if isinstance(value, (list, tuple)):
         return tuple(canonical(v) for v in value)
     return repr(value)
@@ -49,9 +52,8 @@ def first_difference(mine: list[tuple[str, Any]], reference: list[tuple[str, Any
     """Index of the first argument where ``mine`` differs from ``reference`` (rank 0's);
     ``len(mine)`` when none does."""
     for index, ((name, value), (_, expected)) in enumerate(zip(mine, reference)):
-        if name in _ONLY_THE_ROOTS and (None in (value, expected)
-                                        or STREAM in (value, expected)):
-            continue
+        if name in _ONLY_THE_ROOTS and STREAM in (value, expected):
+            continue  # the root's stream, ``None`` (or another stream) elsewhere
         if value != expected:
             return index
     return len(mine)

@@ -227,12 +227,24 @@ def _speak(report, args: argparse.Namespace) -> None:  # type: ignore[no-untyped
 OUTPUT_DRAIN = 0.5
 
 
+#: Seconds ``MPI_Abort`` may take before this process ends itself: after a peer died,
+#: MPICH's OFI transport was seen spinning inside it for good (mpistage.stuck).
+ABORT_GRACE = 5.0
+
+
+def _abort(comm, code: int) -> None:  # type: ignore[no-untyped-def]
+    """``MPI_Abort``, or, if MPI does not end the process within :data:`ABORT_GRACE`,
+    this process's own end (temp files removed, exit status 1)."""
+    with interrupt.deadline(ABORT_GRACE, None):
+        comm.Abort(code)
+
+
 def _abort_after_output(comm, code: int) -> None:  # type: ignore[no-untyped-def]
     """``MPI_Abort`` once what this rank printed has had the time to reach the launcher."""
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(OUTPUT_DRAIN)
-    comm.Abort(code)
+    _abort(comm, code)
 
 
 def _end_without_the_lost(comm, rank: int, code: int) -> None:  # type: ignore[no-untyped-def]
@@ -378,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
                 arity=args.arity, calibration=args.calibration, quick=args.quick,
                 depth=args.depth, memory=args.memory, timeout=args.timeout,
-                compress=args.compress,
+                compress=args.compress, shared_dest=args.shared_dest,
             )
             if rank == 0:
                 print(describe_prediction(prediction), flush=True)
@@ -423,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # from here in case rank 0 cannot be reached.
         logging.getLogger("mpistage").debug("rank %d: %s", rank, exc)
         time.sleep(10)
-        comm.Abort(exc.exit_code)
+        _abort(comm, exc.exit_code)
         return exc.exit_code
     except MpistageError as exc:
         if rank == 0:
@@ -433,5 +445,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug or an MPI failure on one rank: abort the whole job rather than leave the
         # other ranks waiting forever for this one.
         logging.getLogger("mpistage").exception("rank %d failed unexpectedly", rank)
-        comm.Abort(1)
+        _abort(comm, 1)
         raise

@@ -126,7 +126,7 @@ def agree_on_report(
             return verdict
         if verdict is not None:
             raise Stalled(verdict)
-        report = _broadcast_report(comm, None, timeout)
+        report = relay_from_rank0(comm, None, timeout)
         if report is None:
             raise ReportLost(f"rank 0's report did not arrive within {timeout:g} s "
                              "(a rank died after it reported; the copies in place are "
@@ -155,26 +155,28 @@ def agree_on_report(
         poll(requests, timeout)
     except MPI.Exception:
         pass
-    if _broadcast_report(comm, report, timeout) is None:
+    if relay_from_rank0(comm, report, timeout) is None:
         report.reached_all = False  # a rank died after it reported: do not wait for it
     return report
 
 
-def _broadcast_report(comm: MPI.Comm, report: StageReport | None,
-                      timeout: float) -> StageReport | None:
-    """Rank 0's ``report`` to every rank, relayed down a binomial tree of point-to-point
-    sends with deadlines (not MPI's broadcast: a collective on a communicator whose
-    sends may fail, :func:`mpistage.mpi_library.fail_fast`, trips an assertion inside
-    MPICH when a rank died after it reported); the report, or ``None`` if it did not
-    get through (to this rank; on rank 0: to all of its children)."""
+def relay_from_rank0(comm: MPI.Comm, report: Any, timeout: float, *,
+                     tag: int = _REPORT_TAG, patient: bool = False) -> Any:
+    """Rank 0's ``report`` (or other small object) to every rank, relayed down a binomial
+    tree of point-to-point sends with deadlines (not MPI's broadcast: a collective on a
+    communicator whose sends may fail, :func:`mpistage.mpi_library.fail_fast`, trips an
+    assertion inside MPICH when a rank died after it reported); the object, or ``None``
+    if it did not get through (to this rank; on rank 0: to all of its children).
+    A rank waits ``timeout`` seconds for its parent, or, ``patient``, as long as rank 0
+    takes (as for the verdict: rank 0 ends a broken job)."""
     tree = BinomialSchedule(comm, 0)
     if tree.parent is not None:
         try:
-            report = receive_object(comm, tree.parent, _REPORT_TAG, timeout,
+            report = receive_object(comm, tree.parent, tag, None if patient else timeout,
                                     "rank 0's report", longest_pause=0.02)
         except Stalled:
             return None
-    requests = send_objects(comm, report, tree.children, _REPORT_TAG)
+    requests = send_objects(comm, report, tree.children, tag)
     try:
         delivered = len(requests) == len(tree.children) and poll(requests, timeout)
     except MPI.Exception:

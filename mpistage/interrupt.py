@@ -166,7 +166,7 @@ def give_up(reason: str | None) -> NoReturn:
 
 
 @contextmanager
-def deadline(seconds: float, reason: str) -> Iterator[None]:
+def deadline(seconds: float, reason: str | None) -> Iterator[None]:
     """The body must be done within ``seconds``, or this process removes its temp files
     and exits 1 from another thread.  For MPI calls that may never return: with MPICH's
     TCP transport a send to a process that died can block inside MPI for ever, and no

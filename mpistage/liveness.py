@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from mpi4py import MPI
 
+from . import stuck
 from .errors import Stalled
 from .waiting import poll
 
@@ -150,6 +151,7 @@ def follow(thread: threading.Thread, progress: Callable[[], Hashable], *, timeou
     pause = 1e-3
     while True:
         thread.join(pause)
+        stuck.alive()  # back from waiting, not held inside MPI (mpistage.stuck)
         if not thread.is_alive():
             return
         pause = min(pause * 2, _LONGEST_LOOK, timeout / 4)

@@ -34,9 +34,10 @@ PHASES = (
 #: Nodes whose ``--pipe`` command's stderr the summary shows.
 _STDERR_NODES = 3
 
-#: What became of a node: it received a verified copy, it already had one, it was left
-#: out by the pre-flight check (``--skip-bad-nodes``), or it failed.
-STATUSES = ("copied", "up-to-date", "skipped", "failed")
+#: What became of a node: it received a verified copy, it already had one, another node
+#: wrote the file it sees at DEST and it checked it (``--shared-dest``), it was left out
+#: by the pre-flight check (``--skip-bad-nodes``), or it failed.
+STATUSES = ("copied", "up-to-date", "shared", "skipped", "failed")
 
 
 @dataclass

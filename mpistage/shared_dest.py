@@ -29,18 +29,26 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections import defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from pathlib import Path
 
+from . import interrupt
+from .closing import relay_from_rank0
 from .cores import this_kernel
 from .digest import file_digest
-from .errors import UsageError
+from .errors import ReportLost, Stalled, UsageError
+from .liveness import Heartbeat, drain_heartbeats, watch
 from .preflight import NodeCheck
 from .report import NodeResult, StageReport
 from .topology import Topology
+from .waiting import receive_objects, send_object
 
 _MARKER = ".mpistage-who-{run}-"
+_SHARED_TAG = 7111    # a sharer → rank 0: its check of the file its writer put in place
+_VERDICTS_TAG = 7112  # rank 0 → every rank, down the closing exchange's tree: the checks
 
 
 def check_shared_paths(topo: Topology, checks: list[NodeCheck], *,
@@ -78,44 +86,90 @@ def find_shared_paths(topo: Topology, checks: list[NodeCheck]) -> list[list[int]
                       [s for s in sightings if s is not None])
 
 
-def verify_shared(topo: Topology, checks: list[NodeCheck], report: StageReport) -> StageReport:
-    """Collective, once the report is agreed: every node that shares another's file
-    reads it in place and checks it against the source's digest (or the writer's, when
-    nothing was sent); the report, the same on every rank, then says so per node.
-    Where the run lost a rank, no collective can be trusted: sharers are reported
-    unchecked."""
+def verify_shared(topo: Topology, checks: list[NodeCheck], report: StageReport,
+                  timeout: float) -> StageReport:
+    """Once the report is agreed (the writers' copies are in place): every node that
+    shares another's file reads it there and checks it against the source's digest
+    (:func:`_check_in_place`, with heartbeats to rank 0 while it reads), and tells rank
+    0; rank 0 relays the verdicts to every rank down the closing exchange's tree.  All
+    point-to-point with deadlines, as the closing exchange: a collective could hang on a
+    rank that died after it reported.  After a run that lost a rank, sharers are
+    reported unchecked.  The report, then the same on every rank it reaches.
+
+    Raises:
+        ReportLost: on a rank the verdicts did not reach.
+    """
     writers = {c.index: c.shares_with for c in checks if c.shares_with is not None}
     results = {n.index: n for n in report.nodes}
-    if report.stalled or report.missing_ranks or not report.reached_all:
-        checked = [(i, "failed", "not checked: the run lost a node") for i in writers]
+    if report.stalled or report.missing_ranks:
+        verdicts = {i: ("failed", "not checked: the run lost a node") for i in writers}
     else:
-        mine = None
-        if topo.is_leader and topo.node.index in writers:
-            own = next(c for c in checks if c.index == topo.node.index)
-            mine = _check_in_place(own, results, writers[own.index], report.source_digest)
-        checked = [m for m in topo.comm.allgather(mine) if m is not None]
-    for index, status, error in checked:
+        comm = topo.comm
+        own = next((c for c in checks if c.index == topo.node.index), None)
+        if topo.is_leader and own is not None and own.index in writers and comm.rank != 0:
+            heartbeat = Heartbeat(comm, interval=min(timeout / 4, 1.0))
+            verdict = _check_in_place(own, results, writers[own.index], report.source_digest,
+                                      timeout, heartbeat)
+            heartbeat.settled(timeout)  # never a second message in flight to rank 0
+            send_object(comm, verdict, 0, _SHARED_TAG, timeout)
+        collected = _collect_verdicts(topo, writers, timeout) if comm.rank == 0 else None
+        verdicts = relay_from_rank0(comm, collected, timeout, tag=_VERDICTS_TAG, patient=True)
+        if verdicts is None:
+            raise ReportLost("the checks of the nodes sharing a file did not arrive "
+                             f"within {timeout:g} s (the copies in place are complete)")
+    for index, (status, error) in verdicts.items():
         results[index] = replace(results[index], status=status, error=error,
-                                 digest=results[writers[index]].digest)
+                                 files_up_to_date=0)
     nodes = [results[n.index] for n in report.nodes]
     return replace(report, nodes=nodes, ok=report.ok and all(n.ok for n in nodes))
 
 
+def _collect_verdicts(topo: Topology, writers: dict[int, int],
+                      timeout: float) -> dict[int, tuple[str, str | None]]:
+    """Rank 0: each sharer's verdict, waited for as long as verdicts or heartbeats keep
+    coming (a sharer reading a large file), and ``2 * timeout`` past the last."""
+    ranks = {topo.nodes[index].ranks[0]: index for index in writers}
+    verdicts: dict[int, tuple[str, str | None]] = {}
+    pending, quiet_since = set(ranks), time.monotonic()
+    while pending and time.monotonic() - quiet_since < 2 * timeout:
+        got = receive_objects(topo.comm, sorted(pending), _SHARED_TAG, 0.5)
+        for rank, (index, status, error) in got.items():
+            verdicts[index] = (status, error)
+        pending -= set(got)
+        if got or drain_heartbeats(topo.comm).intersection(pending):
+            quiet_since = time.monotonic()
+    drain_heartbeats(topo.comm)
+    for rank in pending:
+        verdicts[ranks[rank]] = ("failed", "no check of the shared file came from this node "
+                                 f"within {2 * timeout:g} s")
+    return verdicts
+
+
 def _check_in_place(own: NodeCheck, results: dict[int, NodeResult], writer: int,
-                    source_digest: str | None) -> tuple[int, str, str | None]:
-    """This sharer's verdict on the file its writer put in place: read and digested,
-    unless nothing was sent and the pre-flight already found it up to date here."""
+                    source_digest: str | None, timeout: float,
+                    heartbeat: Callable[[Hashable], None]) -> tuple[int, str, str | None]:
+    """This sharer's verdict on the file its writer put in place: read there and
+    digested (a watched read: stuck for ``timeout``, it fails), unless nothing was sent
+    and this node's own pre-flight already found that file up to date."""
     node, written = own.index, results[writer]
     if not written.ok:
         return node, "failed", f"node {writer}, which writes this node's file, failed"
     if written.status == "up-to-date" and own.up_to_date:
-        return node, "shared", None  # checked by this node in the pre-flight
+        return node, "shared", None  # this node checked that very file in the pre-flight
     expected = source_digest or written.digest
-    path = results[node].path
+    path = str(own.target)
+    count = [0]
+
+    def advance(n: int) -> None:
+        count[0] += n
+
     try:
-        found = file_digest(str(path), drop_cache=False) if path else None
+        found = watch(lambda: file_digest(path, progress=advance), lambda: count[0],
+                      timeout=timeout, heartbeat=heartbeat, what=f"reading {path}")
     except OSError as exc:
         return node, "failed", f"cannot read {path}, written by node {writer}: {exc.strerror}"
+    except Stalled as exc:
+        return node, "failed", str(exc)
     if expected is None or found != expected:
         return node, "failed", (f"{path}, written by node {writer}, does not match the "
                                 "source's digest")
@@ -137,11 +191,13 @@ class _Spot:
         return cls(check.index, target.parent, target.name, run)
 
     def leave_marker(self) -> None:
+        interrupt.register_temp_file(self.marker)  # removed on SIGTERM/SIGINT too
         try:
             os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self.placed = True
         except OSError:
-            pass  # a directory this node cannot write: its identity still counts
+            interrupt.forget_temp_file(self.marker)
+            # a directory this node cannot write: its identity still counts
 
     def identity(self) -> tuple[int, str, tuple[int, int] | None]:
         """``(node, kernel, (st_dev, st_ino))`` of the directory (``None``: unreadable)."""
@@ -172,6 +228,7 @@ class _Spot:
                 os.unlink(self.marker)
             except OSError:
                 pass
+            interrupt.forget_temp_file(self.marker)
 
 
 def same_files(checks: list[NodeCheck],
@@ -192,10 +249,10 @@ def same_files(checks: list[NodeCheck],
         if a in name and b in name and name[a] == name[b]:
             parent[find(b)] = find(a)
 
-    by_directory: dict[tuple[str, tuple[int, int]], list[int]] = defaultdict(list)
+    by_directory: dict[tuple[str, tuple[int, int], str], list[int]] = defaultdict(list)
     for node, kernel, inode in identities:
-        if inode is not None:
-            by_directory[(kernel, inode)].append(node)
+        if inode is not None and node in name:
+            by_directory[(kernel, inode, name[node])].append(node)
     for nodes in by_directory.values():
         for other in nodes[1:]:
             join(nodes[0], other)
@@ -220,7 +277,7 @@ def describe(groups: list[list[int]], checks: list[NodeCheck]) -> str:
     return (f"nodes {listed} would all write {by_index[first[0]].target}: one file on a "
             f"file system they share{more}; put {{node}} in DEST (e.g. "
             f"{_with_node(by_index[first[0]].target)}, with --mkdir) so that each node "
-            "has its own copy")
+            "has its own copy, or --shared-dest to write it once")
 
 
 def _with_node(target: str | None) -> str:

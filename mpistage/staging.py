@@ -232,7 +232,7 @@ def stage(
                                  stall, options.buffers(plan.chunk_size), timeout,
                                  copy.summary(), pipe, lost, root_lost)
         if any(c.shares_with is not None for c in checks):
-            report = verify_shared(topo, checks, report)
+            report = verify_shared(topo, checks, report, timeout)
         return report
 
 
@@ -650,6 +650,7 @@ def explain(
     memory: int = DEFAULT_MEMORY,
     timeout: float = DEFAULT_TIMEOUT,
     compress: str = "none",
+    shared_dest: bool = False,
 ) -> Prediction | None:
     """What :func:`stage` would do, without moving the file (collective).
 
@@ -658,12 +659,17 @@ def explain(
     (``algorithm`` itself unless it is ``"auto"``); ``None`` if no node needs the file.
     """
     comm = MPI.COMM_WORLD if comm is None else comm
+    check_arguments_agree(comm, "explain", dict(
+        source=source, dest=dest, files_from=files_from, base=base, nul=nul,
+        algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
+        arity=arity, calibration=calibration, quick=quick, depth=depth, memory=memory,
+        timeout=timeout, compress=compress, shared_dest=shared_dest))
     dest = os.fspath(dest)
     options = StageOptions(algorithm=algorithm, chunk_size=chunk_size, root=root,
                            ranks_as_nodes=ranks_as_nodes, arity=arity,
                            calibration=calibration, quick=quick, depth=depth,
                            memory=memory, timeout=timeout, skip_bad_nodes=True,
-                           compress=check_codec(compress))
+                           compress=check_codec(compress), shared_dest=shared_dest)
     options.check(comm.size)
     check_template(dest)
     what = SourceSpec.of(source, files_from, base, nul)

@@ -12,8 +12,9 @@ can end a call that never returns; a second thread can end the process, as MPI c
 release the GIL.
 
 So the command arms a :class:`Watchdog` around the transfer's rounds (the region where
-every wait is a polled one: :func:`polled`); :func:`alive`, called at every poll, tells
-it the main thread came back.  When it has not for ``limit`` seconds, the watchdog calls
+every wait is a polled one: :func:`polled`); :func:`alive`, called at every wake-up of
+every wait there (:mod:`mpistage.waiting`'s polls, :func:`mpistage.liveness.follow`'s
+looks at a writer that is still flushing), tells it the main thread came back.  When it has not for ``limit`` seconds, the watchdog calls
 its ``on_stuck`` (the command's :func:`leave`: this rank's temp files removed, one
 line from rank 0 or 1, exit status 1).  Outside that region (the plan's collectives, the closing exchange, a
 library caller's own code) nothing is watched.

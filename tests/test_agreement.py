@@ -29,5 +29,21 @@ def test_a_streams_source_is_the_roots_alone() -> None:
     zero = fingerprint(source=io.BytesIO(b"data"), dest="/out")
     assert first_difference(fingerprint(source=None, dest="/out"), zero) == 2
     assert first_difference(fingerprint(source="/other", dest="/out"), zero) == 2
+    stdin = fingerprint(source="-", dest="/out")
+    assert first_difference(fingerprint(source=None, dest="/out"), stdin) == 2
     files = fingerprint(source="/in", dest="/out")
     assert first_difference(fingerprint(source="/elsewhere", dest="/out"), files) == 0
+    # a file's path on the root and None elsewhere would raise on some ranks only: named
+    assert first_difference(fingerprint(source=None, dest="/out"), files) == 0
+
+
+def test_a_command_as_source_agrees_across_processes() -> None:
+    """--from-cmd: every rank builds its own FromCommand (repr differs by address)."""
+    import subprocess
+    import sys
+    script = ("from mpistage.agreement import canonical\n"
+              "from mpistage.streams import FromCommand\n"
+              "print(repr(canonical(FromCommand('cat x'))))\n")
+    seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)}
+    assert seen == {repr(STREAM) + "\n"}

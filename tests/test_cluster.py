@@ -465,7 +465,8 @@ def test_hosts_sharing_a_dest_are_refused_or_given_their_own(cluster8: EmulatedC
     assert run.stderr.splitlines() == [
         f"mpistage: error: nodes {', '.join(names[:3])} and {names[3]} would all write "
         f"{shared}/sample.bin: one file on a file system they share; put {{node}} in DEST "
-        f"(e.g. {shared}/{{node}}/sample.bin, with --mkdir) so that each node has its own copy"]
+        f"(e.g. {shared}/{{node}}/sample.bin, with --mkdir) so that each node has its own copy, "
+        "or --shared-dest to write it once"]
     assert os.listdir(shared) == []  # no copy, no marker
     run = cluster8.mpiexec([sys.executable, "-m", "mpistage", "--mkdir", str(src),
                             f"{shared}/{{host}}/"], hosts=[0, 1, 2, 3], env=TIMEOUT,

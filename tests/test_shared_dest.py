@@ -16,6 +16,12 @@ def test_one_machine_tells_by_device_and_inode() -> None:
     assert same_files(checks, identities, []) == [[0, 1]]  # node 2: another name
 
 
+def test_one_directory_two_names_two_files_whoever_comes_first() -> None:
+    checks = [check(0, "/tmp/out/a"), check(1, "/tmp/out/b"), check(2, "/tmp/out/b")]
+    identities = [(n, "boot", (1, 7)) for n in range(3)]
+    assert same_files(checks, identities, []) == [[1, 2]]
+
+
 def test_equal_numbers_on_two_machines_mean_nothing_markers_do() -> None:
     checks = [check(n, "/scratch/a") for n in range(4)]
     identities = [(n, f"boot{n}", (1, 7)) for n in range(4)]  # tmpfs on each: same numbers
@@ -29,7 +35,8 @@ def test_the_line_names_the_nodes_the_file_and_the_fix() -> None:
     line = describe([[0, 1, 2]], checks)
     assert line == ("nodes 0 (h0), 1 (h1) and 2 (h2) would all write /tmp/out/in.dat: one "
                     "file on a file system they share; put {node} in DEST (e.g. "
-                    "/tmp/out/{node}/in.dat, with --mkdir) so that each node has its own copy")
+                    "/tmp/out/{node}/in.dat, with --mkdir) so that each node has its own copy, "
+                    "or --shared-dest to write it once")
     many = [check(n, "/p/x") for n in range(10)]
     assert "0 (h0), 1 (h1), 2 (h2) and 7 more" in describe([list(range(10)), [0, 1]], many)
 
@@ -46,10 +53,14 @@ def test_a_sharer_reads_the_writers_file_and_catches_a_wrong_one(tmp_path) -> No
                              digest=digest)
                for n, s in ((0, "copied"), (1, "up-to-date"))}
     sharer = check(1, str(path))
-    assert _check_in_place(sharer, results, 0, digest) == (1, "shared", None)
+    beats: list[object] = []
+    assert _check_in_place(sharer, results, 0, digest, 5.0, beats.append) == (1, "shared", None)
     path.write_bytes(b"something else")
-    node, status, error = _check_in_place(sharer, results, 0, digest)
+    node, status, error = _check_in_place(sharer, results, 0, digest, 5.0, beats.append)
     assert status == "failed" and "does not match the source's digest" in str(error)
+    path.unlink()
+    node, status, error = _check_in_place(sharer, results, 0, digest, 5.0, beats.append)
+    assert status == "failed" and error.startswith(f"cannot read {path}")  # type: ignore[union-attr]
     results[0] = NodeResult(index=0, host="h0", rank=0, path=str(path), status="failed")
-    assert _check_in_place(sharer, results, 0, digest)[2] == \
+    assert _check_in_place(sharer, results, 0, digest, 5.0, beats.append)[2] == \
         "node 0, which writes this node's file, failed"

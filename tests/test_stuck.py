@@ -95,3 +95,24 @@ def test_a_process_that_was_stopped_is_not_judged_stuck_on_waking(monkeypatch) -
                     jump[0] = 5.0  # the process was stopped for 5 s ...
                     time.sleep(0.3)  # ... and the watchdog looks before this call returns
     assert watched(0.4, body) == []
+
+
+def test_following_a_slow_writer_is_not_being_stuck() -> None:
+    """The end of a transfer waits for this node's writes as long as they progress
+    (mpistage.liveness.follow): that wait comes back at every look."""
+    from mpistage.liveness import follow
+
+    done = [0]
+
+    def writer() -> None:
+        for _ in range(16):
+            time.sleep(0.05)
+            done[0] += 1
+
+    def body(fired: threading.Event) -> None:
+        with stuck.polled():
+            thread = threading.Thread(target=writer)
+            thread.start()
+            follow(thread, lambda: done[0], timeout=5.0, heartbeat=lambda p: None,
+                   what="writing")
+    assert watched(0.3, body) == []
