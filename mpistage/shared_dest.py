@@ -81,8 +81,7 @@ def find_shared_paths(topo: Topology, checks: list[NodeCheck]) -> list[list[int]
         if own is not None:
             own.remove_marker()
     sightings = topo.comm.allgather((own.node, seen) if own is not None else None)
-    return same_files([c for c in checks if not c.problem],
-                      [i for i in identities if i is not None],
+    return same_files([i for i in identities if i is not None],
                       [s for s in sightings if s is not None])
 
 
@@ -128,7 +127,7 @@ def _collect_verdicts(topo: Topology, writers: dict[int, int],
                       timeout: float) -> dict[int, tuple[str, str | None]]:
     """Rank 0: each sharer's verdict, waited for as long as verdicts or heartbeats keep
     coming (a sharer reading a large file), and ``2 * timeout`` past the last."""
-    ranks = {topo.nodes[index].ranks[0]: index for index in writers}
+    ranks = {topo.nodes[index].leader: index for index in writers}
     verdicts: dict[int, tuple[str, str | None]] = {}
     pending, quiet_since = set(ranks), time.monotonic()
     while pending and time.monotonic() - quiet_since < 2 * timeout:
@@ -187,7 +186,12 @@ class _Spot:
 
     @classmethod
     def of(cls, check: NodeCheck, run: str) -> _Spot:
+        """A file's (or a new tree's) directory and name; an existing directory (a tree
+        staged before, or the DEST of several top entries) is its own spot: its parent
+        may be a directory this user cannot write."""
         target = Path(str(check.target))
+        if target.is_dir() and not target.is_symlink():
+            return cls(check.index, target, "", run)
         return cls(check.index, target.parent, target.name, run)
 
     def leave_marker(self) -> None:
@@ -199,14 +203,15 @@ class _Spot:
             interrupt.forget_temp_file(self.marker)
             # a directory this node cannot write: its identity still counts
 
-    def identity(self) -> tuple[int, str, tuple[int, int] | None]:
-        """``(node, kernel, (st_dev, st_ino))`` of the directory (``None``: unreadable)."""
+    def identity(self) -> tuple[int, str, tuple[int, int] | None, str]:
+        """``(node, kernel, (st_dev, st_ino), name)`` of the directory (inode ``None``:
+        unreadable) and of the name in it."""
         try:
             st = os.stat(self.directory)
             inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:
             inode = None
-        return self.node, this_kernel()[0], inode
+        return self.node, this_kernel()[0], inode, self.name
 
     def markers_seen(self) -> list[int]:
         """The other nodes whose markers this node sees in its directory."""
@@ -231,12 +236,11 @@ class _Spot:
             interrupt.forget_temp_file(self.marker)
 
 
-def same_files(checks: list[NodeCheck],
-               identities: list[tuple[int, str, tuple[int, int] | None]],
+def same_files(identities: list[tuple[int, str, tuple[int, int] | None, str]],
                sightings: list[tuple[int, list[int]]]) -> list[list[int]]:
     """Groups (two nodes or more, in node order) whose copies would be one file: the same
     directory (one machine's device and inode, or a marker seen) and the same name."""
-    name = {c.index: Path(str(c.target)).name for c in checks if c.target}
+    name = {node: spot_name for node, _, _, spot_name in identities}
     parent = {n: n for n in name}
 
     def find(n: int) -> int:
@@ -250,9 +254,9 @@ def same_files(checks: list[NodeCheck],
             parent[find(b)] = find(a)
 
     by_directory: dict[tuple[str, tuple[int, int], str], list[int]] = defaultdict(list)
-    for node, kernel, inode in identities:
-        if inode is not None and node in name:
-            by_directory[(kernel, inode, name[node])].append(node)
+    for node, kernel, inode, spot_name in identities:
+        if inode is not None:
+            by_directory[(kernel, inode, spot_name)].append(node)
     for nodes in by_directory.values():
         for other in nodes[1:]:
             join(nodes[0], other)

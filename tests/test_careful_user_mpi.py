@@ -134,3 +134,10 @@ def test_a_tree_is_refused_a_shared_dest_even_on_purpose(mpi_tmp_path, assert_al
     assert_all(meant.startswith("--shared-dest writes one file"), meant)
     COMM.Barrier()
     assert_all(os.listdir(out) == [], str(os.listdir(out)))
+    # the tree there already (a run before): the directory itself is where all meet
+    if COMM.rank == 0:
+        (out / "tree").mkdir()
+    COMM.Barrier()
+    again = raised(lambda: mpistage.stage(tree, f"{out}/", comm=COMM, ranks_as_nodes=True))
+    assert_all(f"would all write {out}/tree" in again, again)
+    assert_all(os.listdir(out / "tree") == [], str(os.listdir(out / "tree")))

@@ -11,23 +11,35 @@ def check(index: int, target: str, host: str = "h") -> NodeCheck:
 
 
 def test_one_machine_tells_by_device_and_inode() -> None:
-    checks = [check(0, "/tmp/out/a"), check(1, "/tmp/out/a"), check(2, "/tmp/out/b")]
-    identities = [(0, "boot", (1, 7)), (1, "boot", (1, 7)), (2, "boot", (1, 7))]
-    assert same_files(checks, identities, []) == [[0, 1]]  # node 2: another name
+    identities = [(0, "boot", (1, 7), "a"), (1, "boot", (1, 7), "a"), (2, "boot", (1, 7), "b")]
+    assert same_files(identities, []) == [[0, 1]]  # node 2: another name
 
 
 def test_one_directory_two_names_two_files_whoever_comes_first() -> None:
-    checks = [check(0, "/tmp/out/a"), check(1, "/tmp/out/b"), check(2, "/tmp/out/b")]
-    identities = [(n, "boot", (1, 7)) for n in range(3)]
-    assert same_files(checks, identities, []) == [[1, 2]]
+    identities = [(0, "boot", (1, 7), "a"), (1, "boot", (1, 7), "b"), (2, "boot", (1, 7), "b")]
+    assert same_files(identities, []) == [[1, 2]]
 
 
 def test_equal_numbers_on_two_machines_mean_nothing_markers_do() -> None:
-    checks = [check(n, "/scratch/a") for n in range(4)]
-    identities = [(n, f"boot{n}", (1, 7)) for n in range(4)]  # tmpfs on each: same numbers
-    assert same_files(checks, identities, []) == []
+    identities = [(n, f"boot{n}", (1, 7), "a") for n in range(4)]  # tmpfs on each
+    assert same_files(identities, []) == []
     # nodes 1 and 3 see each other's markers: one shared file system at DEST
-    assert same_files(checks, identities, [(1, [3]), (3, [1])]) == [[1, 3]]
+    assert same_files(identities, [(1, [3]), (3, [1])]) == [[1, 3]]
+
+
+def test_a_directory_already_there_is_its_own_spot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mpistage.shared_dest import _Spot
+
+    (tmp_path / "tree").mkdir()
+    spot = _Spot.of(check(0, str(tmp_path / "tree")), "run")
+    assert (spot.directory, spot.name) == (tmp_path / "tree", "")
+    spot = _Spot.of(check(0, str(tmp_path / "file.dat")), "run")
+    assert (spot.directory, spot.name) == (tmp_path, "file.dat")
+    spot.leave_marker()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mpistage-who-")] == \
+        [".mpistage-who-run-0"]
+    spot.remove_marker()
+    assert not any(p.name.startswith(".mpistage-who-") for p in tmp_path.iterdir())
 
 
 def test_the_line_names_the_nodes_the_file_and_the_fix() -> None:
