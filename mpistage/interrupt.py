@@ -25,9 +25,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import NoReturn
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 #: The signals that end a run cleanly.
 SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
