@@ -183,6 +183,7 @@ class _Spot:
         self.prefix = _MARKER.format(run=run)
         self.marker = directory / f"{self.prefix}{node}"
         self.placed = False
+        self.times = (0, 0)
 
     @classmethod
     def of(cls, check: NodeCheck, run: str) -> _Spot:
@@ -197,8 +198,10 @@ class _Spot:
     def leave_marker(self) -> None:
         interrupt.register_temp_file(self.marker)  # removed on SIGTERM/SIGINT too
         try:
+            before = os.stat(self.directory)
             os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self.placed = True
+            self.times = (before.st_atime_ns, before.st_mtime_ns)
         except OSError:
             interrupt.forget_temp_file(self.marker)
             # a directory this node cannot write: its identity still counts
@@ -228,9 +231,12 @@ class _Spot:
         return nodes
 
     def remove_marker(self) -> None:
+        """The marker removed, and the directory's times as they were: the directory may
+        be a staged tree's own, whose mtime is the source's."""
         if self.placed:
             try:
                 os.unlink(self.marker)
+                os.utime(self.directory, ns=self.times)
             except OSError:
                 pass
             interrupt.forget_temp_file(self.marker)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mpistage.preflight import NodeCheck
 from mpistage.shared_dest import describe, same_files
 
@@ -31,8 +33,12 @@ def test_a_directory_already_there_is_its_own_spot(tmp_path) -> None:  # type: i
     from mpistage.shared_dest import _Spot
 
     (tmp_path / "tree").mkdir()
+    os.utime(tmp_path / "tree", ns=(5, 1_600_000_000_000_000_007))
     spot = _Spot.of(check(0, str(tmp_path / "tree")), "run")
     assert (spot.directory, spot.name) == (tmp_path / "tree", "")
+    spot.leave_marker()
+    spot.remove_marker()  # a staged tree's directory keeps the source's mtime
+    assert os.stat(tmp_path / "tree").st_mtime_ns == 1_600_000_000_000_000_007
     spot = _Spot.of(check(0, str(tmp_path / "file.dat")), "run")
     assert (spot.directory, spot.name) == (tmp_path, "file.dat")
     spot.leave_marker()

@@ -199,8 +199,9 @@ def test_a_symlink_planted_inside_dest_is_replaced_not_followed(area, assert_all
     COMM.Barrier()
     report = stage_tree(area)
     assert_all(report.ok and report.tree["files_sent"] == 41, str(report.tree))
-    assert_all(listing(mine) == listing(area / "src" / "data")
-               and rsync_differences(area / "src" / "data", mine) == [])
+    differences = rsync_differences(area / "src" / "data", mine)
+    assert_all(listing(mine) == listing(area / "src" / "data") and differences == [],
+               str(differences))
     assert_all(os.listdir(outside) == ["small05"] and
                (outside / "small05").read_text() == "not yours", "written through a link")
 
