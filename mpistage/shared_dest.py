@@ -28,7 +28,6 @@ place, read it there and check it against the source's digest (:func:`verify_sha
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable
@@ -67,7 +66,7 @@ def check_shared_paths(topo: Topology, checks: list[NodeCheck], *,
 
 def find_shared_paths(topo: Topology, checks: list[NodeCheck]) -> list[list[int]]:
     """Collective: the groups of nodes (in node order) whose copies would be one file."""
-    run = topo.comm.bcast(secrets.token_hex(6) if topo.comm.rank == 0 else None, root=0)
+    run = topo.comm.bcast(os.urandom(6).hex() if topo.comm.rank == 0 else None, root=0)
     mine = next((c for c in checks if c.index == topo.node.index), None) \
         if topo.is_leader else None
     own = _Spot.of(mine, run) if mine is not None and mine.target and not mine.problem \
