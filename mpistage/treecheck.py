@@ -160,8 +160,7 @@ class _Local:
             if kind == DIRECTORY:
                 if stat.S_ISDIR(st.st_mode):
                     real_dirs.add(path)
-                    if stat.S_IMODE(st.st_mode) != directory_mode(manifest.modes[index],
-                                                                  umask):
+                    if stat.S_IMODE(st.st_mode) != directory_mode(manifest.modes[index], umask):
                         self.changed.add(top)
                 else:
                     self._differs(index, top)
