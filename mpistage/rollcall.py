@@ -28,15 +28,23 @@ blocked behind a lost one goes on pulsing, so the blame lands on the node that s
 
 from __future__ import annotations
 
+import mmap
 import time
+from array import array
 from collections.abc import Callable, Iterable
 
-import numpy as np
 from mpi4py import MPI
 
 from .errors import RoundEnded
 from .liveness import Heartbeat, drain_heartbeats
 from .waiting import BACKGROUND
+
+
+def _round_message(round_number: int) -> array:
+    """A call's message: the round's number, one 64-bit integer (a buffer, no pickle;
+    ``array`` rather than numpy, which a run that only moves bytes never imports)."""
+    return array("q", [round_number])
+
 
 _CALL_TAG = 7110  # the root → participants, child → parent: round r is over
 
@@ -79,14 +87,14 @@ class Drain:
     def __init__(self, comm: MPI.Comm, sources: Iterable[int], tag: int, capacity: int) -> None:
         self.comm = comm
         self.tag = tag
-        self._posted: dict[int, tuple[np.ndarray, MPI.Request]] = {}
+        self._posted: dict[int, tuple[memoryview, MPI.Request]] = {}
         self._cancelled = False
         for source in sources:
-            self._post(source, np.empty(capacity, dtype=np.uint8))
+            self._post(source, memoryview(mmap.mmap(-1, max(capacity, 1))))
         KEPT.append(self)
         BACKGROUND.append(self.tend)
 
-    def _post(self, source: int, buffer: np.ndarray) -> None:
+    def _post(self, source: int, buffer: memoryview) -> None:
         try:
             self._posted[source] = (buffer, self.comm.Irecv(buffer, source=source, tag=self.tag))
         except MPI.Exception:
@@ -142,7 +150,7 @@ class RollCall:
         self._heard: dict[int, float] = {}
         self._pulse = Heartbeat(comm, pulse_interval(timeout), dest=root, pulse=True)
         self._next_look = 0.0
-        self._calls: list[tuple[np.ndarray, MPI.Request]] = []  # sent, kept alive
+        self._calls: list[tuple[array, MPI.Request]] = []  # sent, kept alive
         self._called = False
         self._calls_heard: set[int] = set()  # rounds called off
         self.start(0, self.members, ())
@@ -198,7 +206,7 @@ class RollCall:
             return
         self._called = True
         for rank in ranks:
-            message = np.array([self.round], dtype=np.int64)
+            message = _round_message(self.round)
             try:
                 self._calls.append((message, self.comm.Isend(message, dest=rank,
                                                              tag=_CALL_TAG)))
@@ -242,7 +250,7 @@ class RollCall:
         if self.comm == MPI.COMM_NULL:  # freed: the run is over
             return
         status = MPI.Status()
-        message = np.empty(1, dtype=np.int64)
+        message = _round_message(0)
         try:
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_CALL_TAG, status=status):
                 self.comm.Recv(message, source=status.Get_source(), tag=_CALL_TAG)
@@ -253,7 +261,7 @@ class RollCall:
             self._called = True
             for parent in self._parents:
                 if parent != self.root:
-                    relay = np.array([self.round], dtype=np.int64)
+                    relay = _round_message(self.round)
                     try:
                         self._calls.append((relay, self.comm.Isend(relay, dest=parent,
                                                                    tag=_CALL_TAG)))
