@@ -13,6 +13,12 @@ from .model import MODELLED, Parameters, bound, predict
 
 #: Chunk sizes ``auto`` considers.
 CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
+#: Chunks predicted this close to the fastest count as a tie, won by the largest: near
+#: its optimum the predicted time is flat (8 hosts at 100 Mbit/s, 64 MiB: 64 KiB to
+#: 256 KiB within 0.6 %), so the probe's noise moved the choice from run to run, while
+#: each message costs every rank CPU (a relaying rank: 0.6 ms per 64 KiB message under
+#: the MPICH wheel's ofi/tcp) that a machine's other ranks and work need too.
+CHUNK_TIE = 0.01
 
 
 def optimal_chunk(
@@ -20,14 +26,16 @@ def optimal_chunk(
     choices: tuple[int, ...] = CHUNK_CHOICES, max_chunk: int | None = None, files: int = 0,
     codec: CodecCost | None = None,
 ) -> int:
-    """The chunk size among ``choices`` (none above ``max_chunk``, the memory budget's
-    limit; the smallest choice always stays) with the lowest predicted time."""
+    """The largest chunk size among ``choices`` (none above ``max_chunk``, the memory
+    budget's limit; the smallest choice always stays) predicted within
+    :data:`CHUNK_TIE` of the lowest time."""
     if max_chunk is not None:
         choices = tuple(c for c in choices if c <= max_chunk) or (min(choices),)
     candidates = sorted({min(c, max(size, 1)) for c in choices})
-    return min(candidates,
-               key=lambda c: (predict(algorithm, size, nodes, c, params, arity, files, codec),
-                              -c))
+    times = [predict(algorithm, size, nodes, c, params, arity, files, codec)
+             for c in candidates]
+    fastest = min(times)
+    return max(c for c, t in zip(candidates, times) if t <= fastest * (1 + CHUNK_TIE))
 
 
 def chain_optimal_chunk(size: int, nodes: int, params: Parameters) -> float:

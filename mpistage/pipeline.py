@@ -32,7 +32,7 @@ from .errors import Stalled
 from .frames import framing_for
 from .liveness import no_heartbeat
 from .plan import Plan
-from .schedules import Forward, Schedule, held_back, suspects
+from .schedules import Forward, HeldBack, Schedule, suspects
 from .sink import Sink
 from .source import ChunkSource, FileSource
 from .waiting import Pace, poll, poll_any
@@ -296,9 +296,10 @@ class Engine:
         """Post each chunk's next send where the last one is done (also while waiting
         for something else, so the next child need not wait for that), never ahead of
         the chunk before it, and never more than :data:`SENDS_IN_FLIGHT` to a child."""
-        forwards = [forward for *_, forward in self._sends]
-        for i, forward in enumerate(forwards):
-            self._advance(forward, held_back(forwards[:i], SENDS_IN_FLIGHT))
+        held = HeldBack(SENDS_IN_FLIGHT)
+        for *_, forward in self._sends:
+            self._advance(forward, held.peers)
+            held.add(forward)
 
     def _advance(self, forward: Forward, blocked: set[int | None] | None = None) -> bool:
         """:meth:`Forward.advance`; a send that could not even be posted (MPI's error

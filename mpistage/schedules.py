@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
@@ -226,16 +226,41 @@ class Forward:
         self._in_flight = [p for _, p in pending]
 
 
+class HeldBack:
+    """The peers the next chunk's sends may not go to yet, gathered chunk by chunk,
+    oldest first (:meth:`add` each chunk's :class:`Forward` once it had its turn): an
+    earlier chunk is still to be sent to them (each peer gets the chunks in order), or
+    ``window`` sends to them are in flight already.
+
+    One pass over the chunks in flight, at every wake-up of the engine's waits: a set
+    built afresh for each chunk from all those before it cost a relaying rank ~0.1 ms of
+    CPU per chunk (a chain at 64 KiB chunks, 8 hosts: a third of its Python time)."""
+
+    __slots__ = ("window", "peers", "_in_flight")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.peers: set[int | None] = set()
+        self._in_flight: dict[int | None, int] = {}
+
+    def add(self, forward: Forward) -> None:
+        if forward.done:
+            return
+        self.peers.update(forward.peers[forward.posted:])
+        for peer in forward.in_flight:
+            sends = self._in_flight.get(peer, 0) + 1
+            self._in_flight[peer] = sends
+            if sends >= self.window:
+                self.peers.add(peer)
+
+
 def held_back(earlier: Iterable[Forward], window: int) -> set[int | None]:
-    """The peers the next chunk's sends may not go to yet: an earlier chunk is still to
-    be sent to them (each peer gets the chunks in order), or ``window`` sends to them are
-    in flight already."""
-    unposted: set[int | None] = set()
-    in_flight: Counter[int | None] = Counter()
+    """The peers the next chunk's sends may not go to yet, after the ``earlier`` chunks
+    (:class:`HeldBack`)."""
+    held = HeldBack(window)
     for forward in earlier:
-        unposted |= forward.unposted
-        in_flight.update(forward.in_flight)
-    return unposted | {peer for peer, sends in in_flight.items() if sends >= window}
+        held.add(forward)
+    return held.peers
 
 
 def suspects(forwards: Iterable[Forward], children: Sequence[int],
