@@ -63,7 +63,7 @@ def test_pace_follows_recent_waits() -> None:
     assert pace.expected == pytest.approx(0.02, rel=0.05)
 
 
-def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_an_eighth_of_a_message() -> None:
+def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_an_eighth_of_a_collective_step() -> None:
     """MPI over TCP moves data only inside MPI calls: pauses are bounded by bytes on the
     link (pipeline.longest_pause), by the plan's link rate and by the pace of chunks."""
     from mpistage.pipeline import SLEEP_BYTES, longest_pause
@@ -78,7 +78,11 @@ def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_an_eighth_of_
     # Both: the shorter.
     assert longest_pause(chunk, chunk, 0.042, rate) == pytest.approx(0.042 / 16)
     # A collective's step of chunk/8 (MPICH's scatter + ring on 8 ranks): an eighth of it.
-    assert longest_pause(chunk, chunk // 8, 0.0, rate) == pytest.approx(chunk / 64 / rate)
-    # Small chunks: an eighth of a chunk's time; nothing known: 64 KiB at 1 Gbit/s.
-    assert longest_pause(64 << 10, 64 << 10, 0.0004, 0.0) == pytest.approx(0.00005)
+    assert longest_pause(chunk, chunk // 8, 0.0, rate, collective=True) == pytest.approx(
+        chunk / 64 / rate)
+    # Small chunks: a collective's, an eighth of a chunk's time; point to point, the pace.
+    assert longest_pause(64 << 10, 64 << 10, 0.0004, 0.0, collective=True) == pytest.approx(
+        0.00005)
+    assert longest_pause(64 << 10, 64 << 10, 0.0004, 0.0) == pytest.approx(0.0004)
+    assert longest_pause(64 << 10, 64 << 10, 0.0, rate) == pytest.approx(SLEEP_BYTES / rate)
     assert longest_pause(chunk, chunk, 0.0, 0.0) == pytest.approx(SLEEP_BYTES / 125e6)

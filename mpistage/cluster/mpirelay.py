@@ -62,15 +62,23 @@ def relay(comm: MPI.Comm, size: int, chunk: int) -> float:
 
 
 def main() -> int:
+    """``mpirelay [SIZE [CHUNK]] [--cpu]``: prints the seconds; with ``--cpu`` a second
+    line, ``cpu`` and each rank's CPU seconds (every thread) over the relay alone, without
+    the process's start-up (:mod:`bench.message_cost` fits MPI's per-message cost to it)."""
     comm = MPI.COMM_WORLD
-    size = parse_size(sys.argv[1]) if len(sys.argv) > 1 else 64 << 20
-    chunk = parse_size(sys.argv[2]) if len(sys.argv) > 2 else 1 << 20
+    args = [a for a in sys.argv[1:] if a != "--cpu"]
+    size = parse_size(args[0]) if args else 64 << 20
+    chunk = parse_size(args[1]) if len(args) > 1 else 1 << 20
     if comm.size < 2:
         print("mpirelay: needs 2 ranks or more", file=sys.stderr)
         return 2
+    cpu = time.process_time()
     seconds = relay(comm, size, chunk)
+    cpus = comm.gather(time.process_time() - cpu, root=0)
     if comm.rank == 0:
         print(f"{seconds:.6f}", flush=True)
+        if "--cpu" in sys.argv[1:]:
+            print("cpu " + " ".join(f"{c:.6f}" for c in cpus or []), flush=True)
     return 0
 
 
