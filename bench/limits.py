@@ -14,7 +14,8 @@ Goal rows (64 MiB unless said; "default" means no ``-a``/``-c`` given):
   c16     16 hosts at 100 Mbit/s, default: transfer ≤ 1.10 × p2p
   c8g     8 hosts at 1 Gbit/s, 256 MiB, default: transfer ≤ 1.05 × p2p
   cpu     CPU (user + sys) of a middle host's rank, default, on the c8 cluster, ≤ 1.5 × a
-          middle host's plain relay process (``mpistage.cluster.relay``)
+          middle host's plain relay process (``mpistage.cluster.relay``), and (row cpu.mpi)
+          ≤ 1.2 × the minimal MPI relay's at the same chunk (``mpistage.cluster.mpirelay``)
   shm     one host, 2 ranks as nodes, 1 GiB from tmpfs to tmpfs, the whole mpiexec ≤ 1.25 ×
           two parallel ``cp`` of the same file
   rss     peak RSS (``ru_maxrss``) of every rank of the shm case, ``-c auto`` and default,
@@ -519,6 +520,7 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
         middle = cluster.hostnames[1:-1] or cluster.hostnames[1:]
         rows.append(cpu_row(case, set(middle), relayed, out["measured"], out["startup"],
                             out["mpirelay"]))
+        rows.append(mpi_cpu_row(case, set(middle), out["measured"], out["mpirelay"]))
     return rows
 
 
@@ -550,8 +552,7 @@ def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
     rank's CPU (Python and MPI before any byte moves) and a minimal MPI relay's at the
     same chunk (what MPI itself costs per byte)."""
     def rank_cpu(outcome: Outcome) -> float | None:
-        ranks = [r for r in outcome.extra.get("ranks", []) if r["host"] in middle]
-        return statistics.median(r["cpu"] for r in ranks) if ranks else None
+        return middle_cpu(outcome, middle)
 
     mine = median([rank_cpu(o) for o in measured])
     plain = median([o.extra.get("middle_cpu") for o in relayed])
@@ -569,6 +570,34 @@ def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
                f"{format_bytes(mpi_chunk) if mpi_chunk else '-'}) {_s(mpi_floor)} CPU"
                f"{errors(measured)}{errors(relayed)}{errors(mpi_relayed)}",
                [rank_cpu(o) for o in measured])
+
+
+def middle_cpu(outcome: Outcome, middle: set[str]) -> float | None:
+    """The median CPU seconds of the ``middle`` hosts' ranks in one run."""
+    ranks = [r for r in outcome.extra.get("ranks", []) if r["host"] in middle]
+    return statistics.median(r["cpu"] for r in ranks) if ranks else None
+
+
+def mpi_cpu_row(case: ClusterCase, middle: set[str], measured: Sequence[Outcome],
+                mpi_relayed: Sequence[Outcome]) -> Row:
+    """A middle host's mpistage rank (default options) against the minimal MPI relay's
+    at the chunk that run chose, in the same round (whole processes both): what mpistage
+    adds to MPI's own cost per message.  The median over rounds of each round's pair."""
+    pairs = [(middle_cpu(mine, middle), middle_cpu(mpi, middle))
+             for mine, mpi in zip(measured, mpi_relayed)]
+    pairs = [(m, r) for m, r in pairs if m is not None and r]
+    ratio = median([m / r for m, r in pairs])
+    mine, mpi = median([m for m, _ in pairs]), median([r for _, r in pairs])
+    chunks = ", ".join(format_bytes(o.extra["chunk"]) for o in mpi_relayed if "chunk" in o.extra)
+    return Row("cpu.mpi", f"{case.label}: CPU of a middle host, mpistage default vs the "
+               "minimal MPI relay at the same chunk", "s CPU", mine,
+               None if ratio is None or mine is None else mine / ratio, "MPI relay",
+               Goal("ratio", 1.2), all(o.ok for o in list(measured) + list(mpi_relayed))
+               and bool(pairs),
+               f"pairs of one round each, median of their ratios {ratio or 0:.2f}×; the "
+               f"relay (mpistage.cluster.mpirelay: the same Irecv/Isend and polling, no "
+               f"file, digest or thread) at {chunks or '-'}; its median {_s(mpi)}",
+               [m for m, _ in pairs])
 
 
 def local_rows(scale: Scale, repeat: int, groups: set[str], work: Path) -> list[Row]:

@@ -35,7 +35,7 @@ FIXED = ("chain-64K", "chain-256K", "chain-1M", "chain-4M", "chain-16M", "twotre
          "binomial-4M")
 CLUSTER_ROWS = ("p2p", "relay", "bcast", "default", *FIXED, "auto", "best")
 EXPECTED = (
-    [f"c8.{r}" for r in CLUSTER_ROWS] + ["c8.whole", "c8.startup", "cpu"]
+    [f"c8.{r}" for r in CLUSTER_ROWS] + ["c8.whole", "c8.startup", "cpu", "cpu.mpi"]
     + [f"c16.{r}" for r in CLUSTER_ROWS] + [f"c8g.{r}" for r in CLUSTER_ROWS]
     + ["shm", "shm.best", "rss.auto", "rss.default", "tiny", "import"]
 )
