@@ -13,11 +13,13 @@ from .model import MODELLED, Parameters, bound, predict
 
 #: Chunk sizes ``auto`` considers.
 CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
-#: Chunks predicted this close to the fastest count as a tie, won by the largest: near
-#: its optimum the predicted time is flat (8 hosts at 100 Mbit/s, 64 MiB: 64 KiB to
-#: 256 KiB within 0.6 %), so the probe's noise moved the choice from run to run, while
-#: each message costs every rank CPU (a relaying rank: 0.6 ms per 64 KiB message under
-#: the MPICH wheel's ofi/tcp) that a machine's other ranks and work need too.
+#: Where the link binds, chunks predicted this close to the fastest count as a tie, won
+#: by the largest: near its optimum the predicted time is flat (8 hosts at 100 Mbit/s,
+#: 64 MiB: 64 KiB to 256 KiB within 0.6 %), so the probe's noise moved the choice from
+#: run to run, while each message costs every rank CPU that the time does not show (a
+#: relaying rank woke ~3 times per chunk) and that a machine's other ranks and work need.
+#: Where the CPU binds the prediction prices each message, and larger chunks than its
+#: optimum measured slower (one host, 1 GiB: 4 MiB 0.85 s, 16 MiB 1.07 s).
 CHUNK_TIE = 0.01
 
 
@@ -26,15 +28,17 @@ def optimal_chunk(
     choices: tuple[int, ...] = CHUNK_CHOICES, max_chunk: int | None = None, files: int = 0,
     codec: CodecCost | None = None,
 ) -> int:
-    """The largest chunk size among ``choices`` (none above ``max_chunk``, the memory
-    budget's limit; the smallest choice always stays) predicted within
-    :data:`CHUNK_TIE` of the lowest time."""
+    """The chunk size among ``choices`` (none above ``max_chunk``, the memory budget's
+    limit; the smallest choice always stays) with the lowest predicted time; where the
+    link bounds it, the largest predicted within :data:`CHUNK_TIE` of that."""
     if max_chunk is not None:
         choices = tuple(c for c in choices if c <= max_chunk) or (min(choices),)
     candidates = sorted({min(c, max(size, 1)) for c in choices})
     times = [predict(algorithm, size, nodes, c, params, arity, files, codec)
              for c in candidates]
-    fastest = min(times)
+    fastest, best = min(zip(times, (-c for c in candidates)))
+    if bound(algorithm, size, nodes, -best, params, arity, files, codec) != "link":
+        return -best  # the CPU or a disk binds: the model prices every message already
     return max(c for c, t in zip(candidates, times) if t <= fastest * (1 + CHUNK_TIE))
 
 

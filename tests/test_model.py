@@ -278,3 +278,27 @@ def test_ranks_sharing_cores_share_the_codecs_cpu_too() -> None:
     alone = replace(crowded, share=0.0)
     assert _step_terms("chain", 64 << 20, 8, chunk, alone, 2, 0, zstd)["CPU"] == \
         pytest.approx(2 * alone.message_cpu(chunk * zstd.ratio)), "a core each: no sharing"
+
+
+def test_a_flat_link_bound_optimum_goes_to_the_largest_chunk_within_the_tie() -> None:
+    """Link-bound (8 hosts at 100 Mbit/s, 64 MiB): 64 KiB-256 KiB predicted within 1 %, so
+    the larger chunk (fewer messages, a choice the probe's noise does not flip); CPU-bound
+    (one host, 1 GiB): the fastest, as the CPU term prices each message already."""
+    from mpistage.choice import CHUNK_CHOICES, CHUNK_TIE
+    from mpistage.model import bound, predict
+
+    link = Parameters(latency=112e-6, bandwidth=12.3 * 2**20, read_bandwidth=1.4 * 2**30,
+                      write_bandwidth=1.4 * 2**30, overhead=166e-6, cpu_rate=1.1 * 2**30,
+                      share=4)
+    size, nodes = 64 << 20, 8
+    times = {c: predict("chain", size, nodes, c, link) for c in CHUNK_CHOICES}
+    fastest = min(times, key=lambda c: (times[c], -c))
+    chosen = optimal_chunk("chain", size, nodes, link)
+    assert bound("chain", size, nodes, fastest, link) == "link"
+    assert chosen > fastest and times[chosen] <= times[fastest] * (1 + CHUNK_TIE)
+    assert all(times[c] > times[fastest] * (1 + CHUNK_TIE) for c in CHUNK_CHOICES if c > chosen)
+
+    cpu = replace(link, latency=40e-6, bandwidth=4.8 * 2**30, share=1)
+    times = {c: predict("chain", 1 << 30, 2, c, cpu) for c in CHUNK_CHOICES}
+    assert bound("chain", 1 << 30, 2, optimal_chunk("chain", 1 << 30, 2, cpu), cpu) == "CPU"
+    assert optimal_chunk("chain", 1 << 30, 2, cpu) == min(times, key=lambda c: (times[c], -c))
