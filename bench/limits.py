@@ -584,7 +584,8 @@ def mpi_cpu_row(case: ClusterCase, middle: set[str], measured: Sequence[Outcome]
     at the chunk that run chose, in the same round (whole processes both): what mpistage
     adds to MPI's own cost per message.  The median over rounds of each round's pair."""
     pairs = [(middle_cpu(mine, middle), middle_cpu(mpi, middle))
-             for mine, mpi in zip(measured, mpi_relayed)]
+             for mine, mpi in zip(measured, mpi_relayed)
+             if mine.extra.get("chunk_size") == mpi.extra.get("chunk")]  # a failed run: none
     pairs = [(m, r) for m, r in pairs if m is not None and r]
     ratio = median([m / r for m, r in pairs])
     mine, mpi = median([m for m, _ in pairs]), median([r for _, r in pairs])

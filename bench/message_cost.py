@@ -128,10 +128,13 @@ def measure(repeat: int, timeout: float) -> list[dict[str, object]]:
                 runs = []
                 for _ in range(repeat):
                     try:
-                        runs.append(one_host(chunk, env, timeout) if where == "one host"
-                                    else two_hosts(cluster, chunk, env, timeout))  # type: ignore[arg-type]
+                        if where == "one host":
+                            runs.append(one_host(chunk, env, timeout))
+                        else:
+                            assert cluster is not None
+                            runs.append(two_hosts(cluster, chunk, env, timeout))
                     except (subprocess.SubprocessError, StopIteration, ValueError) as exc:
-                        error = f"{format_bytes(chunk)} messages: {type(exc).__name__}"
+                        error = f"{format_bytes(chunk)}: {type(exc).__name__}"
                 if not runs:
                     break
                 seconds[str(chunk)] = statistics.median(r[0] for r in runs)
@@ -139,7 +142,7 @@ def measure(repeat: int, timeout: float) -> list[dict[str, object]]:
                 cpu["receiver"][str(chunk)] = statistics.median(r[1][1] for r in runs)
             row: dict[str, object] = {"transport": label, "where": where, "env": env,
                                       "seconds": seconds, "cpu": cpu, "error": error}
-            if len(seconds) == len(CHUNKS):
+            if len(seconds) == len(CHUNKS) and error is None:  # a failed repeat: no fit
                 row["fit"] = {end: dict(zip(("overhead", "rate"), fit(cpu[end])))
                               for end in cpu}
             print(f"{label}, {where}: {row.get('fit', error)}", file=sys.stderr, flush=True)
@@ -162,13 +165,15 @@ def table(results: Sequence[Mapping[str, object]]) -> list[str]:
         for row in result["rows"]:  # type: ignore[attr-defined]
             cpu, seconds, fitted = row["cpu"], row["seconds"], row.get("fit")
             cells = [result["mpi"], row["transport"], row["where"]]
-            stalled = fitted and seconds[str(CHUNKS[1])] > 3 * seconds[str(CHUNKS[0])]
-            if stalled:  # UCX's TCP transport at some sizes (../shared/docs): no fit
-                cells += [f"{large} messages stalled: {seconds[str(CHUNKS[1])]:.1f} s "
-                          f"against {seconds[str(CHUNKS[0])]:.2f} s at {small}"] + [""] * 6
+            times = [seconds[str(c)] for c in CHUNKS] if fitted else []
+            if times and max(times) > 3 * min(times):  # UCX over TCP at some sizes: no fit
+                slow = max(zip(times, (small, large)))
+                cells += [f"{slow[1]} messages stalled: " + " against ".join(
+                    f"{t:.2f} s at {name}" for t, name in zip(times, (small, large)))] + [""] * 6
             elif fitted:
-                cells += [f"{fitted[end]['overhead'] * 1e6:.0f} us" for end in ("sender", "receiver")]
-                cells += [f"{fitted[end]['rate'] / 1e9:.2f} GB/s" for end in ("sender", "receiver")]
+                ends = ("sender", "receiver")
+                cells += [f"{fitted[end]['overhead'] * 1e6:.0f} us" for end in ends]
+                cells += [f"{fitted[end]['rate'] / 1e9:.2f} GB/s" for end in ends]
                 cells += ["/".join(f"{cpu[end][str(c)]:.3f}" for end in ("sender", "receiver"))
                           + " s" for c in CHUNKS]
                 cells += [" / ".join(f"{seconds[str(c)]:.3f}" for c in CHUNKS) + " s"]

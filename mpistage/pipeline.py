@@ -83,8 +83,8 @@ def longest_pause(chunk: int, message: int, chunk_seconds: float, link_rate: flo
     Point-to-point sends wake no more often: a message up to a socket buffer's size is in
     the kernel once posted, and a larger one keeps :data:`SLEEP_BYTES` queued there.  An
     eighth of a message made a relaying rank wake ~6 times per 64 KiB chunk at 100 Mbit/s
-    (8 hosts, 64 MiB: 6300 wake-ups, 1.11-1.17 s of CPU; with 64 KiB 3100, 0.85-0.93 s,
-    transfer 5.67 s either way)."""
+    (8 hosts, 64 MiB: 6300 wake-ups, 1.11-1.17 s of CPU; with 64 KiB 3100, 0.74-0.93 s,
+    transfer 5.67 s either way; at 1 Gbit/s, 256 MiB in 1 MiB chunks, 1.03x p2p)."""
     wake = min(SLEEP_BYTES, message / 8) if collective else SLEEP_BYTES
     by_link = wake / (link_rate or UNKNOWN_LINK_RATE)
     return min(by_link, chunk_seconds * min(1.0, wake / chunk)) if chunk_seconds else by_link

@@ -332,9 +332,10 @@ class Schedule(ABC):
                                    if p is not None))
 
     def message_bytes(self, chunk: int) -> int:
-        """The largest message MPI moves at once for a chunk of ``chunk`` bytes: the
-        next one is begun only when this rank wakes, so its waits must wake well within
-        a message's time (:meth:`mpistage.pipeline.Engine._longest_pause`)."""
+        """The largest message MPI moves at once for a chunk of ``chunk`` bytes.  For a
+        collective (not :attr:`point_to_point`) the next one is begun only when this rank
+        wakes, so its waits must wake well within a message's time
+        (:func:`mpistage.pipeline.longest_pause`)."""
         return chunk
 
     def min_depth(self) -> int:

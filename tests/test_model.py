@@ -300,5 +300,8 @@ def test_a_flat_link_bound_optimum_goes_to_the_largest_chunk_within_the_tie() ->
 
     cpu = replace(link, latency=40e-6, bandwidth=4.8 * 2**30, share=1)
     times = {c: predict("chain", 1 << 30, 2, c, cpu) for c in CHUNK_CHOICES}
+    fastest = min(times, key=lambda c: (times[c], -c))
+    assert any(times[c] <= times[fastest] * (1 + CHUNK_TIE) for c in CHUNK_CHOICES
+               if c > fastest), "a larger chunk within the tie, which the rule must not take"
     assert bound("chain", 1 << 30, 2, optimal_chunk("chain", 1 << 30, 2, cpu), cpu) == "CPU"
     assert optimal_chunk("chain", 1 << 30, 2, cpu) == min(times, key=lambda c: (times[c], -c))

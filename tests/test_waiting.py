@@ -63,7 +63,7 @@ def test_pace_follows_recent_waits() -> None:
     assert pace.expected == pytest.approx(0.02, rel=0.05)
 
 
-def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_an_eighth_of_a_collective_step() -> None:
+def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_a_collectives_eighth() -> None:
     """MPI over TCP moves data only inside MPI calls: pauses are bounded by bytes on the
     link (pipeline.longest_pause), by the plan's link rate and by the pace of chunks."""
     from mpistage.pipeline import SLEEP_BYTES, longest_pause
