@@ -233,8 +233,8 @@ class HeldBack:
     ``window`` sends to them are in flight already.
 
     One pass over the chunks in flight, at every wake-up of the engine's waits: a set
-    built afresh for each chunk from all those before it cost a relaying rank ~0.1 ms of
-    CPU per chunk (a chain at 64 KiB chunks, 8 hosts: a third of its Python time)."""
+    built afresh for each chunk from all those before it was a third of the transfer
+    loop's Python samples on a relaying rank (py-spy; a chain at 64 KiB chunks, 8 hosts)."""
 
     __slots__ = ("window", "peers", "_in_flight")
 
