@@ -551,13 +551,10 @@ def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
     that both receive and forward, then over the runs); in the notes, a bare mpi4py
     rank's CPU (Python and MPI before any byte moves) and a minimal MPI relay's at the
     same chunk (what MPI itself costs per byte)."""
-    def rank_cpu(outcome: Outcome) -> float | None:
-        return middle_cpu(outcome, middle)
-
-    mine = median([rank_cpu(o) for o in measured])
+    mine = median([middle_cpu(o, middle) for o in measured])
     plain = median([o.extra.get("middle_cpu") for o in relayed])
-    floor = median([rank_cpu(o) for o in bare])
-    mpi_floor = median([rank_cpu(o) for o in mpi_relayed])
+    floor = median([middle_cpu(o, middle) for o in bare])
+    mpi_floor = median([middle_cpu(o, middle) for o in mpi_relayed])
     mpi_chunk = next((o.extra["chunk"] for o in mpi_relayed if "chunk" in o.extra), None)
     peak = max((r["maxrss_bytes"] for o in measured for r in o.extra.get("ranks", [])),
                default=0)
@@ -569,7 +566,7 @@ def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
                f"relay (mpistage.cluster.mpirelay, chunk "
                f"{format_bytes(mpi_chunk) if mpi_chunk else '-'}) {_s(mpi_floor)} CPU"
                f"{errors(measured)}{errors(relayed)}{errors(mpi_relayed)}",
-               [rank_cpu(o) for o in measured])
+               [middle_cpu(o, middle) for o in measured])
 
 
 def middle_cpu(outcome: Outcome, middle: set[str]) -> float | None:
