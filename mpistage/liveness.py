@@ -12,6 +12,7 @@ every node that is still making progress, however long that takes.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -65,6 +66,12 @@ class Heartbeat:
                                                        tag=_HEARTBEAT_TAG))
             except MPI.Exception:
                 pass  # it is gone; whoever waits on it finds out
+
+    def send_next(self) -> None:
+        """Let the next call send, whatever the interval: a round of
+        :mod:`mpistage.rollcall` begins, and the root must hear at once that this rank
+        is in it."""
+        self._sent_at = -math.inf
 
     def settled(self, timeout: float) -> bool:
         """Whether the last heartbeat left within ``timeout`` seconds: before another

@@ -7,8 +7,9 @@ every node downstream starves.  Progress cannot tell the one node that stopped f
 others, so signs of life travel apart from the data:
 
 * every participant sends the transfer's root a **pulse** (an 8-byte message, no
-  pickling) every :func:`pulse_interval` seconds while its main thread runs, whatever
-  its progress (:class:`~mpistage.liveness.Heartbeat` as a pulse);
+  pickling) as its round begins and then every :func:`pulse_interval` seconds while
+  its main thread runs, whatever its progress (:class:`~mpistage.liveness.Heartbeat`
+  as a pulse);
 * the root **calls the round off** as soon as a participant reports a stall or falls
   silent for the timeout, and tells every participant yet to report (:meth:`RollCall.call_off`);
 * a participant that hears the call passes it on to its parents and ends its round
@@ -176,6 +177,11 @@ class RollCall:
         self._spoke: set[int] = set()  # heard from since the round began
         self.reported = set()
         self._called = False
+        # The first look of the round pulses: a member lost early in the round has
+        # then spoken, and is counted lost after one timeout of silence, not two (two
+        # nodes killed side by side: the first's parent may fail at once and the round
+        # be called off before the second's child could name it).
+        self._pulse.send_next()
 
     # -- the root --------------------------------------------------------------------------
 

@@ -251,7 +251,7 @@ def others_complete(cluster: EmulatedCluster, tmp_path: Path, src: Path, fault: 
         assert "lost mid-transfer" in line or "counted lost" in line, said
     assert out.splitlines()[0].startswith("mpistage: ") and "lost the root" not in said, said
     assert final_files_are_whole(cluster, src) == [i for i in range(HOSTS) if i not in victims]
-    assert report["elapsed"] <= (fault_free + TIMEOUT) * 1.2, (report["elapsed"], fault_free)
+    assert report["elapsed"] <= (fault_free + TIMEOUT) * 1.2, (report["elapsed"], fault_free, said)
     for i in range(HOSTS):
         if i not in victims:  # a lost host could not clean up (killed) or be heard (cut off)
             assert not [p for p in os.listdir(cluster.scratch_dir(i)) if p.endswith(TEMP_SUFFIX)]
