@@ -18,14 +18,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import wait as futures_wait
 from functools import partial
 from typing import TYPE_CHECKING
 
 from .buffers import Buffer, BufferPool, PhaseClock, pieces, zero
 from .codec import IDENTITY, Codec
 from .digest import new_digest
-from .encoders import Encoders
 from .errors import Stalled
 from .frames import Framing, framing_for
 from .plan import Plan, file_identity, identity_change, source_label
@@ -34,6 +32,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import xxhash
+
+    from .encoders import Encoders
 
     #: A chunk read: ``(k, buffer index, its encoding's future or None)``.
     Ready = tuple[int, int, Future[float] | None]
@@ -67,7 +67,12 @@ class ChunkSource:
         # Each chunk read, with its encoding still under way (a future) or done (None).
         self._ready: queue.SimpleQueue[Ready] = queue.SimpleQueue()
         self._head: Ready | None = None  # taken from the queue, its encoding not done yet
-        self._encoders = Encoders(plan.codec) if plan.codec != "none" else None
+        self._encoders: Encoders | None = None
+        if plan.codec != "none":
+            # Only here: its thread pool (concurrent.futures) cost every rank of every
+            # run 6 ms of CPU, of the ~54 ms the command line's import costs.
+            from .encoders import Encoders
+            self._encoders = Encoders(plan.codec)
         self._thread = threading.Thread(target=self._read_all, name="mpistage-reader",
                                         daemon=True)
 
@@ -94,6 +99,7 @@ class ChunkSource:
         k, index, encoding = self._head
         if encoding is not None:
             if not encoding.done() and wait:
+                from concurrent.futures import wait as futures_wait  # imported by encoders
                 futures_wait([encoding], timeout=wait)
             if not encoding.done():
                 return None
