@@ -100,9 +100,9 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from . import bcast_model
-from .algorithms import SCHEDULES
-from .codec import CodecCost
+from .. import bcast_model
+from ..algorithms import SCHEDULES
+from ..codec import CodecCost
 
 #: Algorithms the model predicts (the names of the schedules).
 MODELLED: tuple[str, ...] = tuple(SCHEDULES)
@@ -311,9 +311,3 @@ def ka_terms(params: Parameters, size: int) -> dict[str, float]:
     """The Ka paper's symbols in terms of the calibrated parameters (see module doc)."""
     return {"d": params.latency, "d_prime": params.latency, "L": size / params.bandwidth,
             "I": params.startup}
-
-
-if __name__ == "__main__":  # python -m mpistage.model --nodes 1024 --size 10G ...
-    from mpistage.model_cli import main
-
-    raise SystemExit(main())
