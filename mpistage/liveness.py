@@ -58,14 +58,15 @@ class Heartbeat:
         if (self.comm.rank == self.dest or (progress == self._last and not self.pulse)
                 or now - self._sent_at < self.interval):
             return
-        self._last, self._sent_at = progress, now
         self._requests = [r for r in self._requests if not r.Test()]
-        if not self._requests:  # never more than one in flight: rank 0 may be busy
-            try:
-                self._requests.append(self.comm.Isend(self._message, dest=self.dest,
-                                                       tag=_HEARTBEAT_TAG))
-            except MPI.Exception:
-                pass  # it is gone; whoever waits on it finds out
+        if self._requests:  # never more than one in flight (rank 0 may be busy): the
+            return          # next call tries again, and sends as soon as that one left
+        self._last, self._sent_at = progress, now
+        try:
+            self._requests.append(self.comm.Isend(self._message, dest=self.dest,
+                                                   tag=_HEARTBEAT_TAG))
+        except MPI.Exception:
+            pass  # it is gone; whoever waits on it finds out
 
     def send_next(self) -> None:
         """Let the next call send, whatever the interval: a round of

@@ -224,6 +224,21 @@ def test_the_model_command_at_1024_nodes(capsys: pytest.CaptureFixture[str]) -> 
     assert float(table["chain"][-1]) == pytest.approx(1.0494, abs=1e-3)
 
 
+def test_python_dash_m_mpistage_model_runs_the_command() -> None:
+    """``python -m mpistage.model`` (the package's ``__main__``), as the README shows it."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", "mpistage.model", "--nodes", "8", "--size",
+                          "64M", "--bandwidth", "100mbit", "--latency", "50us"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("8 nodes, 64.0 MiB") and "chain" in run.stdout, run.stdout
+    bad = subprocess.run([sys.executable, "-m", "mpistage.model", "--nodes", "8", "--size",
+                          "1G", "--bandwidth", "fast", "--latency", "1us"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def test_parsers() -> None:
     assert parse_rate("10gbit") == 1.25e9
     assert parse_rate("100mbit") == 12.5e6
