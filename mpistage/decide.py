@@ -195,13 +195,17 @@ def decide(
     if (params is None and size <= _PROBE_MAX
             and choice_is_settled(size, comm.size, **candidates)):
         params, source = ASSUMED, "assumed"
-    elif params is None:
+    # Before the probe, while every rank is here: during it the root and its partner
+    # are busy, and another rank's first message to the root could be refused until
+    # MPICH's bounded retries ran out (EAGAIN from the gather: seen with --explain on 8
+    # emulated hosts, whose connections are not opened early as a staging's are).
+    share = core_share(comm, root) if source != "assumed" else 0.0
+    if params is None:
         params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
         if params is not None:
             params = replace(params, read_bandwidth=ASSUMED_LOCAL_RATE,
                              write_bandwidth=ASSUMED_LOCAL_RATE)
-    share = core_share(comm, root) if source != "assumed" else 0.0
     if comm.rank != root:
         return None
     assert params is not None

@@ -254,6 +254,25 @@ def test_a_compressed_stream_into_every_hosts_command(cluster8: EmulatedCluster,
 
 
 @needs_root
+def test_explain_on_8_hosts_probes_and_chooses_without_moving_data(cluster8: EmulatedCluster,
+                                                                   tmp_path: Path) -> None:
+    """``--explain`` across hosts: the root probes its first link while the other ranks
+    wait; the cores' share is gathered before the probe (a rank's first message to a
+    root busy probing was once refused: EAGAIN after MPICH's bounded retries, 1 run in
+    14).  Three runs: each prints the table and moves no byte."""
+    src = sample(tmp_path, 8 << 20)
+    for _ in range(3):
+        run = cluster8.mpiexec([sys.executable, "-m", "mpistage", "--explain", str(src),
+                                cluster8.scratch], env=TIMEOUT, capture_output=True,
+                               timeout=600)
+        said = run.stdout.decode() + run.stderr.decode()
+        assert run.returncode == 0, said
+        assert "8 nodes to serve; parameters from the quick measurement" in said, said
+        assert "<- chosen" in said, said
+        assert all(os.listdir(cluster8.scratch_dir(i)) == [] for i in range(8))
+
+
+@needs_root
 def test_standard_input_through_mpiexec(cluster8: EmulatedCluster, tmp_path: Path) -> None:
     """SRC - under hydra: a stream that fits its 64 KiB pipe (README: Streams)."""
     data = os.urandom(60_000)
