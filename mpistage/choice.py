@@ -103,8 +103,10 @@ def choose(
     ``max_chunk``, and at most what ``memory`` holds of the buffers the algorithm needs
     at least) predicted fastest; an algorithm whose buffers of ``chunk_size`` overflow
     ``memory`` is left out.  ``codecs``: the codecs to weigh, each with its cost on this
-    source (``None``: sending as is).  Encoded chunks need point-to-point schedules
-    (their lengths differ; MPI's broadcast needs every rank's count)."""
+    source (``None``: sending as is), a later one chosen only where it is predicted
+    faster than the earlier ones' pick by more than :data:`TIE`.  Encoded chunks need
+    point-to-point schedules (their lengths differ; MPI's broadcast needs every rank's
+    count)."""
     best: Choice | None = None
     weighed: dict[str, float] = {}
     for codec in codecs:
@@ -126,7 +128,10 @@ def choose(
                     and predictions[a][1] <= fastest * (1 + TIE))
         name = "none" if codec is None else codec.name
         weighed[name] = predictions[pick][1]
-        if best is None or predictions[pick][1] < best.predicted:
+        # a codec must win by more than a tie: within the model's precision, the
+        # bytes travel as they are (less CPU, and random bytes never pay for coding,
+        # even where the tie above let plain chunks keep a slightly slower schedule)
+        if best is None or predictions[pick][1] * (1 + TIE) < best.predicted:
             bounds = {a: bound(a, size, nodes, c, params, arity, files, codec)
                       for a, (c, _) in predictions.items()}
             best = Choice(pick, predictions[pick][0], predictions[pick][1], predictions, name,

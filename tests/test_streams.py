@@ -139,6 +139,20 @@ def test_the_choice_weighs_codecs_and_keeps_broadcast_for_plain_chunks():
         choose(size, 8, SLOW, algorithms=("bcast",), codecs=(ZSTD,))
 
 
+def test_random_bytes_travel_as_they_are_even_where_plain_chunks_keep_a_tied_schedule():
+    # 3 hosts at 1 Gbit/s, 64 MiB: plain chunks take the largest chunk within CHUNK_TIE
+    # of the fastest (2 MiB), while a codec's coding time makes the step bound by more
+    # than the link, so it takes its fastest (1 MiB, ~1 % faster); a codec that shrinks
+    # nothing but codes fast was then chosen for that 1 % (bench/streams.py --small, CI)
+    link = Parameters(latency=100e-6, bandwidth=125e6)
+    free = CodecCost("zstd:1", ratio=1.0, encode_rate=2e9, decode_rate=5e9)
+    plain = choose(64 << 20, 3, link)
+    assert predict("chain", 64 << 20, 3, 1 << 20, link) < plain.predicted  # the tie
+    chosen = choose(64 << 20, 3, link, codecs=(None, free))
+    assert chosen.codec == "none" and chosen.algorithm == plain.algorithm
+    assert choose(64 << 20, 3, link, codecs=(None, ZSTD)).codec == "zstd:3"  # ratio 0.3 wins
+
+
 # -- streams, options, destinations ----------------------------------------------------------
 
 def test_a_peeked_stream_gives_its_bytes_again_then_the_rest():
