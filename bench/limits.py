@@ -323,11 +323,13 @@ def bare_start(cluster: EmulatedCluster, work: Path, timeout: float) -> Outcome:
 
 
 def mpi_relay(cluster: EmulatedCluster, size: int, chunk: int, work: Path,
-              timeout: float) -> Outcome:
+              timeout: float, write: bool = False) -> Outcome:
     """The minimal MPI relay chain (``mpistage.cluster.mpirelay``) over every host: what
-    MPI itself costs a middle host per byte, at mpistage's chunk."""
+    MPI itself costs a middle host per byte, at mpistage's chunk (``write``: each host
+    also writes its copy to its scratch, as mpistage does)."""
+    argv = [sys.executable, "-m", "mpistage.cluster.mpirelay", str(size), str(chunk)]
     outcome = measured_on_every_host(
-        cluster, [sys.executable, "-m", "mpistage.cluster.mpirelay", str(size), str(chunk)],
+        cluster, argv + (["--write", cluster.scratch] if write else []),
         "mpirelay", work, timeout)
     outcome.extra["chunk"] = chunk
     return outcome
@@ -458,10 +460,12 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
             chunks.extend([outcome.extra["chunk_size"]] if "chunk_size" in outcome.extra else [])
             return outcome
 
-        def mpi_relayed() -> Outcome:
-            return mpi_relay(cluster, size, chunks[-1] if chunks else 1 << 20, work, timeout)
+        def mpi_relayed(write: bool = False) -> Outcome:
+            return mpi_relay(cluster, size, chunks[-1] if chunks else 1 << 20, work, timeout,
+                             write)
 
-        actions += [("measured", measured), ("mpirelay", mpi_relayed)]
+        actions += [("measured", measured), ("mpirelay", mpi_relayed),
+                    ("mpirelay.write", lambda: mpi_relayed(write=True))]
     if case.key == "c8":
         actions.append(("startup", lambda: bare_start(cluster, work, timeout)))
     if main:
@@ -521,6 +525,8 @@ def cluster_rows(case: ClusterCase, cluster: EmulatedCluster, src: Path, work: P
         rows.append(cpu_row(case, set(middle), relayed, out["measured"], out["startup"],
                             out["mpirelay"]))
         rows.append(mpi_cpu_row(case, set(middle), out["measured"], out["mpirelay"]))
+        rows.append(mpi_cpu_row(case, set(middle), out["measured"], out["mpirelay.write"],
+                                writes=True))
     return rows
 
 
@@ -569,33 +575,47 @@ def cpu_row(case: ClusterCase, middle: set[str], relayed: Sequence[Outcome],
                [middle_cpu(o, middle) for o in measured])
 
 
-def middle_cpu(outcome: Outcome, middle: set[str]) -> float | None:
-    """The median CPU seconds of the ``middle`` hosts' ranks in one run."""
+def middle_cpu(outcome: Outcome, middle: set[str], part: str = "cpu") -> float | None:
+    """The median CPU seconds (``part``: ``cpu``, or its ``user`` or ``sys`` share) of
+    the ``middle`` hosts' ranks in one run."""
     ranks = [r for r in outcome.extra.get("ranks", []) if r["host"] in middle]
-    return statistics.median(r["cpu"] for r in ranks) if ranks else None
+    return statistics.median(r[part] for r in ranks) if ranks else None
 
 
 def mpi_cpu_row(case: ClusterCase, middle: set[str], measured: Sequence[Outcome],
-                mpi_relayed: Sequence[Outcome]) -> Row:
+                mpi_relayed: Sequence[Outcome], writes: bool = False) -> Row:
     """A middle host's mpistage rank (default options) against the minimal MPI relay's
     at the chunk that run chose, in the same round (whole processes both): what mpistage
-    adds to MPI's own cost per message.  The median over rounds of each round's pair."""
-    pairs = [(middle_cpu(mine, middle), middle_cpu(mpi, middle))
-             for mine, mpi in zip(measured, mpi_relayed)
+    adds to MPI's own cost per message (``writes``: to MPI's and the write's, the relay
+    writing its copy too; a context row, the issue's goal is on the relay without).  The
+    median over rounds of each round's pair; the notes split both into user and system
+    CPU (the system CPU includes the emulated links' packet work that the kernel charges
+    to whichever rank it interrupts)."""
+    pairs = [(mine, mpi) for mine, mpi in zip(measured, mpi_relayed)
              if mine.extra.get("chunk_size") == mpi.extra.get("chunk")]  # a failed run: none
-    pairs = [(m, r) for m, r in pairs if m is not None and r]
-    ratio = median([m / r for m, r in pairs])
-    mine, mpi = median([m for m, _ in pairs]), median([r for _, r in pairs])
+    pairs = [(m, r) for m, r in pairs if middle_cpu(m, middle) is not None
+             and middle_cpu(r, middle)]
+    ratio = median([middle_cpu(m, middle) / middle_cpu(r, middle) for m, r in pairs])
+    mine = median([middle_cpu(m, middle) for m, _ in pairs])
+    mpi = median([middle_cpu(r, middle) for _, r in pairs])
+    split = "; user + system CPU: mpistage {} + {}, the relay {} + {}".format(
+        *(_s(median([middle_cpu(o, middle, part) for o in side]))
+          for side in ([m for m, _ in pairs], [r for _, r in pairs])
+          for part in ("user", "sys")))
     chunks = ", ".join(format_bytes(o.extra["chunk"]) for o in mpi_relayed if "chunk" in o.extra)
-    return Row("cpu.mpi", f"{case.label}: CPU of a middle host, mpistage default vs the "
-               "minimal MPI relay at the same chunk", "s CPU", mine,
-               None if ratio is None or mine is None else mine / ratio, "MPI relay",
-               Goal("ratio", 1.2), all(o.ok for o in list(measured) + list(mpi_relayed))
-               and bool(pairs),
+    what = ("writing its copy to the same scratch, no digest, thread or checks" if writes
+            else "no file, digest or thread")
+    return Row("cpu.write" if writes else "cpu.mpi",
+               f"{case.label}: CPU of a middle host, mpistage default vs the minimal MPI relay "
+               f"at the same chunk{', writing its copy' if writes else ''}", "s CPU", mine,
+               None if ratio is None or mine is None else mine / ratio,
+               "MPI relay, writing" if writes else "MPI relay",
+               None if writes else Goal("ratio", 1.2),
+               all(o.ok for o in list(measured) + list(mpi_relayed)) and bool(pairs),
                f"pairs of one round each, median of their ratios {ratio or 0:.2f}×; the "
-               f"relay (mpistage.cluster.mpirelay: the same Irecv/Isend and polling, no "
-               f"file, digest or thread) at {chunks or '-'}; its median {_s(mpi)}",
-               [m for m, _ in pairs])
+               f"relay (mpistage.cluster.mpirelay: the same Irecv/Isend and polling, {what}) "
+               f"at {chunks or '-'}; its median {_s(mpi)}{split if pairs else ''}",
+               [middle_cpu(m, middle) for m, _ in pairs])
 
 
 def local_rows(scale: Scale, repeat: int, groups: set[str], work: Path) -> list[Row]:

@@ -35,7 +35,8 @@ FIXED = ("chain-64K", "chain-256K", "chain-1M", "chain-4M", "chain-16M", "twotre
          "binomial-4M")
 CLUSTER_ROWS = ("p2p", "relay", "bcast", "default", *FIXED, "auto", "best")
 EXPECTED = (
-    [f"c8.{r}" for r in CLUSTER_ROWS] + ["c8.whole", "c8.startup", "cpu", "cpu.mpi"]
+    [f"c8.{r}" for r in CLUSTER_ROWS]
+    + ["c8.whole", "c8.startup", "cpu", "cpu.mpi", "cpu.write"]
     + [f"c16.{r}" for r in CLUSTER_ROWS] + [f"c8g.{r}" for r in CLUSTER_ROWS]
     + ["shm", "shm.best", "rss.auto", "rss.default", "tiny", "import"]
 )
@@ -69,6 +70,10 @@ def test_small_run_has_every_row_with_numbers(tmp_path: Path) -> None:
         assert "fixed choices, fastest first: chain-" in rows[name]["notes"] or \
             "fixed choices, fastest first: twotree" in rows[name]["notes"] or \
             "fixed choices, fastest first: binomial" in rows[name]["notes"], rows[name]["notes"]
+    for name in ("cpu.mpi", "cpu.write"):  # the split that tells MPI's and the kernel's apart
+        assert "user + system CPU: mpistage " in rows[name]["notes"], rows[name]["notes"]
+    assert "writing its copy to the same scratch" in rows["cpu.write"]["notes"]
+    assert rows["cpu.write"]["goal"] is None  # context: the issue's goal is on cpu.mpi
     assert results["failed"] == []
     table = (tmp_path / "limits.md").read_text()
     assert table.count("\n| ") == len(EXPECTED) + 1  # the header and one line per row

@@ -149,8 +149,9 @@ def measure(argv: Sequence[str], out_dir: str | os.PathLike[str]) -> int:
     The child inherits every file descriptor (``close_fds=False``): under ``mpiexec`` the
     launcher's PMI connection is one of them.  SIGTERM, SIGINT and SIGHUP are passed on,
     so stopping the job stops the child too.  Under ``mpiexec`` start this file by its
-    path (:func:`measure_prefix`), so the wrapper stays small.  The peak RSS is never below this wrapper's own (about 16 MB: Linux
-    keeps the high-water mark across the child's ``exec``), far under any MPI rank's.
+    path (:func:`measure_prefix`), so the wrapper stays small.  The peak RSS is never
+    below this wrapper's own (about 16 MB: Linux keeps the high-water mark across the
+    child's ``exec``), far under any MPI rank's.
     """
     child = subprocess.Popen(list(argv), close_fds=False)
 
@@ -179,13 +180,16 @@ def measure_prefix(out_dir: str | os.PathLike[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One measured process: where it ran, its exit status, CPU seconds, peak RSS."""
+    """One measured process: where it ran, its exit status, CPU seconds (and their user
+    and system shares), peak RSS."""
 
     host: str
     rank: int
     exit: int
     cpu: float
     maxrss_bytes: int
+    user: float = 0.0
+    sys: float = 0.0
 
 
 def read_measurements(out_dir: str | os.PathLike[str]) -> list[Measurement]:
@@ -194,7 +198,8 @@ def read_measurements(out_dir: str | os.PathLike[str]) -> list[Measurement]:
     for path in sorted(Path(out_dir).glob("measure-*.json")):
         record = json.loads(path.read_text())
         found.append(Measurement(host=record["host"], rank=record["rank"], exit=record["exit"],
-                                 cpu=record["cpu"], maxrss_bytes=record["maxrss_kib"] * 1024))
+                                 cpu=record["cpu"], maxrss_bytes=record["maxrss_kib"] * 1024,
+                                 user=record["user"], sys=record["sys"]))
     return sorted(found, key=lambda m: m.rank)
 
 
