@@ -15,7 +15,7 @@ CPU second.  The floor under any engine on that transport, which mpistage's mode
 from the run's own probe (:mod:`mpistage.decide`) and ``mpistage calibrate``.
 
 Each run writes ``bench/results/message_cost/<mpi>.json``; the table of every MPI measured
-so far goes to ``bench/results/message_cost.md`` (the README quotes it).
+so far goes to ``bench/results/message_cost.md`` (docs/benchmarks.md includes it).
 """
 
 from __future__ import annotations

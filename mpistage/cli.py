@@ -43,7 +43,8 @@ examples:
   mpiexec -n 8 mpistage /lustre/datasets/imagenet-val /scratch/
   mpiexec -n 8 mpistage model.safetensors tokenizer.json config.json /scratch/model/
   mpiexec -n 8 mpistage --files-from shards.txt /scratch/data/
-  tar c -C /lustre/env . | mpiexec -n 8 mpistage - /scratch/env.tar
+  mpiexec -n 8 mpistage --from-cmd 'tar c -C /lustre/env .' /scratch/env.tar
+  tar c -C /lustre/env . | srun --input=0 mpistage - /scratch/env.tar
   mpiexec -n 8 mpistage --pipe 'tar x -C /scratch/env' env.tar
   mpiexec -n 8 mpistage --compress auto data.csv /scratch/
   mpiexec -n 8 mpistage --algorithm binomial --chunk-size 8M input.dat /scratch/in.dat

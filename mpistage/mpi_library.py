@@ -141,7 +141,7 @@ def fail_fast(comm: Comm) -> Comm:
 
 def keep_going_options() -> list[str]:
     """``mpiexec`` options that keep the other ranks running when one dies, so that
-    mpistage can finish without it (:mod:`mpistage.recovery`; README: When a node
+    mpistage can finish without it (:mod:`mpistage.recovery`; docs/failures.md: When a node
     dies): hydra's ``-disable-auto-cleanup``; Open MPI's fault-tolerance extensions
     (ULFM, built into Open MPI 5, the wheel's included), which also report the failure
     at once instead of after the timeout."""

@@ -3,7 +3,7 @@
 A node whose rank is killed, whose link goes down or whose process freezes stops passing
 chunks on: in a chain everyone behind it starves, and everyone before it soon waits on
 its child.  Without MPI's fault-tolerance extensions (the MPICH wheel has none; see
-README "When a node dies") mpistage survives it with point-to-point messages and
+docs/failures.md, "When a node dies") mpistage survives it with point-to-point messages and
 deadlines alone, in rounds:
 
 1. **Roll call.**  During a round every participant pulses to the root, whatever its

@@ -1,7 +1,7 @@
 """Timings gathered to rank 0: the human summary and the JSON report.
 
 The JSON layout is the contract with the cost-model tooling; it is documented in the
-README ("Report format") and versioned by ``SCHEMA``.
+docs/report.md ("Report format") and versioned by ``SCHEMA``.
 """
 
 from __future__ import annotations

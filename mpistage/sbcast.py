@@ -26,7 +26,7 @@ from . import codec, mpi_library
 from .errors import UsageError
 from .units import parse_size
 
-#: ``srun --mpi`` plugin per MPI family (see the README's Slurm section for the checks).
+#: ``srun --mpi`` plugin per MPI family (see docs/slurm.md for the checks).
 SRUN_MPI_PLUGIN = {"mpich": "pmi2", "openmpi": "pmix"}
 LAUNCHERS = ("auto", "srun", "mpiexec")
 
@@ -142,7 +142,7 @@ def launch_command(args: argparse.Namespace, passed_on: Sequence[str],
                 "--ntasks-per-node=1", *(["--input=0"] if streaming else []), *stage]
     if streaming:
         raise UsageError("SRC - needs srun: MPICH's hydra and Open MPI's mpirun cannot "
-                         "forward a stream (README: Streams); use mpistage --from-cmd")
+                         "forward a stream (docs/streams.md); use mpistage --from-cmd")
     mpiexec = mpi_library.find_mpiexec()
     if mpiexec is None:
         raise UsageError("neither srun nor mpiexec found on PATH")

@@ -35,7 +35,7 @@ The send discipline is the engine's (:class:`mpistage.schedules.Forward`,
   even when the receiver holds part of it back (TCP would share the uplink with the
   next send, to another child, meanwhile; on the emulated cluster at 100 Mbit/s it
   does not quite: the downlinks fed by two parents queue, the round trips across them
-  stretch, and twotree measures 10-17 % over, README "Validating the model").
+  stretch, and twotree measures 10-17 % over, docs/model.md, "Validating the model").
 
 Local I/O and memory: the root reads chunk k at ``R`` (sequentially) and every node,
 the root included, writes it at ``W`` once dispatched (sequentially, behind the

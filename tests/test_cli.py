@@ -1,4 +1,4 @@
-"""The command as users run it: mpiexec, exit codes, one line from rank 0, README in step."""
+"""The command as users run it: mpiexec, exit codes, one line from rank 0, docs in step."""
 
 from __future__ import annotations
 
@@ -193,12 +193,21 @@ def test_help_and_version() -> None:
     assert mpistage("--version", n=None).stdout.startswith("mpistage ")
 
 
-def test_readme_documents_every_option() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_usage_page_documents_every_option() -> None:
+    usage = (ROOT / "docs" / "usage.md").read_text()
     options = [o for action in build_parser()._actions for o in action.option_strings
                if o.startswith("--")]
-    missing = [o for o in options if f"`{o}" not in readme]
-    assert not missing, f"README lacks options: {missing}"
+    missing = [o for o in options if f"`{o}" not in usage]
+    assert not missing, f"docs/usage.md lacks options: {missing}"
+
+
+def test_the_readme_stays_short_and_links_every_page() -> None:
+    """The README is the front page (what it is, the two commands, install, examples,
+    figures); everything else lives on the documentation site."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name != "index.md")
+    assert [p for p in pages if f"](docs/{p})" not in readme] == []
 
 
 def test_explain_puts_the_choice_first_and_says_when_it_won_a_tie() -> None:
