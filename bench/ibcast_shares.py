@@ -2,7 +2,7 @@
 the root's link between the sends it posts at once.
 
 Below 8 ranks MPICH broadcasts by a binomial tree whose ``Ibcast`` posts the root's sends
-to all its children together (:mod:`mpistage.bcast_model`).  Shared fairly, at 4 ranks
+to all its children together (:mod:`mpistage.engine.bcast_model`).  Shared fairly, at 4 ranks
 both of the root's copies arrive after 2·c/B and the grandchild's after 3·c/B; sent one
 after the other, the first child (the larger subtree) has its copy after c/B and the
 last rank after 2·c/B.  Prints each rank's completion time per repeat (a rank's request

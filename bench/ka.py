@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpistage.model import MODELLED, Parameters, predict
-from mpistage.model_fit import Sample, fit
-from mpistage.results import ResultStore
+from mpistage.model.fit import Sample, fit
+from mpistage.staging.results import ResultStore
 from mpistage.units import format_bytes
 
 # -- What the paper states (section numbers are the paper's) ------------------------------

@@ -22,7 +22,7 @@ Goal rows (64 MiB unless said; "default" means no ``-a``/``-c`` given):
           ≤ 150 MB
   tiny    a 1-byte file to 4 ranks on one host, the whole mpiexec ≤ 1.5 × a bare
           ``MPI.COMM_WORLD.Barrier()`` under the same mpiexec
-  import  ``import mpistage.cli`` beyond mpi4py's own ``import mpi4py.MPI`` ≤ 0.08 s
+  import  ``import mpistage.cli.main`` beyond mpi4py's own ``import mpi4py.MPI`` ≤ 0.08 s
   best    (with c8, c16, c8g and shm) the default ≤ 1.05 × the fastest of the fixed
           choices (chain at 64 KiB … 16 MiB, twotree at 1 MiB, binomial at 4 MiB), run in
           the same rounds
@@ -695,9 +695,9 @@ def tiny_row(scale: Scale, repeat: int, work: Path) -> Row:
 
 
 def import_row(scale: Scale) -> Row:
-    """``import mpistage.cli`` beyond ``import mpi4py.MPI`` (which initializes MPI), each a
+    """``import mpistage.cli.main`` beyond ``import mpi4py.MPI`` (which initializes MPI), each a
     fresh interpreter, alternating so both see the same machine; difference of medians."""
-    bare_code, full_code = "import mpi4py.MPI", "import mpi4py.MPI, mpistage.cli"
+    bare_code, full_code = "import mpi4py.MPI", "import mpi4py.MPI, mpistage.cli.main"
     bare, full = [], []
     try:
         python_seconds(full_code)  # warm the page cache
@@ -705,15 +705,15 @@ def import_row(scale: Scale) -> Row:
             bare.append(python_seconds(bare_code))
             full.append(python_seconds(full_code))
     except subprocess.SubprocessError as exc:
-        return Row("import", "import mpistage.cli beyond import mpi4py.MPI", "s", None,
+        return Row("import", "import mpistage.cli.main beyond import mpi4py.MPI", "s", None,
                    goal=Goal("max", 0.08), ok=False, notes=f"error: {exc}"[:300])
-    say(f"import: mpi4py.MPI {statistics.median(bare):.3f} s, with mpistage.cli "
+    say(f"import: mpi4py.MPI {statistics.median(bare):.3f} s, with mpistage.cli.main "
         f"{statistics.median(full):.3f} s")
     without, with_cli = statistics.median(bare), statistics.median(full)
-    return Row("import", "import mpistage.cli beyond import mpi4py.MPI", "s",
+    return Row("import", "import mpistage.cli.main beyond import mpi4py.MPI", "s",
                with_cli - without, without, "mpi4py", Goal("max", 0.08),
                notes=f"median of {scale.import_runs}: import mpi4py.MPI {without:.3f} s, "
-               f"with mpistage.cli {with_cli:.3f} s", runs=[f - b for f, b in zip(full, bare)])
+               f"with mpistage.cli.main {with_cli:.3f} s", runs=[f - b for f, b in zip(full, bare)])
 
 
 # -- output -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ end's CPU over the relay alone (every thread; the start-up is not counted) is fi
 ``m·o + S/ρ`` (``m`` messages, ``S`` bytes): ``o`` is the CPU one message costs one end
 (the sender's or the receiver's) beyond its bytes, ``ρ`` the bytes one end moves per
 CPU second.  The floor under any engine on that transport, which mpistage's model takes
-from the run's own probe (:mod:`mpistage.decide`) and ``mpistage calibrate``.
+from the run's own probe (:mod:`mpistage.model.decide`) and ``mpistage calibrate``.
 
 Each run writes ``bench/results/message_cost/<mpi>.json``; the table of every MPI measured
 so far goes to ``bench/results/message_cost.md`` (docs/benchmarks.md includes it).

@@ -45,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mpistage.bcast_model import algorithm as mpich_bcast_algorithm
+from mpistage.engine.bcast_model import algorithm as mpich_bcast_algorithm
 from mpistage.cluster.cluster import bucket_bytes, parse_rate
-from mpistage.choice import ASSUMED
+from mpistage.model.choice import ASSUMED
 from mpistage.model import MODELLED, Parameters, predict
-from mpistage.model_fit import Sample, fit
-from mpistage.results import ResultStore
+from mpistage.model.fit import Sample, fit
+from mpistage.staging.results import ResultStore
 from mpistage.units import format_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -166,7 +166,7 @@ def relative_errors(runs: list[Run], params: Parameters) -> dict[str, list[float
 
 def probed(run: Run) -> bool:
     """Whether the run measured its link (a small file whose choice is settled is not
-    measured: its prediction is for :data:`~mpistage.choice.ASSUMED` links)."""
+    measured: its prediction is for :data:`~mpistage.model.choice.ASSUMED` links)."""
     return not (run.get("quick_bandwidth") == ASSUMED.bandwidth
                 and run.get("quick_latency") == ASSUMED.latency)
 

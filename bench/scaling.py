@@ -1,6 +1,6 @@
 """Predicted staging time from 64 to 4096 nodes: every algorithm at its best chunk, and
 MPI's whole-file broadcasts for reference.  No MPI: the closed form
-(:mod:`mpistage.model`) and the simulator (:mod:`mpistage.simulate`).
+(:mod:`mpistage.model`) and the simulator (:mod:`mpistage.model.simulate`).
 
     python bench/scaling.py --out bench/results
 
@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from mpistage.algorithms import SCHEDULES
-from mpistage.choice import optimal_chunk
+from mpistage.engine.algorithms import SCHEDULES
+from mpistage.model.choice import optimal_chunk
 from mpistage.model import Parameters, predict
-from mpistage.simulate import REFERENCES, reference_closed_form, simulate
+from mpistage.model.simulate import REFERENCES, reference_closed_form, simulate
 from mpistage.units import format_bytes
 
 NODES = tuple(1 << p for p in range(6, 13))  # 64 … 4096
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({elapsed:.0f} s on this machine).  No MPI runs: the closed form "
         "(`mpistage.model.predict`) at each algorithm's best chunk "
         "(`optimal_chunk`, 64 KiB … 64 MiB), and the link-level simulator "
-        "(`mpistage.simulate`, its module doc says what it models).  R = W = ∞ "
+        "(`mpistage.model.simulate`, its module doc says what it models).  R = W = ∞ "
         "(network only).", "",
         "The plots draw the closed form (it takes microseconds per point) for every "
         "algorithm; the tables hold the simulator beside it.  The references are whole-file MPI broadcasts, memory to memory: "

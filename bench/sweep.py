@@ -44,7 +44,7 @@ from mpistage.cluster import EmulatedCluster, parse_rate, teardown
 from mpistage import mpi_library
 from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report
 from mpistage.model import Parameters, predict
-from mpistage.results import ResultStore
+from mpistage.staging.results import ResultStore
 from mpistage.samples import write_random_file
 from mpistage.units import format_bytes, parse_size
 

@@ -20,27 +20,27 @@ from ._version import __version__
 from .errors import MpistageError, Stalled, UsageError
 
 if TYPE_CHECKING:
-    from .calibration import Calibration, calibrate
-    from .decide import Prediction
+    from .staging.calibration import Calibration, calibrate
+    from .model.decide import Prediction
     from .model import Parameters
-    from .options import ALGORITHMS
-    from .report import NodeResult, RankRecord, StageReport
-    from .staging import explain, stage
+    from .staging.options import ALGORITHMS
+    from .staging.report import NodeResult, RankRecord, StageReport
+    from .staging.run import explain, stage
 
 #: Where each public name lives.  They load on first use (PEP 562): importing mpistage,
 #: or any of its small modules (units, cluster ...), neither initializes MPI nor imports
 #: what a run does not need.
 _LAZY = {
-    "ALGORITHMS": "options",
-    "Calibration": "calibration",
-    "NodeResult": "report",
+    "ALGORITHMS": "staging.options",
+    "Calibration": "staging.calibration",
+    "NodeResult": "staging.report",
     "Parameters": "model",
-    "Prediction": "decide",
-    "RankRecord": "report",
-    "StageReport": "report",
-    "calibrate": "calibration",
-    "explain": "staging",
-    "stage": "staging",
+    "Prediction": "model.decide",
+    "RankRecord": "staging.report",
+    "StageReport": "staging.report",
+    "calibrate": "staging.calibration",
+    "explain": "staging.run",
+    "stage": "staging.run",
 }
 
 __all__ = ["MpistageError", "Stalled", "UsageError", "__version__", *sorted(_LAZY)]

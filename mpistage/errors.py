@@ -31,12 +31,12 @@ class Stalled(MpistageError, TimeoutError):
 
 class RootLost(Stalled):
     """No word from the transfer's root: the source is gone, no survivor can finish
-    (:mod:`mpistage.recovery`)."""
+    (:mod:`mpistage.engine.recovery`)."""
 
 
 class RoundEnded(Stalled):
     """This node's part in a transfer round was ended from outside: the root called the
-    round off because a node stalled or fell silent (:mod:`mpistage.rollcall`).
+    round off because a node stalled or fell silent (:mod:`mpistage.engine.rollcall`).
 
     Attributes:
         suspects: the nodes (ranks of the round's communicator) that fell silent.

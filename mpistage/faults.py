@@ -16,12 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
-
-from .buffers import Buffer
-
-if TYPE_CHECKING:
-    from .sink import Sink
+from typing import Any
 
 ENV = "MPISTAGE_TEST_FAULTS"
 
@@ -32,7 +27,7 @@ def active(kind: str, node: int) -> bool:
     return f"{kind}@{node}" in {item.strip() for item in spec.split(",")}
 
 
-def flipped(view: Buffer, last: bool = False) -> Buffer:
+def flipped(view: memoryview, last: bool = False) -> memoryview:
     """A copy of ``view`` with its first byte (or its ``last``) inverted.  An encoded
     chunk is damaged at its end: an LZ4 block always ends in plain bytes, so the damage
     passes the decoder and only the digest can catch it."""
@@ -57,7 +52,7 @@ def flip_byte_on_disk(path: str | os.PathLike[str]) -> None:
 SLOW_COMMIT_SECONDS = 5.0
 
 
-def make_writes_hang(sink: Sink) -> None:
+def make_writes_hang(sink: Any) -> None:
     """``hang-write``: every write of ``sink`` from now on blocks forever."""
     def hang(fd: int, data: memoryview) -> int:
         threading.Event().wait()
@@ -66,7 +61,7 @@ def make_writes_hang(sink: Sink) -> None:
     sink._write_some = hang  # noqa: SLF001 (a test hook)
 
 
-def slow_commit(sink: Sink) -> None:
+def slow_commit(sink: Any) -> None:
     """``slow-commit``: take :data:`SLOW_COMMIT_SECONDS` while showing progress, as a
     long flush or re-read does."""
     deadline = time.monotonic() + SLOW_COMMIT_SECONDS

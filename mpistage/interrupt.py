@@ -12,7 +12,7 @@ every temp file still registered here and the shared-memory files that MPI maps 
 reaches: without this every interrupted run would leave one per rank on every node),
 lets rank 0 say what happened and ends the process with status 128 + the signal number.
 
-The temp files themselves are registered by :class:`mpistage.sink.Sink`; its rename
+The temp files themselves are registered by :class:`mpistage.sinks.file.Sink`; its rename
 into place runs under :func:`renaming`, so a signal either comes before the rename (the
 temp file is removed, the final path untouched) or after it (the copy is complete).
 A program that uses :func:`mpistage.stage` with its own signal handling can call
@@ -89,7 +89,7 @@ class _TempFiles:
                 try:
                     os.unlink(path)
                     removed.append(path)
-                except IsADirectoryError:  # a tree being built (mpistage.treesink)
+                except IsADirectoryError:  # a tree being built (mpistage.sinks.tree)
                     import shutil
 
                     shutil.rmtree(path, ignore_errors=True)

@@ -77,7 +77,7 @@ def launch_environment(*, as_root: bool | None = None) -> dict[str, str]:
 #: MPICH's OFI transport retries a send for ever while the peer's queue is full, as it
 #: stays once the peer died: after this many retries (about a second on a busy core) a send
 #: on a communicator marked by :func:`fail_fast` returns an error instead, so the
-#: transfer can count that peer lost (:mod:`mpistage.recovery`).
+#: transfer can count that peer lost (:mod:`mpistage.engine.recovery`).
 SEND_RETRIES = 20_000
 _RETRY_CVAR = b"MPIR_CVAR_CH4_OFI_MAX_EAGAIN_RETRY"
 
@@ -141,7 +141,7 @@ def fail_fast(comm: Comm) -> Comm:
 
 def keep_going_options() -> list[str]:
     """``mpiexec`` options that keep the other ranks running when one dies, so that
-    mpistage can finish without it (:mod:`mpistage.recovery`; docs/failures.md: When a node
+    mpistage can finish without it (:mod:`mpistage.engine.recovery`; docs/failures.md: When a node
     dies): hydra's ``-disable-auto-cleanup``; Open MPI's fault-tolerance extensions
     (ULFM, built into Open MPI 5, the wheel's included), which also report the failure
     at once instead of after the timeout."""

@@ -71,9 +71,9 @@ class Plan(SourceInfo):
     Attributes:
         chunk_size: bytes per pipeline message.
         algorithm: schedule name (never ``auto``: the root resolves it first).
-        codec: how chunks travel (:mod:`mpistage.codec`; never ``auto`` either).
+        codec: how chunks travel (:mod:`mpistage.engine.codec`; never ``auto`` either).
         link_rate: bytes/s the model has for a link (the probe's or the calibration's;
-            0 unknown): how long a rank may sleep in a wait (:mod:`mpistage.pipeline`).
+            0 unknown): how long a rank may sleep in a wait (:mod:`mpistage.engine.pipeline`).
     """
 
     chunk_size: int

@@ -45,11 +45,11 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 
 import mpistage
-from mpistage.algorithms import SCHEDULES
+from mpistage.engine.algorithms import SCHEDULES
 from mpistage.errors import UsageError
 from mpistage.faults import ENV as FAULTS_ENV
 from mpistage.model import Parameters
-from mpistage.sink import TEMP_SUFFIX
+from mpistage.sinks.file import TEMP_SUFFIX
 
 WORLD = MPI.COMM_WORLD
 #: A fixed, plausible link: no case pays for a link probe unless it draws ``calibrated=False``.

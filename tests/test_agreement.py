@@ -1,11 +1,11 @@
-"""Which argument differs from rank 0's (mpistage.agreement), without MPI."""
+"""Which argument differs from rank 0's (mpistage.staging.agreement), without MPI."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-from mpistage.agreement import STREAM, canonical, first_difference
+from mpistage.staging.agreement import STREAM, canonical, first_difference
 
 
 def fingerprint(**arguments):  # type: ignore[no-untyped-def]
@@ -41,8 +41,8 @@ def test_a_command_as_source_agrees_across_processes() -> None:
     """--from-cmd: every rank builds its own FromCommand (repr differs by address)."""
     import subprocess
     import sys
-    script = ("from mpistage.agreement import canonical\n"
-              "from mpistage.streams import FromCommand\n"
+    script = ("from mpistage.staging.agreement import canonical\n"
+              "from mpistage.sources.streams import FromCommand\n"
               "print(repr(canonical(FromCommand('cat x'))))\n")
     seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            check=True).stdout for _ in range(2)}

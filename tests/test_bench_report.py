@@ -8,7 +8,7 @@ from pathlib import Path
 from dataclasses import replace
 
 from mpistage.model import Parameters, bound, predict
-from mpistage.results import ResultStore
+from mpistage.staging.results import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TRUTH = Parameters(latency=300e-6, bandwidth=11.5e6)

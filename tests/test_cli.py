@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mpistage.algorithms import SCHEDULES
-from mpistage.cli import build_parser, describe_prediction
-from mpistage.decide import Prediction
-from mpistage.choice import Choice
+from mpistage.engine.algorithms import SCHEDULES
+from mpistage.cli.main import build_parser, describe_prediction
+from mpistage.model.decide import Prediction
+from mpistage.model.choice import Choice
 from mpistage.model import Parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_node_failure_exit_1_names_the_node(src: Path, tmp_path: Path) -> None:
     limited = (
         "import resource, sys; from mpi4py import MPI; "
         "resource.setrlimit(resource.RLIMIT_FSIZE, (262144, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
-        "from mpistage.cli import main; sys.exit(main(sys.argv[1:]))"
+        "from mpistage.cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     run = subprocess.run(
         [MPIEXEC, "-n", "1", sys.executable, "-m", "mpistage", *args,
@@ -154,7 +154,7 @@ def test_a_run_that_only_moves_bytes_imports_no_numpy(src: Path, tmp_path: Path)
     and the roll call's messages are mmap and array buffers instead.  Without
     ``--compress`` no encoder thread pool either (``concurrent.futures``: 6 ms of CPU
     beyond what the command line imports anyway)."""
-    code = ("import sys; from mpistage.cli import main; status = main(sys.argv[1:]); "
+    code = ("import sys; from mpistage.cli.main import main; status = main(sys.argv[1:]); "
             "sys.exit(status or (3 if 'numpy' in sys.modules else 0) "
             "or (4 if 'concurrent.futures' in sys.modules else 0))")
     run = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code, "--ranks-as-nodes",
@@ -236,7 +236,7 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("mpistage calibrate: 2 nodes") and "round trips" in run.stdout
     assert "CPU per message o" in run.stdout
-    assert json.loads(cal.read_text())["schema"] == "mpistage.calibration/1"
+    assert json.loads(cal.read_text())["schema"] == "mpistage.staging.calibration/1"
     run = mpistage("--explain", "-a", "auto", "--calibration", str(cal), "--ranks-as-nodes",
                    str(src), str(tmp_path / "n{node}"))
     assert run.returncode == 0, run.stderr

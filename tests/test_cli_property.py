@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpistage.digest import file_digest
-from mpistage.sink import TEMP_SUFFIX
+from mpistage.sinks.file import TEMP_SUFFIX
 from tests.test_cli import ENV, MPIEXEC, without_launcher_box
 
 LONG = "L" * 250

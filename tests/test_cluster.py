@@ -450,7 +450,7 @@ def test_a_host_whose_disk_fills_mid_tree_keeps_nothing_of_it(faulty4: EmulatedC
         "import os, resource, sys; from mpi4py import MPI\n"
         f"if os.uname().nodename == {victim!r}:\n"
         "    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))\n"
-        "from mpistage.cli import main; sys.exit(main(sys.argv[1:]))"
+        "from mpistage.cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     report_path = tmp_path / "report.json"
     run = faulty4.mpiexec([sys.executable, "-c", limited, "--report", str(report_path),

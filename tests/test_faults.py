@@ -22,7 +22,7 @@ from mpistage.cluster import EmulatedCluster, HostSpec, teardown
 from mpistage.cluster import system
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
-from mpistage.sink import TEMP_SUFFIX
+from mpistage.sinks.file import TEMP_SUFFIX
 
 NAME = "mstfault"
 HOSTS = 5

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mpistage import interrupt
-from mpistage.sink import Sink
+from mpistage.sinks.file import Sink
 
 
 def test_a_sink_registers_its_temp_file_until_commit_or_discard(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_signal_while_blocked_in_c_removes_temps_and_exits_128_plus_n(
     script = textwrap.dedent(f"""
         import os, sys, threading
         from mpistage import interrupt
-        from mpistage.sink import Sink
+        from mpistage.sinks.file import Sink
         interrupt.install(lambda s: os.write(2, f"announced {{s}}\\n".encode()))
         sink = Sink({str(tmp_path / "big.bin")!r})
         sink.write(memoryview(b"x" * 4096))
@@ -87,8 +87,8 @@ def test_a_signal_kills_the_pipe_command_before_its_input_ends(tmp_path: Path) -
     script = textwrap.dedent(f"""
         import os
         from mpistage import interrupt
-        from mpistage.pipesink import PipeSink
-        from mpistage.streams import FromCommand
+        from mpistage.sinks.pipe import PipeSink
+        from mpistage.sources.streams import FromCommand
         interrupt.install(lambda s: None)
         sink = PipeSink({f"cat > /dev/null && touch {saw_end}"!r})
         producer = FromCommand("sleep 600").open()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mpistage.sink import TEMP_SUFFIX, temp_prefix
+from mpistage.sinks.file import TEMP_SUFFIX, temp_prefix
 
 EPILOG = Path(__file__).resolve().parent.parent / "jobscripts" / "epilog.sh"
 

@@ -33,7 +33,7 @@ from mpistage.cluster import EmulatedCluster, teardown
 from mpistage.cluster import system
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
-from mpistage.sink import TEMP_SUFFIX
+from mpistage.sinks.file import TEMP_SUFFIX
 
 NAME = "mstmeet"
 HOSTS = 4

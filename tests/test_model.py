@@ -5,14 +5,14 @@ from dataclasses import replace
 
 import pytest
 
-from mpistage import bcast_model
-from mpistage.pipeline import DEFAULT_DEPTH
+from mpistage.engine import bcast_model
+from mpistage.engine.pipeline import DEFAULT_DEPTH
 
-from mpistage.choice import chain_optimal_chunk, choose, optimal_chunk
-from mpistage.codec import CodecCost
-from mpistage.cores import share_of
-from mpistage.decide import with_cpu
-from mpistage.engine_cost import fit_engine
+from mpistage.model.choice import chain_optimal_chunk, choose, optimal_chunk
+from mpistage.engine.codec import CodecCost
+from mpistage.model.cores import share_of
+from mpistage.model.decide import with_cpu
+from mpistage.staging.engine_cost import fit_engine
 from mpistage.model import (
     ASSUMED_CPU_RATE,
     ENGINE_OVERHEAD,
@@ -23,7 +23,7 @@ from mpistage.model import (
     predict,
     shape,
 )
-from mpistage.model_fit import Sample, fit
+from mpistage.model.fit import Sample, fit
 
 P = Parameters(latency=0.001, bandwidth=1e6, startup=0.5)  # 1 ms per message, 1 MB/s
 S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
@@ -151,7 +151,7 @@ def test_parameters_round_trip_with_infinities(tmp_path) -> None:  # type: ignor
     assert p.to_dict()["read_bandwidth"] is None
     assert Parameters.from_dict(json.loads(json.dumps(p.to_dict()))) == p
     path = tmp_path / "cal.json"
-    path.write_text(json.dumps({"schema": "mpistage.calibration/1", "parameters": p.to_dict()}))
+    path.write_text(json.dumps({"schema": "mpistage.staging.calibration/1", "parameters": p.to_dict()}))
     assert Parameters.load(path) == p
     path.write_text("{}")
     with pytest.raises(ValueError, match="not an mpistage calibration"):
@@ -162,7 +162,7 @@ def test_parameters_round_trip_with_infinities(tmp_path) -> None:  # type: ignor
 def test_link_fit_recovers_a_clean_link_and_never_returns_zero_or_infinity() -> None:
     """fit_link: exact on noiseless samples; on samples where noise hides the size term
     or the start-up term, positive and finite (direct readings, not a fitted 0 or ∞)."""
-    from mpistage.calibration import fit_link
+    from mpistage.staging.calibration import fit_link
     clean = [(s, 20e-6 + s / 1e9) for s in (1, 4096, 65536) for _ in range(2)]
     alpha, bandwidth = fit_link(clean)
     assert alpha == pytest.approx(20e-6) and bandwidth == pytest.approx(1e9)
@@ -284,7 +284,7 @@ def test_a_flat_link_bound_optimum_goes_to_the_largest_chunk_within_the_tie() ->
     """Link-bound (8 hosts at 100 Mbit/s, 64 MiB): 64 KiB-256 KiB predicted within 1 %, so
     the larger chunk (fewer messages, a choice the probe's noise does not flip); CPU-bound
     (one host, 1 GiB): the fastest, as the CPU term prices each message already."""
-    from mpistage.choice import CHUNK_CHOICES, CHUNK_TIE
+    from mpistage.model.choice import CHUNK_CHOICES, CHUNK_TIE
     from mpistage.model import bound, predict
 
     link = Parameters(latency=112e-6, bandwidth=12.3 * 2**20, read_bandwidth=1.4 * 2**30,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mpistage.errors import UsageError
-from mpistage.choice import BRACKET, choice_is_settled, choose
+from mpistage.model.choice import BRACKET, choice_is_settled, choose
 from mpistage.model import MODELLED, Parameters
-from mpistage.options import CALIBRATION_ENV, DEFAULT_MEMORY, StageOptions
+from mpistage.staging.options import CALIBRATION_ENV, DEFAULT_MEMORY, StageOptions
 
 
 def test_defaults_are_the_models_choice_within_the_budget() -> None:
@@ -69,7 +69,7 @@ def test_settled_means_every_bracketed_link_picks_the_same() -> None:
 def test_calibration_comes_from_the_option_then_the_environment(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     params = Parameters(latency=1e-5, bandwidth=1e9)
     path = tmp_path / "cal.json"
-    path.write_text('{"schema": "mpistage.calibration/1", "parameters": '
+    path.write_text('{"schema": "mpistage.staging.calibration/1", "parameters": '
                     '{"latency": 1e-05, "bandwidth": 1000000000.0}}')
     monkeypatch.delenv(CALIBRATION_ENV, raising=False)
     assert StageOptions().load_calibration() is None

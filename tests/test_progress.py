@@ -1,6 +1,6 @@
 import io
 
-from mpistage.progress import TerminalProgress
+from mpistage.cli.progress import TerminalProgress
 
 
 def test_silent_for_short_transfers() -> None:

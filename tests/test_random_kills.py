@@ -38,7 +38,7 @@ from mpistage.cluster import EmulatedCluster, teardown
 from mpistage.cluster import system
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
-from mpistage.sink import TEMP_SUFFIX
+from mpistage.sinks.file import TEMP_SUFFIX
 
 NAME = "mstkill"
 HOSTS = 6
@@ -118,7 +118,7 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
         # still promises: no partial file at a final path (checked above) and every temp
         # file left one that the next run's pre-flight removes (README: When a node dies).
         for host in range(HOSTS):
-            cluster.run(host, [sys.executable, "-c", "import sys; from mpistage.sink import "
+            cluster.run(host, [sys.executable, "-c", "import sys; from mpistage.sinks.file import "
                                "remove_stale_temps; remove_stale_temps(sys.argv[1])",
                                f"{cluster.scratch}/{src.name}"], check=True)
             temps = [p for p in os.listdir(cluster.scratch_dir(host)) if p.endswith(TEMP_SUFFIX)]
@@ -143,7 +143,7 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
         held = "was held inside one MPI call" in err
         # MPICH's OFI transport may turn the reset connection to the killed root into a
         # fatal error and then hold a survivor inside MPI for good: its watchdog ends it
-        # (mpistage.stuck), and if that is rank 1, its line replaces "lost the root".
+        # (mpistage.engine.stuck), and if that is rank 1, its line replaces "lost the root".
         assert held or f"lost the root, node 0 ({cluster.hostnames[0]})" in err, what
         for host in range(1, HOSTS):
             temps = [p for p in os.listdir(cluster.scratch_dir(host)) if p.endswith(TEMP_SUFFIX)]

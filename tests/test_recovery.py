@@ -1,4 +1,4 @@
-"""The pieces a re-formed run is made of (mpistage.recovery), without a cluster: a reader
+"""The pieces a re-formed run is made of (mpistage.engine.recovery), without a cluster: a reader
 that resumes, a copy read back, a writer that goes on, edges that carry only what the
 child lacks, and one send in flight per child.  Whole runs with a node killed or cut
 off are in tests/test_faults.py and tests/test_random_kills.py."""
@@ -14,17 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from mpistage.buffers import BufferPool, PhaseClock
+from mpistage.engine.buffers import BufferPool, PhaseClock
 from mpistage.digest import file_digest
-from mpistage.frames import framing_for
+from mpistage.engine.frames import framing_for
 from mpistage.plan import Plan, describe_source
-from mpistage.reformed import HeldChunks, Reformed
-from mpistage.pipeline import SENDS_IN_FLIGHT
-from mpistage.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
+from mpistage.engine.reformed import Reformed
+from mpistage.sources.held import HeldChunks
+from mpistage.engine.pipeline import SENDS_IN_FLIGHT
+from mpistage.engine.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
                                 Forward, KaryTreeSchedule, held_back)
-from mpistage.sink import Sink
-from mpistage.source import ChunkSource, FileSource
-from mpistage.writer import ChunkWriter
+from mpistage.sinks.file import Sink
+from mpistage.engine.reader import ChunkSource
+from mpistage.sources.source import FileSource
+from mpistage.engine.writer import ChunkWriter
 
 CHUNK = 4096
 

@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from mpistage.report import SCHEMA, NodeResult, RankRecord, StageReport
+from mpistage.staging.report import SCHEMA, NodeResult, RankRecord, StageReport
 
 
 def sample(ok: bool = True) -> StageReport:

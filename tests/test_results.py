@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpistage.results import ResultStore, run_key
+from mpistage.staging.results import ResultStore, run_key
 
 CONFIG = {"rate": "100mbit", "nodes": 8, "size": 64 << 20, "method": "mpistage",
           "algorithm": "chain", "chunk": 1 << 20, "arity": 2, "repeat": 0}

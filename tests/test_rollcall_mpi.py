@@ -1,4 +1,4 @@
-"""The roll call's signs of life under ``mpiexec -n 2`` (mpistage.rollcall).
+"""The roll call's signs of life under ``mpiexec -n 2`` (mpistage.engine.rollcall).
 
 Run with ``mpiexec -n 2 python -m pytest --only-mpi`` (or ``-n 4``: two ranks take part).
 """
@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 from mpi4py import MPI
 
-from mpistage.rollcall import RollCall, pulse_interval
-from mpistage.waiting import BACKGROUND
+from mpistage.engine.rollcall import RollCall, pulse_interval
+from mpistage.engine.waiting import BACKGROUND
 
 pytestmark = pytest.mark.mpi(min_size=2)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mpistage import sbcast
+from mpistage.cli import sbcast
 
 
 def command(argv: list[str], env: dict[str, str], family: str = "mpich",
@@ -52,7 +52,7 @@ def test_plugin_from_the_environment_and_mpiexec_without_srun(
 
 
 def test_outside_an_allocation_one_line_and_exit_2() -> None:
-    run = subprocess.run([sys.executable, "-m", "mpistage.sbcast", "in.dat", "/scratch"],
+    run = subprocess.run([sys.executable, "-m", "mpistage.cli.sbcast", "in.dat", "/scratch"],
                          capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")},
                          timeout=60)  # Open MPI's MPI_Init (a singleton) fails without HOME

@@ -7,8 +7,8 @@ from mpi4py import MPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpistage.algorithms import SCHEDULES
-from mpistage.schedules import (
+from mpistage.engine.algorithms import SCHEDULES
+from mpistage.engine.schedules import (
     Forward,
     held_back,
     binomial_children,
@@ -72,7 +72,7 @@ def test_mpi_broadcast_moves_a_chunk_in_pieces_from_8_ranks() -> None:
     tree of whole chunks below 8 ranks, scatter + allgather of chunk/N pieces from 8."""
     from types import SimpleNamespace
 
-    from mpistage.schedules import BcastSchedule, ChainSchedule
+    from mpistage.engine.schedules import BcastSchedule, ChainSchedule
 
     def on(size: int, kind: type) -> object:
         return kind(SimpleNamespace(rank=0, size=size), 0)

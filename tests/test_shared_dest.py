@@ -1,11 +1,11 @@
-"""Which nodes' copies would be one file (mpistage.shared_dest), without MPI."""
+"""Which nodes' copies would be one file (mpistage.staging.shared_dest), without MPI."""
 
 from __future__ import annotations
 
 import os
 
-from mpistage.preflight import NodeCheck
-from mpistage.shared_dest import describe, same_files
+from mpistage.staging.preflight import NodeCheck
+from mpistage.staging.shared_dest import describe, same_files
 
 
 def check(index: int, target: str, host: str = "h") -> NodeCheck:
@@ -30,7 +30,7 @@ def test_equal_numbers_on_two_machines_mean_nothing_markers_do() -> None:
 
 
 def test_a_directory_already_there_is_its_own_spot(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from mpistage.shared_dest import _Spot
+    from mpistage.staging.shared_dest import _Spot
 
     (tmp_path / "tree").mkdir()
     os.utime(tmp_path / "tree", ns=(5, 1_600_000_000_000_000_007))
@@ -61,8 +61,8 @@ def test_the_line_names_the_nodes_the_file_and_the_fix() -> None:
 
 def test_a_sharer_reads_the_writers_file_and_catches_a_wrong_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from mpistage.digest import file_digest
-    from mpistage.report import NodeResult
-    from mpistage.shared_dest import _check_in_place
+    from mpistage.staging.report import NodeResult
+    from mpistage.staging.shared_dest import _check_in_place
 
     path = tmp_path / "in.dat"
     path.write_bytes(b"the source")

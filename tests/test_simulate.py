@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mpistage import simulate as sim
+from mpistage.model import simulate as sim
 from mpistage.model import Parameters, predict
-from mpistage.model_cli import main, parse_rate, parse_seconds
-from mpistage.simulate import simulate
+from mpistage.model.command import main, parse_rate, parse_seconds
+from mpistage.model.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = Parameters(latency=20e-6, bandwidth=1.25e9)  # network-bound: R = W = ∞
@@ -26,7 +26,7 @@ def test_network_bound_simulation_matches_the_closed_form(algorithm: str, nodes:
     closed = predict(algorithm, size, nodes, chunk, NET)
     simulated = simulate(algorithm, size, nodes, chunk, NET)
     if algorithm == "bcast":
-        # The closed form is MPICH's Ibcast (mpistage.bcast_model, fitted to the sweep:
+        # The closed form is MPICH's Ibcast (mpistage.engine.bcast_model, fitted to the sweep:
         # median error 2 %); the simulator plays a chunk's tree one send after another
         # (its sends share the link in MPICH: the same bytes): within 10 %.  From 8
         # nodes it plays each chunk's scatter, then its allgather (ring, or recursive

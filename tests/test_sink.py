@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mpistage.digest import file_digest, new_digest
-from mpistage.sink import TEMP_SUFFIX, Sink
+from mpistage.sinks.file import TEMP_SUFFIX, Sink
 
 
 def digest_of(data: bytes) -> str:
@@ -117,7 +117,7 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     other_file = tmp_path / f".other.bin.{host}.{dead}.abc123{TEMP_SUFFIX}"
     for path in (stale, alive, elsewhere, other_file):
         path.write_bytes(b"partial")
-    from mpistage.sink import remove_stale_temps
+    from mpistage.sinks.file import remove_stale_temps
 
     assert remove_stale_temps(tmp_path / "out.bin") == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -128,7 +128,7 @@ def test_stale_temp_files_of_long_names_are_found_too(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from mpistage.sink import remove_stale_temps, temp_prefix
+    from mpistage.sinks.file import remove_stale_temps, temp_prefix
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True).stdout)

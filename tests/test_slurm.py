@@ -29,7 +29,7 @@ from mpistage.cluster import slurm as slurm_module
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.cluster.slurm import SlurmSettings
 from mpistage.digest import file_digest
-from mpistage.sbcast import SRUN_MPI_PLUGIN
+from mpistage.cli.sbcast import SRUN_MPI_PLUGIN
 
 NAME = "slmtest"
 TOP = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mpistage.buffers import BufferPool, PhaseClock
+from mpistage.engine.buffers import BufferPool, PhaseClock
 from mpistage.digest import file_digest
 from mpistage.plan import Plan, describe_source
-from mpistage.source import FileSource
+from mpistage.sources.source import FileSource
 
 
 def read_all(plan: Plan) -> tuple[FileSource, list[bytes]]:

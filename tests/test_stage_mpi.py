@@ -20,11 +20,11 @@ from mpi4py import MPI
 
 import mpistage
 from mpistage import UsageError
-from mpistage import decide as decide_module
-from mpistage.choice import TIE
-from mpistage.options import DEFAULT_MEMORY
+from mpistage.model import decide as decide_module
+from mpistage.model.choice import TIE
+from mpistage.staging.options import DEFAULT_MEMORY
 from mpistage.digest import file_digest
-from mpistage.sink import TEMP_SUFFIX
+from mpistage.sinks.file import TEMP_SUFFIX
 
 COMM = MPI.COMM_WORLD
 CHUNK = 64 << 10

@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpistage import codec
-from mpistage.codec import CodecCost
+from mpistage.engine import codec
+from mpistage.engine.codec import CodecCost
 from mpistage.errors import UsageError
-from mpistage.frames import HEADER, LAST, Bare, Framed, decode, framing_for
-from mpistage.choice import choose
+from mpistage.engine.frames import HEADER, LAST, Bare, Framed, decode, framing_for
+from mpistage.model.choice import choose
 from mpistage.model import Parameters, predict
-from mpistage.options import StageOptions
+from mpistage.staging.options import StageOptions
 from mpistage.plan import Plan, SourceInfo, resolve_dest
-from mpistage.sampling import PIECE, codec_costs, sample_file, sample_stream
-from mpistage.streams import StreamInput, describe_stream
+from mpistage.sources.sampling import PIECE, codec_costs, sample_file, sample_stream
+from mpistage.sources.streams import StreamInput, describe_stream
 
 SLOW = Parameters(latency=100e-6, bandwidth=12.5e6)  # 100 Mbit/s
 FAST = Parameters(latency=2e-6, bandwidth=12.5e9)    # 100 Gbit/s

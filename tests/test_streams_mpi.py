@@ -13,8 +13,8 @@ from mpi4py import MPI
 
 import mpistage
 from mpistage import UsageError
-from mpistage.sink import TEMP_SUFFIX
-from mpistage.streams import FromCommand
+from mpistage.sinks.file import TEMP_SUFFIX
+from mpistage.sources.streams import FromCommand
 
 COMM = MPI.COMM_WORLD
 CHUNK = 16 << 10

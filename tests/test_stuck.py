@@ -1,4 +1,4 @@
-"""The watchdog that ends a rank MPI holds for good (mpistage.stuck): it judges only the
+"""The watchdog that ends a rank MPI holds for good (mpistage.engine.stuck): it judges only the
 polled region, and only a main thread that stopped coming back."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from mpistage import stuck, waiting
+from mpistage.engine import stuck
+from mpistage.engine import waiting
 
 
 def watched(limit: float, body) -> list[float]:  # type: ignore[no-untyped-def]
@@ -63,7 +64,7 @@ def test_the_commands_policy_ends_the_process_with_one_line(tmp_path) -> None:  
     import subprocess
     import sys
     script = ("import time\n"
-              "from mpistage import stuck\n"
+              "from mpistage.engine import stuck\n"
               "with stuck.Watchdog(0.3, stuck.leave(0)), stuck.polled():\n"
               "    time.sleep(30)  # as a rank held inside one MPI call\n")
     started = time.monotonic()
@@ -78,7 +79,7 @@ def test_the_commands_policy_ends_the_process_with_one_line(tmp_path) -> None:  
 def test_a_process_that_was_stopped_is_not_judged_stuck_on_waking(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """SIGSTOP stops every thread: on SIGCONT the gap is the whole process's, not one MPI
     call's, and the main thread gets a new chance (a frozen node that wakes goes on as
-    mpistage.recovery says).  The stop is played by a clock that jumps 5 s while the
+    mpistage.engine.recovery says).  The stop is played by a clock that jumps 5 s while the
     main thread is, for 0.3 s, not back from a call (the limit is 0.4 s)."""
     import types
 
@@ -99,8 +100,8 @@ def test_a_process_that_was_stopped_is_not_judged_stuck_on_waking(monkeypatch) -
 
 def test_following_a_slow_writer_is_not_being_stuck() -> None:
     """The end of a transfer waits for this node's writes as long as they progress
-    (mpistage.liveness.follow): that wait comes back at every look."""
-    from mpistage.liveness import follow
+    (mpistage.engine.liveness.follow): that wait comes back at every look."""
+    from mpistage.engine.liveness import follow
 
     done = [0]
 

@@ -1,4 +1,4 @@
-from mpistage.topology import host_sort_key
+from mpistage.staging.topology import host_sort_key
 
 
 def test_hosts_sort_naturally() -> None:

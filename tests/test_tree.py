@@ -14,14 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpistage import UsageError
-from mpistage.buffers import BufferPool, PhaseClock
-from mpistage.manifest import (DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, read_list,
+from mpistage.engine.buffers import BufferPool, PhaseClock
+from mpistage.sources.manifest import (DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, read_list,
                                walk, walk_list)
 from mpistage.plan import Plan, SourceInfo
-from mpistage.treecheck import _Local, _root_digests, resolve_tops, top_entries
-from mpistage.treecopy import TreeCopy
-from mpistage.treesink import TreeSink
-from mpistage.treesource import TreeSource
+from mpistage.staging.treecheck import _Local, _root_digests, resolve_tops, top_entries
+from mpistage.staging.treecopy import TreeCopy
+from mpistage.sinks.tree import TreeSink
+from mpistage.sources.tree import TreeSource
 
 MTIME = 1_600_000_000_123_456_789
 
@@ -368,8 +368,8 @@ def test_any_tree_any_chunk_any_prior_state(tmp_path_factory: pytest.TempPathFac
 
 def test_preflight_counts_inodes_as_well_as_bytes(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from mpistage.preflight import NodeCheck
-    from mpistage.treecheck import _count_needs
+    from mpistage.staging.preflight import NodeCheck
+    from mpistage.staging.treecheck import _count_needs
 
     data = make_tree(tmp_path / "src")
     dest = tmp_path / "dest"

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from mpistage.choice import choose
+from mpistage.model.choice import choose
 from mpistage.model import Parameters, predict, shape
-from mpistage.schedules import Forward
-from mpistage.twotree import (TREES, TwoTreeSchedule, tree_of, twotree_children, twotree_fill,
+from mpistage.engine.schedules import Forward
+from mpistage.engine.twotree import (TREES, TwoTreeSchedule, tree_of, twotree_children, twotree_fill,
                               twotree_parent)
 
 
@@ -103,7 +103,7 @@ def test_the_memory_budget_holds_the_buffers_twotree_needs() -> None:
     """Twotree keeps up to its fill of chunks waiting per node (buffers_needed, more at
     more nodes): auto's chunk shrinks to fit --memory, a fixed chunk that cannot is
     left out of auto's choice (and refused when asked for: tests/test_cli.py)."""
-    from mpistage.choice import fits
+    from mpistage.model.choice import fits
 
     need = TwoTreeSchedule.buffers_needed(1024)
     assert need == 22 and TwoTreeSchedule.buffers_needed(2) == 4

@@ -8,7 +8,7 @@ import time
 import pytest
 from mpi4py import MPI
 
-from mpistage import waiting
+from mpistage.engine import waiting
 
 
 def _completes_after(seconds: float) -> MPI.Request:
@@ -66,7 +66,7 @@ def test_pace_follows_recent_waits() -> None:
 def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_a_collectives_eighth() -> None:
     """MPI over TCP moves data only inside MPI calls: pauses are bounded by bytes on the
     link (pipeline.longest_pause), by the plan's link rate and by the pace of chunks."""
-    from mpistage.pipeline import SLEEP_BYTES, longest_pause
+    from mpistage.engine.pipeline import SLEEP_BYTES, longest_pause
 
     rate = 100e6 / 8  # 100 Mbit/s
     chunk = 1 << 20

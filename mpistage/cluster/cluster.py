@@ -339,7 +339,7 @@ class EmulatedCluster:
         else:
             launch = [mpiexec, "-launcher", "ssh", "-launcher-exec", str(self.launcher),
                       "-hosts", ",".join(names)]
-        if keep_going:  # the others go on when one rank dies (mpistage.recovery)
+        if keep_going:  # the others go on when one rank dies (mpistage.engine.recovery)
             launch += mpi_library.keep_going_options()
         return self.command(0, [*launch, *mpi_library.ranks_per_node_options(ppn),
                                 "-n", str(ppn * len(names)), *argv])

@@ -5,7 +5,7 @@
 
 Rank 0 sends S bytes in chunks to rank 1, which forwards each chunk to rank 2 as it
 arrives, and so on: the same non-blocking ``Irecv``/``Isend`` and the same polling
-(:mod:`mpistage.waiting`) as mpistage's chain, but no file, no digest, no writer thread
+(:mod:`mpistage.engine.waiting`) as mpistage's chain, but no file, no digest, no writer thread
 and no checks.  Set beside a plain TCP relay (:mod:`mpistage.cluster.relay`) and
 mpistage itself, a middle rank's CPU shows how much of mpistage's cost is MPI's.  Prints
 the seconds from the first send to the last rank's last byte, on rank 0.
@@ -26,7 +26,7 @@ import time
 from mpi4py import MPI
 
 from ..units import parse_size
-from ..waiting import Pace, poll
+from ..engine.waiting import Pace, poll
 
 DEPTH = 4
 TAG = 7301

@@ -1,5 +1,5 @@
 """The cost model: predicted staging time from measured parameters (the choice made
-with it is :mod:`mpistage.choice`'s).
+with it is :mod:`mpistage.model.choice`'s).
 
 Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
 
@@ -14,7 +14,7 @@ Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
   (LogGP's ``o``: MPI's call and the engine's work around it) and the bytes/s its CPU
   carries per message end (MPI's copy, its part of the digest and of the write);
 * ``share`` s — the transfer's ranks per core on the most crowded machine (found at run
-  time from the kernels' boot ids, :mod:`mpistage.cores`).
+  time from the kernels' boot ids, :mod:`mpistage.model.cores`).
 
 Every algorithm is pipelined by chunks of ``c`` bytes, ``m = ceil(S / c)`` of them.  One
 hop of one chunk costs ``α + c/B``.  The pipeline advances one *step* per chunk at the
@@ -38,7 +38,7 @@ overlap rather than add: one host, 1 GiB to 2 ranks, measured 0.85-1.13 s at 1 M
 where the CPU needs ~1.0 s and the wire 0.2 s; 8 hosts at 1 Gbit/s, 256 MiB in 512 KiB
 chunks, 2.26 s where each term alone needs 2.2 s (added, 4.3 s).
 
-Compressed (``--compress``, :mod:`mpistage.codec`), a chunk of ``c`` source bytes travels
+Compressed (``--compress``, :mod:`mpistage.engine.codec`), a chunk of ``c`` source bytes travels
 as ``r·c`` bytes (``r`` the ratio measured on a sample of the source), the root encodes it
 after reading it (``c/E``, in the same thread) and each node decodes it before writing
 (``c/D``): ``α + r·c/B`` per hop, ``c/R + c/E`` and ``c/W + c/D`` as the local stages.
@@ -58,17 +58,17 @@ twotree    1 (see below)             2·h + 1, h = ⌊log2(N − 1)⌋ the heaps
 flat       N − 1                     N − 1
 =========  ========================  ===============================================
 
-``twotree`` (:mod:`mpistage.twotree`) sends even chunks down one binary tree and odd
+``twotree`` (:mod:`mpistage.engine.twotree`) sends even chunks down one binary tree and odd
 ones down another in which every interior node of the first is a leaf: a node sends
 two chunks for every two it receives, the root one per chunk, so the pipeline steps at
 one hop per chunk (a chain's bandwidth), while the first chunk reaches the last node
 after two hops per level (a tree's depth).  It assumes full-duplex links and that a
 node's two parents do not slow each other down (where both send to it at once, one
-message waits on its downlink while its sender goes on: :mod:`mpistage.simulate` plays
+message waits on its downlink while its sender goes on: :mod:`mpistage.model.simulate` plays
 that out and agrees within 1.5 % at every N).
 
 ``bcast`` is MPI's own broadcast of each chunk, ``MPI_Ibcast``, several in flight, as
-MPICH 5.0.2 runs it (:mod:`mpistage.bcast_model`: a binomial tree below 8 ranks, a
+MPICH 5.0.2 runs it (:mod:`mpistage.engine.bcast_model`: a binomial tree below 8 ranks, a
 scatter and an allgather from 8): the first chunk's latency ``F_b`` (its longest path),
 then one chunk per step of the busiest node's ``n_b`` messages and ``s_b`` bytes (the
 root's ⌈log2 N⌉ copies in the tree; ``2·(N−1)/N · c`` with the scatter, in 2⌈log2 N⌉
@@ -90,7 +90,7 @@ granularity of the socket buffer; here the granularity is the chunk.  So Ka's ch
 
 The optimal chunk balances the ``m`` steps (fewer with big chunks) against the fill
 (shorter with small chunks): for the network-bound chain,
-``c* = sqrt(S·α·B / (N − 2))``.  :func:`mpistage.choice.optimal_chunk` finds it numerically for every
+``c* = sqrt(S·α·B / (N − 2))``.  :func:`mpistage.model.choice.optimal_chunk` finds it numerically for every
 algorithm, among powers of two.
 """
 
@@ -100,14 +100,14 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from .. import bcast_model
-from ..algorithms import SCHEDULES
-from ..codec import CodecCost
+from ..engine import bcast_model
+from ..engine.algorithms import SCHEDULES
+from ..engine.codec import CodecCost
 
 #: Algorithms the model predicts (the names of the schedules).
 MODELLED: tuple[str, ...] = tuple(SCHEDULES)
 
-SCHEMA = "mpistage.calibration/1"
+SCHEMA = "mpistage.staging.calibration/1"
 
 #: Bytes/s a node reads or writes where not calibrated (the quick probe measures the
 #: link only): this machine's page cache and tmpfs through mpistage's reader and writer
@@ -193,7 +193,7 @@ class Parameters:
 def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
     """``(fan_out, fill)`` of a point-to-point schedule: the busiest sender's children,
     and the hops before the first chunk reaches the last node (from the schedule's own
-    parent and children, :meth:`mpistage.schedules.Schedule.shape`)."""
+    parent and children, :meth:`mpistage.engine.schedules.Schedule.shape`)."""
     schedule = SCHEDULES.get(algorithm)
     if schedule is None or not schedule.point_to_point:
         raise ValueError(f"no shape for algorithm {algorithm!r}")

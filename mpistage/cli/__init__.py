@@ -1,0 +1,1 @@
+"""The commands: ``mpistage``, ``mpistage calibrate`` and ``mpistage-sbcast``, each parsing its arguments and calling the library."""

@@ -1,0 +1,214 @@
+"""This node's own copy: a thread that writes chunks to the sink in order.
+
+The writer digests what it wrote, so the node's copy is checked against the source's
+digest at the end.  A write that fails (disk full, EIO) ends this node's copy but not
+the transfer: the writer keeps draining, so buffers return to the pool and the node
+goes on forwarding.  A write that hangs (a dead disk, a hung file server) is given up on
+by the engine (:meth:`ChunkWriter.abandon`) for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from .. import faults
+from .buffers import Buffer, BufferPool, PhaseClock, pieces
+from .codec import IDENTITY, Codec
+from ..digest import new_digest
+from ..errors import Stalled
+from .frames import HEADER, Framing, decode
+from .liveness import follow
+from ..plan import Plan
+
+
+log = logging.getLogger("mpistage.engine.writer")
+
+
+class CopySink(Protocol):
+    """All the engine knows of where a node's copy goes (:mod:`mpistage.sinks`: a file,
+    a tree, a command's input): a new sink needs no change here."""
+
+    #: How messages name the copy's place (a path, or "the input of 'CMD'").
+    final_path: object
+    #: Bytes taken so far: a watchdog that sees it stand still knows a write hangs.
+    progress: int
+
+    def write(self, data: memoryview) -> None:
+        """Take the next bytes of the copy (raises ``OSError`` where it cannot)."""
+
+    def discard(self) -> None:
+        """Give the copy up: nothing of it stays (callable at any time, repeatedly)."""
+
+
+class ChunkWriter:
+    """Writes chunks handed over by :meth:`put` (call :meth:`start` once).
+
+    Attributes:
+        digest: hex xxh3-128 of what was written, once all of it was written cleanly
+            (``None`` without ``digests``: the root's buffers are the source's, already
+            digested by the reader; hashing them again would prove nothing).
+        error: why this node's copy failed (``None`` while it has not).
+        abandoned: the copy was given up; chunks are no longer taken.
+        held: chunks ``0 .. held - 1`` are written cleanly (a run re-formed after a lost
+            node resumes this node's copy from there: :mod:`mpistage.engine.recovery`).
+    """
+
+    def __init__(self, plan: Plan, sink: CopySink | None, pool: BufferPool,
+                 clock: PhaseClock, framing: Framing,
+                 *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False) -> None:
+        """
+        Args:
+            framing: what the messages hold (:mod:`mpistage.engine.frames`).
+            codec: decodes what travelled encoded (this thread's own).
+            corrupt: test hook: flip a byte of the first chunk before writing it (of
+                its encoded bytes, where it travelled encoded).
+        """
+        self.plan = plan
+        self.framing = framing
+        self.sink = sink
+        self.pool = pool
+        self.clock = clock
+        self.codec = codec
+        self.corrupt = corrupt
+        self.digest: str | None = None
+        self.error: str | None = None
+        self.abandoned = False
+        self.held = 0
+        self._digest = new_digest() if digests else None
+        self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._writing_since: float | None = None  # when the current write began
+        self._chunks_done = 0
+        self._thread = threading.Thread(target=self._write_all, name="mpistage-writer",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def resume(self, pool: BufferPool) -> None:
+        """Take chunks again, from buffers of ``pool``, once the previous writes ended
+        (:meth:`finish`): the same sink and the same running digest, so the copy goes on
+        where it stopped.  Call :meth:`start` next."""
+        assert not self._thread.is_alive(), "resume after the writes ended"
+        self.pool = pool
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_all, name="mpistage-writer",
+                                        daemon=True)
+
+    def put(self, k: int, index: int) -> None:
+        """Write chunk ``k``, held in buffer ``index``; the buffer is released after."""
+        self._queue.put((k, index))
+
+    def stuck(self, after: float) -> bool:
+        """Whether one write has gone on for ``after`` seconds (each is one piece, 1 MiB)."""
+        since = self._writing_since
+        return since is not None and not self.abandoned and time.monotonic() - since >= after
+
+    @property
+    def busy(self) -> bool:
+        """Inside a write now."""
+        return self._writing_since is not None
+
+    def abandon(self, stuck_for: float) -> None:
+        """Give up this node's copy, not the transfer: chunks are no longer taken and the
+        buffers of those already queued come back.  The stuck write keeps its buffer."""
+        self.abandoned = True
+        if self.error is None:
+            where = self.sink.final_path if self.sink is not None else "the copy"
+            hint = getattr(self.sink, "stuck_hint", "a hung disk or file server?")
+            self.error = (f"writing {where} made no progress for {stuck_for:g} s ({hint}); "
+                          "this node went on forwarding to the others")
+        log.debug("%s", self.error)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:  # the end marker: leave it for the thread
+                self._queue.put(None)
+                return
+            self.pool.release(item[1])
+
+    def finish(self, timeout: float, heartbeat: Callable[[Hashable], None]) -> None:
+        """No more chunks: wait for the last writes as long as they make progress (each
+        change goes to ``heartbeat``); a write that stands still for ``timeout`` seconds
+        abandons the copy."""
+        self.close()
+        if self.abandoned:
+            return
+        try:
+            follow(self._thread, self._progress, timeout=timeout, heartbeat=heartbeat,
+                   what="writing")
+        except Stalled:
+            self.abandon(timeout)
+
+    def close(self) -> None:
+        """Let the thread end once the queued chunks are written (idempotent)."""
+        self._queue.put(None)
+
+    def _progress(self) -> tuple[int, int]:
+        return self._chunks_done, self.sink.progress if self.sink is not None else 0
+
+    def _write_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            k, index = item
+            try:
+                if not self.abandoned and self.error is None:
+                    self._write_chunk(k, self._decoded(k, self.pool.buffers[index]))
+                    if self.error is None and not self.abandoned:
+                        self.held = k + 1
+                self._chunks_done += 1
+            finally:
+                self.pool.release(index)
+        if self.error is None and self._digest is not None:
+            self.digest = self._digest.hexdigest()
+
+    def _decoded(self, k: int, buffer: Buffer) -> Buffer:
+        """Chunk ``k``'s source bytes (decoded where they travelled encoded); an empty
+        view, and :attr:`error` set, if the chunk arrived damaged."""
+        framing, codec = self.framing, self.codec
+        if self.corrupt and k == 0:  # a copy: the forwarded bytes stay intact
+            payload, encoded = framing.payload(buffer, k)
+            damaged = memoryview(bytearray(buffer))
+            where = HEADER.size if framing.framed else 0  # the payload's offset
+            damaged[where: where + len(payload)] = faults.flipped(payload, last=encoded)
+            buffer = damaged
+        started = time.perf_counter()
+        try:
+            return memoryview(decode(framing, codec, buffer, k))
+        except ValueError as exc:
+            self.error = f"chunk {k} arrived damaged: {exc}"
+            if self.sink is not None:
+                self.sink.discard()
+            return memoryview(b"")
+        finally:
+            self.clock.add("decode", time.perf_counter() - started)
+
+    def _write_chunk(self, k: int, view: Buffer) -> None:
+        for piece in pieces(view):  # each digested while the write left it in the cache
+            self._write_piece(k, piece)
+            if self._digest is not None and self.error is None:
+                started = time.perf_counter()
+                self._digest.update(piece)
+                self.clock.add("digest", time.perf_counter() - started)
+
+    def _write_piece(self, k: int, piece: Buffer) -> None:
+        sink = self.sink
+        if sink is None or self.error is not None:
+            return
+        started = time.perf_counter()
+        self._writing_since = time.monotonic()
+        try:
+            sink.write(piece)
+        except OSError as exc:
+            if self.error is None:
+                self.error = f"write to {sink.final_path} failed: {exc}"
+            log.debug("write failed on chunk %d: %s", k, exc)
+            sink.discard()
+        finally:
+            self._writing_since = None
+        self.clock.add("write", time.perf_counter() - started)

@@ -1,0 +1,447 @@
+"""A node's copy of a tree: built beside the destination, put in place all at once.
+
+Each top-level entry that differs on this node (a source directory, file or symlink, or
+the first component of a ``--files-from`` path) is built under a private temp name
+beside its final path (``.NAME.HOST.PID.XXXXXXXX.mpistage-tmp``, made with ``mkdtemp``,
+so nothing planted in the destination can redirect a write): directories and symlinks
+first, then each file as its bytes pass in the stream, checked against the digest that
+follows it.  At the commit the files this node already had are hard-linked in (no bytes
+moved), what stood at the destination but is not in the source is carried over too
+(``cp`` keeps it; ``--delete`` leaves it out), directory modes and mtimes are set, and
+the built entry replaces the old one in one step: ``rename`` where nothing stood,
+``renameat2(RENAME_EXCHANGE)`` where a tree did (then the old tree, now under the temp
+name, is removed).  A job thus sees the old tree or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import interrupt
+from ..digest import file_digest, new_digest
+from ..sources.manifest import DIRECTORY, SYMLINK, TRAILER, Manifest, stream_files
+from .file import TEMP_SUFFIX, copy_mode, current_umask, directory_mode, temp_prefix
+
+log = logging.getLogger("mpistage.sinks.tree")
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@dataclass
+class NodeTree:
+    """What this node found at its destination (see :mod:`mpistage.staging.treecheck`).
+
+    Attributes:
+        finals: per top-level name, its final path on this node.
+        changed: top-level names whose entry differs here (rebuilt and replaced).
+        wants: per entry, 1 where this node needs the file's bytes.
+        have_inodes: per entry, the inode of this node's up-to-date copy (0 if none).
+        fix_meta: per entry, 1 where an up-to-date file's mode or mtime differs.
+    """
+
+    finals: dict[bytes, Path]
+    changed: set[bytes]
+    wants: bytearray
+    have_inodes: array
+    fix_meta: bytearray
+
+    def final_of(self, path: bytes) -> bytes:
+        """Where entry ``path`` stands at the destination (bytes: a path per file, and
+        pathlib would cost more than the system call)."""
+        top, _, rest = path.partition(b"/")
+        final = os.fsencode(self.finals[top])
+        return final + b"/" + rest if rest else final
+
+
+def exchange(first: Path, second: Path) -> None:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Raises:
+        OSError: the file system cannot (``EINVAL`` on NFS, for one) or another error.
+    """
+    import ctypes  # ~7 ms to import: only a tree that replaces an old one pays
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                 _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(second))
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or whole directory, never following a symlink."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+            if os.path.lexists(path):  # something was being created meanwhile
+                shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+class TreeSink:
+    """Receives a tree's stream in order and puts the tree in place when asked.
+
+    Used as :class:`mpistage.sinks.file.Sink` is: one writer thread calls :meth:`write`, then
+    one thread :meth:`commit`; :meth:`discard` at any time removes everything built.
+
+    Attributes:
+        error: why this node's copy failed (a file's digest differed), or ``None``.
+        files_written: files of the stream this node wrote and verified.
+    """
+
+    def __init__(self, manifest: Manifest, needed: bytearray, tree: NodeTree, *,
+                 fsync: bool = False, remove_first: bool = False, verify: bool = False,
+                 delete: bool = False) -> None:
+        """
+        Args:
+            needed: per entry, 1 where the file is in the stream (some node lacks it).
+            delete: leave out what stands at the destination but is not in the source.
+        """
+        self.manifest = manifest
+        self.tree = tree
+        self.fsync = fsync
+        self.delete = delete
+        self.remove_first = remove_first
+        self.final_path = next(iter(tree.finals.values())).parent
+        self.bytes_written = 0
+        self.progress = 0
+        self.files_written = 0
+        self.error: str | None = None
+        self.timings: dict[str, float] = {}
+        self.temps: dict[bytes, Path] = {}
+        self._temp_names: dict[bytes, bytes] = {}  # the same, encoded
+        self._top_fds: dict[bytes, int] = {}  # top-level files' temp files, open
+        self._digests = {} if verify else None  # entry -> digest written, for --verify
+        self._files = stream_files(manifest, needed)
+        self._index = -1
+        self._fd = -1
+        self._left = 0          # bytes of the current file still to come
+        self._digest = new_digest()
+        self._trailer = bytearray()
+        self._write_some = os.write  # a test fault may make it hang (mpistage.faults)
+        self._umask = current_umask()
+        try:
+            self._build_skeleton()
+        except BaseException:  # nothing half-built stays behind (a full disk, a signal)
+            self.discard()
+            raise
+
+    # -- before the stream: the temp entries, directories and symlinks ----------------------
+
+    def _path_of(self, path: bytes) -> bytes:
+        """Where entry ``path`` is built: under its top-level entry's temp name."""
+        top, _, rest = path.partition(b"/")
+        temp = self._temp_names[top]
+        return temp + b"/" + rest if rest else temp
+
+    def _build_skeleton(self) -> None:
+        manifest, tree = self.manifest, self.tree
+        tops = {manifest.path(index): index for index in manifest.top_indices()}
+        for top in sorted(tree.changed):
+            final = tree.finals[top]
+            prefix = temp_prefix(final.name, os.getpid())
+            index = tops[top]
+            kind = manifest.kinds[index]
+            if kind == DIRECTORY:
+                temp = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=final.parent))
+            else:  # a file's or a symlink's temp name, made exclusively
+                fd, name = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=final.parent)
+                temp = Path(name)
+                if kind == SYMLINK:
+                    os.close(fd)
+                    os.unlink(temp)
+                    os.symlink(manifest.link(index), temp)
+                else:
+                    self._top_fds[top] = fd  # the stream's bytes for it go here
+            self.temps[top] = temp
+            self._temp_names[top] = os.fsencode(temp)
+            interrupt.register_temp_file(temp)
+        for index in range(len(manifest)):
+            kind = manifest.kinds[index]
+            path = manifest.path(index)
+            if b"/" not in path or path.split(b"/", 1)[0] not in tree.changed:
+                continue
+            if kind == DIRECTORY:
+                os.mkdir(self._path_of(path), 0o700)
+            elif kind == SYMLINK:
+                os.symlink(manifest.link(index), self._path_of(path))
+
+    # -- the stream -----------------------------------------------------------------------
+
+    def write(self, data: memoryview) -> None:
+        """Take the next bytes of the stream; raises ``OSError`` as the kernel reports."""
+        view = memoryview(data).cast("B")
+        position, end = 0, len(view)
+        while position < end:
+            if self._index < 0 or (self._left == 0 and len(self._trailer) == TRAILER):
+                self._next_file()
+            if self._left:
+                count = min(self._left, end - position)
+                if self._fd >= 0:
+                    self._write_file(view[position:position + count])
+                self._left -= count
+            else:
+                count = min(TRAILER - len(self._trailer), end - position)
+                self._trailer += view[position:position + count]
+                if len(self._trailer) == TRAILER:
+                    self._end_file()
+            position += count
+
+    def _next_file(self) -> None:
+        index = next(self._files)
+        self._index, self._left = index, self.manifest.sizes[index]
+        self._trailer = bytearray()
+        self._digest = new_digest()
+        if self.tree.wants[index] and self.error is None:
+            path = self.manifest.path(index)
+            if self.remove_first:
+                self._remove_old(path)
+            if b"/" in path:  # created with its final mode (a new file is writable anyway)
+                self._fd = os.open(self._path_of(path), _CREATE,
+                                   copy_mode(self.manifest.modes[index], self._umask))
+            else:
+                self._fd = self._top_fds.pop(path)
+                os.fchmod(self._fd, copy_mode(self.manifest.modes[index], self._umask))
+        else:
+            self._fd = -1
+
+    def _write_file(self, view: memoryview) -> None:
+        self._digest.update(view)
+        while view:
+            written = self._write_some(self._fd, view)
+            self.bytes_written += written
+            self.progress += written
+            view = view[written:]
+
+    def _end_file(self) -> None:
+        if self._fd < 0:
+            return
+        index, fd = self._index, self._fd
+        self._fd = -1
+        try:
+            digest = self._digest.digest()
+            if digest != self._trailer:
+                if self.error is None:
+                    self.error = (f"digest mismatch on {os.fsdecode(self.manifest.path(index))}:"
+                                  f" wrote {digest.hex()}, source {self._trailer.hex()}")
+                return
+            if self.fsync:
+                os.fsync(fd)
+            mtime = self.manifest.mtimes[index]
+            os.utime(fd, ns=(time.time_ns(), mtime))
+            self.files_written += 1
+            if self._digests is not None:
+                self._digests[index] = digest.hex()
+        finally:
+            os.close(fd)
+
+    def _remove_old(self, path: bytes) -> None:
+        """``--remove-first``: delete the outdated copy before its replacement is written."""
+        try:
+            old = self.tree.final_of(path)
+            if stat.S_ISREG(os.lstat(old).st_mode):
+                os.unlink(old)
+        except OSError:
+            pass
+
+    def finished(self) -> bool:
+        """Whether the whole stream arrived: every file and its digest."""
+        return self._left == 0 and (self._index < 0 or len(self._trailer) == TRAILER) and \
+            next(self._files, None) is None
+
+    # -- the commit -----------------------------------------------------------------------
+
+    def commit(self, *, fsync: bool = False, verify: bool = False) -> None:
+        """Link in what this node had, carry over what the destination held, set the
+        directories' modes and mtimes, then replace each changed top-level entry.
+
+        Raises:
+            OSError: a step failed (everything built is removed first).
+            ValueError: a re-read (``verify``) differs.
+            mpistage.interrupt.Interrupted: a signal came before the replacement.
+        """
+        try:
+            if verify and self._digests is not None:
+                started = time.perf_counter()
+                for index, digest in self._digests.items():
+                    on_disk = file_digest(self._path_of(self.manifest.path(index)),
+                                          progress=self._advance)
+                    if on_disk != digest:
+                        raise ValueError(f"re-read of {os.fsdecode(self.manifest.path(index))}"
+                                         f" gave digest {on_disk}, expected {digest}")
+                self.timings["verify"] = time.perf_counter() - started
+            started = time.perf_counter()
+            self._link_unchanged()
+            self._set_directories()
+            self._replace_tops(fsync)
+            self.timings["rename"] = time.perf_counter() - started
+        except BaseException:
+            self.discard()
+            raise
+
+    def _advance(self, count: int) -> None:
+        self.progress += count
+
+    def _link_unchanged(self) -> None:
+        """Hard-link the files this node already had into the new tree, then carry over
+        what stood at the destination but is not in the source (unless ``--delete``)."""
+        manifest, tree = self.manifest, self.tree
+        for index in manifest.files():
+            path = manifest.path(index)
+            if (tree.wants[index] or b"/" not in path
+                    or path.split(b"/", 1)[0] not in tree.changed):
+                continue
+            built = self._path_of(path)
+            _link_or_copy(tree.final_of(path), built)
+            if os.lstat(built).st_ino != tree.have_inodes[index]:
+                raise OSError(errno.ESTALE,
+                              f"{os.fsdecode(tree.final_of(path))} changed during the run")
+            if tree.fix_meta[index]:  # the inode just checked: a regular file of ours
+                os.chmod(built, copy_mode(manifest.modes[index], self._umask))
+                os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]))
+            self.progress += 1
+        if not self.delete:
+            for top in tree.changed:
+                final = tree.finals[top]
+                if is_real_dir(final) and is_real_dir(self.temps[top]):
+                    self._carry_over(final, self.temps[top])
+
+    def _carry_over(self, old: Path, new: Path) -> None:
+        """Whatever is in ``old`` but not in ``new``, linked (files) or re-made (the rest)."""
+        with os.scandir(old) as entries:
+            for entry in entries:
+                built = new / entry.name
+                try:
+                    mine = os.lstat(built)
+                except FileNotFoundError:
+                    mine = None
+                if entry.is_dir(follow_symlinks=False):
+                    if mine is None:
+                        before = entry.stat(follow_symlinks=False)
+                        os.mkdir(built, 0o700)
+                        self._carry_over(Path(entry.path), built)
+                        os.chmod(built, stat.S_IMODE(before.st_mode))
+                        os.utime(built, ns=(before.st_atime_ns, before.st_mtime_ns))
+                    elif stat.S_ISDIR(mine.st_mode):
+                        self._carry_over(Path(entry.path), built)
+                elif mine is None:
+                    _link_or_copy(Path(entry.path), built)
+                self.progress += 1
+
+    def _set_directories(self) -> None:
+        """Directory modes and mtimes, deepest first (a change inside sets its mtime)."""
+        manifest = self.manifest
+        for index in range(len(manifest) - 1, -1, -1):
+            if manifest.kinds[index] != DIRECTORY:
+                continue
+            path = manifest.path(index)
+            if path.split(b"/", 1)[0] not in self.tree.changed:
+                continue
+            built = self._path_of(path)
+            if self.fsync:  # its entries, so that after a crash the tree holds its files
+                _fsync_directory(built)
+            os.chmod(built, directory_mode(manifest.modes[index], self._umask))
+            os.utime(built, ns=(time.time_ns(), manifest.mtimes[index]))
+        for index in range(len(manifest)):
+            if manifest.kinds[index] == SYMLINK:
+                path = manifest.path(index)
+                if path.split(b"/", 1)[0] in self.tree.changed:
+                    os.utime(self._path_of(path), ns=(time.time_ns(), manifest.mtimes[index]),
+                             follow_symlinks=False)
+
+    def _replace_tops(self, fsync: bool) -> None:
+        """Each changed top-level entry replaces the old one in one step."""
+        parents = set()
+        for top in sorted(self.tree.changed):
+            temp, final = self.temps[top], self.tree.finals[top]
+            with interrupt.renaming(temp):
+                if os.path.lexists(final) and stat.S_ISDIR(os.lstat(temp).st_mode):
+                    try:
+                        exchange(temp, final)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                            raise
+                        _move_aside_and_rename(temp, final)
+                    else:
+                        remove_path(temp)  # now the old entry
+                else:
+                    os.rename(temp, final)
+                del self.temps[top]
+            parents.add(final.parent)
+        if fsync:
+            for parent in parents:
+                _fsync_directory(parent)
+
+    def discard(self) -> None:
+        """Remove everything built that is not in place (idempotent)."""
+        for top in list(self._top_fds):
+            os.close(self._top_fds.pop(top))
+        for top, temp in list(self.temps.items()):
+            interrupt.forget_temp_file(temp)
+            remove_path(temp)
+            self.temps.pop(top, None)
+
+    def __enter__(self) -> TreeSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _fsync_directory(path: Path | bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_real_dir(path: Path | bytes) -> bool:
+    """A directory itself, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _link_or_copy(source: Path | bytes, target: Path | bytes) -> None:
+    """A hard link where the file system allows it, else a copy (symlinks as links)."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _move_aside_and_rename(temp: Path, final: Path) -> None:
+    """Where ``RENAME_EXCHANGE`` is not supported: the old entry moves to a temp name,
+    the new one takes its place at once after, and the old one is removed."""
+    aside = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name, os.getpid()),
+                                  suffix=TEMP_SUFFIX, dir=final.parent))
+    old = aside / "old"
+    os.rename(final, old)
+    os.rename(temp, final)
+    remove_path(aside)
