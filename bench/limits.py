@@ -58,10 +58,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpistage import __version__
-from mpistage import mpi_library
-from mpistage.cluster import ClusterError, EmulatedCluster, teardown
-from mpistage.cluster import relay
+from mpistage import __version__, mpi_library
+from mpistage.cluster import ClusterError, EmulatedCluster, relay, teardown
 from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report
 from mpistage.cluster.system import interrupts_as_exceptions
 from mpistage.digest import file_digest

@@ -45,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mpistage.engine.bcast_model import algorithm as mpich_bcast_algorithm
 from mpistage.cluster.cluster import bucket_bytes, parse_rate
-from mpistage.model.choice import ASSUMED
+from mpistage.engine.bcast_model import algorithm as mpich_bcast_algorithm
 from mpistage.model import MODELLED, Parameters, predict
+from mpistage.model.choice import ASSUMED
 from mpistage.model.fit import Sample, fit
 from mpistage.staging.results import ResultStore
 from mpistage.units import format_bytes

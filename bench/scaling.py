@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from mpistage.engine.algorithms import SCHEDULES
-from mpistage.model.choice import optimal_chunk
 from mpistage.model import Parameters, predict
-from mpistage.model.simulate import REFERENCES, reference_closed_form, simulate
+from mpistage.model.choice import optimal_chunk
+from mpistage.model.references import REFERENCES, reference_closed_form
+from mpistage.model.simulate import simulate
 from mpistage.units import format_bytes
 
 NODES = tuple(1 << p for p in range(6, 13))  # 64 … 4096

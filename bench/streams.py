@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from limits import (Goal, Outcome, Row, code_version, median, run_rounds,  # noqa: E402
-                    write_results)
+from limits import Goal, Outcome, Row, code_version, median, run_rounds, write_results  # noqa: E402
 
 from mpistage.cluster import EmulatedCluster, teardown  # noqa: E402
 from mpistage.cluster.runs import read_report  # noqa: E402

@@ -40,12 +40,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streams import write_text  # noqa: E402  (the compressible sample of bench/streams.py)
 
-from mpistage.cluster import EmulatedCluster, parse_rate, teardown
 from mpistage import mpi_library
+from mpistage.cluster import EmulatedCluster, parse_rate, teardown
 from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report
 from mpistage.model import Parameters, predict
-from mpistage.staging.results import ResultStore
 from mpistage.samples import write_random_file
+from mpistage.staging.results import ResultStore
 from mpistage.units import format_bytes, parse_size
 
 #: MPICH's broadcast algorithms worth forcing for large messages (MPICH 5.0 names).

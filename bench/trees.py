@@ -43,8 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import limits  # noqa: E402
-from limits import (Goal, Outcome, Row, code_version, local_mpiexec,  # noqa: E402
-                    median, run_rounds, write_results)
+from limits import (Goal, Outcome, Row, code_version, local_mpiexec, median,  # noqa: E402
+                    run_rounds, write_results)
 
 from mpistage.cluster import EmulatedCluster, teardown  # noqa: E402
 from mpistage.cluster.runs import mpistage_command, read_report, stage_with_report  # noqa: E402

@@ -10,5 +10,5 @@ page() {  # page PROG MODULE DESCRIPTION
         --version "$version" --project-name mpistage --description "$3" --manual-title "mpistage manual" \
         --output "man/$1.1"
 }
-page mpistage mpistage.cli.main "stage a file or tree from one MPI rank to every node's local storage"
+page mpistage mpistage.cli.parser "stage a file or tree from one MPI rank to every node's local storage"
 page mpistage-sbcast mpistage.cli.sbcast "sbcast's interface, staged by mpistage from a batch script"

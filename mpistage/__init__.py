@@ -20,12 +20,13 @@ from ._version import __version__
 from .errors import MpistageError, Stalled, UsageError
 
 if TYPE_CHECKING:
-    from .staging.calibration import Calibration, calibrate
-    from .model.decide import Prediction
     from .model import Parameters
+    from .model.decide import Prediction
+    from .staging.calibration import Calibration, calibrate
+    from .staging.explain import explain
     from .staging.options import ALGORITHMS
     from .staging.report import NodeResult, RankRecord, StageReport
-    from .staging.run import explain, stage
+    from .staging.run import stage
 
 #: Where each public name lives.  They load on first use (PEP 562): importing mpistage,
 #: or any of its small modules (units, cluster ...), neither initializes MPI nor imports
@@ -39,7 +40,7 @@ _LAZY = {
     "RankRecord": "staging.report",
     "StageReport": "staging.report",
     "calibrate": "staging.calibration",
-    "explain": "staging.run",
+    "explain": "staging.explain",
     "stage": "staging.run",
 }
 

@@ -3,9 +3,8 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from mpistage.model import Parameters, bound, predict
 from mpistage.staging.results import ResultStore

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from mpistage.cli.main import describe_prediction
+from mpistage.cli.parser import build_parser
 from mpistage.engine.algorithms import SCHEDULES
-from mpistage.cli.main import build_parser, describe_prediction
-from mpistage.model.decide import Prediction
-from mpistage.model.choice import Choice
 from mpistage.model import Parameters
+from mpistage.model.choice import Choice
+from mpistage.model.decide import Prediction
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

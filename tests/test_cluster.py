@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 import mpistage
-from mpistage.cluster import ClusterError, EmulatedCluster, HostSpec, parse_rate, teardown
-from mpistage.cluster import system
+from mpistage.cluster import ClusterError, EmulatedCluster, HostSpec, parse_rate, system, teardown
 from mpistage.digest import file_digest
 
 NAME = "msttest"  # not the default name, so a user's own cluster is never touched

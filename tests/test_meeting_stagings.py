@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from mpistage.cluster import EmulatedCluster, teardown
-from mpistage.cluster import system
+from mpistage.cluster import EmulatedCluster, system, teardown
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX

@@ -6,24 +6,15 @@ from dataclasses import replace
 import pytest
 
 from mpistage.engine import bcast_model
-from mpistage.engine.pipeline import DEFAULT_DEPTH
-
-from mpistage.model.choice import chain_optimal_chunk, choose, optimal_chunk
 from mpistage.engine.codec import CodecCost
+from mpistage.engine.pipeline import DEFAULT_DEPTH
+from mpistage.model import (ASSUMED_CPU_RATE, ENGINE_OVERHEAD, Parameters, _step_terms, bound,
+                            ka_terms, predict, shape)
+from mpistage.model.choice import chain_optimal_chunk, choose, optimal_chunk
 from mpistage.model.cores import share_of
 from mpistage.model.decide import with_cpu
-from mpistage.staging.engine_cost import fit_engine
-from mpistage.model import (
-    ASSUMED_CPU_RATE,
-    ENGINE_OVERHEAD,
-    Parameters,
-    _step_terms,
-    bound,
-    ka_terms,
-    predict,
-    shape,
-)
 from mpistage.model.fit import Sample, fit
+from mpistage.staging.engine_cost import fit_engine
 
 P = Parameters(latency=0.001, bandwidth=1e6, startup=0.5)  # 1 ms per message, 1 MB/s
 S, C = 1_000_000, 100_000  # 10 chunks, one hop = 0.001 + 0.1 = 0.101 s
@@ -284,8 +275,8 @@ def test_a_flat_link_bound_optimum_goes_to_the_largest_chunk_within_the_tie() ->
     """Link-bound (8 hosts at 100 Mbit/s, 64 MiB): 64 KiB-256 KiB predicted within 1 %, so
     the larger chunk (fewer messages, a choice the probe's noise does not flip); CPU-bound
     (one host, 1 GiB): the fastest, as the CPU term prices each message already."""
-    from mpistage.model.choice import CHUNK_CHOICES, CHUNK_TIE
     from mpistage.model import bound, predict
+    from mpistage.model.choice import CHUNK_CHOICES, CHUNK_TIE
 
     link = Parameters(latency=112e-6, bandwidth=12.3 * 2**20, read_bandwidth=1.4 * 2**30,
                       write_bandwidth=1.4 * 2**30, overhead=166e-6, cpu_rate=1.1 * 2**30,

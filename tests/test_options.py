@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mpistage.errors import UsageError
-from mpistage.model.choice import BRACKET, choice_is_settled, choose
 from mpistage.model import MODELLED, Parameters
+from mpistage.model.choice import BRACKET, choice_is_settled, choose
 from mpistage.staging.options import CALIBRATION_ENV, DEFAULT_MEMORY, StageOptions
 
 

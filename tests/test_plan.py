@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from mpistage.errors import UsageError
-from mpistage.plan import (
-    Plan, check_chunk_size, check_depth, check_template, check_timeout, describe_source, resolve_dest,
-)
+from mpistage.plan import (Plan, check_chunk_size, check_depth, check_template, check_timeout,
+                           describe_source, resolve_dest)
 
 
 def plan_of(size: int, chunk: int) -> Plan:

@@ -14,19 +14,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from mpistage.engine.buffers import BufferPool, PhaseClock
 from mpistage.digest import file_digest
+from mpistage.engine.buffers import BufferPool, PhaseClock
+from mpistage.engine.forward import Forward, held_back
 from mpistage.engine.frames import framing_for
-from mpistage.plan import Plan, describe_source
-from mpistage.engine.reformed import Reformed
-from mpistage.sources.held import HeldChunks
 from mpistage.engine.pipeline import SENDS_IN_FLIGHT
-from mpistage.engine.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
-                                Forward, KaryTreeSchedule, held_back)
-from mpistage.sinks.file import Sink
 from mpistage.engine.reader import ChunkSource
-from mpistage.sources.source import FileSource
+from mpistage.engine.reformed import Reformed
+from mpistage.engine.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
+                                       KaryTreeSchedule)
 from mpistage.engine.writer import ChunkWriter
+from mpistage.plan import Plan, describe_source
+from mpistage.sinks.file import Sink
+from mpistage.sources.held import HeldChunks
+from mpistage.sources.source import FileSource
 
 CHUNK = 4096
 

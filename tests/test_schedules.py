@@ -3,25 +3,15 @@
 import math
 
 import pytest
-from mpi4py import MPI
 from hypothesis import given
 from hypothesis import strategies as st
+from mpi4py import MPI
 
 from mpistage.engine.algorithms import SCHEDULES
-from mpistage.engine.schedules import (
-    Forward,
-    held_back,
-    binomial_children,
-    binomial_parent,
-    chain_children,
-    chain_parent,
-    flat_children,
-    flat_parent,
-    kary_children,
-    kary_height,
-    kary_parent,
-    suspects,
-)
+from mpistage.engine.forward import Forward, held_back, suspects
+from mpistage.engine.schedules import (binomial_children, binomial_parent, chain_children,
+                                       chain_parent, flat_children, flat_parent, kary_children,
+                                       kary_height, kary_parent)
 
 SHAPES = {
     "chain": (chain_parent, chain_children),

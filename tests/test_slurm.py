@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from mpistage import mpi_library
-from mpistage.cluster import EmulatedCluster, teardown
-from mpistage.cluster import system
+from mpistage.cli.sbcast import SRUN_MPI_PLUGIN
+from mpistage.cluster import EmulatedCluster
 from mpistage.cluster import slurm as slurm_module
+from mpistage.cluster import system, teardown
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.cluster.slurm import SlurmSettings
 from mpistage.digest import file_digest
-from mpistage.cli.sbcast import SRUN_MPI_PLUGIN
 
 NAME = "slmtest"
 TOP = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mpistage.engine.buffers import BufferPool, PhaseClock
 from mpistage.digest import file_digest
+from mpistage.engine.buffers import BufferPool, PhaseClock
 from mpistage.plan import Plan, describe_source
 from mpistage.sources.source import FileSource
 

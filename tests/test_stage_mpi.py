@@ -20,11 +20,11 @@ from mpi4py import MPI
 
 import mpistage
 from mpistage import UsageError
+from mpistage.digest import file_digest
 from mpistage.model import decide as decide_module
 from mpistage.model.choice import TIE
-from mpistage.staging.options import DEFAULT_MEMORY
-from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
+from mpistage.staging.options import DEFAULT_MEMORY
 
 COMM = MPI.COMM_WORLD
 CHUNK = 64 << 10

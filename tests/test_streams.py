@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 
 from mpistage.engine import codec
 from mpistage.engine.codec import CodecCost
-from mpistage.errors import UsageError
 from mpistage.engine.frames import HEADER, LAST, Bare, Framed, decode, framing_for
-from mpistage.model.choice import choose
+from mpistage.errors import UsageError
 from mpistage.model import Parameters, predict
-from mpistage.staging.options import StageOptions
+from mpistage.model.choice import choose
 from mpistage.plan import Plan, SourceInfo, resolve_dest
 from mpistage.sources.sampling import PIECE, codec_costs, sample_file, sample_stream
 from mpistage.sources.streams import StreamInput, describe_stream
+from mpistage.staging.options import StageOptions
 
 SLOW = Parameters(latency=100e-6, bandwidth=12.5e6)  # 100 Mbit/s
 FAST = Parameters(latency=2e-6, bandwidth=12.5e9)    # 100 Gbit/s

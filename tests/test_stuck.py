@@ -6,8 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from mpistage.engine import stuck
-from mpistage.engine import waiting
+from mpistage.engine import stuck, waiting
 
 
 def watched(limit: float, body) -> list[float]:  # type: ignore[no-untyped-def]

@@ -9,19 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from treelisting import listing, rsync_differences
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from treelisting import listing, rsync_differences
 
 from mpistage import UsageError
 from mpistage.engine.buffers import BufferPool, PhaseClock
-from mpistage.sources.manifest import (DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, read_list,
-                               walk, walk_list)
 from mpistage.plan import Plan, SourceInfo
+from mpistage.sinks.tree import TreeSink
+from mpistage.sources.manifest import (DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, read_list, walk,
+                                       walk_list)
+from mpistage.sources.tree import TreeSource
 from mpistage.staging.treecheck import _Local, _root_digests, resolve_tops, top_entries
 from mpistage.staging.treecopy import TreeCopy
-from mpistage.sinks.tree import TreeSink
-from mpistage.sources.tree import TreeSource
 
 MTIME = 1_600_000_000_123_456_789
 

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from treelisting import listing, rsync_differences
 from mpi4py import MPI
+from treelisting import listing, rsync_differences
 
 import mpistage
 from mpistage import UsageError

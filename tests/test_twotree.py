@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from mpistage.model.choice import choose
+from mpistage.engine.forward import Forward
+from mpistage.engine.twotree import (TREES, TwoTreeSchedule, tree_of, twotree_children,
+                                     twotree_fill, twotree_parent)
 from mpistage.model import Parameters, predict, shape
-from mpistage.engine.schedules import Forward
-from mpistage.engine.twotree import (TREES, TwoTreeSchedule, tree_of, twotree_children, twotree_fill,
-                              twotree_parent)
+from mpistage.model.choice import choose
 
 
 def _reached(size: int, tree: int) -> list[int]:

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..staging.calibration import DEFAULT_SIZES, calibrate
-from .base import RankZeroParser
 from ..errors import MpistageError
+from ..staging.calibration import DEFAULT_SIZES, calibrate
 from ..units import format_bytes, parse_size
+from .base import RankZeroParser
 
 
 def build_parser(rank: int) -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from ..engine import codec
 from .. import mpi_library
+from ..engine import codec
 from ..errors import UsageError
 from ..units import parse_size
 

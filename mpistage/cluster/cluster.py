@@ -37,9 +37,7 @@ from .. import mpi_library
 from . import slurm as slurm_daemons
 from .hosts import ClusterError
 from .slurm import SlurmSettings
-from .system import (
-    NAME_RE, STATE_ROOT, check_prerequisites, ip, netns_names, run_command, teardown,
-)
+from .system import NAME_RE, STATE_ROOT, check_prerequisites, ip, netns_names, run_command, teardown
 
 log = logging.getLogger("mpistage.cluster")
 

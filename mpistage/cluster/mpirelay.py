@@ -25,8 +25,8 @@ import time
 
 from mpi4py import MPI
 
-from ..units import parse_size
 from ..engine.waiting import Pace, poll
+from ..units import parse_size
 
 DEPTH = 4
 TAG = 7301

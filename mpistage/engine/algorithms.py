@@ -7,9 +7,8 @@ all read from :data:`SCHEDULES`; adding an algorithm is one file with its
 
 from __future__ import annotations
 
-from .schedules import (
-    BcastSchedule, BinomialSchedule, ChainSchedule, FlatSchedule, KaryTreeSchedule, Schedule,
-)
+from .schedules import (BcastSchedule, BinomialSchedule, ChainSchedule, FlatSchedule,
+                        KaryTreeSchedule, Schedule)
 from .twotree import TwoTreeSchedule
 
 #: Every algorithm, by name, in the order ``--help`` lists them.

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .buffers import Buffer
 from ..errors import UsageError
+from .buffers import Buffer
 
 NONE = "none"
 AUTO = "auto"

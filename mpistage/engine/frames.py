@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import struct
 
+from ..plan import Plan
 from .buffers import Buffer
 from .codec import Codec
-from ..plan import Plan
 
 HEADER = struct.Struct("<qqq")  # payload bytes, source bytes, flags
 LAST = 1     # no chunk follows this one
@@ -154,4 +154,3 @@ def decode(framing: Framing, codec: Codec, buffer: Buffer, k: int) -> Buffer | b
     if not encoded:
         return payload
     return codec.decode(payload, framing.raw_length(buffer, k))
-

@@ -20,8 +20,8 @@ from typing import TypeVar
 
 from mpi4py import MPI
 
-from . import stuck
 from ..errors import Stalled
+from . import stuck
 from .waiting import poll
 
 _HEARTBEAT_TAG = 7105
@@ -64,7 +64,7 @@ class Heartbeat:
         self._last, self._sent_at = progress, now
         try:
             self._requests.append(self.comm.Isend(self._message, dest=self.dest,
-                                                   tag=_HEARTBEAT_TAG))
+                                                  tag=_HEARTBEAT_TAG))
         except MPI.Exception:
             pass  # it is gone; whoever waits on it finds out
 
@@ -77,7 +77,7 @@ class Heartbeat:
     def settled(self, timeout: float) -> bool:
         """Whether the last heartbeat left within ``timeout`` seconds: before another
         message to the same rank, which must never be a second one in flight to a rank
-        that may have died (see :class:`mpistage.engine.schedules.Forward`)."""
+        that may have died (see :class:`mpistage.engine.forward.Forward`)."""
         try:
             done = poll(self._requests, timeout)
         except MPI.Exception:

@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 
 from mpi4py import MPI
 
+from ..errors import Stalled
+from ..plan import Plan
 from .buffers import Buffer, BufferPool, PhaseClock
 from .codec import make as make_codec
-from ..errors import Stalled
+from .forward import Forward, HeldBack, suspects
 from .frames import framing_for
 from .liveness import no_heartbeat
-from ..plan import Plan
-from .schedules import Forward, HeldBack, Schedule, suspects
 from .reader import ChunkSource
+from .schedules import Schedule
 from .waiting import Pace, poll, poll_any
 from .writer import ChunkWriter, CopySink
-
 
 #: ``progress(bytes_done, bytes_total)``; called on the root only.
 ProgressCallback = Callable[[int, int], None]
@@ -43,7 +43,7 @@ ProgressCallback = Callable[[int, int], None]
 SourceFactory = Callable[[Plan, BufferPool, PhaseClock], ChunkSource]
 
 DEFAULT_DEPTH = 4
-#: Sends in flight to one child at most (:class:`mpistage.engine.schedules.Forward`).  One
+#: Sends in flight to one child at most (:class:`mpistage.engine.forward.Forward`).  One
 #: cost throughput at large chunks while ranks slept long between polls (a chain to 8
 #: hosts at 100 Mbit/s, 64 MiB in 256 KiB chunks: 6.86 s, 5.83 s with two in flight);
 #: with pauses bounded by :data:`SLEEP_BYTES`, 5.82-6.06 s (point-to-point 5.61 s).

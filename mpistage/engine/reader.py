@@ -19,11 +19,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from ..errors import Stalled
+from ..plan import Plan, source_label
 from .buffers import Buffer, BufferPool, PhaseClock, zero
 from .codec import IDENTITY, Codec
-from ..errors import Stalled
 from .frames import Framing, framing_for
-from ..plan import Plan, source_label
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -66,8 +66,8 @@ class ChunkSource:
         if plan.codec != "none":
             # Only here: its thread pool (concurrent.futures) cost every rank of every
             # run 6 ms of CPU, of the ~54 ms the command line's import costs.
-            from .encoders import Encoders
-            self._encoders = Encoders(plan.codec)
+            from . import encoders
+            self._encoders = encoders.Encoders(plan.codec)
         self._thread = threading.Thread(target=self._read_all, name="mpistage-reader",
                                         daemon=True)
 

@@ -47,8 +47,8 @@ from mpi4py import MPI
 
 from .. import interrupt
 from ..errors import RootLost, RoundEnded, Stalled
-from .pipeline import Engine, EngineResult
 from ..plan import Plan
+from .pipeline import Engine, EngineResult
 from .rollcall import RollCall
 from .schedules import Schedule
 from .waiting import (poll, receive_arrived, receive_objects, send_object, send_objects,

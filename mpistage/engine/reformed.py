@@ -7,7 +7,8 @@ from __future__ import annotations
 from mpi4py import MPI
 
 from .buffers import Buffer
-from .schedules import DATA_TAG, Forward, Schedule, TreeSchedule
+from .forward import Forward
+from .schedules import DATA_TAG, Schedule, TreeSchedule
 
 
 class Reformed(Schedule):

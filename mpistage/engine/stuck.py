@@ -95,7 +95,6 @@ def limit_for(timeout: float) -> float:
     return 2 * timeout + 2
 
 
-
 def leave(rank: int) -> Callable[[float], None]:
     """The command's ``on_stuck``: ranks 0 and 1 (the speaker when rank 0 is the one
     lost) say why in one line; every stuck rank removes its temp files and ends with

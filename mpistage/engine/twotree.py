@@ -39,7 +39,8 @@ from functools import cache
 from mpi4py import MPI
 
 from .buffers import Buffer
-from .schedules import ChainSchedule, Forward, Schedule, TreeSchedule, _check
+from .forward import Forward
+from .schedules import ChainSchedule, Schedule, TreeSchedule, _check
 
 #: The two trees.
 TREES = (0, 1)
@@ -103,6 +104,7 @@ class TwoTreeSchedule(Schedule):
     name = "twotree"
     help = "two complementary binary trees, half the chunks each: a chain's bandwidth, a tree's depth"
     forwards_as_received = True
+    trees = len(TREES)
 
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
         super().__init__(comm, root)
@@ -143,6 +145,10 @@ class TwoTreeSchedule(Schedule):
         children = self.tree_children[tree_of(k)]
         return Forward([lambda child=child: self.comm.Isend(buf, dest=child, tag=self.tag)
                         for child in children], peers=children, together=True)
+
+    @classmethod
+    def children_in(cls, vrank: int, size: int, arity: int, tree: int) -> list[int]:
+        return twotree_children(vrank, size, tree)
 
     @classmethod
     def shape(cls, nodes: int, arity: int = 2) -> tuple[int, int]:

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 from mpi4py import MPI
 
-from . import stuck
 from ..errors import Stalled
+from . import stuck
 
 #: Work that must go on at every wake-up of every wait for the rest of the run, whatever
 #: the wait is for (:class:`mpistage.engine.rollcall.Drain`: receiving the data a broken round

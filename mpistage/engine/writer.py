@@ -17,14 +17,13 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from .. import faults
-from .buffers import Buffer, BufferPool, PhaseClock, pieces
-from .codec import IDENTITY, Codec
 from ..digest import new_digest
 from ..errors import Stalled
+from ..plan import Plan
+from .buffers import Buffer, BufferPool, PhaseClock, pieces
+from .codec import IDENTITY, Codec
 from .frames import HEADER, Framing, decode
 from .liveness import follow
-from ..plan import Plan
-
 
 log = logging.getLogger("mpistage.engine.writer")
 

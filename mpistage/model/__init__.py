@@ -134,12 +134,6 @@ ENGINE_OVERHEAD = 105e-6
 ASSUMED_CPU_RATE = 1.2e9
 
 
-#: Schedules whose busiest rank is the root (it sends ``f`` and receives nothing; the
-#: binomial tree's other ranks send fewer, plus one receive): the CPU's busiest rank
-#: handles ``f`` message ends per chunk, not ``f + 1``.
-_ROOT_BUSIEST = frozenset({"binomial", "flat"})
-
-
 @dataclass(frozen=True)
 class Parameters:
     """Calibrated machine parameters (SI units: seconds, bytes per second).
@@ -267,7 +261,7 @@ def _step_terms(
         # nodes, each rank does one of the two; in a binomial tree or flat the root,
         # which receives nothing, sends the most), unless sharing cores is worse: then
         # the codec's CPU (the root's encoding, every other node's decoding) is shared too
-        busiest = fan_out + (1 if nodes > 2 and algorithm not in _ROOT_BUSIEST else 0)
+        busiest = fan_out + (1 if nodes > 2 and not SCHEDULES[algorithm].root_busiest else 0)
         coding = 0.0
         if codec is not None and params.share:
             coding = params.share * ((nodes - 1) * chunk / codec.decode_rate

@@ -4,7 +4,7 @@
 
 One line per algorithm of :data:`mpistage.engine.algorithms.SCHEDULES` (at the chunk
 :func:`mpistage.model.choice.optimal_chunk` picks, or ``--chunk``) and per reference
-(:data:`mpistage.model.simulate.REFERENCES`, whole-file MPI broadcasts), best first: the
+(:data:`mpistage.model.references.REFERENCES`, whole-file MPI broadcasts), best first: the
 chunk, the closed form's seconds, the simulator's, and both as a multiple of the bound
 ``S/B`` (one link's time for the file).  No MPI is started.
 """
@@ -18,10 +18,11 @@ import sys
 
 from ..engine.algorithms import SCHEDULES
 from ..errors import UsageError
-from .choice import optimal_chunk
 from ..model import Parameters, predict
-from .simulate import REFERENCES, reference_chunk, reference_closed_form, simulate
 from ..units import format_bytes, format_seconds, parse_size
+from .choice import optimal_chunk
+from .references import REFERENCES, reference_chunk, reference_closed_form
+from .simulate import simulate
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(bit|bps|b/s)?\s*$", re.IGNORECASE)
 _TIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e-?\d+)?)\s*(ns|us|µs|ms|s)?\s*$", re.IGNORECASE)

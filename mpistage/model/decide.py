@@ -28,12 +28,12 @@ from mpi4py import MPI
 from ..engine.algorithms import SCHEDULES
 from ..engine.codec import CodecCost
 from ..errors import Stalled
-from .cores import core_share
-from .choice import ASSUMED, Choice, choice_is_settled, choose
 from ..model import (ASSUMED_CPU_RATE, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE, ENGINE_OVERHEAD,
-                    MODELLED, Parameters)
+                     MODELLED, Parameters)
 from ..plan import Plan, SourceInfo
 from ..sources.streams import ASSUMED_STREAM_SIZE
+from .choice import ASSUMED, Choice, choice_is_settled, choose
+from .cores import core_share
 
 AUTO = "auto"
 _PROBE_TAG = 7201

@@ -88,5 +88,3 @@ def fit(samples: list[Sample], base: Parameters | None = None, huber: float | No
     base = base or Parameters(latency=0.0, bandwidth=math.inf)
     return replace(base, latency=max(float(alpha), 0.0),
                    bandwidth=1.0 / float(inverse_bandwidth))
-
-

@@ -38,5 +38,3 @@ class HeldChunks(ChunkSource):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-

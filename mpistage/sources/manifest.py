@@ -372,4 +372,3 @@ def stream_files(manifest: Manifest, needed: bytearray) -> Iterator[int]:
     """The files in a tree's stream, in order: those some node lacks (``needed[i]``)."""
     kinds = manifest.kinds
     return (i for i in range(len(kinds)) if kinds[i] == FILE and needed[i])
-

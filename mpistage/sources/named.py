@@ -81,4 +81,3 @@ class SourceSpec:
             if len(names) > _SHOWN:
                 shown += f" and {len(names) - _SHOWN} more"
         return manifest, SourceInfo(source=shown, size=0, mode=0, mtime_ns=0, dest=dest)
-

@@ -8,9 +8,8 @@ kept and sent first) and times each candidate codec on them, ~10 ms for 2 MiB.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..engine.codec import NONE, CodecCost, candidates, measure
 from ..engine.encoders import encoder_count

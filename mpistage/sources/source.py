@@ -117,5 +117,3 @@ class FileSource(ChunkSource):
             return None
         return (f"source {self.plan.source} {what} {when}; no copy was kept "
                 "(stage it again once it is complete)")
-
-

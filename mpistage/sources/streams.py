@@ -22,11 +22,11 @@ import time
 from typing import BinaryIO
 
 from .. import interrupt
-from ..engine.buffers import Buffer, BufferPool, PhaseClock, pieces
 from ..digest import new_digest
+from ..engine.buffers import Buffer, BufferPool, PhaseClock, pieces
+from ..engine.reader import ChunkSource
 from ..errors import UsageError
 from ..plan import Plan, SourceInfo, check_template, source_label
-from ..engine.reader import ChunkSource
 
 #: The source name that means standard input.
 STDIN = "-"
@@ -139,7 +139,6 @@ def describe_stream(dest: str, expect_size: int | None, name: str = STDIN) -> So
     check_template(dest)
     return SourceInfo(source=name, size=expect_size or 0, mode=0o666,
                       mtime_ns=time.time_ns(), dest=dest, stream=True)
-
 
 
 class StreamSource(ChunkSource):

@@ -16,11 +16,11 @@ import os
 import time
 from collections.abc import Iterator
 
-from ..engine.buffers import PIECE, Buffer, BufferPool, PhaseClock
 from ..digest import new_digest
-from .manifest import Manifest, stream_files
-from ..plan import Plan, file_identity, identity_change
+from ..engine.buffers import PIECE, Buffer, BufferPool, PhaseClock
 from ..engine.reader import ChunkSource, pread_full
+from ..plan import Plan, file_identity, identity_change
+from .manifest import Manifest, stream_files
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW
 

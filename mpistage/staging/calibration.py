@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from . import engine_cost
 from ..errors import UsageError
 from ..model import SCHEMA, Parameters
 from ..plan import expand
-from .topology import Topology
 from ..units import format_bytes, format_seconds
+from . import engine_cost
+from .topology import Topology
 
 DEFAULT_SIZES = (1, 1 << 10, 64 << 10, 256 << 10, 1 << 20)
 _TAG = 7301

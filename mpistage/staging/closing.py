@@ -14,15 +14,15 @@ from typing import Any
 
 from mpi4py import MPI
 
-from ..model.decide import Prediction
-from ..errors import ReportLost, RootLost, Stalled
 from ..engine.liveness import drain_heartbeats
+from ..engine.schedules import BinomialSchedule
+from ..engine.waiting import poll, post, receive_object, receive_objects, send_object, send_objects
+from ..errors import ReportLost, RootLost, Stalled
+from ..model.decide import Prediction
 from ..plan import Plan
 from .preflight import NodeCheck
 from .report import NodeResult, RankRecord, RankStatus, StageReport, build_report
-from ..engine.schedules import BinomialSchedule
 from .topology import Topology
-from ..engine.waiting import poll, post, receive_object, receive_objects, send_object, send_objects
 
 _STATUS_TAG = 7102   # every rank → rank 0: its record and its node's result
 _VERDICT_TAG = 7103  # rank 0 → every rank: "report follows" or "stalled: …"

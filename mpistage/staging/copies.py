@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from ..engine.pipeline import EngineResult, ProgressCallback, SourceFactory
 from ..plan import Plan
-from .preflight import NodeCheck
 from ..sinks.file import Sink
 from ..sources.source import FileSource
+from .preflight import NodeCheck
 
 if TYPE_CHECKING:
     from ..sinks.pipe import PipeSink

@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 
 from ..engine.algorithms import SCHEDULES
-from ..model.decide import AUTO
+from ..engine.pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from ..errors import UsageError
 from ..model import Parameters
-from ..engine.pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
+from ..model.decide import AUTO
 from ..plan import MIN_DEPTH, check_chunk_size, check_depth, check_timeout
 from ..units import format_bytes
 

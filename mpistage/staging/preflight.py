@@ -19,8 +19,8 @@ from ..digest import file_digest
 from ..errors import UsageError
 from ..plan import SourceInfo, expand, resolve_dest
 from ..sinks.file import remove_stale_temps
-from .topology import Topology
 from ..units import format_bytes
+from .topology import Topology
 
 log = logging.getLogger("mpistage.staging.preflight")
 

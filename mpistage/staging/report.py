@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..digest import ALGORITHM as DIGEST_ALGORITHM
-from ..plan import source_label
 from ..sinks.file import current_umask
-from ..units import format_bytes, format_rate, format_seconds
 
 if TYPE_CHECKING:
     from ..model.decide import Prediction
@@ -30,9 +28,6 @@ PHASES = (
     "cpu", "fsync", "verify", "rename", "total",
 )
 
-
-#: Nodes whose ``--pipe`` command's stderr the summary shows.
-_STDERR_NODES = 3
 
 #: What became of a node: it received a verified copy, it already had one, another node
 #: wrote the file it sees at DEST and it checked it (``--shared-dest``), it was left out
@@ -222,97 +217,11 @@ class StageReport:
         return max((n.wire_bytes for n in self.nodes), default=0)
 
     def summary(self) -> str:
-        """Several lines for a person: the outcome first, then the phase table."""
-        n = len(self.nodes)
-        good = n - len(self.failed)
-        fresh = [node.index for node in self.nodes if node.status == "up-to-date"]
-        if self.transfer_seconds <= 0:
-            moved = "nothing to send"
-        elif self.size == 0:
-            empty = "no file's bytes" if self.tree else "an empty file"
-            moved = f"transfer {format_seconds(self.transfer_seconds)} ({empty})"
-        else:
-            moved = (f"transfer {format_seconds(self.transfer_seconds)}"
-                     f" ({format_rate(self.size, self.transfer_seconds)} into every node)")
-        what = _describe_tree(self.tree) if self.tree else format_bytes(self.size)
-        source = source_label(self.source)
-        codec = ""
-        if self.codec != "none":
-            saved = f", {self.size / self.wire_bytes:.2f}x smaller" if self.wire_bytes else ""
-            codec = f", {self.codec}{saved}"
-        lines = [
-            f"mpistage: {source} ({what}) to {n} node"
-            f"{'s' if n != 1 else ''} by {self.algorithm}, chunk {format_bytes(self.chunk_size)}"
-            f"{codec}: {format_seconds(self.elapsed)} in all, {moved}",
-        ]
-        if self.ok and len(fresh) == n:
-            holders = "the node was" if n == 1 else f"all {n} nodes were"
-            lines.append(f"  {holders} up to date already; nothing was sent")
-            fresh = []
-        elif self.ok and self.tree:
-            holders = "the node holds" if n == 1 else f"all {n} nodes hold"
-            lines.append(f"  {holders} a verified copy of the tree (each file checked against "
-                         f"its {DIGEST_ALGORITHM} digest); {self.tree['files_sent']} of "
-                         f"{self.tree['files']} files sent "
-                         f"({format_bytes(self.tree['bytes_sent'])}), the rest already in place")
-        elif self.ok and self.pipe:
-            digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
-            holders = "the node's" if n == 1 else f"all {n} nodes'"
-            lines.append(f"  {holders} {self.pipe!r} took the verified stream{digest} and "
-                         "exited 0")
-        elif self.ok:
-            digest = f" ({DIGEST_ALGORITHM} {self.source_digest})" if self.source_digest else ""
-            holders = "the node holds" if n == 1 else f"all {n} nodes hold"
-            lines.append(f"  {holders} a verified copy{digest}")
-        else:
-            lines.append(f"  FAILED: {good} of {n} nodes hold a verified copy")
-            if self.stall:
-                lines.append(f"  {self.stall}")
-            if self.source_error:
-                lines.append(f"  source: {self.source_error}")
-            for node in self.failed:
-                lines.append(f"  node {node.index} ({node.host}, rank {node.rank}): {node.status}: {node.error}")
-            if self.missing_ranks:
-                lines.append(f"  no status from ranks {_ranges(self.missing_ranks)} (dead or unreachable)")
-        if fresh:
-            lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
-        sharing = [node.index for node in self.nodes if node.status == "shared"]
-        if sharing:
-            lines.append(f"  nodes {_ranges(sharing)} share another node's file "
-                         "(--shared-dest: one file system at DEST), each checked it in place")
-        chatty = [node for node in self.nodes if node.stderr and node.ok]
-        for node in chatty[:_STDERR_NODES]:
-            lines.append(f"  node {node.index} ({node.host}) command's stderr ended: {node.stderr}")
-        if len(chatty) > _STDERR_NODES:
-            lines.append(f"  (and {len(chatty) - _STDERR_NODES} more nodes' commands wrote to stderr)")
-        if self.tree and self.tree["skipped_special"]:
-            skipped = self.tree["skipped_special"]
-            lines.append(f"  left out {len(skipped)} special file{'s' if len(skipped) != 1 else ''}"
-                         f" (--skip-special): {', '.join(skipped[:3])}"
-                         f"{' …' if len(skipped) > 3 else ''}")
-        if self.prediction and self.transfer_seconds > 0:
-            predicted = self.prediction["predicted"]
-            error = (predicted - self.transfer_seconds) / self.transfer_seconds
-            chosen = " (chosen by the model)" if self.prediction["auto"] else ""
-            paced = (self.prediction.get("bounds") or {}).get(self.algorithm)
-            chosen += f", bound by the {paced}" if paced else ""
-            basis = self.prediction["source"]
-            if basis == "quick measurement":  # disks unknown: see 'mpistage calibrate'
-                basis = "quick link probe, disks not measured"
-            lines.append(
-                f"  model ({basis}): predicted transfer"
-                f" {format_seconds(predicted)}{chosen}, measured"
-                f" {format_seconds(self.transfer_seconds)} ({error:+.0%})"
-            )
-        stats = self.phase_stats()
-        if stats:
-            lines.append(f"  {'phase':<9} {'min':>10} {'median':>10} {'max':>10}  slowest node")
-            for phase, s in stats.items():
-                lines.append(
-                    f"  {phase:<9} {format_seconds(s['min']):>10} {format_seconds(s['median']):>10}"
-                    f" {format_seconds(s['max']):>10}  {s['slowest_node']}"
-                )
-        return "\n".join(lines)
+        """Several lines for a person: the outcome first, then the phase table
+        (:func:`mpistage.staging.summary.render`)."""
+        from .summary import render
+
+        return render(self)
 
 
 def build_report(
@@ -356,28 +265,8 @@ def build_report(
     )
 
 
-def _describe_tree(tree: dict[str, Any]) -> str:
-    """``"4 files, 3 directories, 1 symlink, 293.0 KiB"``."""
-    parts = [f"{tree[key]} {name if tree[key] == 1 else plural}"
-             for key, name, plural in (("files", "file", "files"),
-                                       ("directories", "directory", "directories"),
-                                       ("symlinks", "symlink", "symlinks")) if tree[key]]
-    return ", ".join([*parts, format_bytes(tree["bytes"])])
-
-
 def _median(values: list[float]) -> float:
     """The median (``statistics`` would cost every run ~10 ms of imports)."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def _ranges(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` → ``"0-2, 5, 7-8"``."""
-    parts: list[list[int]] = []
-    for number in sorted(numbers):
-        if parts and parts[-1][1] == number - 1:
-            parts[-1][1] = number
-        else:
-            parts.append([number, number])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)

@@ -35,15 +35,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import interrupt
-from .closing import relay_from_rank0
-from ..model.cores import this_kernel
 from ..digest import file_digest
-from ..errors import ReportLost, Stalled, UsageError
 from ..engine.liveness import Heartbeat, drain_heartbeats, watch
+from ..engine.waiting import receive_objects, send_object
+from ..errors import ReportLost, Stalled, UsageError
+from ..model.cores import this_kernel
+from .closing import relay_from_rank0
 from .preflight import NodeCheck
 from .report import NodeResult, StageReport
 from .topology import Topology
-from ..engine.waiting import receive_objects, send_object
 
 _MARKER = ".mpistage-who-{run}-"
 _SHARED_TAG = 7111    # a sharer → rank 0: its check of the file its writer put in place

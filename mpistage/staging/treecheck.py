@@ -22,15 +22,15 @@ from pathlib import Path
 from mpi4py import MPI
 
 from ..digest import new_digest
-from ..errors import UsageError
-from ..sources.manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest
-from ..plan import SourceInfo, describe_file_type, expand
-from .preflight import NodeCheck, stop_unless_skipping
-from ..sinks.file import copy_mode, current_umask, directory_mode, remove_stale_temps
-from .topology import Topology
-from ..sinks.tree import NodeTree, is_real_dir
-from ..units import format_bytes
 from ..engine.waiting import quiet_barrier
+from ..errors import UsageError
+from ..plan import SourceInfo, describe_file_type, expand
+from ..sinks.file import copy_mode, current_umask, directory_mode, remove_stale_temps
+from ..sinks.tree_commit import NodeTree, is_real_dir
+from ..sources.manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest
+from ..units import format_bytes
+from .preflight import NodeCheck, stop_unless_skipping
+from .topology import Topology
 
 log = logging.getLogger("mpistage.staging.treecheck")
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.buffers import BufferPool, PhaseClock
-from .copies import SourceOutcome, judge_stream
-from ..sources.manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, stream_files
 from ..engine.pipeline import EngineResult, ProgressCallback
 from ..plan import Plan
-from .preflight import NodeCheck
-from ..sinks.tree import NodeTree, TreeSink
+from ..sinks.tree import TreeSink
+from ..sinks.tree_commit import NodeTree
+from ..sources.manifest import DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, stream_files
 from ..sources.tree import TreeSource
+from .copies import SourceOutcome, judge_stream
+from .preflight import NodeCheck
 
 
 @dataclass
@@ -104,4 +105,3 @@ class TreeCopy:
         failed = mine.files_wanted if status == "failed" else 0
         return {"files_copied": copied, "files_up_to_date": mine.files_have,
                 "files_failed": failed}
-
