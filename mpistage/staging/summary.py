@@ -3,20 +3,69 @@ failed node says, the model's line, and the phase table."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from ..digest import ALGORITHM as DIGEST_ALGORITHM
 from ..plan import source_label
 from ..units import format_bytes, format_rate, format_seconds
 
-if TYPE_CHECKING:
-    from .report import StageReport
+
+class _Node(Protocol):
+    """What the summary reads of a node's result (:class:`mpistage.staging.report.NodeResult`)."""
+
+    index: int
+    host: str
+    rank: int
+    status: str
+    error: str | None
+    stderr: str | None
+
+    @property
+    def ok(self) -> bool: ...
+
+
+class Summarised(Protocol):
+    """What the summary reads of a report (:class:`mpistage.staging.report.StageReport`,
+    which calls :func:`render`; named here so that this module needs nothing from it)."""
+
+    source: str
+    size: int
+    source_digest: str | None
+    algorithm: str
+    chunk_size: int
+    ok: bool
+    source_error: str | None
+    stall: str | None
+    missing_ranks: list[int]
+    prediction: dict[str, Any] | None
+    tree: dict[str, Any] | None
+    codec: str
+    pipe: str | None
+
+    @property
+    def wire_bytes(self) -> int: ...
+
+    @property
+    def nodes(self) -> Sequence[_Node]: ...
+
+    @property
+    def failed(self) -> Sequence[_Node]: ...
+
+    @property
+    def elapsed(self) -> float: ...
+
+    @property
+    def transfer_seconds(self) -> float: ...
+
+    def phase_stats(self) -> dict[str, dict[str, Any]]: ...
+
 
 #: Nodes whose ``--pipe`` command's stderr the summary shows.
 _STDERR_NODES = 3
 
 
-def render(report: StageReport) -> str:
+def render(report: Summarised) -> str:
     """Several lines: the headline, the outcome, notes, the model, the phases."""
     lines = [_headline(report)]
     fresh = _outcome(report, lines)
@@ -27,7 +76,7 @@ def render(report: StageReport) -> str:
     return "\n".join(lines)
 
 
-def _headline(report: StageReport) -> str:
+def _headline(report: Summarised) -> str:
     """What went where, how, and how long it took."""
     n = len(report.nodes)
     if report.transfer_seconds <= 0:
@@ -50,7 +99,7 @@ def _headline(report: StageReport) -> str:
             f"all, {moved}")
 
 
-def _outcome(report: StageReport, lines: list[str]) -> list[int]:
+def _outcome(report: Summarised, lines: list[str]) -> list[int]:
     """Who holds a verified copy, or what failed; the nodes up to date already (unless
     every node was)."""
     n = len(report.nodes)
@@ -88,7 +137,7 @@ def _outcome(report: StageReport, lines: list[str]) -> list[int]:
     return fresh
 
 
-def _notes(report: StageReport, fresh: list[int], lines: list[str]) -> None:
+def _notes(report: Summarised, fresh: list[int], lines: list[str]) -> None:
     """Nodes up to date, sharing a file, commands' stderr, special files left out."""
     if fresh:
         lines.append(f"  up to date already, nothing sent: nodes {_ranges(fresh)}")
@@ -108,7 +157,7 @@ def _notes(report: StageReport, fresh: list[int], lines: list[str]) -> None:
                      f"{' …' if len(skipped) > 3 else ''}")
 
 
-def _model_line(report: StageReport) -> str:
+def _model_line(report: Summarised) -> str:
     """The model's prediction against the measured transfer."""
     predicted = report.prediction["predicted"]
     error = (predicted - report.transfer_seconds) / report.transfer_seconds
@@ -123,7 +172,7 @@ def _model_line(report: StageReport) -> str:
             f" {format_seconds(report.transfer_seconds)} ({error:+.0%})")
 
 
-def _phase_table(report: StageReport, lines: list[str]) -> None:
+def _phase_table(report: Summarised, lines: list[str]) -> None:
     """Each phase's min, median and max over the ranks, and its slowest node."""
     stats = report.phase_stats()
     if stats:
