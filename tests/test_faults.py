@@ -22,6 +22,7 @@ from mpistage.cluster import EmulatedCluster, HostSpec, system, teardown
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
+from tests.kills import aborted_by_mpich, temps_left_are_removed_next_run
 
 NAME = "mstfault"
 HOSTS = 5
@@ -235,13 +236,26 @@ def others_complete(cluster: EmulatedCluster, tmp_path: Path, src: Path, fault: 
             os.kill(pid, signal.SIGCONT)
     out, err = job.communicate(timeout=120)
     seconds = time.monotonic() - struck
-    report = json.loads((tmp_path / "report.json").read_text())
+    if aborted_by_mpich(out + err):
+        final_files_are_whole(cluster, src)  # no partial file in place
+        temps_left_are_removed_next_run(cluster, src)
+        pytest.xfail("MPICH's OFI transport made the lost connection fatal on a survivor and "
+                     "the launcher killed every rank (docs/failures.md, When a node dies): "
+                     "no partial file in place, every temp file one the next run removes")
+    written = tmp_path / "report.json"
+    assert written.exists(), f"no report (mpiexec status {job.returncode}): {out}{err}"
+    report = json.loads(written.read_text())
     record_property("seconds_to_report", round(seconds, 2))
     record_property("elapsed", round(report["elapsed"], 2))
     record_property("fault_free", round(fault_free, 2))
     record_property("plan", f"{report['algorithm']}, {report['chunk_size']} B chunks")
     said = f"{out}{err}"
-    assert job.returncode == 1, said
+    # mpistage exits 1; hydra's mpiexec may instead die of SIGPIPE as it tears the job
+    # down after a proxy's rank was killed (the report and copies right: the launcher's,
+    # as in test_random_kills; 2 runs in 20 of "kill a middle node" at 1 MiB chunks on a
+    # loaded machine).
+    assert job.returncode in (1, -signal.SIGPIPE), said
+    record_property("mpiexec_status", job.returncode)
     assert sorted(n["index"] for n in report["nodes"] if not n["ok"]) == victims, said
     failed = [line for line in out.splitlines() if ": failed: " in line]
     assert len(failed) == len(victims), said

@@ -38,6 +38,7 @@ from mpistage.cluster import EmulatedCluster, system, teardown
 from mpistage.cluster.cluster import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
+from tests.kills import aborted_by_mpich, temps_left_are_removed_next_run
 
 NAME = "mstkill"
 HOSTS = 6
@@ -116,12 +117,7 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
         # then SIGKILLs every rank, which no process can clean up after.  What mpistage
         # still promises: no partial file at a final path (checked above) and every temp
         # file left one that the next run's pre-flight removes (README: When a node dies).
-        for host in range(HOSTS):
-            cluster.run(host, [sys.executable, "-c", "import sys; from mpistage.sinks.file import "
-                               "remove_stale_temps; remove_stale_temps(sys.argv[1])",
-                               f"{cluster.scratch}/{src.name}"], check=True)
-            temps = [p for p in os.listdir(cluster.scratch_dir(host)) if p.endswith(TEMP_SUFFIX)]
-            assert not temps, f"temp file the next run keeps on host {host}: {temps}; {what}"
+        temps_left_are_removed_next_run(cluster, src)
         return "MPICH made the lost connection fatal: every rank killed, temps removed next run"
     if pid is None:
         assert whole == list(range(HOSTS)), what
@@ -177,13 +173,6 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
     if job.returncode == -signal.SIGPIPE:
         return "lost mid-transfer, the others completed; mpiexec ended by SIGPIPE"
     return "lost mid-transfer, the others completed"
-
-
-def aborted_by_mpich(output: str) -> bool:
-    """Whether MPICH aborted a rank on a fatal transport error (``Fatal error in …
-    OFI poll failed``) and the launcher then killed the job."""
-    return ("OFI poll failed" in output and "Fatal error in" in output
-            and "YOUR APPLICATION TERMINATED" in output)
 
 
 def promises_kept(cluster: EmulatedCluster, src: Path, report: Path, victim: int,

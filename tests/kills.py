@@ -1,0 +1,29 @@
+"""What the lost-node tests share: telling MPICH's fatal transport error apart, and the
+promises that hold even when the launcher then killed every rank."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from mpistage.cluster import EmulatedCluster
+from mpistage.sinks.file import TEMP_SUFFIX
+
+
+def aborted_by_mpich(output: str) -> bool:
+    """Whether MPICH aborted a rank on a fatal transport error (``Fatal error in …
+    OFI poll failed``) and the launcher then killed the job."""
+    return ("OFI poll failed" in output and "Fatal error in" in output
+            and "YOUR APPLICATION TERMINATED" in output)
+
+
+def temps_left_are_removed_next_run(cluster: EmulatedCluster, src: Path) -> None:
+    """After a launcher killed every rank (no process can clean up after SIGKILL): every
+    temp file left on a host is one the next run's pre-flight removes."""
+    for host in range(cluster.hosts):
+        cluster.run(host, [sys.executable, "-c", "import sys; from mpistage.sinks.file import "
+                           "remove_stale_temps; remove_stale_temps(sys.argv[1])",
+                           f"{cluster.scratch}/{src.name}"], check=True)
+        temps = [p for p in os.listdir(cluster.scratch_dir(host)) if p.endswith(TEMP_SUFFIX)]
+        assert not temps, f"temp file the next run keeps on host {host}: {temps}"
