@@ -18,6 +18,14 @@ def aborted_by_mpich(output: str) -> bool:
             and "YOUR APPLICATION TERMINATED" in output)
 
 
+def launcher_failed(output: str) -> bool:
+    """Whether hydra itself broke down after a kill and ended the job: the killed rank's
+    proxy failed to forward a PMI response to it (``unable to forward PMI response``,
+    ``Bad file descriptor``), exited, and ``mpiexec`` then failed its own assertion
+    (``process manager error waiting for completion``; status 255, every rank killed)."""
+    return "[mpiexec@" in output and "process manager error waiting for completion" in output
+
+
 def temps_left_are_removed_next_run(cluster: EmulatedCluster, src: Path) -> None:
     """After a launcher killed every rank (no process can clean up after SIGKILL): every
     temp file left on a host is one the next run's pre-flight removes."""
