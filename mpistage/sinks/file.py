@@ -193,7 +193,7 @@ class Sink:
                 os.rename(temp, self.final_path)
                 self.temp_path = None
             if fsync:
-                _fsync_dir(self.final_path.parent)
+                fsync_directory(self.final_path.parent)
             self.timings["rename"] = time.perf_counter() - started
         except BaseException:
             self.discard()
@@ -282,7 +282,8 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path | bytes) -> None:
+    """Flush a directory's entries to its device (a rename in it survives a crash)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

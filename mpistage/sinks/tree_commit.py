@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import interrupt
 from ..sources.manifest import DIRECTORY, SYMLINK, Manifest
-from .file import TEMP_SUFFIX, copy_mode, directory_mode, temp_prefix
+from .file import TEMP_SUFFIX, copy_mode, directory_mode, fsync_directory, temp_prefix
 
 log = logging.getLogger("mpistage.sinks.tree")
 
@@ -85,14 +85,6 @@ def remove_path(path: Path) -> None:
         pass
     except OSError as exc:
         log.warning("could not remove %s: %s", path, exc)
-
-
-def fsync_directory(path: Path | bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_real_dir(path: Path | bytes) -> bool:
