@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mpistage.cluster.cluster import EmulatedCluster, mpi_environment  # noqa: E402
+from mpistage.cluster import EmulatedCluster  # noqa: E402
+from mpistage.cluster.launch import mpi_environment  # noqa: E402
 from mpistage.cluster.runs import mpistage_command  # noqa: E402
 from mpistage.samples import write_random_file  # noqa: E402
 from mpistage.units import format_bytes, parse_size  # noqa: E402

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mpistage.cluster.cluster import parse_rate
+from mpistage.cluster.rates import parse_rate
 from mpistage.model import (ASSUMED_CPU_RATE, ASSUMED_LOCAL_RATE, ENGINE_OVERHEAD, MODELLED,
                             Parameters, predict)
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpistage.cluster.cluster import bucket_bytes, parse_rate
+from mpistage.cluster.rates import bucket_bytes, parse_rate
 from mpistage.engine.bcast_model import algorithm as mpich_bcast_algorithm
 from mpistage.model import MODELLED, Parameters, predict
 from mpistage.model.choice import ASSUMED

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from mpistage.cluster import EmulatedCluster, teardown
-from mpistage.cluster.cluster import mpi_environment
+from mpistage.cluster.launch import mpi_environment
 from mpistage.cluster.slurm import SlurmSettings
 from mpistage.digest import file_digest
 from mpistage.samples import write_random_file

@@ -73,7 +73,7 @@ class Plan(SourceInfo):
         algorithm: schedule name (never ``auto``: the root resolves it first).
         codec: how chunks travel (:mod:`mpistage.engine.codec`; never ``auto`` either).
         link_rate: bytes/s the model has for a link (the probe's or the calibration's;
-            0 unknown): how long a rank may sleep in a wait (:mod:`mpistage.engine.pipeline`).
+            0 unknown): how long a rank may sleep in a wait (:mod:`mpistage.engine.waits`).
     """
 
     chunk_size: int

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from mpistage.cluster import EmulatedCluster, system, teardown
-from mpistage.cluster.cluster import mpi_environment
+from mpistage.cluster.launch import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
 

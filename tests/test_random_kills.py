@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from mpistage.cluster import EmulatedCluster, system, teardown
-from mpistage.cluster.cluster import mpi_environment
+from mpistage.cluster.launch import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
 from tests.kills import aborted_by_mpich, temps_left_are_removed_next_run

@@ -16,9 +16,7 @@ from mpi4py import MPI
 
 from mpistage.digest import file_digest
 from mpistage.engine.buffers import BufferPool, PhaseClock
-from mpistage.engine.forward import Forward, held_back
 from mpistage.engine.frames import framing_for
-from mpistage.engine.pipeline import SENDS_IN_FLIGHT
 from mpistage.engine.reader import ChunkSource
 from mpistage.engine.reformed import Reformed
 from mpistage.engine.schedules import (DATA_TAG, BinomialSchedule, ChainSchedule, FlatSchedule,
@@ -138,26 +136,3 @@ def test_an_edge_of_a_re_formed_run_carries_only_what_the_child_lacks() -> None:
     assert schedule.children == [7]
     assert schedule.post_forward(buf, 4).done, "the child holds chunks 0-4"
     assert not schedule.post_forward(buf, 5).done, "chunk 5 it lacks"
-
-
-def test_a_child_has_one_send_in_flight() -> None:
-    """The next chunk's send to a child waits while one is in flight to it: a send
-    posted to a process that died behind one in flight blocks inside MPI (until MPICH's
-    retry limit, and again at every retry)."""
-    comm = MPI.COMM_SELF
-    data = [np.full(4, k, np.uint8) for k in range(2)]
-    older = Forward([lambda: comm.Issend(data[0], dest=0, tag=1)], peers=[0])
-    newer = Forward([lambda: comm.Issend(data[1], dest=0, tag=1)], peers=[0])
-    older.advance()
-    assert older.posted == 1 and older.in_flight == [0] and not older.unposted
-    assert held_back([older], 2) == set(), "a window of two would let a second one go"
-    assert held_back([older], SENDS_IN_FLIGHT) == {0}
-    newer.advance(held_back([older], SENDS_IN_FLIGHT))
-    assert newer.posted == 0, "waits for the older send to complete"
-    got = np.zeros(4, np.uint8)
-    comm.Recv(got, source=0, tag=1)
-    assert older.advance() and older.in_flight == [] and list(got) == [0] * 4
-    newer.advance()
-    assert newer.posted == 1
-    comm.Recv(got, source=0, tag=1)
-    assert newer.advance() and list(got) == [1] * 4

@@ -5,10 +5,8 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mpi4py import MPI
 
 from mpistage.engine.algorithms import SCHEDULES
-from mpistage.engine.forward import Forward, held_back, suspects
 from mpistage.engine.schedules import (binomial_children, binomial_parent, chain_children,
                                        chain_parent, flat_children, flat_parent, kary_children,
                                        kary_height, kary_parent)
@@ -58,7 +56,7 @@ def test_binomial_children_largest_subtree_first() -> None:
 
 
 def test_mpi_broadcast_moves_a_chunk_in_pieces_from_8_ranks() -> None:
-    """What a wait must wake for (pipeline.longest_pause): MPICH's Ibcast is a binomial
+    """What a wait must wake for (waits.longest_pause): MPICH's Ibcast is a binomial
     tree of whole chunks below 8 ranks, scatter + allgather of chunk/N pieces from 8."""
     from types import SimpleNamespace
 
@@ -99,81 +97,3 @@ def test_kary_height_is_the_deepest_node(arity: int, size: int) -> None:
 
 def test_registry_names_every_algorithm() -> None:
     assert set(SCHEDULES) == {"chain", "binomial", "tree", "twotree", "flat", "bcast"}
-
-
-def _forward(peers: list[int], fail_on: int | None = None) -> Forward:
-    def post(peer: int):  # type: ignore[no-untyped-def]
-        if peer == fail_on:
-            raise MPI.Exception(MPI.ERR_OTHER)
-        return MPI.REQUEST_NULL
-    return Forward([lambda p=p: post(p) for p in peers], peers=peers)
-
-
-@pytest.fixture
-def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Forward, "POST_GRACE", 0.0)
-
-
-def test_a_send_mpi_refuses_to_post_is_tried_again() -> None:
-    """MPICH gives up posting after a number of retries that a busy peer can exhaust:
-    within :attr:`Forward.POST_GRACE` the next advance tries again."""
-    attempts = []
-
-    def post() -> MPI.Request:
-        attempts.append(1)
-        if len(attempts) == 1:
-            raise MPI.Exception(MPI.ERR_OTHER)
-        return MPI.REQUEST_NULL
-
-    forward = Forward([post], peers=[3])
-    assert not forward.advance() and forward.waiting_on is None
-    assert forward.advance() and len(attempts) == 2
-
-
-def test_a_failed_send_names_its_child_alone(no_grace: None) -> None:
-    """Chunk 4's send to child 3 fails while chunk 3's send to child 4 is in flight:
-    only child 3 is named (naming 4 too counted a live node lost, CI seed 793684998)."""
-    data = bytearray(4)
-    # its send to 3 is done; its send to 4 (a synchronous send to this very process) is out
-    in_flight = Forward([lambda: MPI.REQUEST_NULL,
-                         lambda: MPI.COMM_SELF.Issend(data, dest=0, tag=4)], peers=[3, 4])
-    in_flight.advance()
-    assert in_flight.waiting_on == 4
-    failing = _forward([3, 4], fail_on=3)
-    with pytest.raises(MPI.Exception):
-        failing.advance()
-    assert failing.waiting_on == 3
-    assert suspects([in_flight, failing], [3, 4], failed=failing) == [3]
-    # a timeout names every child with a send in flight; none in flight: every child
-    assert suspects([in_flight, failing], [3, 4]) == [3, 4]
-    assert suspects([], [3, 4]) == [3, 4]
-    MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=4)
-    assert in_flight.advance() and in_flight.waiting_on is None
-
-
-def test_sends_together_share_the_link_and_keep_each_child_in_order() -> None:
-    """``together``: a chunk's sends to both children are out at once; the next chunk's
-    send to a child still waits for that child's send of this one."""
-    data = bytearray(4)
-    first = Forward([lambda p=p: MPI.COMM_SELF.Issend(data, dest=0, tag=p) for p in (1, 2)],
-                    peers=[1, 2], together=True)
-    assert not first.advance() and first.in_flight == [1, 2] and first.posted == 2
-    second = Forward([lambda p=p: MPI.COMM_SELF.Issend(data, dest=0, tag=10 + p)
-                      for p in (1, 2)], peers=[1, 2], together=True)
-    assert not second.advance(held_back([first], 1)) and second.posted == 0
-    MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=1)  # child 1 took the first chunk
-    assert not first.advance() and first.in_flight == [2] and first.waiting_on == 2
-    assert not second.advance(held_back([first], 1)) and second.posted == 1, "to 1, not to 2"
-    for tag in (2, 11, 12):
-        MPI.COMM_SELF.Recv(bytearray(4), source=0, tag=tag)
-        first.advance()
-        second.advance(held_back([first], 1))
-    assert first.done and second.done
-
-
-def test_a_failed_send_to_the_second_child_names_it(no_grace: None) -> None:
-    failing = _forward([3, 4], fail_on=4)
-    with pytest.raises(MPI.Exception):
-        failing.advance()
-    assert failing.posted == 1 and failing.waiting_on == 4
-    assert suspects([failing], [3, 4], failed=failing) == [4]

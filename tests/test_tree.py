@@ -16,6 +16,7 @@ from treelisting import listing, rsync_differences
 from mpistage import UsageError
 from mpistage.engine.buffers import BufferPool, PhaseClock
 from mpistage.plan import Plan, SourceInfo
+from mpistage.sinks import tree as sinks_tree
 from mpistage.sinks.tree import TreeSink
 from mpistage.sources.manifest import (DIRECTORY, FILE, SYMLINK, TRAILER, Manifest, read_list, walk,
                                        walk_list)
@@ -420,8 +421,9 @@ def test_remove_first_deletes_each_outdated_file_before_its_bytes(tmp_path: Path
     (data / "big.bin").write_bytes(os.urandom(200_000))
     manifest = walk([data])
     local = node_view(manifest, dest)
-    sink = TreeSink(manifest, bytearray(local.wants), local.node_tree(), remove_first=True)
-    sink._remove_old(b"data/big.bin")
+    tree = local.node_tree()
+    sink = TreeSink(manifest, bytearray(local.wants), tree, remove_first=True)
+    sinks_tree._remove_old(tree.final_of(b"data/big.bin"))  # what opening its file does first
     assert link.stat().st_nlink == 1, "the outdated copy was unlinked before its bytes came"
     sink.discard()
 

@@ -61,28 +61,3 @@ def test_pace_follows_recent_waits() -> None:
     for _ in range(20):
         pace.add(0.02)
     assert pace.expected == pytest.approx(0.02, rel=0.05)
-
-
-def test_a_wait_sleeps_no_longer_than_the_link_takes_for_64_kib_or_a_collectives_eighth() -> None:
-    """MPI over TCP moves data only inside MPI calls: pauses are bounded by bytes on the
-    link (pipeline.longest_pause), by the plan's link rate and by the pace of chunks."""
-    from mpistage.engine.pipeline import SLEEP_BYTES, longest_pause
-
-    rate = 100e6 / 8  # 100 Mbit/s
-    chunk = 1 << 20
-    # Known rate, unknown pace (the first chunk): 64 KiB's time, 5.2 ms.
-    assert longest_pause(chunk, chunk, 0.0, rate) == pytest.approx(SLEEP_BYTES / rate)
-    # Pace only (the link's rate unknown, taken as 1 Gbit/s): the shorter.
-    assert longest_pause(chunk, chunk, 0.084, 0.0) == pytest.approx(SLEEP_BYTES / 125e6)
-    assert longest_pause(chunk, chunk, 0.004, 0.0) == pytest.approx(0.004 / 16)
-    # Both: the shorter.
-    assert longest_pause(chunk, chunk, 0.042, rate) == pytest.approx(0.042 / 16)
-    # A collective's step of chunk/8 (MPICH's scatter + ring on 8 ranks): an eighth of it.
-    assert longest_pause(chunk, chunk // 8, 0.0, rate, collective=True) == pytest.approx(
-        chunk / 64 / rate)
-    # Small chunks: a collective's, an eighth of a chunk's time; point to point, the pace.
-    assert longest_pause(64 << 10, 64 << 10, 0.0004, 0.0, collective=True) == pytest.approx(
-        0.00005)
-    assert longest_pause(64 << 10, 64 << 10, 0.0004, 0.0) == pytest.approx(0.0004)
-    assert longest_pause(64 << 10, 64 << 10, 0.0, rate) == pytest.approx(SLEEP_BYTES / rate)
-    assert longest_pause(chunk, chunk, 0.0, 0.0) == pytest.approx(SLEEP_BYTES / 125e6)

@@ -13,8 +13,10 @@ ssh-like launcher, with MPICH's TCP transport, so MPI traffic crosses the shaped
 Needs root, ``ip``/``tc`` (iproute2) and ``nsenter``/``unshare`` (util-linux).
 """
 
-from .cluster import EmulatedCluster, HostSpec, parse_rate
+from .cluster import EmulatedCluster
 from .hosts import ClusterError
+from .layout import HostSpec
+from .rates import parse_rate
 from .system import teardown
 
 __all__ = ["ClusterError", "EmulatedCluster", "HostSpec", "parse_rate", "teardown"]

@@ -27,8 +27,11 @@ from pathlib import Path
 from ..digest import file_digest
 from ..samples import write_random_file
 from ..units import format_bytes, parse_size
-from .cluster import EmulatedCluster, HostSpec, format_link_rate, mpi_environment, parse_rate
+from .cluster import EmulatedCluster
 from .hosts import ClusterError
+from .launch import mpi_environment
+from .layout import HostSpec
+from .rates import format_link_rate, parse_rate
 from .runs import stage_with_report
 from .slurm import PARTITION, SlurmError, SlurmSettings
 from .system import interrupts_as_exceptions, teardown

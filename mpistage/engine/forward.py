@@ -26,11 +26,11 @@ class Forward:
     Each child must get the chunks in order (receives are matched in the order they
     were posted), so a chunk's send to a child is posted only after every chunk before
     posted its own, and each child has **one send in flight**
-    (:data:`mpistage.engine.pipeline.SENDS_IN_FLIGHT`; the engine passes the children a chunk
+    (:data:`mpistage.engine.outbox.SENDS_IN_FLIGHT`; the engine passes the children a chunk
     may not be sent to yet as :meth:`advance`'s ``blocked``; per child, not per position,
     because a schedule's children may differ from chunk to chunk, as in
     :mod:`mpistage.engine.twotree`).  One leaves the link idle until this rank wakes and posts
-    the next send (its waits are bounded for that: :func:`mpistage.engine.pipeline.longest_pause`;
+    the next send (its waits are bounded for that: :func:`mpistage.engine.waits.longest_pause`;
     a chain to 8 hosts at 100 Mbit/s in 256 KiB chunks is 4-8 % over point-to-point);
     more is unsafe: with MPICH's TCP transport, a send posted to a process that
     died behind one still in flight blocks inside ``MPI_Isend`` until

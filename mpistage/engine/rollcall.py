@@ -131,6 +131,41 @@ class Drain:
                 self._post(source, buffer)
 
 
+class Calls:
+    """Messages that call a round off: the root's to the members, a child's relayed to
+    its parents.  Each is a buffer (no pickling) kept alive until the run ends."""
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm = comm
+        self._sent: list[tuple[array, MPI.Request]] = []
+        #: The rounds called off, as far as this rank heard.
+        self.heard: set[int] = set()
+
+    def send(self, round_: int, ranks: Iterable[int]) -> None:
+        """Tell ``ranks`` that round ``round_`` is over."""
+        for rank in ranks:
+            message = _round_message(round_)
+            try:
+                self._sent.append((message, self.comm.Isend(message, dest=rank, tag=_CALL_TAG)))
+            except MPI.Exception:
+                pass  # gone: it will be counted silent
+
+    def absorb(self) -> None:
+        """Receive every call that came (one left unreceived would hold back every later
+        message on its connection)."""
+        if self.comm == MPI.COMM_NULL:  # freed: the run is over
+            return
+        status = MPI.Status()
+        message: array | None = None
+        try:
+            while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_CALL_TAG, status=status):
+                message = _round_message(0) if message is None else message
+                self.comm.Recv(message, source=status.Get_source(), tag=_CALL_TAG)
+                self.heard.add(int(message[0]))
+        except MPI.Exception:
+            pass  # Open MPI's ULFM: a wildcard probe fails until a failure is acknowledged
+
+
 class RollCall:
     """One participant's side of the signs of life of a transfer round (see the module's
     doc); :meth:`look` is the engine's chore, called at every wake-up of its waits.
@@ -143,10 +178,7 @@ class RollCall:
 
     def __init__(self, comm: MPI.Comm, root: int, timeout: float,
                  peer_name: Callable[[int], str]) -> None:
-        self.comm = comm
-        self.root = root
-        self.timeout = timeout
-        self.peer_name = peer_name
+        self.comm, self.root, self.timeout, self.peer_name = comm, root, timeout, peer_name
         self.round = 0
         self.members: list[int] = list(range(comm.size))
         self.reported: set[int] = set()
@@ -154,9 +186,8 @@ class RollCall:
         self._heard: dict[int, float] = {}
         self._pulse = Heartbeat(comm, pulse_interval(timeout), dest=root, pulse=True)
         self._next_look = 0.0
-        self._calls: list[tuple[array, MPI.Request]] = []  # sent, kept alive
+        self._calls = Calls(comm)
         self._called = False
-        self._calls_heard: set[int] = set()  # rounds called off
         self._next_absorb = 0.0
         self.start(0, self.members, ())
         if not self.is_root:
@@ -215,13 +246,7 @@ class RollCall:
         if self._called:
             return
         self._called = True
-        for rank in ranks:
-            message = _round_message(self.round)
-            try:
-                self._calls.append((message, self.comm.Isend(message, dest=rank,
-                                                             tag=_CALL_TAG)))
-            except MPI.Exception:
-                pass  # gone: it will be counted silent
+        self._calls.send(self.round, ranks)
 
     # -- every participant -----------------------------------------------------------------
 
@@ -253,7 +278,7 @@ class RollCall:
         """Whether this round was called off (by the root, or relayed by a child); the
         call is passed on to this node's parents."""
         self._absorb_calls()
-        return self.round in self._calls_heard
+        return self.round in self._calls.heard
 
     def _absorb_calls_now_and_then(self) -> None:
         """:meth:`_absorb_calls`, at most every :data:`ABSORB_EVERY` seconds (a chore of
@@ -268,25 +293,10 @@ class RollCall:
         """Receive every call that came; pass this round's on to the parents, once."""
         if self.comm == MPI.COMM_NULL:  # freed: the run is over
             return
-        status = MPI.Status()
-        message: array | None = None
-        try:
-            while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_CALL_TAG, status=status):
-                message = _round_message(0) if message is None else message
-                self.comm.Recv(message, source=status.Get_source(), tag=_CALL_TAG)
-                self._calls_heard.add(int(message[0]))
-        except MPI.Exception:
-            pass  # Open MPI's ULFM: a wildcard probe fails until a failure is acknowledged
-        if self.round in self._calls_heard and not self._called:
+        self._calls.absorb()
+        if self.round in self._calls.heard and not self._called:
             self._called = True
-            for parent in self._parents:
-                if parent != self.root:
-                    relay = _round_message(self.round)
-                    try:
-                        self._calls.append((relay, self.comm.Isend(relay, dest=parent,
-                                                                   tag=_CALL_TAG)))
-                    except MPI.Exception:
-                        pass
+            self._calls.send(self.round, [p for p in self._parents if p != self.root])
 
     def drain(self, tag: int, capacity: int) -> None:
         """This node's round ended: receive what its parents still send in it."""

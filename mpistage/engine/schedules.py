@@ -167,7 +167,7 @@ class Schedule(ABC):
         """The largest message MPI moves at once for a chunk of ``chunk`` bytes.  For a
         collective (not :attr:`point_to_point`) the next one is begun only when this rank
         wakes, so its waits must wake well within a message's time
-        (:func:`mpistage.engine.pipeline.longest_pause`)."""
+        (:func:`mpistage.engine.waits.longest_pause`)."""
         return chunk
 
     def min_depth(self) -> int:

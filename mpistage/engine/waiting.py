@@ -12,7 +12,7 @@ pause is then half of that).  A wait then costs a few dozen wake-ups whatever it
 length, and a completion is seen at most about an eighth of a wait late.  MPI data
 keeps flowing meanwhile: the kernel's socket buffers take what arrives while the rank
 sleeps, and no pause exceeds 20 ms, or the ``longest`` the caller allows (the pipeline:
-the time its links take to carry 64 KiB, :data:`mpistage.engine.pipeline.SLEEP_BYTES`).
+the time its links take to carry 64 KiB, :data:`mpistage.engine.waits.SLEEP_BYTES`).
 """
 
 from __future__ import annotations

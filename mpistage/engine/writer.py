@@ -67,13 +67,8 @@ class ChunkWriter:
             corrupt: test hook: flip a byte of the first chunk before writing it (of
                 its encoded bytes, where it travelled encoded).
         """
-        self.plan = plan
-        self.framing = framing
-        self.sink = sink
-        self.pool = pool
-        self.clock = clock
-        self.codec = codec
-        self.corrupt = corrupt
+        self.plan, self.framing, self.sink, self.pool = plan, framing, sink, pool
+        self.clock, self.codec, self.corrupt = clock, codec, corrupt
         self.digest: str | None = None
         self.error: str | None = None
         self.abandoned = False
@@ -82,8 +77,10 @@ class ChunkWriter:
         self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._writing_since: float | None = None  # when the current write began
         self._chunks_done = 0
-        self._thread = threading.Thread(target=self._write_all, name="mpistage-writer",
-                                        daemon=True)
+        self._thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._write_all, name="mpistage-writer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -95,8 +92,7 @@ class ChunkWriter:
         assert not self._thread.is_alive(), "resume after the writes ended"
         self.pool = pool
         self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._write_all, name="mpistage-writer",
-                                        daemon=True)
+        self._thread = self._new_thread()
 
     def put(self, k: int, index: int) -> None:
         """Write chunk ``k``, held in buffer ``index``; the buffer is released after."""
@@ -167,18 +163,11 @@ class ChunkWriter:
             self.digest = self._digest.hexdigest()
 
     def _decoded(self, k: int, buffer: Buffer) -> Buffer:
-        """Chunk ``k``'s source bytes (decoded where they travelled encoded); an empty
-        view, and :attr:`error` set, if the chunk arrived damaged."""
-        framing, codec = self.framing, self.codec
-        if self.corrupt and k == 0:  # a copy: the forwarded bytes stay intact
-            payload, encoded = framing.payload(buffer, k)
-            damaged = memoryview(bytearray(buffer))
-            where = HEADER.size if framing.framed else 0  # the payload's offset
-            damaged[where: where + len(payload)] = faults.flipped(payload, last=encoded)
-            buffer = damaged
+        """Chunk ``k``'s source bytes; an empty view, :attr:`error` set and the copy
+        discarded, if the chunk arrived damaged."""
         started = time.perf_counter()
         try:
-            return memoryview(decode(framing, codec, buffer, k))
+            return decoded(self.framing, self.codec, buffer, k, corrupt=self.corrupt)
         except ValueError as exc:
             self.error = f"chunk {k} arrived damaged: {exc}"
             if self.sink is not None:
@@ -211,3 +200,49 @@ class ChunkWriter:
         finally:
             self._writing_since = None
         self.clock.add("write", time.perf_counter() - started)
+
+
+def decoded(framing: Framing, codec: Codec, buffer: Buffer, k: int, corrupt: bool = False
+            ) -> Buffer:
+    """Chunk ``k``'s source bytes, decoded where they travelled encoded; with
+    ``corrupt`` (the test hook), chunk 0 is a copy with a byte flipped (of its encoded
+    bytes where it travelled encoded), so the forwarded bytes stay intact.
+
+    Raises:
+        ValueError: the chunk arrived damaged.
+    """
+    if corrupt and k == 0:
+        payload, encoded = framing.payload(buffer, k)
+        damaged = memoryview(bytearray(buffer))
+        where = HEADER.size if framing.framed else 0  # the payload's offset
+        damaged[where: where + len(payload)] = faults.flipped(payload, last=encoded)
+        buffer = damaged
+    return memoryview(decode(framing, codec, buffer, k))
+
+
+def holds_up(writer: ChunkWriter, timeout: float) -> bool:
+    """Whether the ``writer`` explains a wait for buffers: it is inside a write.  One
+    write that lasts half the ``timeout`` abandons this node's copy (a dead disk, a hung
+    file server) and frees the buffers.  Half, because while this node's buffers are all
+    with the writer it posts no receives, and its parent counts that against the same
+    timeout: this node must take data again before its parent gives up on it."""
+    if writer.stuck(after=timeout / 2):
+        writer.abandon(timeout / 2)
+    return writer.busy and not writer.abandoned
+
+
+def buffer_back(writer: ChunkWriter, timeout: float, watch: Callable[[], None]) -> int:
+    """Every buffer is with the ``writer``: wait for one to come back (``watch`` is
+    called every 0.1 s meanwhile).
+
+    Raises:
+        Stalled: none came back within ``timeout`` while no write was under way.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        index = writer.pool.take(block=True, timeout=min(0.1, timeout))
+        if index is not None:
+            return index
+        watch()
+        if not holds_up(writer, timeout) and time.monotonic() >= deadline:
+            raise Stalled(f"no buffer came back from the writer for {timeout:g} s")

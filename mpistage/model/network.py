@@ -15,7 +15,6 @@ import numpy as np
 from ..engine.algorithms import SCHEDULES
 from . import Parameters
 
-
 #: Waves at most this wide are played out with Python scalars (numpy's per-call cost
 #: dominates a chain's one-send waves).
 _SCALAR_WAVE = 4

@@ -2,8 +2,7 @@
 
 Each top-level entry that differs on this node (a source directory, file or symlink, or
 the first component of a ``--files-from`` path) is built under a private temp name
-beside its final path (``.NAME.HOST.PID.XXXXXXXX.mpistage-tmp``, made with ``mkdtemp``,
-so nothing planted in the destination can redirect a write): directories and symlinks
+beside its final path (:mod:`mpistage.sinks.tree_skeleton`): directories and symlinks
 first, then each file as its bytes pass in the stream, checked against the digest that
 follows it.  At the commit the files this node already had are hard-linked in (no bytes
 moved), what stood at the destination but is not in the source is carried over too
@@ -18,21 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import tempfile
 import time
-from pathlib import Path
 
-from .. import interrupt
 from ..digest import file_digest, new_digest
-from ..sources.manifest import DIRECTORY, SYMLINK, TRAILER, Manifest, stream_files
-from .file import TEMP_SUFFIX, copy_mode, current_umask, temp_prefix
-from .tree_commit import NodeTree, TreeCommit, remove_path
+from ..sources.manifest import TRAILER, Manifest, stream_files
+from .file import copy_mode, current_umask
+from .tree_commit import NodeTree, TreeCommit
+from .tree_skeleton import Skeleton
 
 log = logging.getLogger("mpistage.sinks.tree")
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 
 
 class TreeSink:
@@ -54,74 +49,23 @@ class TreeSink:
             needed: per entry, 1 where the file is in the stream (some node lacks it).
             delete: leave out what stands at the destination but is not in the source.
         """
-        self.manifest = manifest
-        self.tree = tree
-        self.fsync = fsync
-        self.delete = delete
+        self.manifest, self.tree, self.fsync, self.delete = manifest, tree, fsync, delete
         self.remove_first = remove_first
         self.final_path = next(iter(tree.finals.values())).parent
-        self.bytes_written = 0
-        self.progress = 0
-        self.files_written = 0
+        self.bytes_written = self.progress = self.files_written = 0
         self.error: str | None = None
         self.timings: dict[str, float] = {}
-        self.temps: dict[bytes, Path] = {}
-        self._temp_names: dict[bytes, bytes] = {}  # the same, encoded
-        self._top_fds: dict[bytes, int] = {}  # top-level files' temp files, open
         self._digests = {} if verify else None  # entry -> digest written, for --verify
         self._files = stream_files(manifest, needed)
-        self._index = -1
-        self._fd = -1
-        self._left = 0          # bytes of the current file still to come
+        self._index = self._fd = -1
+        self._left = 0  # bytes of the current file still to come
         self._digest = new_digest()
         self._trailer = bytearray()
         self._write_some = os.write  # a test fault may make it hang (mpistage.faults)
         self._umask = current_umask()
-        try:
-            self._build_skeleton()
-        except BaseException:  # nothing half-built stays behind (a full disk, a signal)
-            self.discard()
-            raise
-
-    # -- before the stream: the temp entries, directories and symlinks ----------------------
-
-    def _path_of(self, path: bytes) -> bytes:
-        """Where entry ``path`` is built: under its top-level entry's temp name."""
-        top, _, rest = path.partition(b"/")
-        temp = self._temp_names[top]
-        return temp + b"/" + rest if rest else temp
-
-    def _build_skeleton(self) -> None:
-        manifest, tree = self.manifest, self.tree
-        tops = {manifest.path(index): index for index in manifest.top_indices()}
-        for top in sorted(tree.changed):
-            final = tree.finals[top]
-            prefix = temp_prefix(final.name, os.getpid())
-            index = tops[top]
-            kind = manifest.kinds[index]
-            if kind == DIRECTORY:
-                temp = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=final.parent))
-            else:  # a file's or a symlink's temp name, made exclusively
-                fd, name = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=final.parent)
-                temp = Path(name)
-                if kind == SYMLINK:
-                    os.close(fd)
-                    os.unlink(temp)
-                    os.symlink(manifest.link(index), temp)
-                else:
-                    self._top_fds[top] = fd  # the stream's bytes for it go here
-            self.temps[top] = temp
-            self._temp_names[top] = os.fsencode(temp)
-            interrupt.register_temp_file(temp)
-        for index in range(len(manifest)):
-            kind = manifest.kinds[index]
-            path = manifest.path(index)
-            if b"/" not in path or path.split(b"/", 1)[0] not in tree.changed:
-                continue
-            if kind == DIRECTORY:
-                os.mkdir(self._path_of(path), 0o700)
-            elif kind == SYMLINK:
-                os.symlink(manifest.link(index), self._path_of(path))
+        self.skeleton = Skeleton(manifest, tree)
+        self.temps = self.skeleton.temps
+        self._path_of = self.skeleton.path_of
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -152,12 +96,12 @@ class TreeSink:
         if self.tree.wants[index] and self.error is None:
             path = self.manifest.path(index)
             if self.remove_first:
-                self._remove_old(path)
+                _remove_old(self.tree.final_of(path))
             if b"/" in path:  # created with its final mode (a new file is writable anyway)
                 self._fd = os.open(self._path_of(path), _CREATE,
                                    copy_mode(self.manifest.modes[index], self._umask))
             else:
-                self._fd = self._top_fds.pop(path)
+                self._fd = self.skeleton.top_fds.pop(path)
                 os.fchmod(self._fd, copy_mode(self.manifest.modes[index], self._umask))
         else:
             self._fd = -1
@@ -192,15 +136,6 @@ class TreeSink:
         finally:
             os.close(fd)
 
-    def _remove_old(self, path: bytes) -> None:
-        """``--remove-first``: delete the outdated copy before its replacement is written."""
-        try:
-            old = self.tree.final_of(path)
-            if stat.S_ISREG(os.lstat(old).st_mode):
-                os.unlink(old)
-        except OSError:
-            pass
-
     def finished(self) -> bool:
         """Whether the whole stream arrived: every file and its digest."""
         return self._left == 0 and (self._index < 0 or len(self._trailer) == TRAILER) and \
@@ -220,12 +155,7 @@ class TreeSink:
         try:
             if verify and self._digests is not None:
                 started = time.perf_counter()
-                for index, digest in self._digests.items():
-                    on_disk = file_digest(self._path_of(self.manifest.path(index)),
-                                          progress=self._advance)
-                    if on_disk != digest:
-                        raise ValueError(f"re-read of {os.fsdecode(self.manifest.path(index))}"
-                                         f" gave digest {on_disk}, expected {digest}")
+                self._reread(self._digests)
                 self.timings["verify"] = time.perf_counter() - started
             started = time.perf_counter()
             TreeCommit(self.manifest, self.tree, self.temps, path_of=self._path_of,
@@ -236,20 +166,37 @@ class TreeSink:
             self.discard()
             raise
 
+    def _reread(self, digests: dict[int, str]) -> None:
+        """``--verify``: read each file written back and check it against its digest.
+
+        Raises:
+            ValueError: a re-read differs.
+        """
+        for index, digest in digests.items():
+            on_disk = file_digest(self._path_of(self.manifest.path(index)), progress=self._advance)
+            if on_disk != digest:
+                raise ValueError(f"re-read of {os.fsdecode(self.manifest.path(index))}"
+                                 f" gave digest {on_disk}, expected {digest}")
+
     def _advance(self, count: int) -> None:
         self.progress += count
 
     def discard(self) -> None:
         """Remove everything built that is not in place (idempotent)."""
-        for top in list(self._top_fds):
-            os.close(self._top_fds.pop(top))
-        for top, temp in list(self.temps.items()):
-            interrupt.forget_temp_file(temp)
-            remove_path(temp)
-            self.temps.pop(top, None)
+        self.skeleton.discard()
 
     def __enter__(self) -> TreeSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+def _remove_old(final: bytes) -> None:
+    """``--remove-first``: delete the outdated copy at ``final`` (a regular file only)
+    before its replacement is written."""
+    try:
+        if stat.S_ISREG(os.lstat(final).st_mode):
+            os.unlink(final)
+    except OSError:
+        pass

@@ -183,24 +183,31 @@ class Manifest:
             comm.Bcast([packed, MPI.BYTE], root=root)
         if comm.rank == root:
             return self
-        data = memoryview(zlib.decompress(packed))
-        columns: list[bytearray | array] = []
-        offset = 0
-        for template, count in zip(self._shared(), lengths):
-            if isinstance(template, bytearray):
-                columns.append(bytearray(data[offset:offset + count]))
-                offset += count
-            else:
-                column = array("q")
-                column.frombytes(data[offset:offset + 8 * count])
-                columns.append(column)
-                offset += 8 * count
+        columns = _unpacked(memoryview(zlib.decompress(packed)), self._shared(), lengths)
         kinds, sizes, modes, mtimes, path_blob, path_ends, link_blob, link_ends = columns
         manifest = Manifest(kinds=kinds, sizes=sizes, modes=modes, mtimes=mtimes,
                             path_blob=path_blob, path_ends=path_ends, link_blob=link_blob,
                             link_ends=link_ends)
         manifest.freeze()
         return manifest
+
+
+def _unpacked(data: memoryview, templates: tuple[bytearray | array, ...],
+              lengths: list[int]) -> list[bytearray | array]:
+    """The columns a manifest's :meth:`Manifest.bcast` packed into ``data``, each of
+    ``lengths`` items of its template's kind (bytes, or 64-bit integers)."""
+    columns: list[bytearray | array] = []
+    offset = 0
+    for template, count in zip(templates, lengths):
+        if isinstance(template, bytearray):
+            columns.append(bytearray(data[offset:offset + count]))
+            offset += count
+        else:
+            column = array("q")
+            column.frombytes(data[offset:offset + 8 * count])
+            columns.append(column)
+            offset += 8 * count
+    return columns
 
 
 def walk(sources: Sequence[str | os.PathLike[str]], *, skip_special: bool = False) -> Manifest:

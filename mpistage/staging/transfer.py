@@ -16,7 +16,7 @@ from ..engine import stuck
 from ..engine.algorithms import SCHEDULES
 from ..engine.buffers import BufferPool, PhaseClock
 from ..engine.liveness import Heartbeat, watch, writeback_activity
-from ..engine.pipeline import Engine, ProgressCallback, SourceFactory
+from ..engine.pipeline import Engine, ProgressCallback, Resume, SourceFactory
 from ..engine.recovery import Attempt, Rounds, Verdict, can_recover, run_rounds
 from ..engine.reformed import Reformed
 from ..errors import CommandFailed, Stalled
@@ -171,8 +171,8 @@ def _next_attempt(rounds: Rounds, verdict: Verdict, previous: Attempt, *, plan: 
     engine = Engine(plan, schedule, sink,
                     depth=options.buffers(plan.chunk_size), timeout=options.timeout,
                     peer_name=lambda rank: names[rank], source=source,
-                    progress=before.progress, first=first, local_until=local_until,
-                    write_from=write_from, writer=before.writer, watch=rounds.watch)
+                    progress=before.progress, watch=rounds.watch,
+                    resume=Resume(first, local_until, write_from, before.writer))
     return Attempt(engine, previous.held, previous.good)
 
 
