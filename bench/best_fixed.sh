@@ -11,6 +11,7 @@
 #
 # ROUNDS=2 (default) repeats the whole set; the runs of a round are interleaved with the
 # default's, so a slow spell of the machine does not land on one setting only.
+# FIXED='OPTIONS;OPTIONS…' replaces the fixed settings (e.g. FIXED='-c 4M;-c 16M --depth 2').
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 source "$top/jobscripts/env.sh" >/dev/null
@@ -26,6 +27,9 @@ trap cleanup EXIT
 
 fixed=("-a chain -c 64K" "-a chain -c 256K" "-a chain -c 1M" "-a chain -c 4M" "-a chain -c 16M"
        "-a twotree -c 1M" "-a binomial -c 4M")
+if [ -n "${FIXED:-}" ]; then  # FIXED='-c 4M;-c 16M --depth 2': other settings, ;-separated
+    IFS=';' read -ra fixed <<< "$FIXED"
+fi
 case $case in
     shm) size=1024 ranks=2 ;;
     demo) size=64 ranks=4 ;;

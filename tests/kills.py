@@ -4,6 +4,7 @@ promises that hold even when the launcher then killed every rank."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,14 @@ def aborted_by_mpich(output: str) -> bool:
     OFI poll failed``) and the launcher then killed the job."""
     return ("OFI poll failed" in output and "Fatal error in" in output
             and "YOUR APPLICATION TERMINATED" in output)
+
+
+def aborted_hosts(output: str) -> set[int]:
+    """The hosts whose rank MPICH aborted on a fatal transport error (``Abort(…) on node
+    H … OFI poll failed``), whether or not the launcher then killed the job."""
+    if "OFI poll failed" not in output:
+        return set()
+    return {int(h) for h in re.findall(r"Abort\(\d+\) on node (\d+) ", output)}
 
 
 def launcher_failed(output: str) -> bool:

@@ -38,7 +38,7 @@ from mpistage.cluster import EmulatedCluster, system, teardown
 from mpistage.cluster.launch import mpi_environment
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
-from tests.kills import aborted_by_mpich, temps_left_are_removed_next_run
+from tests.kills import aborted_by_mpich, aborted_hosts, temps_left_are_removed_next_run
 
 NAME = "mstkill"
 HOSTS = 6
@@ -129,6 +129,8 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
             return "finished before the kill; mpiexec ended by SIGPIPE"
         assert job.returncode == 0, what
         return "finished before the kill"
+    if aborted := aborted_hosts(out + err) - {victim}:
+        return survivor_aborted(cluster, src, report, victim, aborted, whole, what)
     if victim == 0:
         if whole == list(range(HOSTS)):
             return "root killed after the end"
@@ -173,6 +175,30 @@ def one_run(cluster: EmulatedCluster, src: Path, report: Path, rng: random.Rando
     if job.returncode == -signal.SIGPIPE:
         return "lost mid-transfer, the others completed; mpiexec ended by SIGPIPE"
     return "lost mid-transfer, the others completed"
+
+
+def survivor_aborted(cluster: EmulatedCluster, src: Path, report: Path, victim: int,
+                     aborted: set[int], whole: list[int], what: str) -> str:
+    """MPICH aborted a survivor too (its OFI transport makes a completion error on the
+    connection to the killed process fatal, whatever the error handler) while the
+    launcher let the others go on: the aborted node is lost with the victim and named
+    so; every other node must hold a verified copy and no temp file, and the temp files
+    of the lost ones are removed by the next run's pre-flight."""
+    lost = aborted | {victim}
+    if victim == 0:  # the root lost: every rank gives up (checked above: no partial file)
+        temps_left_are_removed_next_run(cluster, src)
+        return "root lost, and MPICH aborted a survivor too: temps removed next run"
+    nodes = json.loads(report.read_text())["nodes"] if report.exists() else None
+    assert nodes is not None, f"no report; {what}"
+    assert all(n["ok"] for n in nodes if n["index"] not in lost), f"others incomplete; {what}"
+    assert {n["index"] for n in nodes if not n["ok"]} <= lost, what
+    assert [h for h in whole if h not in lost] == [h for h in range(HOSTS) if h not in lost], what
+    for host in range(HOSTS):
+        if host not in lost:
+            temps = [p for p in os.listdir(cluster.scratch_dir(host)) if p.endswith(TEMP_SUFFIX)]
+            assert not temps, f"temp file left on host {host}: {temps}; {what}"
+    temps_left_are_removed_next_run(cluster, src)
+    return "MPICH aborted a survivor too: both named, the others completed"
 
 
 def promises_kept(cluster: EmulatedCluster, src: Path, report: Path, victim: int,

@@ -27,7 +27,7 @@ from mpistage.cli.sbcast import SRUN_MPI_PLUGIN
 from mpistage.cluster import EmulatedCluster
 from mpistage.cluster import slurm as slurm_module
 from mpistage.cluster import system, teardown
-from mpistage.cluster.cluster import mpi_environment
+from mpistage.cluster.launch import mpi_environment
 from mpistage.cluster.slurm import SlurmSettings
 from mpistage.digest import file_digest
 
@@ -325,7 +325,7 @@ def test_scancel_mid_transfer_stops_every_rank_cleanly(
                     "(README: When a node dies)")
 @pytest.mark.parametrize("chunk", [None, "64K"], ids=["default options", "64 KiB chunks"])
 def test_srun_a_lost_node_costs_only_itself(cluster: EmulatedCluster, shared: Path,
-                                            chunk: str | None) -> None:
+                                            chunk: str | None, record_property) -> None:  # type: ignore[no-untyped-def]
     """srun (which lets the others go on when a task dies): node 2's rank killed
     mid-transfer; the others hold verified copies and no temp file, and the summary names
     node 2 alone."""
@@ -349,7 +349,10 @@ def test_srun_a_lost_node_costs_only_itself(cluster: EmulatedCluster, shared: Pa
     pid = cluster.mpistage_pid(victim)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
     out, err = job.communicate(timeout=120)
+    record_property("seconds_to_report", round(time.monotonic() - killed, 2))
+    record_property("mpiexec_status", job.returncode)
     nodes = json.loads(report.read_text())["nodes"]
     assert [n["index"] for n in nodes if not n["ok"]] == [victim], out + err
     assert copies_match(cluster, src.name, src) == [i != victim for i in range(HOSTS)]
