@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from mpistage.engine.pipeline import DEFAULT_DEPTH
 from mpistage.model import (ASSUMED_CPU_RATE, ENGINE_OVERHEAD, Parameters, _step_terms, bound,
                             ka_terms, predict, shape)
 from mpistage.model.choice import chain_optimal_chunk, choose, optimal_chunk
-from mpistage.model.cores import share_of
+from mpistage.model.cores import last_level_cache, placement_of, share_of
 from mpistage.model.decide import with_cpu
 from mpistage.model.fit import Sample, fit
 from mpistage.staging.engine_cost import fit_engine
@@ -224,6 +225,30 @@ def test_ranks_sharing_cores_pay_for_every_message_end_on_them() -> None:
     pinned = [("boot-c", frozenset({core})) for core in range(4)]  # MPI binds a core each
     assert share_of(pinned) == 4 / 4
     assert share_of(pinned + [("boot-c", many)]) == 5 / 64
+
+
+def test_the_last_level_cache_is_the_deepest_sysfs_lists(tmp_path: Path) -> None:
+    for index, (level, size) in enumerate([(1, "32K"), (2, "1024K"), (3, "32768K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(f"{level}\n")
+        (tmp_path / f"index{index}" / "size").write_text(f"{size}\n")
+    assert last_level_cache(tmp_path) == 32 << 20
+    assert last_level_cache(tmp_path / "none") is None
+
+
+def test_an_auto_chunk_keeps_every_ranks_buffers_of_a_machine_in_its_cache() -> None:
+    """One host, 2 ranks, depth 4, a 32 MiB L3: 4 MiB (measured fastest there, 16 MiB
+    1.26x slower); 4 ranks: 2 MiB; hosts of their own, each with 1 rank: 8 MiB; the
+    most crowded machine decides."""
+    two, many = frozenset({0, 1}), frozenset(range(64))
+    one_host = placement_of([("boot-a", two, 32 << 20)] * 2)
+    assert (one_host.share, one_host.crowd, one_host.cache_chunk(4)) == (1.0, 2, 4 << 20)
+    assert placement_of([("boot-a", two, 32 << 20)] * 4).cache_chunk(4) == 2 << 20
+    hosts = placement_of([(f"boot-{i}", many, 32 << 20) for i in range(8)])
+    assert hosts.cache_chunk(4) == 8 << 20
+    mixed = placement_of([("boot-a", two, 32 << 20)] * 4 + [("boot-b", many, 8 << 20)])
+    assert (mixed.crowd, mixed.cache) == (4, 32 << 20)
+    assert placement_of([("boot-a", two, None)] * 2).cache_chunk(4) is None
 
 
 def test_a_slow_link_stays_link_bound_and_keeps_small_chunks() -> None:

@@ -100,6 +100,9 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     cpu = (f"; CPU o {format_seconds(p.overhead)} per message, "
            f"{format_bytes(p.cpu_rate)}/s per message end, {p.share:g} ranks per core"
            if p.overhead else "")
+    if prediction.cache_chunk:
+        cpu += (f"; chunks of at most {format_bytes(prediction.cache_chunk)}, so every "
+                "rank's buffers on one machine fit in its last-level cache")
     lines = [
         f"mpistage --explain: {prediction.nodes} nodes to serve; parameters from the "
         f"{prediction.source}: α {format_seconds(p.latency)}, {rates}{cpu}",

@@ -27,13 +27,14 @@ from mpi4py import MPI
 
 from ..engine.algorithms import SCHEDULES
 from ..engine.codec import CodecCost
+from ..engine.pipeline import DEFAULT_DEPTH
 from ..errors import Stalled
 from ..model import (ASSUMED_CPU_RATE, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE, ENGINE_OVERHEAD,
                      MODELLED, Parameters)
 from ..plan import Plan, SourceInfo
 from ..sources.streams import ASSUMED_STREAM_SIZE
 from .choice import ASSUMED, Choice, choice_is_settled, choose
-from .cores import core_share
+from .cores import placement
 
 AUTO = "auto"
 _PROBE_TAG = 7201
@@ -53,6 +54,9 @@ class Prediction:
     nodes: int
     choice: Choice
     auto: bool
+    #: The largest chunk ``auto`` considered for the last-level cache's sake
+    #: (:meth:`~mpistage.model.cores.Placement.cache_chunk`; ``None``: no such limit).
+    cache_chunk: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -61,7 +65,8 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "parameters": self.parameters.to_dict(),
-                "nodes": self.nodes, "auto": self.auto, **self.choice.to_dict()}
+                "nodes": self.nodes, "auto": self.auto, "cache_chunk": self.cache_chunk,
+                **self.choice.to_dict()}
 
 
 def _exchange(requests: list[MPI.Request], timeout: float) -> None:
@@ -162,7 +167,7 @@ def decide(
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
     max_chunk: int | None = None, files: int = 0,
     codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
-    recoverable: bool = False,
+    recoverable: bool = False, depth: int = DEFAULT_DEPTH,
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
     ``max_chunk``, the memory budget's limit, and an algorithm's buffers within ``memory``:
@@ -182,6 +187,9 @@ def decide(
     (every rank would have to know how many chunks come).  ``recoverable``: the run
     could survive a lost node (:func:`mpistage.engine.recovery.can_recover`: one file of known
     size): ``auto`` then never picks MPI's own broadcast, which cannot leave a member out.
+    An ``auto`` chunk is also at most what lets ``depth`` buffers of every rank on the
+    most crowded machine stay in its last-level cache
+    (:meth:`~mpistage.model.cores.Placement.cache_chunk`).
     """
     auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
     algorithms = MODELLED if auto_algorithm else (algorithm,)
@@ -199,7 +207,7 @@ def decide(
     # are busy, and another rank's first message to the root could be refused until
     # MPICH's bounded retries ran out (EAGAIN from the gather: seen with --explain on 8
     # emulated hosts, whose connections are not opened early as a staging's are).
-    share = core_share(comm, root) if source != "assumed" else 0.0
+    place = placement(comm, root) if source != "assumed" else None
     if params is None:
         params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
@@ -211,10 +219,14 @@ def decide(
     assert params is not None
     if files and not params.file_cost:
         params = replace(params, file_cost=ASSUMED_FILE_COST)
-    params = with_cpu(params, share, measured=source == "quick measurement")
+    params = with_cpu(params, place.share if place else 0.0,
+                      measured=source == "quick measurement")
+    cache_chunk = place.cache_chunk(depth) if place is not None and auto_chunk else None
+    if cache_chunk is not None:
+        candidates["max_chunk"] = min(max_chunk or cache_chunk, cache_chunk)
     choice = choose(size, comm.size, replace(params, startup=0.0), **candidates)
     prediction = Prediction(source=source, parameters=params, nodes=comm.size, choice=choice,
-                            auto=auto_algorithm or auto_chunk)
+                            auto=auto_algorithm or auto_chunk, cache_chunk=cache_chunk)
     plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm,
                    codec=choice.codec,
                    link_rate=0.0 if source == "assumed" or not math.isfinite(params.bandwidth)

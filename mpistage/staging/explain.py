@@ -81,6 +81,7 @@ def explain(
                     files=copy.files_in_stream, codecs=codecs,
                     recoverable=(options.auto_algorithm and copy.files_in_stream == 0
                                  and options.pipe is None),
+                    depth=options.depth,
                 )
                 prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:

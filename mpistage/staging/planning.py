@@ -177,7 +177,8 @@ def decide_plan(
                          chunk_size=options.chunk_size, arity=options.arity,
                          timeout=options.timeout, max_chunk=options.max_auto_chunk,
                          files=files, codecs=codecs, memory=options.memory,
-                         recoverable=files == 0 and options.pipe is None)
+                         recoverable=files == 0 and options.pipe is None,
+                         depth=options.depth)
     if topo.comm.rank == options.root and decided is None:
         decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
                            if options.auto_chunk
