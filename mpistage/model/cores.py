@@ -91,8 +91,10 @@ class Placement:
 def placement_of(kernels: list[tuple[str, frozenset[int], int | None]]) -> Placement:
     """The :class:`Placement` of ranks that reported ``(kernel, cores, cache)`` each."""
     counts = Counter(kernel for kernel, _, _ in kernels)
-    crowded = max(counts, key=lambda kernel: counts[kernel] / len(
-        set().union(*(c for k, c, _ in kernels if k == kernel))))
+    cores: dict[str, set[int]] = {}
+    for kernel, usable, _ in kernels:  # one pass: 4096 ranks are 4096 kernels
+        cores.setdefault(kernel, set()).update(usable)
+    crowded = max(counts, key=lambda kernel: counts[kernel] / len(cores[kernel]))
     caches = [cache for kernel, _, cache in kernels if kernel == crowded and cache]
     return Placement(share_of([(k, c) for k, c, _ in kernels]), counts[crowded],
                      min(caches) if caches else None)
