@@ -74,19 +74,23 @@ class Plan(SourceInfo):
         codec: how chunks travel (:mod:`mpistage.engine.codec`; never ``auto`` either).
         link_rate: bytes/s the model has for a link (the probe's or the calibration's;
             0 unknown): how long a rank may sleep in a wait (:mod:`mpistage.engine.waits`).
+        read_by: ``"root"`` reads the source, or ``"all"``: every node reads its share
+            of it, the same file on a file system they all mount (the algorithm is then
+            one whose :attr:`~mpistage.engine.schedules.Schedule.every_node_reads`).
     """
 
     chunk_size: int
     algorithm: str
     codec: str = "none"
     link_rate: float = 0.0
+    read_by: str = "root"
 
     @classmethod
     def of(cls, info: SourceInfo, *, chunk_size: int, algorithm: str,
-           codec: str = "none", link_rate: float = 0.0) -> Plan:
+           codec: str = "none", link_rate: float = 0.0, read_by: str = "root") -> Plan:
         return cls(**{f.name: getattr(info, f.name) for f in fields(SourceInfo)},
                    chunk_size=check_chunk_size(chunk_size), algorithm=algorithm, codec=codec,
-                   link_rate=link_rate)
+                   link_rate=link_rate, read_by=read_by)
 
     @property
     def nchunks(self) -> int:

@@ -93,7 +93,7 @@ def test_stage_prints_one_summary_and_writes_the_report(src: Path, tmp_path: Pat
     (["{src}", "{tmp}/nowhere/x"], "destination directory '{tmp}/nowhere' does not exist"),
     (["-c", "12X", "{src}", "{tmp}/n0"], "invalid size '12X'"),
     (["-c", "2G", "{src}", "{tmp}/n0"], "invalid chunk size"),
-    (["-a", "ring", "{src}", "{tmp}/n0"], "invalid choice: 'ring'"),
+    (["-a", "spiral", "{src}", "{tmp}/n0"], "invalid choice: 'spiral'"),
     (["--root", "5", "{src}", "{tmp}/n0"], "invalid root 5: expected a rank from 0 to 1"),
     (["{src}"], "expected SRC... DEST: what to stage and where"),
     (["{src}", "{tmp}/n{{node:s}}"], "Unknown format code 's'"),
@@ -244,7 +244,8 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
     lines = run.stdout.splitlines()
     assert lines[0].startswith("mpistage --explain: 2 nodes to serve; parameters from the calibration")
     # One file: auto weighs the algorithms that survive a lost node (not MPI's bcast).
-    recoverable = [name for name, cls in SCHEDULES.items() if cls.point_to_point]
+    recoverable = [name for name, cls in SCHEDULES.items()
+                   if cls.point_to_point and not cls.every_node_reads]
     assert len(lines) == 2 + len(recoverable) and "<- chosen" in lines[2], "the choice first"
     assert "bound by" in lines[1] and "ranks per core" in lines[0]
     assert all(line.split()[5] in ("link", "CPU", "read", "write") for line in lines[2:]), lines

@@ -41,7 +41,9 @@ DESTS = mostly([
     "{tmp}/dir", "",
 ])
 OPTIONS = {
-    "-a": mostly(["chain", "binomial", "tree", "twotree", "flat", "bcast", "auto"], ["ring", ""]),
+    "-a": mostly(["chain", "binomial", "tree", "twotree", "flat", "bcast", "ring", "auto"],
+                 ["spiral", ""]),
+    "--read-by": mostly(["auto", "root", "all"], ["some", ""]),
     "-c": mostly(["1", "4K", "64K", "1M", "auto"], ["0", "-1", "2G", "1.5M", "12X", ""]),
     "--depth": mostly(["2", "4", "64"], ["0", "1", "65", "-3", "100000000", "x", "2.5"]),
     "--arity": mostly(["2", "3", "64"], ["0", "1", "-3", "x"]),

@@ -43,8 +43,8 @@ def _inbox(chunks: int) -> tuple[Inbox, BufferPool]:
     waits = Waits(plan, schedule, PhaseClock(), 5.0, on_wake=lambda: None, blame=blame)
     outbox = Outbox(schedule, pool, framing, waits, lambda: None, blame,
                     Progress(lambda done, total: None, 0, plan.size))
-    inbox = Inbox(schedule, pool, framing, plan.nchunks, waits, outbox,
-                  buffer_back=lambda: pool.take(), peer_name="node {}".format, next_post=0)
+    inbox = Inbox(schedule, pool, framing, waits, outbox, buffer_back=lambda: pool.take(),
+                  peer_name="node {}".format, chunks=iter(range(plan.nchunks)))
     return inbox, pool
 
 
@@ -55,11 +55,11 @@ def test_chunks_come_in_order_into_buffers_posted_ahead() -> None:
     sends = [MPI.COMM_SELF.Isend(messages[k], dest=0, tag=TAG + k) for k in (1, 0)]
     k, index = inbox.next()
     assert k == 0 and bytes(pool.buffers[index][:CHUNK]) == b"\0" * CHUNK
-    assert inbox.next_post == 2, "as many posted ahead as there are buffers"
+    assert inbox.posted == 2, "as many posted ahead as there are buffers"
     pool.release(index)
     k, index = inbox.next()
     assert k == 1 and bytes(pool.buffers[index][:CHUNK]) == b"\1" * CHUNK
-    assert inbox.next_post == 3 and inbox.awaited == 1
+    assert inbox.posted == 3 and inbox.awaited == 1
     pool.release(index)
     MPI.Request.Waitall(sends)
     inbox.cancel()  # chunk 2 never comes: its receive is cancelled, its buffer freed

@@ -68,7 +68,7 @@ def test_edge_cases() -> None:
     assert predict("chain", 0, 8, C, P) == 0.5
     assert predict("chain", 10, 8, C, P) == pytest.approx(0.5 + 7 * (0.001 + 10 / 1e6))
     with pytest.raises(ValueError, match="unknown algorithm"):
-        predict("ring", S, 4, C, P)
+        predict("spiral", S, 4, C, P)
     assert shape("binomial", 5, 2) == (3, 3) and shape("flat", 1) == (0, 0)
     assert [shape("binomial", n)[1] for n in (2, 3, 4, 8, 9, 16, 17)] == [1, 2, 2, 3, 4, 4, 5]
     assert shape("binomial", 16) == (4, 4) and shape("tree", 4) == (2, 2)

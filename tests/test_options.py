@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mpistage.errors import UsageError
-from mpistage.model import MODELLED, Parameters
+from mpistage.model import ROOT_READ, Parameters
 from mpistage.model.choice import BRACKET, choice_is_settled, choose
 from mpistage.staging.options import CALIBRATION_ENV, DEFAULT_MEMORY, StageOptions
 
@@ -62,7 +62,7 @@ def test_settled_means_every_bracketed_link_picks_the_same() -> None:
     assert choice_is_settled(64 << 20, 8, algorithms=("chain",), chunk_size=1 << 20)
     for size in (1, 1000, 60_000):
         picks = {(c.algorithm, c.chunk_size) for c in
-                 (choose(size, 8, p, algorithms=MODELLED) for p in BRACKET)}
+                 (choose(size, 8, p, algorithms=ROOT_READ) for p in BRACKET)}
         assert len(picks) == 1
 
 

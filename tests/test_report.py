@@ -41,7 +41,8 @@ def test_json_schema(tmp_path: Path) -> None:
     assert data["schema"] == SCHEMA
     assert (data["ok"], data["exit_code"], data["node_count"], data["rank_count"]) == (False, 1, 2, 3)
     assert data["source"] == {"path": "/src/f", "size": 10, "digest": "d",
-                              "digest_algorithm": "xxh3_128", "error": None}
+                              "digest_algorithm": "xxh3_128", "error": None,
+                              "read_by": "root"}
     assert data["nodes"][1]["error"].startswith("write to /s/f failed")
     assert (data["nodes"][1]["status"], data["nodes"][1]["ok"]) == ("failed", False)
     assert (data["stalled"], data["stall"], data["missing_ranks"]) == (False, None, [])

@@ -96,4 +96,4 @@ def test_kary_height_is_the_deepest_node(arity: int, size: int) -> None:
 
 
 def test_registry_names_every_algorithm() -> None:
-    assert set(SCHEDULES) == {"chain", "binomial", "tree", "twotree", "flat", "bcast"}
+    assert set(SCHEDULES) == {"chain", "binomial", "tree", "twotree", "flat", "bcast", "ring"}

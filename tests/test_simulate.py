@@ -122,7 +122,7 @@ def test_edge_cases() -> None:
     assert simulate("chain", 100_000, 4, 1 << 20, HAND) == pytest.approx(
         predict("chain", 100_000, 4, 1 << 20, HAND))
     with pytest.raises(ValueError, match="unknown algorithm"):
-        simulate("ring", 1, 2, 1, HAND)
+        simulate("spiral", 1, 2, 1, HAND)
     with pytest.raises(ValueError, match="at least 1"):
         simulate("chain", 1, 2, 0, HAND)
 

@@ -161,7 +161,7 @@ def test_bad_input_raises_on_every_rank_and_creates_nothing(area, make_file, ass
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"algorithm": "ring"}, "expected one of chain, binomial, tree, twotree, flat, bcast or auto"),
+    ({"algorithm": "spiral"}, "expected one of chain, binomial, tree, twotree, flat, bcast, ring or auto"),
     ({"chunk_size": "big"}, "expected bytes or auto"),
     ({"arity": 1}, "invalid arity"),
     ({"calibration": "/nonexistent.json"}, "cannot use calibration"),

@@ -201,7 +201,7 @@ def _explain(args: argparse.Namespace, comm: MPI.Comm) -> int:
         chunk_size=args.chunk_size, root=args.root, ranks_as_nodes=args.ranks_as_nodes,
         arity=args.arity, calibration=args.calibration, quick=args.quick,
         depth=args.depth, memory=args.memory, timeout=args.timeout,
-        compress=args.compress, shared_dest=args.shared_dest,
+        compress=args.compress, shared_dest=args.shared_dest, read_by=args.read_by,
     )
     if comm.rank == 0:
         print(describe_prediction(prediction), flush=True)
@@ -226,7 +226,7 @@ def _stage(args: argparse.Namespace, comm: MPI.Comm, started: float) -> int:
             timeout=args.timeout,
             mkdir=args.mkdir, skip_bad_nodes=args.skip_bad_nodes, quick=args.quick,
             remove_first=args.remove_first, no_clobber=args.no_clobber,
-            shared_dest=args.shared_dest, progress=progress,
+            shared_dest=args.shared_dest, read_by=args.read_by, progress=progress,
             started=started,
         )
     if rank == 0:

@@ -11,7 +11,7 @@ from ..engine.pipeline import DEFAULT_DEPTH, DEFAULT_TIMEOUT
 from ..errors import UsageError
 from ..model.decide import AUTO
 from ..plan import MAX_DEPTH, MIN_DEPTH, check_timeout
-from ..staging.options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY
+from ..staging.options import ALGORITHMS, CALIBRATION_ENV, DEFAULT_MEMORY, READ_BY
 from ..units import format_bytes, parse_size
 from .base import RankZeroParser
 
@@ -109,6 +109,12 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
         help=f"{algorithm_help()}; auto (the default): the one the cost model predicts "
         "fastest",
     )
+    parser.add_argument(
+        "--read-by", choices=READ_BY, default=AUTO,
+        help="who reads the source: root, or all (every node reads its share of a file all "
+        "of them mount, e.g. on Lustre or GPFS, and the shares go round a ring; needs the "
+        "same file on every node); auto (the default): the model picks, where the source "
+        "is on a network file system")
     parser.add_argument(
         "-c", "--chunk-size", type=_size, default=AUTO, metavar="SIZE",
         help="bytes per pipelined message, K/M/G suffixes, or auto (the default): the "

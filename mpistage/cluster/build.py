@@ -4,8 +4,9 @@
 A command runs "on" a host through ``enter HOST CMD…``: ``nsenter`` into the host's
 network namespace, then ``unshare`` a mount and UTS namespace in which the host name is
 set, the cluster's ``hosts`` file is bound over ``/etc/hosts``, the host's scratch is
-bound over the scratch path, its shm over ``/dev/shm`` and, with Slurm, the cluster's
-configuration over ``/etc/slurm``.  (``ip netns exec`` is not used: it remounts ``/sys``.)
+bound over the scratch path, its shm over ``/dev/shm``, with Slurm, the cluster's
+configuration over ``/etc/slurm`` and, with a shared file system, the host's mount of it
+over its path (:mod:`mpistage.cluster.shared_fs`).  (``ip netns exec`` is not used: it remounts ``/sys``.)
 """
 
 from __future__ import annotations
@@ -33,12 +34,19 @@ def create_state(cluster: Layout) -> None:
     if not os.path.isdir(cluster.scratch):
         os.makedirs(cluster.scratch)
         created_mountpoint = True
+    shared = cluster.shared_fs
+    created_shared = False
+    if shared is not None and not os.path.isdir(shared.path):
+        os.makedirs(shared.path)
+        created_shared = True
     (state / "state.json").write_text(json.dumps({
         "name": cluster.name, "hosts": cluster.hosts, "rate": cluster.rate_bits,
         "scratch": cluster.scratch, "scratch_size": cluster.scratch_size,
         "overrides": {i: [o.rate, o.scratch_size] for i, o in cluster.overrides.items()},
         "created_mountpoint": created_mountpoint,
         "slurm": None if cluster.slurm is None else asdict(cluster.slurm),
+        "shared_fs": None if shared is None else asdict(shared),
+        "created_shared_mountpoint": shared.path if created_shared and shared else None,
     }))
     head = cluster.address(0)
     lines = ["127.0.0.1 localhost", f"{head} {socket.gethostname()}"]
@@ -50,6 +58,8 @@ def create_state(cluster: Layout) -> None:
         shm_root=shlex.quote(str(state / "shm")),
         scratch=shlex.quote(cluster.scratch),
         slurm_etc=shlex.quote(str(slurm_daemons.etc_dir(cluster))),
+        shared_root=shlex.quote(str(state / "shared")),
+        shared=shlex.quote(shared.path if shared is not None else "/shared"),
     ))
     _write_script(cluster.launcher, LAUNCHER_SCRIPT.format(enter=shlex.quote(str(cluster.enter_script))))
 
@@ -98,6 +108,7 @@ exec nsenter --net="/run/netns/$host" unshare --mount --uts --propagation privat
     sh -c 'hostname "$1" && mount --bind {hosts} /etc/hosts &&
            mount --bind {scratch_root}/"$1" {scratch} && mount --bind {shm_root}/"$1" /dev/shm &&
            {{ [ ! -d {slurm_etc} ] || mount --bind {slurm_etc} /etc/slurm; }} &&
+           {{ [ ! -d {shared_root}/"$1" ] || mount --bind {shared_root}/"$1" {shared}; }} &&
            shift && exec "$@"' sh "$host" "$@"
 """
 

@@ -4,6 +4,8 @@
     python -m mpistage.cluster run --hosts 8 --rate 100mbit -- mpistage in.dat /scratch
     python -m mpistage.cluster up --hosts 8 --rate 100mbit --slow 3=10mbit --small-scratch 5=1M
     python -m mpistage.cluster up --hosts 4 --rate 100mbit --slurm    # and a Slurm on it
+    python -m mpistage.cluster up --hosts 8 --rate 100mbit --shared-fs --client-rate 25mbit \
+        --shared-rate 400mbit                            # and a file system all hosts mount
     python -m mpistage.cluster exec 0 -- sbatch --nodes=4 job.sh
     python -m mpistage.cluster mpiexec -- mpistage in.dat /scratch
     python -m mpistage.cluster exec 3 -- ls -l /scratch
@@ -33,6 +35,7 @@ from .launch import mpi_environment
 from .layout import HostSpec
 from .rates import format_link_rate, parse_rate
 from .runs import stage_with_report
+from .shared_fs import SharedFS
 from .slurm import PARTITION, SlurmError, SlurmSettings
 from .system import interrupts_as_exceptions, teardown
 
@@ -70,6 +73,15 @@ def _shape_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prolog", metavar="SCRIPT",
                         help="with --slurm: slurm.conf Prolog (PrologFlags=Alloc)")
     parser.add_argument("--epilog", metavar="SCRIPT", help="with --slurm: slurm.conf Epilog")
+    parser.add_argument("--shared-fs", metavar="PATH", nargs="?", const="/shared",
+                        help="also a storage host serving a directory over SFTP, mounted with "
+                        "sshfs at PATH on every host (default /shared; needs the Debian "
+                        "packages sshfs socat openssh-sftp-server)")
+    parser.add_argument("--client-rate", type=_rate, default=parse_rate("1gbit"),
+                        help="with --shared-fs: one host's read rate at most (default 1gbit)")
+    parser.add_argument("--shared-rate", type=_rate, default=parse_rate("10gbit"),
+                        help="with --shared-fs: all hosts' read rate together at most "
+                        "(default 10gbit)")
     parser.add_argument("--kill-wait", type=int, default=30, metavar="SECONDS",
                         help="with --slurm: seconds from SIGTERM to SIGKILL (default 30)")
 
@@ -90,9 +102,11 @@ def _cluster_from(args: argparse.Namespace) -> EmulatedCluster:
         )
     elif args.prolog or args.epilog:
         raise ClusterError("--prolog and --epilog need --slurm")
+    shared = (SharedFS(args.client_rate, args.shared_rate, args.shared_fs)
+              if args.shared_fs else None)
     return EmulatedCluster(hosts=args.hosts, rate=args.rate, name=args.name,
                            scratch=args.scratch, scratch_size=args.scratch_size,
-                           overrides=overrides, slurm=slurm)
+                           overrides=overrides, slurm=slurm, shared_fs=shared)
 
 
 def _host(text: str) -> int | str:
@@ -215,6 +229,9 @@ def _print_status(cluster: EmulatedCluster) -> None:
     for i, host in enumerate(cluster.hostnames):
         print(f"  {i:>2} {host:<16} {cluster.address(i):<13} {format_link_rate(cluster.rate_of(i)):>8}"
               f"  scratch {cluster.scratch_dir(i)}")
+    if cluster.shared_fs is not None:
+        print(f"shared file system at {cluster.shared_fs.describe()}, served by "
+              f"{cluster.storage} from {cluster.export_dir}")
     if cluster.slurm is not None:
         print(f"Slurm: partition {PARTITION} with every host, slurmctld on {cluster.hostnames[0]}; "
               f"client commands: python -m mpistage.cluster exec 0 -- sinfo")

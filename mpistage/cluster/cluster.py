@@ -9,6 +9,8 @@ remove exactly that and nothing else:
   ``enter`` and ``launcher`` scripts and two tmpfs per host, mounted at ``scratch/HOST``
   and ``shm/HOST`` (the host's own ``/dev/shm``, as a real node has);
 * the scratch mount point (``/scratch``) if it did not exist before;
+* with ``shared_fs``, a storage host ``NAME-st`` serving ``export/`` over SFTP and
+  every host's sshfs mount of it under ``shared/`` (:mod:`mpistage.cluster.shared_fs`);
 * with ``slurm``, a Slurm of its own (see :mod:`mpistage.cluster.slurm`): munged,
   slurmctld on host 0, one slurmd per host, configuration under ``slurm/``.
 
@@ -27,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from . import shared_fs
 from . import slurm as slurm_daemons
 from .build import add_host, create_state, shape
 from .hosts import ClusterError
 from .launch import mpi_environment, mpiexec_command
 from .layout import HostSpec, Layout
 from .rates import format_link_rate
+from .shared_fs import SharedFS
 from .slurm import SlurmSettings
 from .system import STATE_ROOT, check_prerequisites, ip, netns_names, run_command, teardown
 
@@ -59,6 +63,7 @@ class EmulatedCluster(Layout):
             scratch_size=record["scratch_size"],
             overrides={int(i): HostSpec(r, s) for i, (r, s) in record["overrides"].items()},
             slurm=SlurmSettings(**record["slurm"]) if record.get("slurm") else None,
+            shared_fs=SharedFS(**record["shared_fs"]) if record.get("shared_fs") else None,
         )
 
     # -- life cycle -----------------------------------------------------------------------
@@ -78,6 +83,8 @@ class EmulatedCluster(Layout):
             ip("-n", self.switch, "link", "set", "br0", "up")
             for i, host in enumerate(self.hostnames):
                 add_host(self, i, host)
+            if self.shared_fs is not None:
+                shared_fs.start(self, self.shared_fs)
             if self.slurm is not None:
                 slurm_daemons.start(self, self.slurm)
         except BaseException:

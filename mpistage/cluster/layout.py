@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .hosts import ClusterError
 from .rates import parse_rate
+from .shared_fs import SharedFS
 from .slurm import SlurmSettings
 from .system import NAME_RE, STATE_ROOT
 
@@ -47,6 +48,8 @@ class Layout:
         overrides: per-host :class:`HostSpec`, by host index.
         slurm: also start a Slurm (munge, slurmctld, one slurmd per host, one partition
             holding every host) with these settings; ``None``: no Slurm.
+        shared_fs: also a storage host whose directory every host mounts
+            (:mod:`mpistage.cluster.shared_fs`); ``None``: none.
     """
 
     hosts: int = 8
@@ -56,6 +59,7 @@ class Layout:
     scratch_size: str | None = None
     overrides: Mapping[int, HostSpec] = field(default_factory=dict)
     slurm: SlurmSettings | None = None
+    shared_fs: SharedFS | None = None
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -88,6 +92,20 @@ class Layout:
     @property
     def launcher(self) -> Path:
         return self.state_dir / "launcher"
+
+    @property
+    def storage(self) -> str:
+        """The storage host's network namespace (with a shared file system)."""
+        return f"{self.name}-st"
+
+    @property
+    def export_dir(self) -> Path:
+        """What the shared file system serves, as seen from outside the cluster."""
+        return self.state_dir / "export"
+
+    def shared_mount(self, host: int | str) -> Path:
+        """``host``'s mount of the shared file system, as seen from outside the cluster."""
+        return self.state_dir / "shared" / self.host(host)
 
     def host(self, host: int | str) -> str:
         """Host name of ``host`` (an index or a name)."""

@@ -107,6 +107,13 @@ def teardown(name: str) -> list[str]:
             removed.append(f"dir {mountpoint}")
         except OSError:
             pass
+    shared = record.get("created_shared_mountpoint")
+    if isinstance(shared, str):
+        try:
+            os.rmdir(shared)
+            removed.append(f"dir {shared}")
+        except OSError:
+            pass
     if STATE_ROOT.exists() and not any(STATE_ROOT.iterdir()):
         STATE_ROOT.rmdir()
     return removed

@@ -7,6 +7,7 @@ all read from :data:`SCHEDULES`; adding an algorithm is one file with its
 
 from __future__ import annotations
 
+from .ring import RingSchedule
 from .schedules import (BcastSchedule, BinomialSchedule, ChainSchedule, FlatSchedule,
                         KaryTreeSchedule, Schedule)
 from .twotree import TwoTreeSchedule
@@ -21,6 +22,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
         TwoTreeSchedule,
         FlatSchedule,
         BcastSchedule,
+        RingSchedule,
     )
 }
 

@@ -59,6 +59,8 @@ class BufferPool:
         self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._holders = [0] * count
         self._lock = threading.Lock()
+        #: :meth:`close` was called: the transfer is over.
+        self.closed = False
         for index in range(count):
             self._free.put(index)
 
@@ -83,4 +85,5 @@ class BufferPool:
 
     def close(self) -> None:
         """Wake a thread blocked in :meth:`take` (it gets ``None``)."""
+        self.closed = True
         self._free.put(None)

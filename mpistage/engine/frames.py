@@ -5,7 +5,9 @@ k's length from the plan (:class:`Bare`, the hot path, unchanged).  A stream of 
 length, or compressed chunks whose lengths only the root knows, travel as *frames*
 (:class:`Framed`): a 24-byte header (bytes that follow, the chunk's source bytes, flags)
 then the payload.  A receiver posts a buffer of the largest frame and reads the header;
-the flag :data:`LAST` ends a stream.
+the flag :data:`LAST` ends a stream.  Where every node reads a share of the source
+(:class:`Signed`), each chunk carries its reader's digest, so the nodes it reaches check
+their copies against the reader's bytes, not against a relay's.
 
 Buffer layout under framing: the header at offset 0, the payload after it.  The source
 reads straight into the payload's place; encoded, the codec's output then replaces the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import struct
 
+from ..digest import new_digest
 from ..plan import Plan
 from .buffers import Buffer
 from .codec import Codec
@@ -29,6 +32,7 @@ class Bare:
     """Messages are the chunks' bytes, lengths from the plan (a file, not compressed)."""
 
     framed = False
+    signed = False
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -42,9 +46,11 @@ class Bare:
         """Where the source puts chunk ``k``'s bytes."""
         return buffer[: self.plan.chunk_length(k)]
 
-    def seal(self, buffer: Buffer, k: int, got: int, last: bool, codec: Codec) -> None:
-        """The source read ``got`` bytes of chunk ``k`` into :meth:`read_space`: make
-        the message (nothing to do: it is the bytes)."""
+    def seal(self, buffer: Buffer, k: int, got: int, last: bool, codec: Codec,
+             unread: bool = False) -> None:
+        """The source read ``got`` bytes of chunk ``k`` into :meth:`read_space` (or,
+        ``unread``, failed to: the root's outcome tells every node): make the message
+        (nothing to do: it is the bytes)."""
 
     def receive_space(self, buffer: Buffer, k: int) -> Buffer:
         """Where a node receives chunk ``k``."""
@@ -75,6 +81,7 @@ class Framed:
     """Each message is a header and a payload (a stream, or compressed chunks)."""
 
     framed = True
+    signed = False
 
     def __init__(self, plan: Plan, encoded: bool) -> None:
         self.plan = plan
@@ -91,7 +98,8 @@ class Framed:
     def read_space(self, buffer: Buffer, k: int) -> Buffer:
         return buffer[HEADER.size: HEADER.size + self._chunk(k)]
 
-    def seal(self, buffer: Buffer, k: int, got: int, last: bool, codec: Codec) -> None:
+    def seal(self, buffer: Buffer, k: int, got: int, last: bool, codec: Codec,
+             unread: bool = False) -> None:
         """Write the header; encoded, replace the bytes read by the codec's output
         where it is shorter (else they travel as they are).  Thread-safe for distinct
         buffers, so chunks may be encoded in parallel."""
@@ -134,11 +142,53 @@ class Framed:
         return buffer[HEADER.size: HEADER.size + payload], bool(flags & ENCODED)
 
 
-Framing = Bare | Framed
+class Signed(Bare):
+    """A chunk followed by its reader's xxh3-128 (:data:`SIGNATURE` bytes): where every
+    node reads a share of the source, no single reader digests it all, so each chunk
+    carries the digest its reader took of it, every node checks what it writes against
+    it, and the source's digest is that of the readers' digests in chunk order
+    (:class:`mpistage.digest.ChunkDigests`).  A chunk its reader could not read carries
+    zeros, which no chunk's digest is: every node refuses it."""
+
+    signed = True
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self.capacity += SIGNATURE
+
+    def seal(self, buffer: Buffer, k: int, got: int, last: bool, codec: Codec,
+             unread: bool = False) -> None:
+        length = self.plan.chunk_length(k)
+        digest = new_digest()
+        digest.update(buffer[:length])
+        buffer[length: length + SIGNATURE] = bytes(SIGNATURE) if unread else digest.digest()
+
+    def receive_space(self, buffer: Buffer, k: int) -> Buffer:
+        return buffer[: self.plan.chunk_length(k) + SIGNATURE]
+
+    def message(self, buffer: Buffer, k: int) -> Buffer:
+        return buffer[: self.plan.chunk_length(k) + SIGNATURE]
+
+    def whole(self, buffer: Buffer, k: int, count: int) -> bool:
+        return count == self.plan.chunk_length(k) + SIGNATURE
+
+    def signature(self, buffer: Buffer, k: int) -> bytes:
+        """The digest chunk ``k``'s reader took of it (zeros: it could not read it)."""
+        length = self.plan.chunk_length(k)
+        return bytes(buffer[length: length + SIGNATURE])
+
+
+#: Bytes of a chunk's signature: its xxh3-128.
+SIGNATURE = 16
+
+Framing = Bare | Framed | Signed
 
 
 def framing_for(plan: Plan) -> Framing:
-    """Frames where a message's length is not the plan's to tell: a stream, or a codec."""
+    """Frames where a message's length is not the plan's to tell: a stream, or a codec;
+    signed chunks where every node reads a share of the source."""
+    if plan.read_by == "all":
+        return Signed(plan)
     if plan.stream or plan.codec != "none":
         return Framed(plan, encoded=plan.codec != "none")
     return Bare(plan)

@@ -9,7 +9,7 @@ moment it arrives, ahead of its turn.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from mpi4py import MPI
 
@@ -22,21 +22,26 @@ from .waits import Waits
 
 
 class Inbox:
-    """Chunks ``next_post`` onwards received from the parent (up to ``count``, ``None``:
-    a stream, until its last frame).  ``buffer_back()`` waits for a buffer from the
-    writer when every one is there; ``peer_name`` names a rank for messages."""
+    """The ``chunks`` received from the parent, ``first`` of them first, in the order
+    they come (an iterator, taken as receives are posted: a stream's never ends, its
+    last frame does).
+    ``buffer_back()`` waits for a buffer from the writer when every one is there;
+    ``peer_name`` names a rank for messages."""
 
     def __init__(self, schedule: Schedule, pool: BufferPool, framing: Framing,
-                 count: int | None, waits: Waits, outbox: Outbox,
+                 waits: Waits, outbox: Outbox,
                  buffer_back: Callable[[], int], peer_name: Callable[[int], str],
-                 next_post: int) -> None:
-        self.schedule, self.pool, self.framing, self.count = schedule, pool, framing, count
+                 chunks: Iterator[int], first: int = 0) -> None:
+        self.schedule, self.pool, self.framing = schedule, pool, framing
         self.waits, self.outbox, self._buffer_back = waits, outbox, buffer_back
         self.peer_name = peer_name
-        self.next_post = next_post
+        self._chunks = chunks
+        self._upcoming: int | None = -1  # -1: not taken yet; None: no more
         self._recvs: deque[tuple[int, int, MPI.Request]] = deque()
+        #: Receives posted so far.
+        self.posted = 0
         #: The chunk a receive is waiting for.
-        self.awaited = next_post
+        self.awaited = first
         #: Chunks forwarded as they arrived, ahead of their turn.
         self.early: set[int] = set()
 
@@ -56,7 +61,7 @@ class Inbox:
     def _post_ahead(self) -> None:
         """Post receives into every free buffer; where none is free and none is posted,
         free one: from the oldest sends, else from the writer."""
-        while ((self.count is None or self.next_post < self.count)
+        while (self._next_post() is not None
                and len(self._recvs) < len(self.pool.buffers)):
             index = self.pool.take(block=False)
             if index is None:
@@ -66,10 +71,18 @@ class Inbox:
                     self.outbox.retire(block=True)
                     continue
                 index = self._buffer_back()
-            k = self.next_post
+            k = self._next_post()
+            assert k is not None
             view = self.framing.receive_space(self.pool.buffers[index], k)
             self._recvs.append((k, index, self.schedule.post_receive(view, k)))
-            self.next_post += 1
+            self._upcoming = -1
+            self.posted += 1
+
+    def _next_post(self) -> int | None:
+        """The next chunk to post a receive for (``None``: every one is posted)."""
+        if self._upcoming == -1:
+            self._upcoming = next(self._chunks, None)
+        return self._upcoming
 
     def _check_whole(self, k: int, index: int, status: MPI.Status) -> None:
         """Chunk ``k`` arrived whole in buffer ``index``.

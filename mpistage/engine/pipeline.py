@@ -25,7 +25,7 @@ after it still get the file.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 from ..plan import Plan
@@ -84,14 +84,16 @@ class EngineResult:
     @classmethod
     def of(cls, source: ChunkSource | None, writer: ChunkWriter, trust_source: bool,
            wire_bytes: int, clock: PhaseClock) -> EngineResult:
-        """What a leader's ``source`` (root only) and ``writer`` did; with
-        ``trust_source``, the node wrote the very buffers its reader digested: the
-        source's digest is the copy's too."""
+        """What a leader's ``source`` (root only, or every node's where each reads a
+        share) and ``writer`` did; with ``trust_source``, the node wrote the very buffers
+        its reader digested: the source's digest is the copy's too.  Where chunks carry
+        their readers' digests, the source's digest is the list of those."""
         digest = writer.digest
         if source is not None and trust_source and writer.error is None:
             digest = source.digest
         return cls(digest=digest,
-                   source_digest=source.digest if source is not None else None,
+                   source_digest=(writer.signed_digest if writer.signed_digest is not None
+                                  else source.digest if source is not None else None),
                    source_size=source.bytes_read if source is not None else None,
                    wire_bytes=wire_bytes,
                    read_error=source.error if source is not None else None,
@@ -175,7 +177,7 @@ class Engine:
         first, local_until, self._write_from = ((resume.first, resume.local_until,
                                                  resume.write_from) if resume else (0, None, 0))
         self._first, self._local_until = first, local_until
-        reads = schedule.is_root or (local_until or 0) > first
+        reads = schedule.is_root or schedule.every_node_reads or (local_until or 0) > first
         self.source = source(plan, self.pool, self.clock) if reads else None
         # The root writes the very bytes it read (and digested) unless they were encoded:
         # then it decodes them, as every node does, and digests what it wrote; so it does
@@ -184,11 +186,12 @@ class Engine:
         if resume is None:
             self.writer = ChunkWriter(plan, sink, self.pool, self.clock, framing,
                                       digests=digest_writes and (encoded or not schedule.is_root),
-                                      codec=make_codec(plan.codec), corrupt=corrupt)
+                                      codec=make_codec(plan.codec), corrupt=corrupt,
+                                      in_order=schedule.in_file_order)
         else:
             (writer := resume.writer).resume(self.pool)
             self.writer = writer
-        self._trust_source_digest = schedule.is_root and not encoded
+        self._trust_source_digest = schedule.is_root and not encoded and not framing.signed
         #: The children a stalled send was for (a stalled receive accuses nobody: its
         #: parent may only be waiting on someone else; see :mod:`mpistage.engine.recovery`).
         self.suspects: list[int] = []
@@ -197,9 +200,10 @@ class Engine:
                              Progress(progress if schedule.is_root else _no_progress,
                                       first * plan.chunk_size,
                                       0 if plan.stream else plan.size))
-        self.inbox = Inbox(schedule, self.pool, framing, self._count, self.waits, self.outbox,
+        self.inbox = Inbox(schedule, self.pool, framing, self.waits, self.outbox,
                            lambda: buffer_back(self.writer, timeout, watch), peer_name,
-                           next_post=max(first, local_until or 0))
+                           chunks=self._received(max(first, local_until or 0)),
+                           first=max(first, local_until or 0))
         self._started = self._cpu_started = 0.0
 
     def transfer(self) -> EngineResult:
@@ -213,19 +217,21 @@ class Engine:
         self.writer.start()
         if self.source is not None:
             self.source.first, self.source.until = self._first, self._local_until
+            if self._local_until is None:
+                self.source.wanted = self.schedule.reads
+            self.source.ahead = self.schedule.read_ahead
             self.source.start()
-        k = self._first
         try:
-            while self._count is None or k < self._count:
-                k, index = (_next_from_source(self.source, self.outbox, self.timeout,
-                                              lambda: holds_up(self.writer, self.timeout),
-                                              self.clock)
-                            if self._is_local(k) else self.inbox.next())
+            for k in self.schedule.order(self._first, self._count):
+                got, index = (_next_from_source(self.source, self.outbox, self.timeout,
+                                                lambda: holds_up(self.writer, self.timeout),
+                                                self.clock)
+                              if self._is_local(k) else self.inbox.next())
+                assert got == k, f"chunk {got} came where chunk {k} was due"
                 last = self._dispatch(k, index)
                 self.outbox.retire(block=False)
                 self._watch()
-                k += 1
-                if last:
+                if last and self._count is None:  # a stream's last frame
                     break
             self.inbox.cancel()
             while self.outbox:
@@ -242,7 +248,16 @@ class Engine:
 
     def _is_local(self, k: int) -> bool:
         """Whether chunk ``k`` comes from this node's source rather than its parent."""
-        return self.source is not None and (self._local_until is None or k < self._local_until)
+        if self.source is None:
+            return False
+        if self._local_until is not None:  # a re-formed run: the chunks this node holds
+            return k < self._local_until
+        return self.schedule.reads(k)
+
+    def _received(self, start: int) -> Iterator[int]:
+        """The chunks from ``start`` on that come from the parent, in the order this
+        node handles them (taken lazily: a stream's never end)."""
+        return (k for k in self.schedule.order(start, self._count) if not self._is_local(k))
 
     def _dispatch(self, k: int, index: int) -> bool:
         """Chunk ``k`` is here, in order: forward it (unless it went on as it arrived,

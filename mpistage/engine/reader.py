@@ -47,6 +47,11 @@ class ChunkSource:
             :meth:`start`.
         chunks_read: chunks ``0 .. chunks_read-1`` were read cleanly (and digested), by
             this reader or the one it resumed.
+        wanted: of those, the chunks this node reads (``None``: all; where every node
+            reads a share, :meth:`mpistage.engine.schedules.Schedule.reads`); set before
+            :meth:`start`.
+        ahead: chunks read and not yet taken by the engine, at most (``None``: as many
+            as there are free buffers); set before :meth:`start`.
     """
 
     def __init__(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> None:
@@ -58,6 +63,9 @@ class ChunkSource:
         self.bytes_read = 0
         self.first = 0
         self.until: int | None = None
+        self.wanted: Callable[[int], bool] | None = None
+        self.ahead: int | None = None
+        self._slots: threading.Semaphore | None = None
         self.chunks_read = 0
         # Each chunk read, with its encoding still under way (a future) or done (None).
         self._ready: queue.SimpleQueue[Ready] = queue.SimpleQueue()
@@ -72,6 +80,8 @@ class ChunkSource:
                                         daemon=True)
 
     def start(self) -> None:
+        if self.ahead is not None:
+            self._slots = threading.Semaphore(self.ahead)
         self._thread.start()
 
     def join(self, timeout: float | None) -> None:
@@ -100,6 +110,8 @@ class ChunkSource:
                 return None
             self.clock.add("encode", encoding.result())
         self._head = None
+        if self._slots is not None:
+            self._slots.release()
         return k, index
 
     def ready_chunk(self) -> tuple[int, int] | None:
@@ -131,7 +143,10 @@ class ChunkSource:
             k = self.first
             end = count if self.until is None else self.until
             while end is None or k < end:
-                index = self.pool.take()
+                if self.wanted is not None and not self.wanted(k):
+                    k += 1
+                    continue
+                index = self._free_buffer()
                 if index is None:  # the engine closed the pool: the transfer is over
                     return
                 buffer = self.pool.buffers[index]
@@ -140,7 +155,7 @@ class ChunkSource:
                 last = k == count - 1 if count is not None else got < len(view)
                 encoding = None
                 if self._encoders is None:
-                    framing.seal(buffer, k, got, last, IDENTITY)
+                    framing.seal(buffer, k, got, last, IDENTITY, unread=self.error is not None)
                 else:
                     encoding = self._encoders.submit(partial(_encode, framing, buffer, k, got,
                                                              last))
@@ -155,6 +170,15 @@ class ChunkSource:
                 self._finish()
         finally:
             self._close()
+
+    def _free_buffer(self) -> int | None:
+        """A buffer for the next chunk, once fewer than :attr:`ahead` wait for the
+        engine; ``None`` once the engine closed the pool."""
+        if self._slots is not None:
+            while not self._slots.acquire(timeout=0.1):
+                if self.pool.closed:
+                    return None
+        return self.pool.take()
 
     def _fill_chunk(self, k: int, view: Buffer) -> int:
         """Chunk ``k``'s bytes into ``view``; how many.  After an error, zeros to the

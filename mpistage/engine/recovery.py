@@ -33,8 +33,9 @@ dies (hydra's ``-disable-auto-cleanup``, ``srun``'s default, Open MPI's ``--with
 ulfm``), and communication errors are returned, not fatal (mpi4py's default).  Where
 the launcher ends the job, the run fails as before, cleanly.  A lost root ends the run
 (it alone has the source); one file of known size only (a stream cannot be read
-twice, a tree's or a command's sink cannot be resumed, and MPI's own broadcast cannot
-leave a member out: :func:`can_recover`).
+twice, a tree's or a command's sink cannot be resumed, MPI's own broadcast cannot
+leave a member out, and in a ring, where every node reads a share, each survivor would
+lack other chunks: :func:`can_recover`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Verdict:
 def can_recover(plan: Plan, schedule: Schedule, tree: bool, pipe: bool) -> bool:
     """Whether a run like this one can be re-formed after a lost node (see above)."""
     return (schedule.point_to_point and not plan.stream and plan.codec == "none"
-            and not tree and not pipe)
+            and not tree and not pipe and not schedule.every_node_reads)
 
 
 # -- the exchange ---------------------------------------------------------------------------

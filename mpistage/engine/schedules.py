@@ -8,8 +8,9 @@ of them chunk by chunk.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 
 from mpi4py import MPI
@@ -138,6 +139,14 @@ class Schedule(ABC):
     forwards_as_received: bool = False
     #: Tag of its data messages (a re-formed run has its own: :mod:`mpistage.engine.recovery`).
     tag: int = DATA_TAG
+    #: Every node reads its own share of the source (a file every node mounts) rather
+    #: than the root all of it (:mod:`mpistage.engine.ring`).
+    every_node_reads: bool = False
+    #: A node handles its chunks in file order (else each is written at its offset).
+    in_file_order: bool = True
+    #: Chunks a node's source may read ahead of the engine (``None``: as many as there
+    #: are free buffers; a node that also receives must keep buffers for that).
+    read_ahead: int | None = None
 
     def __init__(self, comm: MPI.Comm, root: int) -> None:
         self.comm = comm
@@ -156,6 +165,27 @@ class Schedule(ABC):
     def parent_for(self, k: int) -> int | None:
         """The rank chunk ``k`` comes from (``None``: the root, or a collective's)."""
         return None
+
+    def order(self, first: int, count: int | None) -> Iterator[int]:
+        """The chunks this node handles, from ``first``, in the order it handles them
+        (``count`` ``None``: a stream's, until its last frame): in file order."""
+        return itertools.count(first) if count is None else iter(range(first, count))
+
+    def reads(self, k: int) -> bool:
+        """Whether this node reads chunk ``k`` from the source itself: the root reads
+        every chunk."""
+        return self.is_root
+
+    @classmethod
+    def link_share(cls, nodes: int) -> float:
+        """The part of the chunks the busiest link carries, per chunk sent (the cost
+        model's: every one, but in a ring, where each node reads a share)."""
+        return 1.0
+
+    @classmethod
+    def readers(cls, nodes: int) -> int:
+        """Nodes that read the source at once (the cost model's read term)."""
+        return 1
 
     def senders(self) -> tuple[int, ...]:
         """The ranks this node receives chunks from (every schedule's chunks alternate

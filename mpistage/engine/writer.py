@@ -1,7 +1,9 @@
-"""This node's own copy: a thread that writes chunks to the sink in order.
+"""This node's own copy: a thread that writes chunks to the sink, in order or each at
+its offset.
 
 The writer digests what it wrote, so the node's copy is checked against the source's
-digest at the end.  A write that fails (disk full, EIO) ends this node's copy but not
+digest at the end (where each chunk carries its reader's digest, chunk by chunk as it
+is written: :class:`mpistage.engine.frames.Signed`).  A write that fails (disk full, EIO) ends this node's copy but not
 the transfer: the writer keeps draining, so buffers return to the pool and the node
 goes on forwarding.  A write that hangs (a dead disk, a hung file server) is given up on
 by the engine (:meth:`ChunkWriter.abandon`) for the same reason.
@@ -17,7 +19,7 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from .. import faults
-from ..digest import new_digest
+from ..digest import ChunkDigests, new_digest
 from ..errors import Stalled
 from ..plan import Plan
 from .buffers import Buffer, BufferPool, PhaseClock, pieces
@@ -40,6 +42,10 @@ class CopySink(Protocol):
     def write(self, data: memoryview) -> None:
         """Take the next bytes of the copy (raises ``OSError`` where it cannot)."""
 
+    # A sink that takes chunks out of file order (a schedule whose nodes handle them so,
+    # :attr:`~mpistage.engine.schedules.Schedule.in_file_order`) also has
+    # ``write_at(offset, data)``.
+
     def discard(self) -> None:
         """Give the copy up: nothing of it stays (callable at any time, repeatedly)."""
 
@@ -55,14 +61,20 @@ class ChunkWriter:
         abandoned: the copy was given up; chunks are no longer taken.
         held: chunks ``0 .. held - 1`` are written cleanly (a run re-formed after a lost
             node resumes this node's copy from there: :mod:`mpistage.engine.recovery`).
+        signed_digest: where chunks carry their readers' digests, the source's digest
+            (:class:`~mpistage.digest.ChunkDigests` of the readers'), once every chunk
+            was written.
     """
 
     def __init__(self, plan: Plan, sink: CopySink | None, pool: BufferPool,
                  clock: PhaseClock, framing: Framing,
-                 *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False) -> None:
+                 *, digests: bool, codec: Codec = IDENTITY, corrupt: bool = False,
+                 in_order: bool = True) -> None:
         """
         Args:
             framing: what the messages hold (:mod:`mpistage.engine.frames`).
+            in_order: chunks come in file order (else each is written at its offset,
+                ``sink.write_at``).
             codec: decodes what travelled encoded (this thread's own).
             corrupt: test hook: flip a byte of the first chunk before writing it (of
                 its encoded bytes, where it travelled encoded).
@@ -73,7 +85,13 @@ class ChunkWriter:
         self.error: str | None = None
         self.abandoned = False
         self.held = 0
-        self._digest = new_digest() if digests else None
+        self.in_order = in_order
+        self.signed_digest: str | None = None
+        self._digest = new_digest() if digests and not framing.signed else None
+        count = framing.chunk_count() or 0
+        #: This node's digest of each chunk, and its reader's (signed chunks only).
+        self._chunks = ChunkDigests(count) if framing.signed else None
+        self._signatures = ChunkDigests(count) if framing.signed else None
         self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._writing_since: float | None = None  # when the current write began
         self._chunks_done = 0
@@ -152,15 +170,36 @@ class ChunkWriter:
         while (item := self._queue.get()) is not None:
             k, index = item
             try:
+                buffer = self.pool.buffers[index]
+                if self._signatures is not None:  # the source's, whatever this copy's fate
+                    self._signatures.put(k, self.framing.signature(buffer, k))  # type: ignore[union-attr]
                 if not self.abandoned and self.error is None:
-                    self._write_chunk(k, self._decoded(k, self.pool.buffers[index]))
-                    if self.error is None and not self.abandoned:
+                    self._write_chunk(k, self._decoded(k, buffer))
+                    if self._chunks is not None and self.error is None:
+                        self._check_signature(k)
+                    if self.error is None and not self.abandoned and self.in_order:
                         self.held = k + 1
                 self._chunks_done += 1
             finally:
                 self.pool.release(index)
         if self.error is None and self._digest is not None:
             self.digest = self._digest.hexdigest()
+        if self._chunks is not None and self._signatures is not None:
+            if self.error is None:
+                self.digest = self._chunks.hexdigest()
+            if self._chunks_done == self.framing.chunk_count():  # every chunk came by
+                self.signed_digest = self._signatures.hexdigest()
+
+    def _check_signature(self, k: int) -> None:
+        """Chunk ``k`` as written must be what its reader read (its signature)."""
+        assert self._chunks is not None and self._signatures is not None
+        theirs = self._signatures.get(k)
+        if theirs == bytes(len(theirs)):
+            self.error = f"chunk {k} could not be read by the node that reads it"
+        elif self._chunks.get(k) != theirs:
+            self.error = f"chunk {k} arrived damaged: it differs from what its reader read"
+        if self.error is not None and self.sink is not None:
+            self.sink.discard()
 
     def _decoded(self, k: int, buffer: Buffer) -> Buffer:
         """Chunk ``k``'s source bytes; an empty view, :attr:`error` set and the copy
@@ -177,21 +216,30 @@ class ChunkWriter:
             self.clock.add("decode", time.perf_counter() - started)
 
     def _write_chunk(self, k: int, view: Buffer) -> None:
+        digest = self._digest if self._chunks is None else new_digest()
+        offset = None if self.in_order else k * self.plan.chunk_size
         for piece in pieces(view):  # each digested while the write left it in the cache
-            self._write_piece(k, piece)
-            if self._digest is not None and self.error is None:
+            self._write_piece(k, piece, offset)
+            if offset is not None:
+                offset += len(piece)
+            if digest is not None and self.error is None:
                 started = time.perf_counter()
-                self._digest.update(piece)
+                digest.update(piece)
                 self.clock.add("digest", time.perf_counter() - started)
+        if self._chunks is not None and digest is not None:
+            self._chunks.put(k, digest.digest())
 
-    def _write_piece(self, k: int, piece: Buffer) -> None:
+    def _write_piece(self, k: int, piece: Buffer, offset: int | None) -> None:
         sink = self.sink
         if sink is None or self.error is not None:
             return
         started = time.perf_counter()
         self._writing_since = time.monotonic()
         try:
-            sink.write(piece)
+            if offset is None:
+                sink.write(piece)
+            else:
+                sink.write_at(offset, piece)  # type: ignore[attr-defined]
         except OSError as exc:
             if self.error is None:
                 self.error = f"write to {sink.final_path} failed: {exc}"

@@ -6,6 +6,9 @@ Parameters (:class:`Parameters`), all measurable with ``mpistage calibrate``:
 * ``latency`` α — seconds per message on one hop (MPI's own overhead plus the wire's);
 * ``bandwidth`` B — bytes/s one link carries in one direction;
 * ``read_bandwidth`` R — bytes/s the root reads the source;
+* ``shared_read_bandwidth`` A — bytes/s every node together reads a source they all
+  mount (a parallel file system serves many clients more than one); a ring's ``N``
+  readers read ``min(N·R, A)``;
 * ``write_bandwidth`` W — bytes/s a node writes its copy;
 * ``startup`` I — seconds from launch until every rank is ready;
 * ``file_cost`` φ — seconds a node spends per file of a tree beyond its bytes (create,
@@ -56,7 +59,12 @@ binomial   k = ⌈log2 N⌉ (the root)   ≤ k + (k−1) + … + 1 = k(k+1)/2
 tree       n (arity)                 ≤ n · h, h the height of the n-ary tree
 twotree    1 (see below)             2·h + 1, h = ⌊log2(N − 1)⌋ the heaps' height
 flat       N − 1                     N − 1
+ring       (N − 1)/N (see below)     N − 1
 =========  ========================  ===============================================
+
+``ring`` (:mod:`mpistage.engine.ring`) has every node read a share of a source all of them
+mount, and the shares go round a ring: a link carries ``(N − 1)/N`` of the chunks, and
+the source is read at ``min(N·R, A)`` rather than ``R``.
 
 ``twotree`` (:mod:`mpistage.engine.twotree`) sends even chunks down one binary tree and odd
 ones down another in which every interior node of the first is a leaf: a node sends
@@ -106,6 +114,9 @@ from ..engine.codec import CodecCost
 
 #: Algorithms the model predicts (the names of the schedules).
 MODELLED: tuple[str, ...] = tuple(SCHEDULES)
+#: Those in which the root reads the source: ``auto``'s candidates unless every node
+#: sees the source as the root does (:mod:`mpistage.staging.shared_source`).
+ROOT_READ: tuple[str, ...] = tuple(a for a in MODELLED if not SCHEDULES[a].every_node_reads)
 
 SCHEMA = "mpistage.staging.calibration/1"
 
@@ -152,6 +163,7 @@ class Parameters:
     bandwidth: float
     read_bandwidth: float = math.inf
     write_bandwidth: float = math.inf
+    shared_read_bandwidth: float = math.inf
     startup: float = 0.0
     file_cost: float = 0.0
     overhead: float = 0.0
@@ -165,7 +177,8 @@ class Parameters:
     def from_dict(cls, data: dict[str, float | None]) -> Parameters:
         return cls(**{k: math.inf if data.get(k) is None else float(data[k])  # type: ignore[arg-type]
                       for k in ("latency", "bandwidth", "read_bandwidth", "write_bandwidth",
-                                "startup", "file_cost", "overhead", "cpu_rate", "share")
+                                "shared_read_bandwidth", "startup", "file_cost", "overhead",
+                                "cpu_rate", "share")
                       if k in data})
 
     @classmethod
@@ -182,6 +195,12 @@ class Parameters:
     def message_cpu(self, nbytes: float) -> float:
         """CPU seconds one end of a message of ``nbytes`` costs its rank."""
         return self.overhead + nbytes / self.cpu_rate
+
+    def reading(self, readers: int) -> float:
+        """Bytes/s ``readers`` nodes read the source at, all together."""
+        if readers <= 1:
+            return self.read_bandwidth
+        return min(readers * self.read_bandwidth, self.shared_read_bandwidth)
 
 
 def shape(algorithm: str, nodes: int, arity: int = 2) -> tuple[int, int]:
@@ -238,7 +257,9 @@ def _step_terms(
     write_bandwidth = params.write_bandwidth
     if files and params.file_cost > 0:
         write_bandwidth = size / (size / write_bandwidth + files * params.file_cost)
-    read, write, wire = chunk / params.read_bandwidth, chunk / write_bandwidth, chunk
+    schedule = SCHEDULES[algorithm]
+    read = chunk / params.reading(schedule.readers(nodes))
+    write, wire = chunk / write_bandwidth, chunk
     if codec is not None:
         read += chunk / codec.encode_rate
         write += chunk / codec.decode_rate
@@ -256,7 +277,7 @@ def _step_terms(
                                         + (wire_bytes + chunk) / params.cpu_rate)
     else:
         fan_out, _ = shape(algorithm, nodes, arity)
-        link = fan_out * (params.latency + wire / params.bandwidth)
+        link = fan_out * schedule.link_share(nodes) * (params.latency + wire / params.bandwidth)
         # the busiest rank receives the chunk and sends it to each child (with two
         # nodes, each rank does one of the two; in a binomial tree or flat the root,
         # which receives nothing, sends the most), unless sharing cores is worse: then
@@ -281,7 +302,8 @@ def _terms(
     chunks = math.ceil(size / chunk)
     steady = _step_terms(algorithm, size, nodes, chunk, params, arity, files, codec)
     step = max(steady.values())
-    ends = max(steady["read"], steady["write"])
+    # the first chunks are read by every reader at once, each at its share of the rate
+    ends = max(steady["read"] * SCHEDULES[algorithm].readers(nodes), steady["write"])
     if nodes <= 1:
         return {"startup": params.startup, "steps": chunks * step, "fill": 0.0, "ends": 0.0}
     wire = chunk * codec.ratio if codec is not None else chunk

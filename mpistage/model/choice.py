@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from ..engine.algorithms import SCHEDULES
 from ..engine.codec import CodecCost
-from ..model import MODELLED, Parameters, bound, predict
+from ..model import ROOT_READ, Parameters, bound, predict
 
 #: Chunk sizes ``auto`` considers.
 CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
@@ -95,7 +95,7 @@ def fits(algorithm: str, nodes: int, chunk: int, memory: int | None) -> bool:
 
 
 def choose(
-    size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = MODELLED,
+    size: int, nodes: int, params: Parameters, *, algorithms: tuple[str, ...] = ROOT_READ,
     chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
     files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
 ) -> Choice:
@@ -153,7 +153,7 @@ ASSUMED = BRACKET[1]
 
 
 def choice_is_settled(
-    size: int, nodes: int, *, algorithms: tuple[str, ...] = MODELLED,
+    size: int, nodes: int, *, algorithms: tuple[str, ...] = ROOT_READ,
     chunk_size: int | None = None, arity: int = 2, max_chunk: int | None = None,
     files: int = 0, codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
 ) -> bool:

@@ -30,7 +30,7 @@ from ..engine.codec import CodecCost
 from ..engine.pipeline import DEFAULT_DEPTH
 from ..errors import Stalled
 from ..model import (ASSUMED_CPU_RATE, ASSUMED_FILE_COST, ASSUMED_LOCAL_RATE, ENGINE_OVERHEAD,
-                     MODELLED, Parameters)
+                     MODELLED, ROOT_READ, Parameters)
 from ..plan import Plan, SourceInfo
 from ..sources.streams import ASSUMED_STREAM_SIZE
 from .choice import ASSUMED, Choice, choice_is_settled, choose
@@ -167,7 +167,8 @@ def decide(
     algorithm: str, chunk_size: int | str, arity: int, timeout: float,
     max_chunk: int | None = None, files: int = 0,
     codecs: tuple[CodecCost | None, ...] = (None,), memory: int | None = None,
-    recoverable: bool = False, depth: int = DEFAULT_DEPTH,
+    recoverable: bool = False, depth: int = DEFAULT_DEPTH, shared_source: bool = False,
+    read_rates: tuple[float, float] | None = None,
 ) -> tuple[Plan, Prediction] | None:
     """The plan, with ``auto`` resolved by the model (an ``auto`` chunk at most
     ``max_chunk``, the memory budget's limit, and an algorithm's buffers within ``memory``:
@@ -189,10 +190,14 @@ def decide(
     size): ``auto`` then never picks MPI's own broadcast, which cannot leave a member out.
     An ``auto`` chunk is also at most what lets ``depth`` buffers of every rank on the
     most crowded machine stay in its last-level cache
-    (:meth:`~mpistage.model.cores.Placement.cache_chunk`).
+    (:meth:`~mpistage.model.cores.Placement.cache_chunk`).  ``shared_source``: every
+    node sees the source as the root does, so ``auto`` may have every node read a share
+    (:mod:`mpistage.engine.ring`); ``read_rates``: the source's bytes/s, read by the root
+    alone and by every node at once (the root's, measured: the model's ``R`` and ``A``).
     """
     auto_algorithm, auto_chunk = algorithm == AUTO, chunk_size == AUTO
-    algorithms = MODELLED if auto_algorithm else (algorithm,)
+    algorithms = ((MODELLED if shared_source else ROOT_READ) if auto_algorithm
+                  else (algorithm,))
     if info.stream or (auto_algorithm and recoverable):
         algorithms = tuple(a for a in algorithms if SCHEDULES[a].point_to_point)
     candidates = dict(algorithms=algorithms,
@@ -219,6 +224,9 @@ def decide(
     assert params is not None
     if files and not params.file_cost:
         params = replace(params, file_cost=ASSUMED_FILE_COST)
+    if read_rates is not None:
+        params = replace(params, read_bandwidth=read_rates[0],
+                         shared_read_bandwidth=read_rates[1])
     params = with_cpu(params, place.share if place else 0.0,
                       measured=source == "quick measurement")
     cache_chunk = place.cache_chunk(depth) if place is not None and auto_chunk else None
@@ -229,6 +237,7 @@ def decide(
                             auto=auto_algorithm or auto_chunk, cache_chunk=cache_chunk)
     plan = Plan.of(info, chunk_size=choice.chunk_size, algorithm=choice.algorithm,
                    codec=choice.codec,
+                   read_by="all" if SCHEDULES[choice.algorithm].every_node_reads else "root",
                    link_rate=0.0 if source == "assumed" or not math.isfinite(params.bandwidth)
                    else params.bandwidth)
     return plan, prediction

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .. import interrupt
-from ..digest import file_digest
+from ..digest import file_chunk_digest, file_digest
 
 log = logging.getLogger("mpistage.sinks.file")
 
@@ -144,6 +144,18 @@ class Sink:
                 self.progress += written
                 view = view[written:]
 
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` (chunks that come out of file order: a ring's,
+        :mod:`mpistage.engine.ring`); raises ``OSError`` as :meth:`write` does."""
+        with self._using() as fd:
+            view = memoryview(data).cast("B")
+            while view:
+                written = os.pwrite(fd, view[:_WRITE_SLICE], offset)
+                self.bytes_written += written
+                self.progress += written
+                offset += written
+                view = view[written:]
+
     def commit(
         self,
         *,
@@ -151,6 +163,7 @@ class Sink:
         mtime_ns: int,
         fsync: bool = False,
         verify_digest: str | None = None,
+        verify_chunk: int | None = None,
     ) -> None:
         """Make the copy final: fsync, re-read check, permissions, mtime, atomic rename.
 
@@ -159,6 +172,8 @@ class Sink:
             mtime_ns: source modification time, preserved.
             fsync: flush data to the device before the rename (and the directory after).
             verify_digest: when given, re-read the written file and compare.
+            verify_chunk: the digest to compare is a hash list of chunks this size
+                (:func:`mpistage.digest.file_chunk_digest`), not of the bytes in one go.
 
         Raises:
             OSError: any step failed, or the owner discarded the copy meanwhile
@@ -179,7 +194,8 @@ class Sink:
                     self._close()
             if verify_digest is not None:
                 started = time.perf_counter()
-                on_disk = file_digest(temp, progress=self._advance)
+                on_disk = (file_digest(temp, progress=self._advance) if verify_chunk is None
+                           else file_chunk_digest(temp, verify_chunk, progress=self._advance))
                 self.timings["verify"] = time.perf_counter() - started
                 if on_disk != verify_digest:
                     raise ValueError(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..engine.pipeline import EngineResult, ProgressCallback, SourceFactory
 from ..plan import Plan
 from ..sinks.file import Sink
+from ..sources.share import ShareSource
 from ..sources.source import FileSource
 from .preflight import NodeCheck
 
@@ -96,6 +97,11 @@ class FileCopy:
         sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
                     verify_digest=source_digest if verify else None)
 
+    def for_plan(self, plan: Plan) -> FileCopy:
+        """The copy as the plan reads the source: where every node reads a share,
+        :class:`SharedReadCopy`."""
+        return SharedReadCopy() if plan.read_by == "all" else self
+
     def progress(self, callback: ProgressCallback) -> ProgressCallback:
         return callback
 
@@ -124,3 +130,29 @@ class PipeCopy(FileCopy):
     def finish(self, sink: PipeSink, plan: Plan, *, fsync: bool, verify: bool,  # type: ignore[override]
                source_digest: str | None) -> None:
         sink.finish()
+
+
+@dataclass
+class SharedReadCopy(FileCopy):
+    """One file that every node reads a share of (``--read-by all``,
+    :mod:`mpistage.engine.ring`): each node's reader is a
+    :class:`mpistage.sources.share.ShareSource`, and the copy's digest, like the source's,
+    is a hash list of its chunks (:class:`mpistage.digest.ChunkDigests`), re-read so by
+    ``--verify``."""
+
+    source: SourceFactory = ShareSource
+
+    def judge(self, result: EngineResult, outcome: SourceOutcome,
+              sink: Sink | PipeSink | None) -> str | None:
+        if result.read_error is not None:
+            return f"reading this node's share of the source failed: {result.read_error}"
+        return super().judge(result, outcome, sink)
+
+    def finish(self, sink: Sink, plan: Plan, *, fsync: bool, verify: bool,
+               source_digest: str | None) -> None:
+        sink.commit(mode=plan.mode, mtime_ns=plan.mtime_ns, fsync=fsync,
+                    verify_digest=source_digest if verify else None,
+                    verify_chunk=plan.chunk_size)
+
+    def for_plan(self, plan: Plan) -> FileCopy:
+        return self

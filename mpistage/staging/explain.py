@@ -21,6 +21,7 @@ from .closing import participants
 from .options import DEFAULT_MEMORY, StageOptions
 from .planning import (agree_on_source, check_nodes, own_communicator, topology_of,
                        transfer_communicator)
+from .shared_source import look_at_source
 
 
 def explain(
@@ -43,6 +44,7 @@ def explain(
     timeout: float = DEFAULT_TIMEOUT,
     compress: str = "none",
     shared_dest: bool = False,
+    read_by: str = AUTO,
 ) -> Prediction | None:
     """What :func:`stage` would do, without moving the file (collective).
 
@@ -55,13 +57,14 @@ def explain(
         source=source, dest=dest, files_from=files_from, base=base, nul=nul,
         algorithm=algorithm, chunk_size=chunk_size, root=root, ranks_as_nodes=ranks_as_nodes,
         arity=arity, calibration=calibration, quick=quick, depth=depth, memory=memory,
-        timeout=timeout, compress=compress, shared_dest=shared_dest))
+        timeout=timeout, compress=compress, shared_dest=shared_dest, read_by=read_by))
     dest = os.fspath(dest)
     options = StageOptions(algorithm=algorithm, chunk_size=chunk_size, root=root,
                            ranks_as_nodes=ranks_as_nodes, arity=arity,
                            calibration=calibration, quick=quick, depth=depth,
                            memory=memory, timeout=timeout, skip_bad_nodes=True,
-                           compress=check_codec(compress), shared_dest=shared_dest)
+                           compress=check_codec(compress), shared_dest=shared_dest,
+                           read_by=read_by)
     options.check(comm.size)
     check_template(dest)
     what = SourceSpec.of(source, files_from, base, nul)
@@ -74,14 +77,20 @@ def explain(
         prediction = None
         with transfer_communicator(topo, checks) as transfer_comm:
             if transfer_comm is not None:
+                taking_part = participants(topo, checks)
+                root_rank = taking_part.index(topo.root_node)
+                shared, rates = look_at_source(
+                    transfer_comm, root_rank, info, replace(options, algorithm=AUTO),
+                    [f"node {i} ({checks[i].host})" for i in taking_part],
+                    copy.files_in_stream)
                 decided = decide(
-                    transfer_comm, participants(topo, checks).index(topo.root_node), info,
+                    transfer_comm, root_rank, info,
                     calibration=params, algorithm=AUTO, chunk_size=options.chunk_size,
                     arity=arity, timeout=timeout, max_chunk=options.max_auto_chunk,
                     files=copy.files_in_stream, codecs=codecs,
                     recoverable=(options.auto_algorithm and copy.files_in_stream == 0
                                  and options.pipe is None),
-                    depth=options.depth,
+                    depth=options.depth, shared_source=shared, read_rates=rates,
                 )
                 prediction = decided[1] if decided is not None else None
         if prediction is not None and not options.auto_algorithm:

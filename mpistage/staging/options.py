@@ -19,6 +19,9 @@ from ..plan import MIN_DEPTH, check_chunk_size, check_depth, check_timeout
 from ..units import format_bytes
 
 ALGORITHMS: tuple[str, ...] = tuple(SCHEDULES)
+#: ``--read-by``: the root reads the source, every node reads a share of it (a file all
+#: of them mount), or the model decides.
+READ_BY = (AUTO, "root", "all")
 #: The chunk when the model is not asked (no node needs the file).
 DEFAULT_CHUNK = 4 << 20
 #: Chunk buffer memory per node leader: depth × chunk stays within it.  64 MiB keeps a
@@ -58,6 +61,7 @@ class StageOptions:
     pipe: str | None = None
     expect_size: int | None = None
     stream: bool = False
+    read_by: str = AUTO
 
     @property
     def auto_algorithm(self) -> bool:
@@ -66,6 +70,12 @@ class StageOptions:
     @property
     def auto_chunk(self) -> bool:
         return self.chunk_size == AUTO
+
+    @property
+    def every_node_reads(self) -> bool:
+        """``--read-by all``, or an algorithm in which every node reads a share."""
+        return self.read_by == "all" or (self.algorithm in SCHEDULES
+                                         and SCHEDULES[self.algorithm].every_node_reads)
 
     def check(self, ranks: int) -> None:
         """Raise :class:`UsageError` unless every option is usable with ``ranks`` ranks."""
@@ -86,6 +96,7 @@ class StageOptions:
             raise UsageError(f"invalid memory budget {self.memory!r}: expected at least "
                              f"{format_bytes(MIN_MEMORY)}")
         self._check_streams()
+        self._check_read_by()
         if self.chunk_size != AUTO and MIN_DEPTH * int(self.chunk_size) > self.memory:
             raise UsageError(
                 f"chunk size {format_bytes(int(self.chunk_size))} needs {MIN_DEPTH} buffers, "
@@ -117,6 +128,25 @@ class StageOptions:
             if meaningless:
                 raise UsageError(f"{', '.join(meaningless)} mean nothing with --pipe "
                                  "(no file is written)")
+
+    def _check_read_by(self) -> None:
+        """``--read-by``: what every node reading a share cannot go with."""
+        if self.read_by not in READ_BY:
+            raise UsageError(f"invalid --read-by {self.read_by!r}: expected "
+                             f"{', '.join(READ_BY)}")
+        ring = [name for name, cls in SCHEDULES.items() if cls.every_node_reads]
+        if self.read_by == "all" and not self.auto_algorithm and self.algorithm not in ring:
+            raise UsageError(f"--read-by all has every node read a share, which the "
+                             f"{'/'.join(ring)} schedule sends: not {self.algorithm}")
+        if self.read_by == "root" and self.algorithm in ring:
+            raise UsageError(f"{self.algorithm} has every node read a share of the source: "
+                             "not with --read-by root")
+        if self.every_node_reads:
+            for what, given in (("standard input", self.stream), ("--pipe", self.pipe),
+                                ("--compress", self.compress != "none")):
+                if given:
+                    raise UsageError(f"every node reading a share of the source "
+                                     f"(--read-by all) does not go with {what}")
 
     @property
     def max_auto_chunk(self) -> int:

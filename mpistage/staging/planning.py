@@ -35,6 +35,7 @@ from .copies import FileCopy, PipeCopy
 from .options import DEFAULT_CHUNK, StageOptions
 from .preflight import NodeCheck, check_commands, preflight
 from .shared_dest import check_shared_paths
+from .shared_source import look_at_source
 from .topology import Topology
 
 if TYPE_CHECKING:  # a tree's modules load only for a tree's run
@@ -84,6 +85,9 @@ def agree_on_source(
             elif what.is_tree():
                 if options.pipe is not None:
                     raise UsageError("--pipe takes one file or - (standard input), not a tree")
+                if options.every_node_reads:
+                    raise UsageError("--read-by all stages one file, not a tree (the root "
+                                     "reads a tree's files)")
                 manifest, info = what.walk(dest, skip_special=options.skip_special)
                 if options.no_clobber:
                     raise UsageError("--no-clobber stages one file, not a tree")
@@ -172,13 +176,20 @@ def decide_plan(
     _check_buffers(options, len(taking_part))
     decided: tuple[Plan, Prediction | None] | None = None
     if transfer_comm is not None:
-        decided = decide(transfer_comm, taking_part.index(topo.root_node),
-                         info, calibration=params, algorithm=options.algorithm,
+        root = taking_part.index(topo.root_node)
+        shared, rates = look_at_source(transfer_comm, root, info, options,
+                                       [f"node {i} ({checks[i].host})" for i in taking_part],
+                                       files)
+        algorithm = options.algorithm
+        if options.read_by == "all" and options.auto_algorithm:
+            algorithm = next(a for a, cls in SCHEDULES.items() if cls.every_node_reads)
+        decided = decide(transfer_comm, root,
+                         info, calibration=params, algorithm=algorithm,
                          chunk_size=options.chunk_size, arity=options.arity,
                          timeout=options.timeout, max_chunk=options.max_auto_chunk,
                          files=files, codecs=codecs, memory=options.memory,
                          recoverable=files == 0 and options.pipe is None,
-                         depth=options.depth)
+                         depth=options.depth, shared_source=shared, read_rates=rates)
     if topo.comm.rank == options.root and decided is None:
         decided = (Plan.of(info, chunk_size=min(DEFAULT_CHUNK, options.max_auto_chunk)
                            if options.auto_chunk

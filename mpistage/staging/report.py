@@ -115,6 +115,9 @@ class StageReport:
     tree: dict[str, Any] | None = None
     codec: str = "none"
     pipe: str | None = None
+    #: Who read the source: ``"root"``, or ``"all"`` (every node its share; the digest is
+    #: then the hash list of the readers' chunk digests, :class:`~mpistage.digest.ChunkDigests`).
+    read_by: str = "root"
     #: Rank 0 only: whether this report reached every rank (not when a rank died after
     #: it reported; the CLI then ends the job instead of waiting for it to finalize).
     reached_all: bool = True
@@ -165,8 +168,11 @@ class StageReport:
                 "path": self.source,
                 "size": self.size,
                 "digest": self.source_digest,
-                "digest_algorithm": DIGEST_ALGORITHM,
+                "digest_algorithm": (DIGEST_ALGORITHM if self.read_by == "root"
+                                     else f"{DIGEST_ALGORITHM} of each chunk's "
+                                     f"{DIGEST_ALGORITHM} in order, by its reader"),
                 "error": self.source_error,
+                "read_by": self.read_by,
             },
             "algorithm": self.algorithm,
             "chunk_size": self.chunk_size,
@@ -262,6 +268,7 @@ def build_report(
         tree=tree,
         codec=plan.codec,
         pipe=pipe,
+        read_by=plan.read_by,
     )
 
 

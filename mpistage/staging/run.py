@@ -73,6 +73,7 @@ def stage(
     remove_first: bool = False,
     no_clobber: bool = False,
     shared_dest: bool = False,
+    read_by: str = AUTO,
     progress: ProgressCallback | None = None,
     started: float | None = None,
 ) -> StageReport:
@@ -132,6 +133,11 @@ def stage(
         no_clobber: fail on nodes where something other than an up-to-date copy
             already stands at the destination, instead of replacing it (sbcast's
             default; its ``--force`` is this option's absence).
+        read_by: ``"root"``: the root reads the source; ``"all"``: every node reads a
+            share of it, the same file on a file system all of them mount (Lustre, GPFS,
+            NFS), and the shares go round a ring (:mod:`mpistage.engine.ring`);
+            ``"auto"`` (the default): the model picks, where the root's source is on
+            such a file system and every node sees it as the root does.
         shared_dest: where several nodes' DEST is one file on a file system they share,
             write it once (the lowest node) and have the others check it in place,
             instead of refusing the run (one file, not a tree).
@@ -161,7 +167,7 @@ def stage(
         arity=arity, calibration=calibration, fsync=fsync, verify=verify, depth=depth,
         memory=memory, timeout=timeout, mkdir=mkdir, skip_bad_nodes=skip_bad_nodes,
         quick=quick, remove_first=remove_first, no_clobber=no_clobber,
-        shared_dest=shared_dest))
+        shared_dest=shared_dest, read_by=read_by))
     dest = _destination(dest, pipe)
     kind = _stream_kind(comm, source, root)
     options = StageOptions(
@@ -171,7 +177,7 @@ def stage(
         quick=quick, remove_first=remove_first, no_clobber=no_clobber, delete=delete,
         shared_dest=shared_dest,
         skip_special=skip_special, compress=check_codec(compress), pipe=pipe,
-        expect_size=expect_size, stream=kind is not None,
+        expect_size=expect_size, stream=kind is not None, read_by=read_by,
     )
     options.check(comm.size)
     check_template(dest)
@@ -191,6 +197,7 @@ def stage(
             connect_early(topo, checks, transfer_comm, timeout)
             plan, prediction = decide_plan(topo, checks, transfer_comm, info, params, options,
                                            copy.files_in_stream, codecs)
+            copy = copy.for_plan(plan)
             phases["plan"] = time.perf_counter() - mark
             if topo.is_leader:
                 mine = next(c for c in checks if c.index == topo.node.index)

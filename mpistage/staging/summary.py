@@ -42,6 +42,7 @@ class Summarised(Protocol):
     tree: dict[str, Any] | None
     codec: str
     pipe: str | None
+    read_by: str
 
     @property
     def wire_bytes(self) -> int: ...
@@ -120,6 +121,11 @@ def _outcome(report: Summarised, lines: list[str]) -> list[int]:
         holders = "the node's" if n == 1 else f"all {n} nodes'"
         lines.append(f"  {holders} {report.pipe!r} took the verified stream{digest} and "
                      "exited 0")
+    elif report.ok and report.read_by == "all":
+        holders = "the node holds" if n == 1 else f"all {n} nodes hold"
+        lines.append(f"  {holders} a verified copy: every node read its share, and each "
+                     f"chunk was checked against its reader's {DIGEST_ALGORITHM} "
+                     f"({DIGEST_ALGORITHM} of them in order: {report.source_digest})")
     elif report.ok:
         digest = f" ({DIGEST_ALGORITHM} {report.source_digest})" if report.source_digest else ""
         holders = "the node holds" if n == 1 else f"all {n} nodes hold"

@@ -50,6 +50,10 @@ class TreeCopy:
         self.files_in_stream = len(self._ends)
         self.bytes_in_stream = end
 
+    def for_plan(self, plan: Plan) -> TreeCopy:
+        """A tree is read by the root (its files are one stream)."""
+        return self
+
     def source(self, plan: Plan, pool: BufferPool, clock: PhaseClock) -> TreeSource:
         return TreeSource(plan, pool, clock, manifest=self.manifest, needed=self.needed)
 
