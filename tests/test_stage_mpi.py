@@ -20,7 +20,8 @@ from mpi4py import MPI
 
 import mpistage
 from mpistage import UsageError
-from mpistage.digest import file_digest
+from mpistage.digest import file_chunk_digest, file_digest
+from mpistage.engine.algorithms import SCHEDULES
 from mpistage.model import decide as decide_module
 from mpistage.model.choice import TIE
 from mpistage.sinks.file import TEMP_SUFFIX
@@ -69,7 +70,9 @@ def test_every_node_gets_a_byte_identical_copy(area, make_file, assert_all, algo
     assert_all(copy.stat().st_mtime_ns == 1_600_000_000_123_456_789, "mtime not preserved")
     assert_all(leftovers(copy.parent) == [], "temp files left behind")
     assert_all(len(report.nodes) == COMM.size and len(report.ranks) == COMM.size)
-    assert_all(report.source_digest == file_digest(src))
+    expected = (file_chunk_digest(src, report.chunk_size) if report.read_by == "all"
+                else file_digest(src))  # every node read a share: a hash list
+    assert_all(report.source_digest == expected)
     assert_all(report == COMM.bcast(report, root=0), "every rank returns the same report")
 
 
@@ -85,7 +88,10 @@ def test_root_other_than_rank_zero(area, make_file, assert_all, algorithm):
     reader = next(r for r in report.ranks if r.rank == root)
     assert_all("read" in reader.phases and "verify" in reader.phases and "fsync" in reader.phases)
     others = [r for r in report.ranks if r.rank != root]
-    assert_all(all("read" not in r.phases for r in others), "only the root reads the source")
+    if not SCHEDULES[algorithm].every_node_reads:
+        assert_all(all("read" not in r.phases for r in others), "only the root reads the source")
+    else:
+        assert_all(all("read" in r.phases for r in others), "every node reads its share")
 
 
 def test_one_node_per_host_without_ranks_as_nodes(area, make_file, assert_all):
@@ -414,8 +420,9 @@ def test_auto_choice_stages_correctly_and_reports_its_prediction(area, make_file
     assert_all(prediction.get("auto") is True
                and prediction.get("source") == "quick measurement")
     assert_all(report.chunk_size <= DEFAULT_MEMORY // 4, "auto stays within the memory budget")
-    # One file: auto weighs the algorithms that survive a lost node (not MPI's bcast).
-    assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS) - {"bcast"})
+    # One file: auto weighs the algorithms that survive a lost node (not MPI's bcast);
+    # the source is not on a shared file system: the root reads it (not the ring).
+    assert_all(set(prediction["predictions"]) == set(mpistage.ALGORITHMS) - {"bcast", "ring"})
     assert_all(prediction["algorithm"] == report.algorithm
                and prediction["chunk_size"] == report.chunk_size)
     assert_all(prediction["parameters"]["latency"] > 0 and prediction["parameters"]["bandwidth"] > 0)
@@ -507,3 +514,70 @@ def test_no_clobber_refuses_a_different_file_and_keeps_an_identical_one(area, ma
         mpistage.stage(src, dest, comm=COMM, ranks_as_nodes=True, no_clobber=True)
     assert_all((area / "n1" / "src.bin").read_bytes() == b"someone else's file")
     assert_all(leftovers(area / f"n{COMM.rank}") == [])
+
+
+def test_read_by_all_refuses_a_source_another_node_sees_otherwise(area, make_file, assert_all,
+                                                                 monkeypatch):
+    """Every node reads a share only of the file the root reads: a node that sees other
+    bytes at the path (a node-local copy of an older version) refuses the run on every
+    rank, in one line naming it, before anything is written."""
+    from mpistage.staging import shared_source
+
+    src = source_file(area, make_file, 300_000)
+    if COMM.rank == 1:
+        seen = shared_source.seen_as(str(src), 300_000)
+        assert not isinstance(seen, str)
+        monkeypatch.setattr(shared_source, "seen_as",
+                            lambda path, size: (seen[0], seen[1], "another"))
+    with pytest.raises(UsageError, match="needs the same source on every node: node 1 "
+                       ".* sees other bytes at"):
+        mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                       read_by="all")
+    assert_all(os.listdir(area / f"n{COMM.rank}") == [], "nothing written")
+
+
+def test_read_by_all_stages_and_says_how_it_verified(area, make_file, assert_all,
+                                                    monkeypatch):
+    """Each node reads a share; a chunk damaged in one node's memory fails that node
+    only (it differs from its reader's digest); --verify re-reads the others' copies as
+    hash lists."""
+    src = source_file(area, make_file, 1_000_003)
+    monkeypatch.setenv("MPISTAGE_TEST_FAULTS", "corrupt-chunk@1")
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            read_by="all", chunk_size=CHUNK, verify=True)
+    assert_all(report.algorithm == "ring" and report.read_by == "all")
+    assert_all([n.index for n in report.failed] == [1], str(report.failed))
+    assert_all("differs from what its reader read" in (report.failed[0].error or ""))
+    copy = area / f"n{COMM.rank}" / "src.bin"
+    assert_all(not copy.exists() if COMM.rank == 1 else copy.read_bytes() == src.read_bytes())
+    assert_all(all("read" in r.phases for r in report.ranks), "every node read")
+    assert_all(report.source_digest == file_chunk_digest(src, CHUNK))
+
+
+@pytest.mark.parametrize("change", ["append", "replace"])
+def test_a_shared_source_changed_while_it_is_read_is_never_staged(area, make_file,
+                                                                  assert_all, change):
+    """As with one reader: every reader checks the file it reads, none keeps a copy."""
+    size = 64 * CHUNK
+    src = source_file(area, make_file, size)
+    replacement = area / "replacement.bin"
+    if COMM.rank == 0:
+        shutil.copyfile(src, replacement)
+    COMM.Barrier()
+    changed: list[int] = []
+
+    def meddle(done: int, total: int) -> None:
+        if not changed:
+            changed.append(done)
+            if change == "append":
+                with open(src, "ab") as f:
+                    f.write(b"more")
+            else:
+                os.replace(replacement, src)
+
+    report = mpistage.stage(src, str(area / "n{node}"), comm=COMM, ranks_as_nodes=True,
+                            read_by="all", chunk_size=CHUNK, depth=2, progress=meddle)
+    assert_all(not report.ok and len(report.failed) == COMM.size)
+    expected = "changed size" if change == "append" else "was replaced by another file"
+    assert_all(expected in (report.source_error or ""), str(report.source_error))
+    assert_all(os.listdir(area / f"n{COMM.rank}") == [], "no copy, no temp file")

@@ -174,3 +174,10 @@ def _read_seconds(cluster: Layout, hosts: list[int], names: list[str]) -> list[f
         seconds.append(float(out.split()[-1]))
     return seconds
 
+
+
+def reshape(cluster: Layout, shared: SharedFS) -> None:
+    """Change the read rates of a shared file system that is up (``shared.path`` stays)."""
+    run_command(["tc", "-n", cluster.storage, "qdisc", "del", "dev", "eth0", "root"],
+                check=False)
+    _shape(cluster, shared)

@@ -108,7 +108,7 @@ def teardown(name: str) -> list[str]:
         except OSError:
             pass
     shared = record.get("created_shared_mountpoint")
-    if isinstance(shared, str):
+    if isinstance(shared, str) and not others:  # as the scratch's, the last one down
         try:
             os.rmdir(shared)
             removed.append(f"dir {shared}")

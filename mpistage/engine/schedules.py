@@ -177,12 +177,6 @@ class Schedule(ABC):
         return self.is_root
 
     @classmethod
-    def link_share(cls, nodes: int) -> float:
-        """The part of the chunks the busiest link carries, per chunk sent (the cost
-        model's: every one, but in a ring, where each node reads a share)."""
-        return 1.0
-
-    @classmethod
     def readers(cls, nodes: int) -> int:
         """Nodes that read the source at once (the cost model's read term)."""
         return 1

@@ -19,13 +19,14 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from .. import faults
-from ..digest import ChunkDigests, new_digest
+from ..digest import new_digest
 from ..errors import Stalled
 from ..plan import Plan
 from .buffers import Buffer, BufferPool, PhaseClock, pieces
 from .codec import IDENTITY, Codec
-from .frames import HEADER, Framing, decode
+from .frames import HEADER, Framing, Signed, decode
 from .liveness import follow
+from .signed import SignedCopy
 
 log = logging.getLogger("mpistage.engine.writer")
 
@@ -88,10 +89,7 @@ class ChunkWriter:
         self.in_order = in_order
         self.signed_digest: str | None = None
         self._digest = new_digest() if digests and not framing.signed else None
-        count = framing.chunk_count() or 0
-        #: This node's digest of each chunk, and its reader's (signed chunks only).
-        self._chunks = ChunkDigests(count) if framing.signed else None
-        self._signatures = ChunkDigests(count) if framing.signed else None
+        self._signed = SignedCopy(framing) if isinstance(framing, Signed) else None
         self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._writing_since: float | None = None  # when the current write began
         self._chunks_done = 0
@@ -171,12 +169,10 @@ class ChunkWriter:
             k, index = item
             try:
                 buffer = self.pool.buffers[index]
-                if self._signatures is not None:  # the source's, whatever this copy's fate
-                    self._signatures.put(k, self.framing.signature(buffer, k))  # type: ignore[union-attr]
+                if self._signed is not None:  # the source's, whatever this copy's fate
+                    self._signed.took(k, buffer)
                 if not self.abandoned and self.error is None:
                     self._write_chunk(k, self._decoded(k, buffer))
-                    if self._chunks is not None and self.error is None:
-                        self._check_signature(k)
                     if self.error is None and not self.abandoned and self.in_order:
                         self.held = k + 1
                 self._chunks_done += 1
@@ -184,22 +180,10 @@ class ChunkWriter:
                 self.pool.release(index)
         if self.error is None and self._digest is not None:
             self.digest = self._digest.hexdigest()
-        if self._chunks is not None and self._signatures is not None:
+        if self._signed is not None:
             if self.error is None:
-                self.digest = self._chunks.hexdigest()
-            if self._chunks_done == self.framing.chunk_count():  # every chunk came by
-                self.signed_digest = self._signatures.hexdigest()
-
-    def _check_signature(self, k: int) -> None:
-        """Chunk ``k`` as written must be what its reader read (its signature)."""
-        assert self._chunks is not None and self._signatures is not None
-        theirs = self._signatures.get(k)
-        if theirs == bytes(len(theirs)):
-            self.error = f"chunk {k} could not be read by the node that reads it"
-        elif self._chunks.get(k) != theirs:
-            self.error = f"chunk {k} arrived damaged: it differs from what its reader read"
-        if self.error is not None and self.sink is not None:
-            self.sink.discard()
+                self.digest = self._signed.copy_digest()
+            self.signed_digest = self._signed.source_digest()
 
     def _decoded(self, k: int, buffer: Buffer) -> Buffer:
         """Chunk ``k``'s source bytes; an empty view, :attr:`error` set and the copy
@@ -216,7 +200,7 @@ class ChunkWriter:
             self.clock.add("decode", time.perf_counter() - started)
 
     def _write_chunk(self, k: int, view: Buffer) -> None:
-        digest = self._digest if self._chunks is None else new_digest()
+        digest = self._digest if self._signed is None else new_digest()
         offset = None if self.in_order else k * self.plan.chunk_size
         for piece in pieces(view):  # each digested while the write left it in the cache
             self._write_piece(k, piece, offset)
@@ -226,8 +210,10 @@ class ChunkWriter:
                 started = time.perf_counter()
                 digest.update(piece)
                 self.clock.add("digest", time.perf_counter() - started)
-        if self._chunks is not None and digest is not None:
-            self._chunks.put(k, digest.digest())
+        if self._signed is not None and digest is not None and self.error is None:
+            self.error = self._signed.wrote(k, digest.digest())
+            if self.error is not None and self.sink is not None:
+                self.sink.discard()
 
     def _write_piece(self, k: int, piece: Buffer, offset: int | None) -> None:
         sink = self.sink

@@ -59,12 +59,13 @@ binomial   k = ⌈log2 N⌉ (the root)   ≤ k + (k−1) + … + 1 = k(k+1)/2
 tree       n (arity)                 ≤ n · h, h the height of the n-ary tree
 twotree    1 (see below)             2·h + 1, h = ⌊log2(N − 1)⌋ the heaps' height
 flat       N − 1                     N − 1
-ring       (N − 1)/N (see below)     N − 1
+ring       1 (see below)             N − 1
 =========  ========================  ===============================================
 
 ``ring`` (:mod:`mpistage.engine.ring`) has every node read a share of a source all of them
-mount, and the shares go round a ring: a link carries ``(N − 1)/N`` of the chunks, and
-the source is read at ``min(N·R, A)`` rather than ``R``.
+mount, and the shares go round a ring: a node's link brings the ``(N − 1)/N`` of the
+chunks others read and its own share from the file system, the whole file as in a
+chain, but the source is read at ``min(N·R, A)`` rather than ``R``.
 
 ``twotree`` (:mod:`mpistage.engine.twotree`) sends even chunks down one binary tree and odd
 ones down another in which every interior node of the first is a leaf: a node sends
@@ -277,7 +278,7 @@ def _step_terms(
                                         + (wire_bytes + chunk) / params.cpu_rate)
     else:
         fan_out, _ = shape(algorithm, nodes, arity)
-        link = fan_out * schedule.link_share(nodes) * (params.latency + wire / params.bandwidth)
+        link = fan_out * (params.latency + wire / params.bandwidth)
         # the busiest rank receives the chunk and sends it to each child (with two
         # nodes, each rank does one of the two; in a binomial tree or flat the root,
         # which receives nothing, sends the most), unless sharing cores is worse: then

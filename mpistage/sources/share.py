@@ -43,7 +43,14 @@ class ShareSource(FileSource):
     def _finish(self) -> None:
         """No digest here (each chunk carries its own); the file must be as opened."""
         assert self._opened is not None
-        now = identity_change(self._opened, file_identity(os.fstat(self._fd)))
+        try:  # what the path names now: another file, if it was replaced
+            named = file_identity(os.stat(self.plan.source))
+        except FileNotFoundError:
+            named = None
+        now: str | None = "was removed" if named is None else None
+        if named is not None and named[:2] != self._opened[:2]:
+            now = "was replaced by another file"
+        now = now or identity_change(self._opened, file_identity(os.fstat(self._fd)))
         if now is not None:
             self.error = (f"source {self.plan.source} {now} while it was read; no copy was "
                           "kept (stage it again once it is complete)")

@@ -17,7 +17,7 @@ from ..model.decide import AUTO, Prediction, decide
 from ..plan import check_template
 from ..sources.named import Sources, SourceSpec
 from .agreement import check_arguments_agree
-from .closing import participants
+from .closing import connect_early, participants
 from .options import DEFAULT_MEMORY, StageOptions
 from .planning import (agree_on_source, check_nodes, own_communicator, topology_of,
                        transfer_communicator)
@@ -76,6 +76,9 @@ def explain(
             raise UsageError("\n".join(c.line() for c in bad))  # no node could take it
         prediction = None
         with transfer_communicator(topo, checks) as transfer_comm:
+            # every rank's first message to the root before the root is busy reading (a
+            # refused first connection fails MPICH's gather after bounded retries)
+            connect_early(topo, checks, transfer_comm, timeout)
             if transfer_comm is not None:
                 taking_part = participants(topo, checks)
                 root_rank = taking_part.index(topo.root_node)

@@ -170,24 +170,29 @@ def _timed_read(path: str, offset: int, length: int) -> float:
 def look_at_source(comm: MPI.Comm, root: int, info: SourceInfo, options: StageOptions,
                    names: list[str], files: int) -> tuple[bool, tuple[float, float] | None]:
     """Whether every node may read a share of the source (``--read-by all`` demands it,
-    ``auto`` looks where the root's source is on a shared file system), and its read
-    rates, alone and together, on the root (collective over the transfer's ``comm``).
+    ``auto`` looks where the root's source is on a shared file system), and the source's
+    read rates on the root: alone and all nodes together (where only the root may read,
+    alone; ``None`` where the source is not on a shared file system).  Collective over
+    the transfer's ``comm``.
 
     Raises:
         UsageError: on every rank, for ``--read-by all`` where a node sees another file.
     """
     required = options.every_node_reads
     if not required:
-        eligible = (options.read_by == AUTO and options.auto_algorithm and not info.stream
-                    and not files and options.pipe is None and options.compress == "none"
-                    and info.size > 0 and comm.size > 1)
-        if not eligible:
-            return False, None
-        on_shared = (comm.rank == root
+        on_shared = (comm.rank == root and not info.stream and not files and info.size > 0
                      and file_system_type(info.source) in SHARED_FILE_SYSTEMS)
-        if not comm.bcast(on_shared, root=root):
-            return False, None
+        may_share = (options.read_by == AUTO and options.auto_algorithm and comm.size > 1
+                     and options.pipe is None and options.compress == "none")
+        if not comm.bcast(on_shared and may_share, root=root):
+            if not on_shared:
+                return False, None
+            # the root reads alone: the model must still know how fast
+            block = min(PROBE_BLOCK, info.size)
+            seconds = _timed_read(info.source, info.size - block, block)
+            return False, (block / max(seconds, 1e-9), float("inf")) if seconds < float(
+                "inf") else None
     if not same_everywhere(comm, root, info, names, required):
         return False, None
-    rates = read_rates(comm, root, info) if info.size > 0 else None
+    rates = read_rates(comm, root, info)
     return True, None if rates is None else (rates.alone, rates.together)

@@ -1,0 +1,168 @@
+"""Reading the source on one node against every node reading its share, on a shared
+file system of the emulated cluster (``--shared-fs``: sshfs from a storage host whose
+link gives one client at most C and all of them together at most A).
+
+As root (it brings up and tears down its own cluster):
+
+    python bench/shared_read.py --hosts 8 --rate 100mbit --size 64M \\
+        --client-rate 25mbit --shared-rate 400mbit --fast-client-rate 200mbit --repeat 2 \\
+        --out bench/results/shared-read
+
+For each setting of the file system (C < the link rate, where one reader caps the
+staging; then C ≥ the link rate, where it does not), side by side in one run: the read
+rates as measured (one host alone, every host at once), one point-to-point transfer of
+the file between two hosts (the link's bound), and the whole command's time with
+``--read-by root``, ``--read-by all`` and the default (``auto``), every copy checked on
+every host after every run; the bound of any staging is max(S/A, S/B) (every byte must
+leave the storage and enter each node).  Optionally mpifileutils' ``dbcast`` (built
+from its sources, ``--dbcast BINARY``), which needs two ranks per node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mpistage.cluster import EmulatedCluster, teardown
+from mpistage.cluster.launch import mpi_environment, mpiexec_command
+from mpistage.cluster.rates import format_link_rate
+from mpistage.cluster.runs import stage_with_report
+from mpistage.cluster.shared_fs import SharedFS, measure_reads, reshape
+from mpistage.digest import file_digest
+from mpistage.samples import write_random_file
+from mpistage.units import format_bytes, parse_size
+
+NAME = "mstshr"
+MODES = ("root", "all", "auto")
+
+
+def point_to_point(cluster: EmulatedCluster, size: int) -> float:
+    run = cluster.mpiexec([sys.executable, "-m", "mpistage.cluster.p2p", str(size)],
+                          hosts=[0, 1], capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        raise SystemExit(f"point-to-point run failed: {run.stderr.strip()}")
+    return float(run.stdout.split()[-1])
+
+
+def check_copies(cluster: EmulatedCluster, name: str, digest: str) -> None:
+    for i in range(cluster.hosts):
+        path = cluster.scratch_dir(i) / name
+        if not path.exists() or file_digest(path) != digest:
+            raise SystemExit(f"{name} on host {i} is missing or differs from the source")
+        path.unlink()
+
+
+def stage(cluster: EmulatedCluster, src: Path, mode: str, digest: str) -> dict[str, Any]:
+    run, report = stage_with_report(cluster, src, ["--read-by", mode], timeout=1800)
+    if run.returncode != 0 or report is None or not report["ok"]:
+        raise SystemExit(f"--read-by {mode} failed: {run.stderr.strip()}")
+    check_copies(cluster, src.name, digest)
+    prediction = report.get("prediction") or {}
+    return {"mode": mode, "seconds": report["elapsed"], "transfer": report["transfer_seconds"],
+            "algorithm": report["algorithm"], "chunk": report["chunk_size"],
+            "predicted": prediction.get("predicted")}
+
+
+def dbcast(cluster: EmulatedCluster, binary: str, src: Path, digest: str) -> float:
+    """mpifileutils' dbcast, two ranks per host, its whole command timed."""
+    env = {"LD_LIBRARY_PATH": str(Path(binary).parent.parent / "lib")}
+    mpiexec = os.environ.get("DBCAST_MPIEXEC", "mpiexec.mpich")
+    argv = mpiexec_command(cluster, [binary, "--size", "1MB", str(src),
+                                     f"{cluster.scratch}/{src.name}"], ppn=2, mpiexec=mpiexec)
+    started = __import__("time").perf_counter()
+    run = subprocess.run(argv, env=mpi_environment(env), capture_output=True, text=True,
+                         timeout=1800)
+    seconds = __import__("time").perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"dbcast failed: {run.stderr.strip()[-2000:]}")
+    check_copies(cluster, src.name, digest)
+    return seconds
+
+
+def one_setting(cluster: EmulatedCluster, shared: SharedFS, src: Path, digest: str,
+                args: argparse.Namespace) -> dict[str, Any]:
+    reshape(cluster, shared)
+    alone, together = measure_reads(cluster)
+    runs = {mode: [stage(cluster, src, mode, digest) for _ in range(args.repeat)]
+            for mode in MODES}
+    if args.dbcast:
+        runs["dbcast"] = [{"mode": "dbcast", "seconds": dbcast(cluster, args.dbcast, src, digest)}
+                          for _ in range(args.repeat)]
+    return {"client_rate": shared.client_rate, "shared_rate": shared.total_rate,
+            "measured_alone": alone, "measured_together": together, "runs": runs}
+
+
+def render(record: dict[str, Any]) -> str:
+    size, hosts = record["size"], record["hosts"]
+    link = size * 8 / record["p2p"]  # bits/s of the link, by the point-to-point copy
+    lines = [f"{format_bytes(size)} to {hosts} hosts at {record['rate']} per link, source on "
+             f"the cluster's shared file system (sshfs); point-to-point copy of the file "
+             f"{record['p2p']:.2f} s ({link / 1e6:.0f} Mbit/s); median of "
+             f"{record['repeat']} runs, whole command", ""]
+    lines += ["| C per client / A in all (measured) | bound max(S/A, S/B) | read by root | "
+              "read by all | × bound | default (auto) | its choice | root / all |"
+              + (" dbcast |" if any("dbcast" in s["runs"] for s in record["settings"]) else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|" if any(
+                  "dbcast" in s["runs"] for s in record["settings"]) else "")]
+    for s in record["settings"]:
+        bound = max(size * 8 / s["measured_together"], record["p2p"])
+        med = {m: statistics.median(r["seconds"] for r in runs) for m, runs in s["runs"].items()}
+        auto = s["runs"]["auto"][0]
+        row = (f"| {format_link_rate(s['client_rate'])} / {format_link_rate(s['shared_rate'])} "
+               f"({s['measured_alone'] / 1e6:.0f} / {s['measured_together'] / 1e6:.0f} Mbit/s)"
+               f" | {bound:.2f} s | "
+               f"{med['root']:.2f} s | {med['all']:.2f} s | {med['all'] / bound:.2f} | "
+               f"{med['auto']:.2f} s | {auto['algorithm']}, {format_bytes(auto['chunk'])} | "
+               f"{med['root'] / med['all']:.2f}× |")
+        if "dbcast" in s["runs"]:
+            row += f" {med['dbcast']:.2f} s |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--rate", default="100mbit")
+    parser.add_argument("--size", type=parse_size, default=parse_size("64M"))
+    parser.add_argument("--client-rate", default="25mbit")
+    parser.add_argument("--shared-rate", default="400mbit")
+    parser.add_argument("--fast-client-rate", default="200mbit",
+                        help="the second setting's C, at least the link rate ('' for none)")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--dbcast", help="mpifileutils' dbcast binary, to run beside")
+    parser.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
+    args = parser.parse_args(argv)
+    teardown(NAME)
+    settings = [SharedFS.of(args.client_rate, args.shared_rate)]
+    if args.fast_client_rate:
+        settings.append(SharedFS.of(args.fast_client_rate, args.shared_rate))
+    record: dict[str, Any] = {"hosts": args.hosts, "rate": args.rate, "size": args.size,
+                              "repeat": args.repeat, "settings": []}
+    with EmulatedCluster(hosts=args.hosts, rate=args.rate, name=NAME,
+                         shared_fs=settings[0]) as cluster:
+        src = cluster.export_dir / "input.bin"
+        write_random_file(src, args.size)
+        digest = file_digest(src)
+        record["p2p"] = statistics.median(point_to_point(cluster, args.size)
+                                          for _ in range(args.repeat))
+        shared_src = Path(settings[0].path) / src.name
+        for shared in settings:
+            record["settings"].append(one_setting(cluster, shared, shared_src, digest, args))
+            print(render(record), file=sys.stderr, flush=True)
+    table = render(record)
+    print(table)
+    if args.out:
+        args.out.with_suffix(".md").write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
