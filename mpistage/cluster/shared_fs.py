@@ -18,7 +18,8 @@ at ``A`` (a Lustre client reads ~800 MB/s, 64 of them ~10 GB/s).  So:
   ``shared/HOST`` in the state directory; the ``enter`` script binds it over the shared
   path (default ``/shared``) in the host's own mount namespace.  ``direct_io``: every read
   crosses the link, as a first read of a file on Lustre does (no page cache to flatter
-  a second run).
+  a second run); no attribute cache either (a file rewritten between two runs is seen
+  so by every host at once, as a parallel file system's clients see it).
 """
 
 from __future__ import annotations
@@ -95,11 +96,10 @@ def start(cluster: Layout, shared: SharedFS) -> None:
     ip("-n", storage, "link", "set", "lo", "up")
     ip("-n", storage, "link", "set", "eth0", "up")
     _shape(cluster, shared)
-    subprocess.Popen(  # in the storage host's namespace: teardown ends it with the host
-        ["nsenter", f"--net=/run/netns/{storage}", "socat",
-         f"TCP-LISTEN:{PORT},reuseaddr,fork", f"EXEC:{SFTP_SERVER} -d {export}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    # in the storage host's namespace, detached (teardown ends it with the namespace)
+    run_command(["nsenter", f"--net=/run/netns/{storage}", "sh", "-c",
+                 'exec setsid -f socat "$@" </dev/null >/dev/null 2>&1', "socat",
+                 f"TCP-LISTEN:{PORT},reuseaddr,fork", f"EXEC:{SFTP_SERVER} -d {export}"])
     for host in cluster.hostnames:
         _mount(cluster, host)
 
@@ -133,7 +133,8 @@ def _mount(cluster: Layout, host: str) -> None:
     while True:
         done = run_command(
             ["nsenter", f"--net=/run/netns/{host}", "sshfs",
-             "-o", f"directport={PORT},direct_io,reconnect,idmap=none",
+             "-o", f"directport={PORT},direct_io,reconnect,idmap=none,dir_cache=no,"
+             "attr_timeout=0,entry_timeout=0,negative_timeout=0",
              f"{storage_address(cluster)}:{cluster.export_dir}", str(point)], check=False)
         if done.returncode == 0:
             return

@@ -147,6 +147,9 @@ class Schedule(ABC):
     #: Chunks a node's source may read ahead of the engine (``None``: as many as there
     #: are free buffers; a node that also receives must keep buffers for that).
     read_ahead: int | None = None
+    #: How much faster than the others ``auto`` needs it to be predicted (a part of their
+    #: time), where it gives something up.
+    auto_margin: float = 0.0
 
     def __init__(self, comm: MPI.Comm, root: int) -> None:
         self.comm = comm

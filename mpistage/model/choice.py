@@ -123,9 +123,12 @@ def choose(
                                                      arity, files, codec))
         if not predictions:
             continue
-        fastest = min(t for _, t in predictions.values())
+        # a schedule that gives something up must win by its margin (a ring: 15 %)
+        weighed_time = {a: t * (1 + SCHEDULES[a].auto_margin)
+                        for a, (_, t) in predictions.items()}
+        fastest = min(weighed_time.values())
         pick = next(a for a in algorithms if a in predictions
-                    and predictions[a][1] <= fastest * (1 + TIE))
+                    and weighed_time[a] <= fastest * (1 + TIE))
         name = "none" if codec is None else codec.name
         weighed[name] = predictions[pick][1]
         # a codec must win by more than a tie: within the model's precision, the
