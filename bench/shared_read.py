@@ -5,17 +5,20 @@ link gives one client at most C and all of them together at most A).
 As root (it brings up and tears down its own cluster):
 
     python bench/shared_read.py --hosts 8 --rate 100mbit --size 64M \\
-        --client-rate 25mbit --shared-rate 400mbit --fast-client-rate 200mbit --repeat 2 \\
-        --out bench/results/shared-read
+        --client-rate 25mbit --shared-rate 400mbit --fast-client-rate 1gbit --fast-rate 50mbit \\
+        --repeat 3 --dbcast /path/to/dbcast --out bench/results/shared-read
 
 For each setting of the file system (C < the link rate, where one reader caps the
-staging; then C ≥ the link rate, where it does not), side by side in one run: the read
+staging; then C ≥ the link rate, where it does not: slower links, since one sshfs client
+on this machine reads ~75 Mbit/s at most), side by side in one run: the read
 rates as measured (one host alone, every host at once), one point-to-point transfer of
 the file between two hosts (the link's bound), and the whole command's time with
 ``--read-by root``, ``--read-by all`` and the default (``auto``), every copy checked on
 every host after every run; the bound of any staging is max(S/A, S/B) (every byte must
 leave the storage and enter each node).  Optionally mpifileutils' ``dbcast`` (built
-from its sources, ``--dbcast BINARY``), which needs two ranks per node.
+from its sources against this Python's MPI, the PyPI wheel, ``--dbcast BINARY``: Debian's
+MPICH uses UCX, which moved the bytes between the emulated hosts through shared memory,
+past the shaped links), which needs two ranks per node.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +79,24 @@ def dbcast(cluster: EmulatedCluster, binary: str, src: Path, digest: str) -> flo
     # between the hosts: Debian's MPICH uses UCX, which shares memory between them)
     argv = mpiexec_command(cluster, [binary, "--size", "1MB", str(src),
                                      f"{cluster.scratch}/{src.name}"], ppn=2)
-    started = __import__("time").perf_counter()
+    started = time.perf_counter()
     run = subprocess.run(argv, env=mpi_environment(env), capture_output=True, text=True,
                          timeout=1800)
-    seconds = __import__("time").perf_counter() - started
-    if run.returncode != 0:
-        raise SystemExit(f"dbcast failed: {run.stderr.strip()[-2000:]}")
+    seconds = time.perf_counter() - started
+    if run.returncode != 0 or "Bcast complete" not in run.stdout:  # it exits 0 on some errors
+        print(f"dbcast failed: {run.stdout[-1000:]} {run.stderr.strip()[-1000:]}",
+              file=sys.stderr)
+        return float("nan")
     check_copies(cluster, src.name, digest)
     return seconds
 
 
-def one_setting(cluster: EmulatedCluster, shared: SharedFS, src: Path, digest: str,
-                args: argparse.Namespace) -> dict[str, Any]:
+def one_setting(cluster: EmulatedCluster, shared: SharedFS, rate: str, src: Path,
+                digest: str, args: argparse.Namespace) -> dict[str, Any]:
     reshape(cluster, shared)
+    for i in range(cluster.hosts):
+        cluster.set_rate(i, rate)
+    p2p = statistics.median(point_to_point(cluster, args.size) for _ in range(args.repeat))
     alone, together = measure_reads(cluster)
     runs = {mode: [stage(cluster, src, mode, digest) for _ in range(args.repeat)]
             for mode in MODES}
@@ -95,32 +104,36 @@ def one_setting(cluster: EmulatedCluster, shared: SharedFS, src: Path, digest: s
         runs["dbcast"] = [{"mode": "dbcast", "seconds": dbcast(cluster, args.dbcast, src, digest)}
                           for _ in range(args.repeat)]
     return {"client_rate": shared.client_rate, "shared_rate": shared.total_rate,
+            "rate": rate, "p2p": p2p,
             "measured_alone": alone, "measured_together": together, "runs": runs}
 
 
 def render(record: dict[str, Any]) -> str:
     size, hosts = record["size"], record["hosts"]
-    link = size * 8 / record["p2p"]  # bits/s of the link, by the point-to-point copy
-    lines = [f"{format_bytes(size)} to {hosts} hosts at {record['rate']} per link, source on "
-             f"the cluster's shared file system (sshfs); point-to-point copy of the file "
-             f"{record['p2p']:.2f} s ({link / 1e6:.0f} Mbit/s); median of "
-             f"{record['repeat']} runs, whole command", ""]
-    lines += ["| C per client / A in all (measured) | bound max(S/A, S/B) | read by root | "
-              "read by all | × bound | default (auto) | its choice | root / all |"
-              + (" dbcast |" if any("dbcast" in s["runs"] for s in record["settings"]) else ""),
-              "|---|---|---|---|---|---|---|---|" + ("---|" if any(
-                  "dbcast" in s["runs"] for s in record["settings"]) else "")]
+    dbcast_too = any("dbcast" in s["runs"] for s in record["settings"])
+    lines = [f"{format_bytes(size)} to {hosts} hosts, the source on the cluster's shared file "
+             f"system (sshfs from a storage host: C per client, A in all); seconds of the "
+             f"whole command (start-up included; transfer alone in brackets), median of "
+             f"{record['repeat']} runs; the bound: one point-to-point copy of the file "
+             f"(S/B) or S/A, whichever is longer", ""]
+    lines += ["| links | C / A set (measured) | bound | read by root | read by all | × bound |"
+              " root / all | default (auto) | auto's choice |" + (" dbcast |" if dbcast_too else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if dbcast_too else "")]
     for s in record["settings"]:
-        bound = max(size * 8 / s["measured_together"], record["p2p"])
+        bound = max(size * 8 / s["measured_together"], s["p2p"])
         med = {m: statistics.median(r["seconds"] for r in runs) for m, runs in s["runs"].items()}
-        auto = s["runs"]["auto"][0]
-        row = (f"| {format_link_rate(s['client_rate'])} / {format_link_rate(s['shared_rate'])} "
-               f"({s['measured_alone'] / 1e6:.0f} / {s['measured_together'] / 1e6:.0f} Mbit/s)"
-               f" | {bound:.2f} s | "
-               f"{med['root']:.2f} s | {med['all']:.2f} s | {med['all'] / bound:.2f} | "
-               f"{med['auto']:.2f} s | {auto['algorithm']}, {format_bytes(auto['chunk'])} | "
-               f"{med['root'] / med['all']:.2f}× |")
-        if "dbcast" in s["runs"]:
+        moved = {m: statistics.median(r.get("transfer", r["seconds"]) for r in runs)
+                 for m, runs in s["runs"].items()}
+        auto = s["runs"]["auto"]
+        choices = sorted({f"{r['algorithm']} {format_bytes(r['chunk'])}" for r in auto})
+        row = (f"| {s['rate']} | {format_link_rate(s['client_rate'])} / "
+               f"{format_link_rate(s['shared_rate'])} ({s['measured_alone'] / 1e6:.0f} / "
+               f"{s['measured_together'] / 1e6:.0f} Mbit/s) | {bound:.2f} s | "
+               f"{med['root']:.2f} s ({moved['root']:.2f}) | "
+               f"{med['all']:.2f} s ({moved['all']:.2f}) | {med['all'] / bound:.2f} "
+               f"({moved['all'] / bound:.2f}) | {med['root'] / med['all']:.2f}× | "
+               f"{med['auto']:.2f} s | {', '.join(choices)} |")
+        if dbcast_too:
             row += f" {med['dbcast']:.2f} s |"
         lines.append(row)
     return "\n".join(lines) + "\n"
@@ -133,28 +146,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, default=parse_size("64M"))
     parser.add_argument("--client-rate", default="25mbit")
     parser.add_argument("--shared-rate", default="400mbit")
-    parser.add_argument("--fast-client-rate", default="200mbit",
-                        help="the second setting's C, at least the link rate ('' for none)")
+    parser.add_argument("--fast-client-rate", default="1gbit",
+                        help="the second setting's C, more than its links' rate ('' for none)")
+    parser.add_argument("--fast-rate", default="50mbit",
+                        help="the second setting's links (one sshfs client on a 2-core "
+                        "machine reads ~75 Mbit/s at most: slower links make C ≥ B)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--dbcast", help="mpifileutils' dbcast binary, to run beside")
     parser.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
     args = parser.parse_args(argv)
     teardown(NAME)
-    settings = [SharedFS.of(args.client_rate, args.shared_rate)]
+    settings = [(SharedFS.of(args.client_rate, args.shared_rate), args.rate)]
     if args.fast_client_rate:
-        settings.append(SharedFS.of(args.fast_client_rate, args.shared_rate))
+        settings.append((SharedFS.of(args.fast_client_rate, args.shared_rate), args.fast_rate))
     record: dict[str, Any] = {"hosts": args.hosts, "rate": args.rate, "size": args.size,
                               "repeat": args.repeat, "settings": []}
     with EmulatedCluster(hosts=args.hosts, rate=args.rate, name=NAME,
-                         shared_fs=settings[0]) as cluster:
+                         shared_fs=settings[0][0]) as cluster:
         src = cluster.export_dir / "input.bin"
         write_random_file(src, args.size)
         digest = file_digest(src)
-        record["p2p"] = statistics.median(point_to_point(cluster, args.size)
-                                          for _ in range(args.repeat))
-        shared_src = Path(settings[0].path) / src.name
-        for shared in settings:
-            record["settings"].append(one_setting(cluster, shared, shared_src, digest, args))
+        shared_src = Path(settings[0][0].path) / src.name
+        for shared, rate in settings:
+            record["settings"].append(one_setting(cluster, shared, rate, shared_src, digest,
+                                                  args))
             print(render(record), file=sys.stderr, flush=True)
     table = render(record)
     print(table)

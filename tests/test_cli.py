@@ -237,6 +237,7 @@ def test_explain_and_calibrate_from_the_command_line(src: Path, tmp_path: Path) 
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("mpistage calibrate: 2 nodes") and "round trips" in run.stdout
     assert "CPU per message o" in run.stdout
+    assert "read A (all)" in run.stdout, "every node sees the source here: A is measured"
     assert json.loads(cal.read_text())["schema"] == "mpistage.staging.calibration/1"
     run = mpistage("--explain", "-a", "auto", "--calibration", str(cal), "--ranks-as-nodes",
                    str(src), str(tmp_path / "n{node}"))

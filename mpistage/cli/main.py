@@ -96,7 +96,8 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     rates = ", ".join(
         f"{name} {'-' if value == float('inf') else format_bytes(value) + '/s'}"
         for name, value in (("B", p.bandwidth), ("R", p.read_bandwidth), ("W", p.write_bandwidth))
-    )
+    ) + ("" if p.shared_read_bandwidth == float("inf")
+         else f", A {format_bytes(p.shared_read_bandwidth)}/s (every node reading at once)")
     cpu = (f"; CPU o {format_seconds(p.overhead)} per message, "
            f"{format_bytes(p.cpu_rate)}/s per message end, {p.share:g} ranks per core"
            if p.overhead else "")

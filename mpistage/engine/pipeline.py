@@ -25,14 +25,14 @@ after it still get the file.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from ..plan import Plan
 from .buffers import BufferPool, PhaseClock
 from .codec import make as make_codec
 from .forward import Forward
-from .frames import framing_for
+from .frames import Framing, framing_for
 from .inbox import Inbox
 from .liveness import no_heartbeat
 from .outbox import Outbox, Progress
@@ -125,6 +125,26 @@ def _next_from_source(source: ChunkSource | None, outbox: Outbox, timeout: float
     return item
 
 
+def _writer(plan: Plan, schedule: Schedule, sink: CopySink | None, pool: BufferPool,
+            clock: PhaseClock, framing: Framing, digest_writes: bool, corrupt: bool,
+            resume: Resume | None) -> tuple[ChunkWriter, bool]:
+    """This node's writer (a re-formed run's: the earlier one, going on), and whether
+    the source's digest is the copy's too.  The root writes the very bytes it read (and
+    digested) unless they were encoded: then it decodes them, as every node does, and
+    digests what it wrote; so it does when the test hook damages what it writes, and
+    where each chunk carries its reader's digest."""
+    encoded = plan.codec != "none" or corrupt
+    trust = schedule.is_root and not encoded and not framing.signed
+    if resume is not None:
+        resume.writer.resume(pool)
+        return resume.writer, trust
+    writer = ChunkWriter(plan, sink, pool, clock, framing,
+                         digests=digest_writes and (encoded or not schedule.is_root),
+                         codec=make_codec(plan.codec), corrupt=corrupt,
+                         in_order=schedule.in_file_order)
+    return writer, trust
+
+
 @dataclass(frozen=True)
 class Resume:
     """Where a run re-formed after a lost node (:mod:`mpistage.engine.recovery`) goes on:
@@ -179,19 +199,8 @@ class Engine:
         self._first, self._local_until = first, local_until
         reads = schedule.is_root or schedule.every_node_reads or (local_until or 0) > first
         self.source = source(plan, self.pool, self.clock) if reads else None
-        # The root writes the very bytes it read (and digested) unless they were encoded:
-        # then it decodes them, as every node does, and digests what it wrote; so it does
-        # when the test hook damages what it writes.
-        encoded = plan.codec != "none" or corrupt
-        if resume is None:
-            self.writer = ChunkWriter(plan, sink, self.pool, self.clock, framing,
-                                      digests=digest_writes and (encoded or not schedule.is_root),
-                                      codec=make_codec(plan.codec), corrupt=corrupt,
-                                      in_order=schedule.in_file_order)
-        else:
-            (writer := resume.writer).resume(self.pool)
-            self.writer = writer
-        self._trust_source_digest = schedule.is_root and not encoded and not framing.signed
+        self.writer, self._trust_source_digest = _writer(
+            plan, schedule, sink, self.pool, self.clock, framing, digest_writes, corrupt, resume)
         #: The children a stalled send was for (a stalled receive accuses nobody: its
         #: parent may only be waiting on someone else; see :mod:`mpistage.engine.recovery`).
         self.suspects: list[int] = []
@@ -202,7 +211,10 @@ class Engine:
                                       0 if plan.stream else plan.size))
         self.inbox = Inbox(schedule, self.pool, framing, self.waits, self.outbox,
                            lambda: buffer_back(self.writer, timeout, watch), peer_name,
-                           chunks=self._received(max(first, local_until or 0)),
+                           # from the parent, in this node's order (lazily: a stream's)
+                           chunks=(k for k in schedule.order(max(first, local_until or 0),
+                                                             self._count)
+                                   if not self._is_local(k)),
                            first=max(first, local_until or 0))
         self._started = self._cpu_started = 0.0
 
@@ -248,16 +260,8 @@ class Engine:
 
     def _is_local(self, k: int) -> bool:
         """Whether chunk ``k`` comes from this node's source rather than its parent."""
-        if self.source is None:
-            return False
-        if self._local_until is not None:  # a re-formed run: the chunks this node holds
-            return k < self._local_until
-        return self.schedule.reads(k)
-
-    def _received(self, start: int) -> Iterator[int]:
-        """The chunks from ``start`` on that come from the parent, in the order this
-        node handles them (taken lazily: a stream's never end)."""
-        return (k for k in self.schedule.order(start, self._count) if not self._is_local(k))
+        return self.source is not None and (self.schedule.reads(k) if self._local_until is None
+                                            else k < self._local_until)
 
     def _dispatch(self, k: int, index: int) -> bool:
         """Chunk ``k`` is here, in order: forward it (unless it went on as it arrived,

@@ -34,6 +34,55 @@ if TYPE_CHECKING:
     Ready = tuple[int, int, Future[float] | None]
 
 
+class ReadyChunks:
+    """The chunks read and not yet taken by the engine, in order (each with its encoding
+    still under way, a future, or done, ``None``); at most :meth:`ahead` of them, where
+    a node also receives into the same buffers."""
+
+    def __init__(self, clock: PhaseClock) -> None:
+        self.clock = clock
+        self._queue: queue.SimpleQueue[Ready] = queue.SimpleQueue()
+        self._head: Ready | None = None  # taken from the queue, its encoding not done yet
+        self._slots: threading.Semaphore | None = None
+
+    def ahead(self, limit: int | None) -> None:
+        """At most ``limit`` chunks wait for the engine (``None``: no limit)."""
+        self._slots = None if limit is None else threading.Semaphore(limit)
+
+    def room(self, pool: BufferPool) -> bool:
+        """Wait until another chunk may be read; ``False`` once ``pool`` is closed."""
+        if self._slots is not None:
+            while not self._slots.acquire(timeout=0.1):
+                if pool.closed:
+                    return False
+        return True
+
+    def put(self, item: Ready) -> None:
+        self._queue.put(item)
+
+    def take(self, wait: float) -> tuple[int, int] | None:
+        """The next chunk, ``(k, buffer index)``, if it was read and encoded within
+        ``wait`` seconds (0: now), else ``None``; in order, whatever order the encoders
+        finish in."""
+        if self._head is None:
+            try:
+                self._head = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+        k, index, encoding = self._head
+        if encoding is not None:
+            if not encoding.done() and wait:
+                from concurrent.futures import wait as futures_wait  # imported by encoders
+                futures_wait([encoding], timeout=wait)
+            if not encoding.done():
+                return None
+            self.clock.add("encode", encoding.result())
+        self._head = None
+        if self._slots is not None:
+            self._slots.release()
+        return k, index
+
+
 class ChunkSource:
     """Fills chunks in a reader thread, in order, into free buffers (call :meth:`start`
     once); what fills them is the subclass's :meth:`_fill`.
@@ -65,11 +114,8 @@ class ChunkSource:
         self.until: int | None = None
         self.wanted: Callable[[int], bool] | None = None
         self.ahead: int | None = None
-        self._slots: threading.Semaphore | None = None
         self.chunks_read = 0
-        # Each chunk read, with its encoding still under way (a future) or done (None).
-        self._ready: queue.SimpleQueue[Ready] = queue.SimpleQueue()
-        self._head: Ready | None = None  # taken from the queue, its encoding not done yet
+        self._ready = ReadyChunks(clock)
         self._encoders: Encoders | None = None
         if plan.codec != "none":
             # Only here: its thread pool (concurrent.futures) cost every rank of every
@@ -80,8 +126,7 @@ class ChunkSource:
                                         daemon=True)
 
     def start(self) -> None:
-        if self.ahead is not None:
-            self._slots = threading.Semaphore(self.ahead)
+        self._ready.ahead(self.ahead)
         self._thread.start()
 
     def join(self, timeout: float | None) -> None:
@@ -92,31 +137,9 @@ class ChunkSource:
         if self._encoders is not None:
             self._encoders.close()
 
-    def _next_ready(self, wait: float) -> tuple[int, int] | None:
-        """The next chunk, ``(k, buffer index)``, if it was read and encoded within
-        ``wait`` seconds (0: now), else ``None``; in order, whatever order the encoders
-        finish in."""
-        if self._head is None:
-            try:
-                self._head = self._ready.get(timeout=wait) if wait else self._ready.get_nowait()
-            except queue.Empty:
-                return None
-        k, index, encoding = self._head
-        if encoding is not None:
-            if not encoding.done() and wait:
-                from concurrent.futures import wait as futures_wait  # imported by encoders
-                futures_wait([encoding], timeout=wait)
-            if not encoding.done():
-                return None
-            self.clock.add("encode", encoding.result())
-        self._head = None
-        if self._slots is not None:
-            self._slots.release()
-        return k, index
-
     def ready_chunk(self) -> tuple[int, int] | None:
         """The next chunk read, ``(k, buffer index)``, or ``None`` if none is ready."""
-        return self._next_ready(0)
+        return self._ready.take(0)
 
     def next_chunk(self, timeout: float | None, excused: Callable[[], bool]) -> tuple[int, int]:
         """Wait for the next chunk.
@@ -128,7 +151,7 @@ class ChunkSource:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            chunk = self._next_ready(0.1)
+            chunk = self._ready.take(0.1)
             if chunk is not None:
                 return chunk
             if not excused() and deadline is not None and time.monotonic() >= deadline:
@@ -146,7 +169,7 @@ class ChunkSource:
                 if self.wanted is not None and not self.wanted(k):
                     k += 1
                     continue
-                index = self._free_buffer()
+                index = self.pool.take() if self._ready.room(self.pool) else None
                 if index is None:  # the engine closed the pool: the transfer is over
                     return
                 buffer = self.pool.buffers[index]
@@ -170,15 +193,6 @@ class ChunkSource:
                 self._finish()
         finally:
             self._close()
-
-    def _free_buffer(self) -> int | None:
-        """A buffer for the next chunk, once fewer than :attr:`ahead` wait for the
-        engine; ``None`` once the engine closed the pool."""
-        if self._slots is not None:
-            while not self._slots.acquire(timeout=0.1):
-                if self.pool.closed:
-                    return None
-        return self.pool.take()
 
     def _fill_chunk(self, k: int, view: Buffer) -> int:
         """Chunk ``k``'s bytes into ``view``; how many.  After an error, zeros to the

@@ -3,8 +3,8 @@ its offset.
 
 The writer digests what it wrote, so the node's copy is checked against the source's
 digest at the end (where each chunk carries its reader's digest, chunk by chunk as it
-is written: :class:`mpistage.engine.frames.Signed`).  A write that fails (disk full, EIO) ends this node's copy but not
-the transfer: the writer keeps draining, so buffers return to the pool and the node
+is written: :class:`mpistage.engine.frames.Signed`).  A write that fails (disk full,
+EIO) ends this node's copy but not the transfer: the writer keeps draining, so buffers return to the pool and the node
 goes on forwarding.  A write that hangs (a dead disk, a hung file server) is given up on
 by the engine (:meth:`ChunkWriter.abandon`) for the same reason.
 """
@@ -19,14 +19,13 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from .. import faults
-from ..digest import new_digest
 from ..errors import Stalled
 from ..plan import Plan
 from .buffers import Buffer, BufferPool, PhaseClock, pieces
 from .codec import IDENTITY, Codec
+from .digests import Digests, SignedCopy, StreamDigest
 from .frames import HEADER, Framing, Signed, decode
 from .liveness import follow
-from .signed import SignedCopy
 
 log = logging.getLogger("mpistage.engine.writer")
 
@@ -88,10 +87,11 @@ class ChunkWriter:
         self.held = 0
         self.in_order = in_order
         self.signed_digest: str | None = None
-        self._digest = new_digest() if digests and not framing.signed else None
-        self._signed = SignedCopy(framing) if isinstance(framing, Signed) else None
+        self._digests: Digests | None = (SignedCopy(framing) if isinstance(framing, Signed)
+                                         else StreamDigest() if digests else None)
         self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._writing_since: float | None = None  # when the current write began
+        #: When the write under way began (``None``: none is).
+        self.writing_since: float | None = None
         self._chunks_done = 0
         self._thread = self._new_thread()
 
@@ -114,16 +114,6 @@ class ChunkWriter:
         """Write chunk ``k``, held in buffer ``index``; the buffer is released after."""
         self._queue.put((k, index))
 
-    def stuck(self, after: float) -> bool:
-        """Whether one write has gone on for ``after`` seconds (each is one piece, 1 MiB)."""
-        since = self._writing_since
-        return since is not None and not self.abandoned and time.monotonic() - since >= after
-
-    @property
-    def busy(self) -> bool:
-        """Inside a write now."""
-        return self._writing_since is not None
-
     def abandon(self, stuck_for: float) -> None:
         """Give up this node's copy, not the transfer: chunks are no longer taken and the
         buffers of those already queued come back.  The stuck write keeps its buffer."""
@@ -134,15 +124,7 @@ class ChunkWriter:
             self.error = (f"writing {where} made no progress for {stuck_for:g} s ({hint}); "
                           "this node went on forwarding to the others")
         log.debug("%s", self.error)
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is None:  # the end marker: leave it for the thread
-                self._queue.put(None)
-                return
-            self.pool.release(item[1])
+        _release_queued(self._queue, self.pool)
 
     def finish(self, timeout: float, heartbeat: Callable[[Hashable], None]) -> None:
         """No more chunks: wait for the last writes as long as they make progress (each
@@ -169,8 +151,8 @@ class ChunkWriter:
             k, index = item
             try:
                 buffer = self.pool.buffers[index]
-                if self._signed is not None:  # the source's, whatever this copy's fate
-                    self._signed.took(k, buffer)
+                if self._digests is not None:  # the source's, whatever this copy's fate
+                    self._digests.took(k, buffer)
                 if not self.abandoned and self.error is None:
                     self._write_chunk(k, self._decoded(k, buffer))
                     if self.error is None and not self.abandoned and self.in_order:
@@ -178,12 +160,9 @@ class ChunkWriter:
                 self._chunks_done += 1
             finally:
                 self.pool.release(index)
-        if self.error is None and self._digest is not None:
-            self.digest = self._digest.hexdigest()
-        if self._signed is not None:
-            if self.error is None:
-                self.digest = self._signed.copy_digest()
-            self.signed_digest = self._signed.source_digest()
+        if self._digests is not None:
+            self.digest = self._digests.copy_digest() if self.error is None else None
+            self.signed_digest = self._digests.source_digest()
 
     def _decoded(self, k: int, buffer: Buffer) -> Buffer:
         """Chunk ``k``'s source bytes; an empty view, :attr:`error` set and the copy
@@ -192,15 +171,13 @@ class ChunkWriter:
         try:
             return decoded(self.framing, self.codec, buffer, k, corrupt=self.corrupt)
         except ValueError as exc:
-            self.error = f"chunk {k} arrived damaged: {exc}"
-            if self.sink is not None:
-                self.sink.discard()
+            self._fail(f"chunk {k} arrived damaged: {exc}")
             return memoryview(b"")
         finally:
             self.clock.add("decode", time.perf_counter() - started)
 
     def _write_chunk(self, k: int, view: Buffer) -> None:
-        digest = self._digest if self._signed is None else new_digest()
+        digest = self._digests.chunk() if self._digests is not None else None
         offset = None if self.in_order else k * self.plan.chunk_size
         for piece in pieces(view):  # each digested while the write left it in the cache
             self._write_piece(k, piece, offset)
@@ -210,30 +187,56 @@ class ChunkWriter:
                 started = time.perf_counter()
                 digest.update(piece)
                 self.clock.add("digest", time.perf_counter() - started)
-        if self._signed is not None and digest is not None and self.error is None:
-            self.error = self._signed.wrote(k, digest.digest())
-            if self.error is not None and self.sink is not None:
-                self.sink.discard()
+        if self._digests is not None and digest is not None and self.error is None:
+            self._fail(self._digests.wrote(k, digest))
 
     def _write_piece(self, k: int, piece: Buffer, offset: int | None) -> None:
         sink = self.sink
         if sink is None or self.error is not None:
             return
         started = time.perf_counter()
-        self._writing_since = time.monotonic()
+        self.writing_since = time.monotonic()
         try:
-            if offset is None:
-                sink.write(piece)
-            else:
-                sink.write_at(offset, piece)  # type: ignore[attr-defined]
-        except OSError as exc:
-            if self.error is None:
-                self.error = f"write to {sink.final_path} failed: {exc}"
-            log.debug("write failed on chunk %d: %s", k, exc)
-            sink.discard()
+            self._fail(_put(sink, piece, offset))
         finally:
-            self._writing_since = None
+            self.writing_since = None
         self.clock.add("write", time.perf_counter() - started)
+
+    def _fail(self, error: str | None) -> None:
+        """This node's copy fails (unless ``error`` is ``None``): nothing of it stays."""
+        if error is not None:
+            self.error = self.error or error
+            if self.sink is not None:
+                self.sink.discard()
+
+
+def _put(sink: CopySink, piece: Buffer, offset: int | None) -> str | None:
+    """Write ``piece`` to ``sink`` (at ``offset``, or after what it took); why that
+    failed, or ``None``."""
+    try:
+        if offset is None:
+            sink.write(piece)
+        else:
+            sink.write_at(offset, piece)  # type: ignore[attr-defined]
+    except OSError as exc:
+        log.debug("write failed: %s", exc)
+        return f"write to {sink.final_path} failed: {exc}"
+    return None
+
+
+def _release_queued(chunks: queue.SimpleQueue[tuple[int, int] | None], pool: BufferPool
+                    ) -> None:
+    """Give the buffers of the ``chunks`` queued for writing back to ``pool`` (the end
+    marker stays for the thread)."""
+    while True:
+        try:
+            item = chunks.get_nowait()
+        except queue.Empty:
+            return
+        if item is None:
+            chunks.put(None)
+            return
+        pool.release(item[1])
 
 
 def decoded(framing: Framing, codec: Codec, buffer: Buffer, k: int, corrupt: bool = False
@@ -260,9 +263,10 @@ def holds_up(writer: ChunkWriter, timeout: float) -> bool:
     file server) and frees the buffers.  Half, because while this node's buffers are all
     with the writer it posts no receives, and its parent counts that against the same
     timeout: this node must take data again before its parent gives up on it."""
-    if writer.stuck(after=timeout / 2):
-        writer.abandon(timeout / 2)
-    return writer.busy and not writer.abandoned
+    since = writer.writing_since
+    if since is not None and not writer.abandoned and time.monotonic() - since >= timeout / 2:
+        writer.abandon(timeout / 2)  # one write (a piece, 1 MiB) for half the timeout
+    return writer.writing_since is not None and not writer.abandoned
 
 
 def buffer_back(writer: ChunkWriter, timeout: float, watch: Callable[[], None]) -> int:

@@ -224,9 +224,13 @@ def decide(
     assert params is not None
     if files and not params.file_cost:
         params = replace(params, file_cost=ASSUMED_FILE_COST)
-    if read_rates is not None:
-        params = replace(params, read_bandwidth=read_rates[0],
-                         shared_read_bandwidth=read_rates[1])
+    if read_rates is not None:  # the run's own, unless a calibration measured them
+        alone, together = read_rates
+        if source == "calibration" and math.isfinite(params.read_bandwidth):
+            alone = params.read_bandwidth
+        if source == "calibration" and math.isfinite(params.shared_read_bandwidth):
+            together = params.shared_read_bandwidth
+        params = replace(params, read_bandwidth=alone, shared_read_bandwidth=together)
     params = with_cpu(params, place.share if place else 0.0,
                       measured=source == "quick measurement")
     cache_chunk = place.cache_chunk(depth) if place is not None and auto_chunk else None

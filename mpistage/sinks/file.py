@@ -16,7 +16,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -135,25 +135,22 @@ class Sink:
 
     def write(self, data: memoryview) -> None:
         """Append ``data``; raises ``OSError`` (ENOSPC, EFBIG, EIO …) as the kernel reports."""
+        self.write_at(None, data)
+
+    def write_at(self, offset: int | None, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` (``None``: after what was written; chunks that
+        come out of file order, a ring's, :mod:`mpistage.engine.ring`, have one each)."""
         with self._using() as fd:
             view = memoryview(data).cast("B")
             while view:
                 # At most a slice per call, so that progress shows during a large chunk.
-                written = self._write_some(fd, view[:_WRITE_SLICE])
+                if offset is None:
+                    written = self._write_some(fd, view[:_WRITE_SLICE])
+                else:
+                    written = os.pwrite(fd, view[:_WRITE_SLICE], offset)
+                    offset += written
                 self.bytes_written += written
                 self.progress += written
-                view = view[written:]
-
-    def write_at(self, offset: int, data: memoryview) -> None:
-        """Write ``data`` at ``offset`` (chunks that come out of file order: a ring's,
-        :mod:`mpistage.engine.ring`); raises ``OSError`` as :meth:`write` does."""
-        with self._using() as fd:
-            view = memoryview(data).cast("B")
-            while view:
-                written = os.pwrite(fd, view[:_WRITE_SLICE], offset)
-                self.bytes_written += written
-                self.progress += written
-                offset += written
                 view = view[written:]
 
     def commit(
@@ -194,13 +191,8 @@ class Sink:
                     self._close()
             if verify_digest is not None:
                 started = time.perf_counter()
-                on_disk = (file_digest(temp, progress=self._advance) if verify_chunk is None
-                           else file_chunk_digest(temp, verify_chunk, progress=self._advance))
+                reread(temp, verify_digest, verify_chunk, self._advance)
                 self.timings["verify"] = time.perf_counter() - started
-                if on_disk != verify_digest:
-                    raise ValueError(
-                        f"re-read of {temp} gave digest {on_disk}, expected {verify_digest}"
-                    )
             started = time.perf_counter()
             os.utime(temp, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
             with self._lock, interrupt.renaming(temp):
@@ -245,6 +237,20 @@ class Sink:
         tb: TracebackType | None,
     ) -> None:
         self.discard()
+
+
+def reread(path: Path, digest: str, chunk: int | None, progress: Callable[[int], None]
+           ) -> None:
+    """Re-read ``path`` from disk (its digest, or with ``chunk`` its hash list of chunks
+    that size) and compare with ``digest``.
+
+    Raises:
+        ValueError: it differs.
+    """
+    on_disk = (file_digest(path, progress=progress) if chunk is None
+               else file_chunk_digest(path, chunk, progress=progress))
+    if on_disk != digest:
+        raise ValueError(f"re-read of {path} gave digest {on_disk}, expected {digest}")
 
 
 def remove_stale_temps(final_path: str | os.PathLike[str]) -> list[Path]:

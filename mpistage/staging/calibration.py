@@ -7,6 +7,8 @@ Collective over the communicator, one leader per node as in staging:
 * **round trips**: many 1-byte ping-pongs on the first link, kept as a histogram (like
   mrsync's ``rtt`` tool: is the network healthy, are there outliers?);
 * **read**: the root reads a sample of the source (its cached pages dropped first);
+* **read together**: every leader reads its part of that sample at once, where every node
+  sees the source (a file system they all mount): the rate ``A`` of ``--read-by all``;
 * **write**: every leader writes a sample file into its destination directory;
 * **start-up**: process start until MPI is ready, the slowest rank's.
 
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from ..engine.reader import pread_full
 from ..errors import UsageError
 from ..model import SCHEMA, Parameters
 from ..plan import expand
@@ -51,6 +54,7 @@ class Calibration:
     read: dict[str, Any] | None = None
     writes: list[dict[str, Any]] = field(default_factory=list)
     engine: dict[str, Any] | None = None
+    read_together: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,7 @@ class Calibration:
             "links": self.links,
             "rtt": {"seconds": self.rtt, **rtt_summary(self.rtt)},
             "read": self.read,
+            "read_together": self.read_together,
             "writes": self.writes,
             "engine": self.engine,
         }
@@ -77,6 +82,10 @@ class Calibration:
             f"{len(self.links)} links)",
             f"  bandwidth B      {_rate(p.bandwidth)}",
             f"  read R (root)    {_rate(p.read_bandwidth)}",
+            f"  read A (all)     {_rate(p.shared_read_bandwidth)}"
+            + (f" ({self.read_together['readers']} nodes at once)" if self.read_together
+               and "readers" in self.read_together else " (not every node sees the source)"
+               if self.read_together else ""),
             f"  write W (min)    {_rate(p.write_bandwidth)}",
             f"  start-up I       {format_seconds(p.startup)}",
             f"  per file φ (max) {format_seconds(p.file_cost) if p.file_cost else '-'}"
@@ -185,6 +194,33 @@ def _timed_read(path: str, limit: int) -> dict[str, Any]:
             "bandwidth": total / seconds if total and seconds > 0 else math.inf}
 
 
+def _read_together(leaders: MPI.Comm, path: str, sample: int) -> dict[str, Any] | None:
+    """Every node reads a part of ``sample`` bytes of ``path`` (a file all of them may
+    mount: :mod:`mpistage.staging.shared_source`), all at once, its cached pages dropped
+    first: the rate they read at together (the model's ``A``), on ``leaders``' rank 0."""
+    part = max(1, sample // leaders.size)
+    seconds = math.inf
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            leaders.Barrier()
+            started = time.perf_counter()
+            if pread_full(fd, memoryview(bytearray(part)), leaders.rank * part) == part:
+                seconds = time.perf_counter() - started
+        finally:
+            os.close(fd)
+    except OSError:
+        leaders.Barrier()
+    slowest = leaders.reduce(seconds, op=MPI.MAX, root=0)
+    if leaders.rank != 0:
+        return None
+    if not math.isfinite(slowest):
+        return {"error": "not every node could read it"}
+    return {"readers": leaders.size, "bytes": part * leaders.size, "seconds": slowest,
+            "bandwidth": part * leaders.size / max(slowest, 1e-9)}
+
+
 def _timed_write(directory: str, size: int) -> dict[str, Any]:
     block = np.random.default_rng(0).integers(0, 256, min(size, 16 << 20) or 1, dtype=np.uint8)
     fd, path = tempfile.mkstemp(prefix=".mpistage-calibrate.", dir=directory)
@@ -237,7 +273,9 @@ def calibrate(
     """Measure the model's parameters (collective); the same result on every rank.
 
     Args:
-        source: a file to time the root's reads on (else R is not measured).
+        source: a file to time the root's reads on (else R is not measured), and,
+            where every node sees it (a file system they all mount), every node's reads
+            of a part of it at once (A).
         dest: a directory on every node to time writes in (else W is not measured);
             may contain ``{node}``, ``{host}``, ``{rank}``.
         sample: bytes read and written for the disk measurements.
@@ -271,6 +309,9 @@ def calibrate(
                 read = _timed_read(source, sample)
             except OSError as exc:
                 read = {"path": source, "error": exc.strerror}
+        together = None
+        if source is not None and leaders is not None and leaders.size > 1:
+            together = _read_together(leaders, source, sample)
         write = None
         if dest is not None and topo.is_leader:
             try:
@@ -300,6 +341,7 @@ def calibrate(
                         latency=statistics.median(l["latency"] for l in links) if links else 0.0,
                         bandwidth=statistics.median(l["bandwidth"] for l in links) if links else math.inf,
                         read_bandwidth=read["bandwidth"] if read else math.inf,
+                        shared_read_bandwidth=(together or {}).get("bandwidth", math.inf),
                         write_bandwidth=min(measured_writes) if measured_writes else math.inf,
                         startup=startup,
                         file_cost=max((w["file_cost"] for w in writes), default=0.0),
@@ -307,7 +349,7 @@ def calibrate(
                         cpu_rate=(engine or {}).get("cpu_rate") or math.inf,
                     ),
                     nodes=len(topo.nodes), links=links, rtt=rtt, read=read, writes=writes,
-                    engine=engine,
+                    engine=engine, read_together=together,
                 )
         result = comm.bcast(result, root=0)
         if isinstance(result, str):

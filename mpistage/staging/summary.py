@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..digest import ALGORITHM as DIGEST_ALGORITHM
+from ..model import ASSUMED_LOCAL_RATE
 from ..plan import source_label
 from ..units import format_bytes, format_rate, format_seconds
 
@@ -172,7 +173,10 @@ def _model_line(report: Summarised) -> str:
     chosen += f", bound by the {paced}" if paced else ""
     basis = report.prediction["source"]
     if basis == "quick measurement":  # disks unknown: see 'mpistage calibrate'
-        basis = "quick link probe, disks not measured"
+        read = report.prediction.get("parameters", {}).get("read_bandwidth")
+        basis = ("quick link probe and source read, writes not measured"
+                 if read is not None and read != ASSUMED_LOCAL_RATE
+                 else "quick link probe, disks not measured")
     return (f"  model ({basis}): predicted transfer"
             f" {format_seconds(predicted)}{chosen}, measured"
             f" {format_seconds(report.transfer_seconds)} ({error:+.0%})")
