@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mpistage.cluster import EmulatedCluster, teardown
 from mpistage.cluster.launch import mpi_environment
+from mpistage.cluster.runs import point_to_point
 from mpistage.cluster.slurm import SlurmSettings
 from mpistage.digest import file_digest
 from mpistage.samples import write_random_file
@@ -38,14 +39,6 @@ awk -v a="$t0" -v b="$t1" 'BEGIN {{ printf "sbcast %.3f\\n", b - a }}'
 t0=$(now); mpistage-sbcast -f {src} /scratch/mpistage.bin -- -q; t1=$(now)
 awk -v a="$t0" -v b="$t1" 'BEGIN {{ printf "mpistage-sbcast %.3f\\n", b - a }}'
 """
-
-
-def point_to_point(cluster: EmulatedCluster, size: int) -> float:
-    run = cluster.mpiexec([sys.executable, "-m", "mpistage.cluster.p2p", str(size)],
-                          hosts=[0, 1], capture_output=True, text=True, timeout=600)
-    if run.returncode != 0:
-        raise SystemExit(f"point-to-point run failed: {run.stderr.strip()}")
-    return float(run.stdout.split()[-1])
 
 
 def one_job(cluster: EmulatedCluster, nodes: int, src: Path, work: Path) -> dict[str, float]:

@@ -35,22 +35,15 @@ from typing import Any
 from mpistage.cluster import EmulatedCluster, teardown
 from mpistage.cluster.launch import mpi_environment, mpiexec_command
 from mpistage.cluster.rates import format_link_rate
-from mpistage.cluster.runs import stage_with_report
-from mpistage.cluster.shared_fs import SharedFS, measure_reads, reshape
+from mpistage.cluster.runs import point_to_point, stage_with_report
+from mpistage.cluster.shared_fs import SharedFS
+from mpistage.cluster.storage import measure_reads, reshape
 from mpistage.digest import file_digest
 from mpistage.samples import write_random_file
 from mpistage.units import format_bytes, parse_size
 
 NAME = "mstshr"
 MODES = ("root", "all", "auto")
-
-
-def point_to_point(cluster: EmulatedCluster, size: int) -> float:
-    run = cluster.mpiexec([sys.executable, "-m", "mpistage.cluster.p2p", str(size)],
-                          hosts=[0, 1], capture_output=True, text=True, timeout=600)
-    if run.returncode != 0:
-        raise SystemExit(f"point-to-point run failed: {run.stderr.strip()}")
-    return float(run.stdout.split()[-1])
 
 
 def check_copies(cluster: EmulatedCluster, name: str, digest: str) -> None:

@@ -22,7 +22,8 @@ import pytest
 
 from mpistage.cluster import EmulatedCluster, system, teardown
 from mpistage.cluster.launch import mpi_environment
-from mpistage.cluster.shared_fs import TOOLS, SharedFS, measure_reads, reshape
+from mpistage.cluster.shared_fs import TOOLS, SharedFS
+from mpistage.cluster.storage import measure_reads, reshape
 from mpistage.digest import file_digest
 from mpistage.sinks.file import TEMP_SUFFIX
 

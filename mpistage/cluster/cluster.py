@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from . import shared_fs
 from . import slurm as slurm_daemons
+from . import storage
 from .build import add_host, create_state, shape
 from .hosts import ClusterError
 from .launch import mpi_environment, mpiexec_command
@@ -84,7 +84,7 @@ class EmulatedCluster(Layout):
             for i, host in enumerate(self.hostnames):
                 add_host(self, i, host)
             if self.shared_fs is not None:
-                shared_fs.start(self, self.shared_fs)
+                storage.start(self, self.shared_fs)
             if self.slurm is not None:
                 slurm_daemons.start(self, self.slurm)
         except BaseException:

@@ -1,5 +1,6 @@
 """Running mpistage itself on the emulated cluster and reading its report (the trial
-run of ``python -m mpistage.cluster try`` and the sweep in ``bench/sweep.py`` share it)."""
+run of ``python -m mpistage.cluster try`` and the sweep in ``bench/sweep.py`` share it),
+and the point-to-point copy the benchmarks hold it against."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def stage_with_report(
         )
         report = read_report(report_path)
     return run, report
+
+
+def point_to_point(cluster: EmulatedCluster, size: int) -> float:
+    """Seconds of one MPI point-to-point copy of ``size`` bytes from host 0 to host 1
+    (:mod:`mpistage.cluster.p2p`): the bound of moving the file once."""
+    run = cluster.mpiexec([sys.executable, "-m", "mpistage.cluster.p2p", str(size)],
+                          hosts=[0, 1], capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError(f"point-to-point run failed: {run.stderr.strip()}")
+    return float(run.stdout.split()[-1])
