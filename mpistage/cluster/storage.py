@@ -44,10 +44,12 @@ def start(cluster: Layout, shared: SharedFS) -> None:
     ip("-n", storage, "link", "set", "lo", "up")
     ip("-n", storage, "link", "set", "eth0", "up")
     _shape(cluster, shared)
-    # in the storage host's namespace, detached (teardown ends it with the namespace)
+    # in the storage host's namespace, detached (teardown ends it with the namespace);
+    # nodelay: the tail of a reply must not wait for the client's delayed ACK (without
+    # it one read in four of 128 KiB took 40 ms more: 19 Mbit/s on a 50 Mbit/s link)
     run_command(["nsenter", f"--net=/run/netns/{storage}", "sh", "-c",
                  'exec setsid -f socat "$@" </dev/null >/dev/null 2>&1', "socat",
-                 f"TCP-LISTEN:{PORT},reuseaddr,fork", f"EXEC:{SFTP_SERVER} -d {export}"])
+                 f"TCP-LISTEN:{PORT},reuseaddr,fork,nodelay", f"EXEC:{SFTP_SERVER} -d {export}"])
     for host in cluster.hostnames:
         _mount(cluster, host)
 

@@ -45,7 +45,7 @@ class ShareSource(FileSource):
         assert self._opened is not None
         try:  # what the path names now: another file, if it was replaced
             named = file_identity(os.stat(self.plan.source))
-        except FileNotFoundError:
+        except OSError:  # gone, or the file system can no longer say
             named = None
         now: str | None = "was removed" if named is None else None
         if named is not None and named[:2] != self._opened[:2]:
