@@ -65,8 +65,9 @@ class RingSchedule(Schedule):
     read_ahead = 2
     #: A ring cannot go on without a lost node (each survivor lacks other chunks): auto
     #: takes it only where it wins clearly, where one reader binds (8 hosts at 100
-    #: Mbit/s, 64 MiB read at 25 Mbit/s per client: 3.1x faster than the root's chain);
-    #: where a client reads about as fast as its link, a few per cent are not worth that.
+    #: Mbit/s, 64 MiB read at 25 Mbit/s per client: 3.05-3.12x faster than the root's
+    #: chain); where a client reads about as fast as its link, a few per cent are not
+    #: worth that.
     auto_margin = 0.15
 
     def __init__(self, comm: MPI.Comm, root: int, arity: int = 2) -> None:
