@@ -224,6 +224,12 @@ class Area:
             return str(self.top / "n{node}" / "copy.bin")
         return str(self.top / "n{node}") + "/"
 
+    @property
+    def reads_shares(self) -> bool:
+        """Every node reads a share of the source (the ring)."""
+        algorithm = SCHEDULES.get(self.case.algorithm)
+        return algorithm is not None and algorithm.every_node_reads
+
     def final(self, node: int) -> str:
         """The final path of node ``node``, relative to ``top``."""
         return f"n{node}/copy.bin" if self.case.dest_form == "file" else f"n{node}/{SOURCE_NAME}"
@@ -308,7 +314,10 @@ class Area:
             elif case.write_fails == node and case.size > 0:  # writes past size // 2 fail
                 out.append(("failed", "File too large"))
             elif case.corrupt == node and case.size > 0:  # its first chunk is damaged
-                out.append(("failed", "digest mismatch"))
+                # where every node reads a share, each chunk is checked as it is written
+                # against its reader's digest; elsewhere the copy's against the source's
+                out.append(("failed", "differs from what its reader read"
+                            if self.reads_shares else "digest mismatch"))
             else:
                 out.append(("copied", None))
         return out
