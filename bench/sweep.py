@@ -13,11 +13,11 @@ shared memory; rate ``shm``), and ``--zstd RATE:NODES:SIZE`` stages a compressib
 (log lines, zstd ratio ~3-4) with ``--compress zstd`` and without (methods
 ``mpistage-zstd`` and ``mpistage-text``).
 
-Needs root (network namespaces).  Example (the committed results, two repeats of each
+Needs root (network namespaces).  Example (the committed results, three repeats of each
 configuration; ``bench/results/sweep.h5`` and ``sweep-3x.h5`` are earlier sweeps, before
 the model had CPU terms)::
 
-    sudo .venv/bin/python bench/sweep.py --out bench/results/sweep-cpu.h5 --repeat 2 \\
+    sudo .venv/bin/python bench/sweep.py --out bench/results/sweep-cpu.h5 --repeat 3 \\
         --rates 100mbit,1gbit --nodes 2,4,8,16 --sizes 16M,64M --sizes-for '{"1gbit": "64M,256M"}' \\
         --nodes-for '{"1gbit": "2,4,8"}' --mpi-bcast "" --one-host 2,4 --one-host-sizes 1G \\
         --runs chain:64K,chain:256K,chain:1M,chain:4M,twotree:1M,binomial:1M,auto:auto \\
