@@ -13,6 +13,7 @@ from mpistage.model import (ASSUMED_CPU_RATE, ENGINE_OVERHEAD, Parameters, _step
                             ka_terms, predict, shape)
 from mpistage.model.choice import chain_optimal_chunk, choose, optimal_chunk
 from mpistage.model.cores import last_level_cache, placement_of, share_of
+from mpistage.model.cpu_rate import per_end_rate
 from mpistage.model.decide import with_cpu
 from mpistage.model.fit import Sample, fit
 from mpistage.staging.engine_cost import fit_engine
@@ -275,6 +276,21 @@ def test_a_probe_measured_overhead_adds_the_engines_own() -> None:
     assert probed.cpu_rate == ASSUMED_CPU_RATE
     calibrated = with_cpu(Parameters(1e-5, 1e9, overhead=2e-4, cpu_rate=9e8), 0.5, measured=False)
     assert (calibrated.overhead, calibrated.cpu_rate, calibrated.share) == (2e-4, 9e8, 0.5)
+
+
+def test_the_per_byte_rate_is_half_a_fresh_copy_a_warm_copy_and_half_a_digest() -> None:
+    """A relaying rank's chunk costs one write into fresh pages, two of MPI's copies and
+    one digest, over its two message ends; the fastest probe counts."""
+    ticks = iter([0.0, 4.0, 5.0, 7.0,    # fresh 4, warm 1, digest 2 -> 2 + 1 + 1 = 4
+                  10.0, 12.0, 13.0, 13.0])  # fresh 2, warm 1, digest 0 -> 1 + 1 + 0 = 2
+    assert per_end_rate(1 << 20, probes=2, clock=lambda: next(ticks)) == (1 << 20) / 2
+    measured = per_end_rate(1 << 20, probes=1)
+    assert 1e7 < measured < 1e12, "a real probe gives some bytes/s, not zero or infinity"
+
+
+def test_a_probed_per_byte_rate_is_kept_and_the_constant_is_only_a_fallback() -> None:
+    probed = with_cpu(Parameters(1e-5, 1e9, overhead=4e-6, cpu_rate=2.8e9), 2.0, measured=True)
+    assert probed.cpu_rate == 2.8e9
 
 
 def test_ranks_sharing_cores_share_the_codecs_cpu_too() -> None:

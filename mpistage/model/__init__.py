@@ -140,9 +140,10 @@ ASSUMED_FILE_COST = 50e-6
 #: running the engine; this is what it measured here (2 cores, MPICH wheel, one host):
 #: 0.10-0.12 ms per message, of which MPI's own 2-5 µs.
 ENGINE_OVERHEAD = 105e-6
-#: Bytes/s one rank's CPU carries through its per-byte work on a chunk where not
-#: calibrated (MPI's copy, the digest, the write's copy into the page cache): 1.0-1.5
-#: GB/s here, by ``mpistage calibrate``.
+#: Bytes/s one rank's CPU carries through its per-byte work on a chunk where neither a
+#: calibration nor the run's probe (:mod:`mpistage.model.cpu_rate`, the root's) gave it
+#: (MPI's copy, the digest, the write's copy into the page cache): 1.0-1.5 GB/s here by
+#: ``mpistage calibrate`` on busy days, 2.6-3.0 on quiet ones.
 ASSUMED_CPU_RATE = 1.2e9
 
 

@@ -11,8 +11,9 @@ fresh connection, and the wake-up after the last byte), and one sent after an un
 warm-up ~30 % fast (the emulated link's token bucket, refilled meanwhile, let its first
 half through at once); a file no larger than that message, for which no
 link could change the choice, is not worth it, and its prediction assumes a typical link.
-Disk speeds are only known from a calibration; without one the model assumes the network
-is the bottleneck.
+The root also times its per-byte CPU on 4 MiB (:mod:`.cpu_rate`, ~7 ms).  Disk speeds
+are only known from a calibration; without one the model assumes the network is the
+bottleneck.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..plan import Plan, SourceInfo
 from ..sources.streams import ASSUMED_STREAM_SIZE
 from .choice import ASSUMED, Choice, choice_is_settled, choose
 from .cores import placement
+from .cpu_rate import per_end_rate
 
 AUTO = "auto"
 _PROBE_TAG = 7201
@@ -152,8 +154,9 @@ def _arrivals(lead: MPI.Request, timed: MPI.Request, timeout: float) -> float:
 def with_cpu(params: Parameters, share: float, measured: bool) -> Parameters:
     """``params`` with the CPU's terms: ``share`` (found at run time, as placement
     decides it), and where no calibration gave them, the per-message ``overhead`` (MPI's,
-    as the probe ``measured`` it, plus :data:`~mpistage.model.ENGINE_OVERHEAD`) and
-    :data:`~mpistage.model.ASSUMED_CPU_RATE`."""
+    as the probe ``measured`` it, plus :data:`~mpistage.model.ENGINE_OVERHEAD`) and,
+    where neither a calibration nor the probe (:mod:`~mpistage.model.cpu_rate`) gave
+    the per-byte rate, :data:`~mpistage.model.ASSUMED_CPU_RATE`."""
     overhead, cpu_rate = params.overhead, params.cpu_rate
     if measured or not overhead:
         overhead = ENGINE_OVERHEAD + (params.overhead if measured else 0.0)
@@ -216,9 +219,9 @@ def decide(
     if params is None:
         params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
-        if params is not None:
+        if params is not None:  # the root: its machine's per-byte CPU too
             params = replace(params, read_bandwidth=ASSUMED_LOCAL_RATE,
-                             write_bandwidth=ASSUMED_LOCAL_RATE)
+                             write_bandwidth=ASSUMED_LOCAL_RATE, cpu_rate=per_end_rate())
     if comm.rank != root:
         return None
     assert params is not None

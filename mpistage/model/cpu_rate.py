@@ -1,0 +1,57 @@
+"""The model's per-byte CPU rate ρ, measured in a few milliseconds where no calibration
+gave it.
+
+A relaying rank's per-byte work on a chunk is one copy into fresh pages (the write into
+the page cache, which the kernel must first fault in and zero), two copies through
+memory already in use (MPI's: out of the sender's buffer, into the receiver's) and one
+digest.  A chunk has two message ends at such a rank, so one end costs half a fresh
+copy, one warm copy and half a digest.  Timed on :data:`PROBE_BYTES` with this thread's
+CPU clock, that is ρ.
+
+Why not a constant: on the machine that built this, ``mpistage calibrate`` measured ρ
+at 1.0-1.5 GB/s on days when the VM handed freed memory back to its host (every fresh
+page a fault to the host) and 2.6-3.0 GB/s on a quiet day; with the constant the demo's
+prediction was 80-92 % too slow on the quiet day.  The fresh copy is what moves, and the
+probe times it as the run finds it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..digest import new_digest
+
+#: Bytes the probe copies and digests: past the small caches, a few milliseconds.
+PROBE_BYTES = 4 << 20
+#: Probes taken; the fastest counts (a probe pre-empted by another process is slow).
+PROBES = 2
+
+
+def per_end_rate(nbytes: int = PROBE_BYTES, probes: int = PROBES,
+                 clock: Callable[[], float] = time.thread_time) -> float:
+    """Bytes/s one rank's CPU carries per message end (the model's ``cpu_rate``):
+    ``nbytes / (fresh/2 + warm + digest/2)``, each part timed by ``clock`` over
+    ``nbytes``, the fastest of ``probes``."""
+    source = np.full(nbytes, 0x5A, dtype=np.uint8)
+    best = float("inf")
+    for _ in range(probes):
+        fresh_pages = mmap.mmap(-1, nbytes)
+        target = np.frombuffer(fresh_pages, dtype=np.uint8)
+        started = clock()
+        target[:] = source
+        copied = clock()
+        target[:] = source
+        recopied = clock()
+        digest = new_digest()
+        digest.update(target)
+        digest.digest()
+        ended = clock()
+        del target
+        fresh_pages.close()
+        seconds = (copied - started) / 2 + (recopied - copied) + (ended - recopied) / 2
+        best = min(best, seconds)
+    return nbytes / max(best, 1e-9)
