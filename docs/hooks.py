@@ -10,7 +10,7 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-KINDS = (".png", ".md", ".json")
+KINDS = (".png", ".md", ".json", ".txt")
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
