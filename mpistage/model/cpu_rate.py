@@ -21,8 +21,6 @@ import mmap
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from ..digest import new_digest
 
 #: Bytes the probe copies and digests: past the small caches, a few milliseconds.
@@ -36,22 +34,19 @@ def per_end_rate(nbytes: int = PROBE_BYTES, probes: int = PROBES,
     """Bytes/s one rank's CPU carries per message end (the model's ``cpu_rate``):
     ``nbytes / (fresh/2 + warm + digest/2)``, each part timed by ``clock`` over
     ``nbytes``, the fastest of ``probes``."""
-    source = np.full(nbytes, 0x5A, dtype=np.uint8)
+    source = b"\x5a" * nbytes  # not numpy: importing it would cost every start ~50 ms
     best = float("inf")
     for _ in range(probes):
-        fresh_pages = mmap.mmap(-1, nbytes)
-        target = np.frombuffer(fresh_pages, dtype=np.uint8)
-        started = clock()
-        target[:] = source
-        copied = clock()
-        target[:] = source
-        recopied = clock()
-        digest = new_digest()
-        digest.update(target)
-        digest.digest()
-        ended = clock()
-        del target
-        fresh_pages.close()
+        with mmap.mmap(-1, nbytes) as fresh_pages:
+            started = clock()
+            fresh_pages[:] = source
+            copied = clock()
+            fresh_pages[:] = source
+            recopied = clock()
+            digest = new_digest()
+            digest.update(fresh_pages)
+            digest.digest()
+            ended = clock()
         seconds = (copied - started) / 2 + (recopied - copied) + (ended - recopied) / 2
         best = min(best, seconds)
     return nbytes / max(best, 1e-9)

@@ -219,9 +219,10 @@ def decide(
     if params is None:
         params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
-        if params is not None:  # the root: its machine's per-byte CPU too
+        if params is not None:  # the root; with others, its machine's per-byte CPU too
             params = replace(params, read_bandwidth=ASSUMED_LOCAL_RATE,
-                             write_bandwidth=ASSUMED_LOCAL_RATE, cpu_rate=per_end_rate())
+                             write_bandwidth=ASSUMED_LOCAL_RATE,
+                             cpu_rate=per_end_rate() if comm.size > 1 else params.cpu_rate)
     if comm.rank != root:
         return None
     assert params is not None
