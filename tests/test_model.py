@@ -186,9 +186,10 @@ def test_a_tree_pays_its_per_file_cost_only_where_writing_is_the_bottleneck() ->
 # -- the CPU in the model -----------------------------------------------------------------
 
 #: One host, 2 cores, MPICH's shared memory, as ``mpistage calibrate`` measured it (o
-#: 110-160 µs per message end, 1.0-1.5 GB/s per message end).
+#: 110-160 µs per message end; a rank's copy and digest of a chunk at 1.0-1.5 GB/s, which
+#: is two ends' per-byte work: 2.4 GB/s per end).
 ONE_HOST = Parameters(latency=40e-6, bandwidth=4.5e9, read_bandwidth=1e9, write_bandwidth=1e9,
-                      overhead=110e-6, cpu_rate=1.2e9)
+                      overhead=110e-6, cpu_rate=2.4e9)
 
 
 def test_without_cpu_terms_the_model_is_the_wire_only_one() -> None:
@@ -212,14 +213,34 @@ def test_where_the_cpu_binds_small_chunks_cost_what_was_measured() -> None:
 
 
 def test_ranks_sharing_cores_pay_for_every_message_end_on_them() -> None:
-    """4 ranks on 2 cores: 6 message ends per chunk over 2 cores, 3 per core, where one
-    rank of its own would pay 2 (it receives and sends)."""
+    """4 ranks on 2 cores: 6 message ends per chunk, and 4 ranks' copies and digests of
+    it (two ends' bytes each), over 2 cores: per core 3 ends' o and 4 ends' bytes, where
+    a relaying rank on a core of its own pays 2 of each (it receives and sends)."""
     alone, crowded = replace(ONE_HOST, share=0.0), replace(ONE_HOST, share=2.0)
     chunk = 4 << 20
-    per_end = ONE_HOST.message_cpu(chunk)
+    o, per_byte = ONE_HOST.overhead, chunk / ONE_HOST.cpu_rate
+    assert _step_terms("chain", 64 << 20, 4, chunk, crowded, 2, 0, None)["CPU"] == \
+        pytest.approx(3 * o + 4 * per_byte)
+    assert _step_terms("chain", 64 << 20, 4, chunk, alone, 2, 0, None)["CPU"] == \
+        pytest.approx(2 * o + 2 * per_byte) == pytest.approx(2 * ONE_HOST.message_cpu(chunk))
     steps = math.ceil((64 << 20) / chunk) - 1
     gap = predict("chain", 64 << 20, 4, chunk, crowded) - predict("chain", 64 << 20, 4, chunk, alone)
-    assert gap == pytest.approx(steps * per_end, rel=1e-6)
+    alone_step = max(2 * o + 2 * per_byte, chunk / ONE_HOST.read_bandwidth)  # it reads at 1 GB/s
+    assert gap == pytest.approx(steps * (3 * o + 4 * per_byte - alone_step), rel=1e-6)
+
+
+def test_a_rank_with_one_message_end_still_copies_and_digests_the_chunk() -> None:
+    """One host, 1 GiB to 2 ranks in 1 MiB chunks (measured: each rank 1.3-1.4 CPU-s,
+    the whole 1.1-1.5 s): the root reads each chunk and the leaf writes it, each with one
+    message end, so each pays two ends' bytes (the probe's end is half a copy through
+    fresh pages and digest) and the transfer takes ~1 s, not the 0.6 s of one end."""
+    two = replace(ONE_HOST, share=1.0)
+    chunk = 1 << 20
+    assert ONE_HOST.rank_cpu(1, chunk) == pytest.approx(ONE_HOST.overhead + 2 * chunk / ONE_HOST.cpu_rate)
+    assert ONE_HOST.rank_cpu(3, chunk) == pytest.approx(3 * ONE_HOST.message_cpu(chunk))
+    assert _step_terms("chain", 1 << 30, 2, chunk, two, 2, 0, None)["CPU"] == \
+        pytest.approx(ONE_HOST.rank_cpu(1, chunk))
+    assert 0.9 < predict("chain", 1 << 30, 2, chunk, two) < 1.2
     two, many = frozenset({0, 1}), frozenset(range(64))
     assert share_of([("boot-a", two)] * 4) == 2.0
     assert share_of([("boot-a", two)] * 3 + [("boot-b", many)] * 5) == 1.5
@@ -263,11 +284,14 @@ def test_a_slow_link_stays_link_bound_and_keeps_small_chunks() -> None:
 
 
 def test_the_engine_fit_finds_its_overhead_and_rate() -> None:
-    overhead, rate = 110e-6, 1.2e9
-    runs = [(m, m * overhead + (256 << 20) / rate) for m in (4096, 256)]
-    fitted = fit_engine(runs, 256 << 20)
+    """A chain of 4 ranks at two chunk sizes: the root and the leaf one message end per
+    chunk, the two relays two, and every rank two ends' bytes."""
+    overhead, rate, size = 110e-6, 2.4e9, 256 << 20
+    runs = [(m, e, m * e * overhead + max(e, 2) * size / rate)
+            for m in (4096, 256) for e in (1, 2, 2, 1)]
+    fitted = fit_engine(runs, size)
     assert fitted[0] == pytest.approx(overhead) and fitted[1] == pytest.approx(rate)
-    assert fit_engine([(16, 0.001), (1, 0.002)], 1 << 20)[0] == 0.0, "noise never makes o < 0"
+    assert fit_engine([(16, 1, 0.001), (1, 1, 0.002)], 1 << 20)[0] == 0.0, "noise never makes o < 0"
 
 
 def test_a_probe_measured_overhead_adds_the_engines_own() -> None:
@@ -304,7 +328,8 @@ def test_ranks_sharing_cores_share_the_codecs_cpu_too() -> None:
                          write_bandwidth=1.5e9, overhead=145e-6, cpu_rate=1.2e9, share=4.0)
     chunk = 128 << 10
     per_rank = (7 * chunk / zstd.decode_rate + chunk * 2 / zstd.encode_rate) / 8
-    plain = 2 * 4 * 7 / 8 * crowded.message_cpu(chunk * zstd.ratio)
+    wire = chunk * zstd.ratio  # 14 message ends and 8 ranks' copies and digests, 4 ranks a core
+    plain = 4 * (14 * crowded.overhead + 16 * wire / crowded.cpu_rate) / 8
     assert _step_terms("chain", 64 << 20, 8, chunk, crowded, 2, 0, zstd)["CPU"] == \
         pytest.approx(plain + 4 * per_rank)
     alone = replace(crowded, share=0.0)

@@ -32,11 +32,15 @@ the path to the last node.
           + max(c/R, c/W)
 
 The processor is a resource of each step like the link: ``C``, the CPU a step needs, is
-the busiest rank's ``(f + 1)(o + c/ρ)`` (it receives the chunk and sends it ``f`` times;
-in a binomial tree or flat the root, ``f(o + c/ρ)``: it receives nothing),
-or where ranks share cores, ``2s(N − 1)/N · (o + c/ρ)``: every node receives each chunk
-once, so a chunk costs ``2(N − 1)`` message ends in all, and a crowded machine's cores
-pay for all of its ranks' (with a codec, its encoding and decoding too).  The terms
+the busiest rank's ``e·o + max(e, 2)·c/ρ`` with ``e = f + 1`` message ends (it receives
+the chunk and sends it ``f`` times; in a binomial tree or flat the root, ``e = f``: it
+receives nothing).  An end's bytes are half a rank's own copy and digest of the chunk
+plus one MPI copy, so a relay's two ends are its whole work, and a chain's root (its
+read) or a leaf (its write), with one end, still pays two ends' bytes
+(:meth:`Parameters.rank_cpu`).  Where ranks share cores it is
+``s·(2(N − 1)·o + 2N·c/ρ)/N`` if that is more: every node receives each chunk once and
+every rank copies and digests it, and a crowded machine's cores pay for all of its
+ranks' (with a codec, its encoding and decoding too).  The terms
 overlap rather than add: one host, 1 GiB to 2 ranks, measured 0.85-1.13 s at 1 MiB
 where the CPU needs ~1.0 s and the wire 0.2 s; 8 hosts at 1 Gbit/s, 256 MiB in 512 KiB
 chunks, 2.26 s where each term alone needs 2.2 s (added, 4.3 s).
@@ -198,6 +202,16 @@ class Parameters:
         """CPU seconds one end of a message of ``nbytes`` costs its rank."""
         return self.overhead + nbytes / self.cpu_rate
 
+    def rank_cpu(self, ends: float, nbytes: float) -> float:
+        """CPU seconds a rank with ``ends`` message ends per chunk spends on a chunk of
+        ``nbytes``: ``o`` per end, and at least two ends' per-byte work however few its
+        ends.  An end is half a rank's own copy through fresh pages and digest, plus one
+        MPI copy (:mod:`mpistage.model.cpu_rate`); a relaying rank's two ends are its
+        whole work, but a chain's root (its read) and a leaf (its write) do that copy
+        and digest with one end (one host, 1 GiB to 2 ranks in 1 MiB chunks: each rank
+        1.3-1.4 CPU-s, where one end per chunk would be 0.6)."""
+        return ends * self.overhead + max(ends, 2.0) * nbytes / self.cpu_rate
+
     def reading(self, readers: int) -> float:
         """Bytes/s ``readers`` nodes read the source at, all together."""
         if readers <= 1:
@@ -268,9 +282,11 @@ def _step_terms(
         wire = chunk * codec.ratio
     if nodes <= 1:
         return {"link": 0.0, "CPU": 0.0, "read": read, "write": write}
-    # every node receives each chunk once: 2(N − 1) message ends per chunk in all, so
-    # ranks crowded onto shared cores need 2(N − 1)/N ends' CPU per rank and core
-    crowd = 2 * params.share * (nodes - 1) / nodes
+    # every node receives each chunk once: 2(N − 1) message ends per chunk in all, and
+    # every rank copies and digests it (two ends' bytes, :meth:`Parameters.rank_cpu`),
+    # so ranks crowded onto shared cores pay that over the ranks, per core
+    crowd = params.share * (2 * (nodes - 1) * params.overhead
+                            + 2 * nodes * wire / params.cpu_rate) / nodes
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
         messages = bcast_model.step_messages(chunk, nodes)
         wire_bytes = bcast_model.step_bytes(chunk, nodes)
@@ -289,7 +305,7 @@ def _step_terms(
         if codec is not None and params.share:
             coding = params.share * ((nodes - 1) * chunk / codec.decode_rate
                                      + chunk * codec.encode_threads / codec.encode_rate) / nodes
-        cpu = max(busiest * params.message_cpu(wire), crowd * params.message_cpu(wire) + coding)
+        cpu = max(params.rank_cpu(busiest, wire), crowd + coding)
     return {"link": link, "CPU": cpu, "read": read, "write": write}
 
 
@@ -311,7 +327,7 @@ def _terms(
     wire = chunk * codec.ratio if codec is not None else chunk
     # one hop of the first chunk: its wire time, or the CPU to receive and send it
     # where that is longer (the ranks on its way do nothing else meanwhile)
-    hop_cpu = 2 * params.message_cpu(wire)
+    hop_cpu = params.rank_cpu(2, wire)
     if not SCHEDULES[algorithm].point_to_point:  # MPI's own broadcast
         messages, first_bytes = bcast_model.first_chunk(chunk, nodes)
         first = max(messages * params.latency + first_bytes / params.bandwidth,

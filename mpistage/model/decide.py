@@ -11,7 +11,8 @@ fresh connection, and the wake-up after the last byte), and one sent after an un
 warm-up ~30 % fast (the emulated link's token bucket, refilled meanwhile, let its first
 half through at once); a file no larger than that message, for which no
 link could change the choice, is not worth it, and its prediction assumes a typical link.
-The root also times its per-byte CPU on 4 MiB (:mod:`.cpu_rate`, ~7 ms).  Disk speeds
+Every rank also times its per-byte CPU on 4 MiB, all at once, and the root takes the
+median (:mod:`.cpu_rate`, ~25 ms on 4 ranks of 2 cores).  Disk speeds
 are only known from a calibration; without one the model assumes the network is the
 bottleneck.
 """
@@ -36,7 +37,7 @@ from ..plan import Plan, SourceInfo
 from ..sources.streams import ASSUMED_STREAM_SIZE
 from .choice import ASSUMED, Choice, choice_is_settled, choose
 from .cores import placement
-from .cpu_rate import per_end_rate
+from .cpu_rate import ranks_per_end_rate
 
 AUTO = "auto"
 _PROBE_TAG = 7201
@@ -219,10 +220,12 @@ def decide(
     if params is None:
         params = quick_parameters(comm, root, size, timeout)
         source = "quick measurement"
-        if params is not None:  # the root; with others, its machine's per-byte CPU too
+        # with others, the per-byte CPU too (a single rank sends nothing)
+        cpu_rate = ranks_per_end_rate(comm, root) if comm.size > 1 else None
+        if params is not None:  # the root
             params = replace(params, read_bandwidth=ASSUMED_LOCAL_RATE,
                              write_bandwidth=ASSUMED_LOCAL_RATE,
-                             cpu_rate=per_end_rate() if comm.size > 1 else params.cpu_rate)
+                             cpu_rate=cpu_rate or params.cpu_rate)
     if comm.rank != root:
         return None
     assert params is not None

@@ -4,11 +4,13 @@ and ``cpu_rate``.
 
 A ping-pong sees MPI's own per-message cost (a few microseconds through shared memory)
 but not the engine's work around each message, which is most of it.  So the sample goes
-along a chain at two chunk sizes, :data:`SMALL` and :data:`LARGE`: each rank's CPU over
-its message ends per chunk is ``m·o + S/cpu_rate`` (``m`` chunks of the ``S``-byte
-sample), and the two runs separate ``o`` from the per-byte rate.  CPU is the process's
-(every thread: the reader's and writer's per-byte work counts), and includes the polls
-of a rank waiting for a slow link, which is what a chunk costs there.
+along a chain at two chunk sizes, :data:`SMALL` and :data:`LARGE`: a rank with ``e``
+message ends per chunk spends ``m·e·o + max(e, 2)·S/cpu_rate`` CPU seconds on ``m``
+chunks of the ``S``-byte sample (:meth:`mpistage.model.Parameters.rank_cpu`: the root's
+read and a leaf's write are two ends' bytes with one end), and the two runs separate
+``o`` from the per-byte rate.  CPU is the process's (every thread: the reader's and
+writer's per-byte work counts), and includes the polls of a rank waiting for a slow
+link, which is what a chunk costs there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import statistics
 import tempfile
 from typing import Any
 
@@ -35,17 +36,19 @@ def message_ends(rank_index: int, ranks: int) -> int:
     return 1 if rank_index in (0, ranks - 1) else 2
 
 
-def fit_engine(runs: list[tuple[int, float]], size: int) -> tuple[float, float]:
-    """``(overhead, cpu_rate)`` from ``(chunks, CPU seconds per message end)`` of runs
-    of one ``size``: the line ``chunks·o + size/rate`` through them (least squares),
-    each kept non-negative (noise in a short run must not make a chunk free)."""
-    chunks = np.array([m for m, _ in runs], dtype=float)
-    seconds = np.array([s for _, s in runs], dtype=float)
-    design = np.stack([chunks, np.full_like(chunks, float(size))], axis=1)
+def fit_engine(runs: list[tuple[int, int, float]], size: int) -> tuple[float, float]:
+    """``(overhead, cpu_rate)`` from ``(chunks, message ends per chunk, CPU seconds)`` of
+    ranks' runs of one ``size``: least squares of ``chunks·ends·o + max(ends, 2)·size/rate``
+    through them, each kept non-negative (noise in a short run must not make a chunk
+    free)."""
+    chunks = np.array([m * e for m, e, _ in runs], dtype=float)
+    byte_ends = np.array([max(e, 2) * float(size) for _, e, _ in runs], dtype=float)
+    seconds = np.array([s for _, _, s in runs], dtype=float)
+    design = np.stack([chunks, byte_ends], axis=1)
     (overhead, inverse_rate), *_ = np.linalg.lstsq(design, seconds, rcond=None)
     overhead = max(float(overhead), 0.0)
     if inverse_rate <= 0:
-        inverse_rate = max(float(np.min(seconds - chunks * overhead)), 0.0) / size
+        inverse_rate = max(float(np.min((seconds - chunks * overhead) / byte_ends)), 0.0)
     return overhead, (1 / inverse_rate if inverse_rate > 0 else math.inf)
 
 
@@ -69,7 +72,7 @@ def measure(comm: MPI.Comm, dest: str, sample: int, link: Parameters,
         with os.fdopen(fd, "wb") as out:
             out.write(np.random.default_rng(1).integers(0, 256, sample, dtype=np.uint8).data)
     sample_path = comm.bcast(sample_path, root=0)
-    runs: list[tuple[int, float]] = []
+    runs: list[tuple[int, int, float]] = []  # (chunks, message ends, CPU) of each node
     try:
         for chunk in (SMALL, LARGE):  # each into its own directory: none is up to date
             target = os.path.join(dest, _SUBDIR, str(chunk)) + os.sep
@@ -78,9 +81,8 @@ def measure(comm: MPI.Comm, dest: str, sample: int, link: Parameters,
             leaders = sorted((r for r in report.ranks if r.leader), key=lambda r: r.node)
             if len(leaders) < 2 or not report.ok:
                 return None
-            per_end = [r.phases.get("cpu", 0.0) / message_ends(i, len(leaders))
-                       for i, r in enumerate(leaders)]
-            runs.append((math.ceil(sample / chunk), statistics.median(per_end)))
+            runs.extend((math.ceil(sample / chunk), message_ends(i, len(leaders)),
+                         r.phases.get("cpu", 0.0)) for i, r in enumerate(leaders))
     finally:
         _remove_scratch(comm, dest, ranks_as_nodes)
         if comm.rank == 0 and sample_path:
@@ -90,7 +92,7 @@ def measure(comm: MPI.Comm, dest: str, sample: int, link: Parameters,
     overhead, cpu_rate = fit_engine(runs, sample)
     return {"overhead": overhead, "cpu_rate": cpu_rate if math.isfinite(cpu_rate) else None,
             "sample": sample,
-            "runs": [{"chunks": m, "cpu_per_message_end": s} for m, s in runs]}
+            "runs": [{"chunks": m, "message_ends": e, "cpu": s} for m, e, s in runs]}
 
 
 def _remove_scratch(comm: MPI.Comm, dest: str, ranks_as_nodes: bool) -> None:
