@@ -19,7 +19,10 @@ CHUNK_CHOICES = tuple(1 << p for p in range(16, 27))  # 64 KiB … 64 MiB
 #: run to run, while each message costs every rank CPU that the time does not show (a
 #: relaying rank woke ~3 times per chunk) and that a machine's other ranks and work need.
 #: Where the CPU binds the prediction prices each message, and larger chunks than its
-#: optimum measured slower (one host, 1 GiB: 4 MiB 0.85 s, 16 MiB 1.07 s).
+#: optimum measured slower (one host, 1 GiB: 4 MiB 0.85 s, 16 MiB 1.07 s).  Where the
+#: source or the disk binds (their rates assumed, as in a run without a calibration)
+#: the time is as flat: one host, 1 GiB, read-bound at the assumed 1.5 GB/s, took 1, 2
+#: and 4 MiB in three runs without the tie.
 CHUNK_TIE = 0.01
 
 
@@ -29,16 +32,16 @@ def optimal_chunk(
     codec: CodecCost | None = None,
 ) -> int:
     """The chunk size among ``choices`` (none above ``max_chunk``, the memory budget's
-    limit; the smallest choice always stays) with the lowest predicted time; where the
-    link bounds it, the largest predicted within :data:`CHUNK_TIE` of that."""
+    limit; the smallest choice always stays) with the lowest predicted time; unless the
+    CPU bounds it, the largest predicted within :data:`CHUNK_TIE` of that."""
     if max_chunk is not None:
         choices = tuple(c for c in choices if c <= max_chunk) or (min(choices),)
     candidates = sorted({min(c, max(size, 1)) for c in choices})
     times = [predict(algorithm, size, nodes, c, params, arity, files, codec)
              for c in candidates]
     fastest, best = min(zip(times, (-c for c in candidates)))
-    if bound(algorithm, size, nodes, -best, params, arity, files, codec) != "link":
-        return -best  # the CPU or a disk binds: the model prices every message already
+    if bound(algorithm, size, nodes, -best, params, arity, files, codec) == "CPU":
+        return -best  # the model prices every message already
     return max(c for c, t in zip(candidates, times) if t <= fastest * (1 + CHUNK_TIE))
 
 
