@@ -222,6 +222,11 @@ def test_explain_puts_the_choice_first_and_says_when_it_won_a_tie() -> None:
     assert rows == ["chain", "bcast", "tree", "binomial"]
     assert table.splitlines()[2].endswith("<- chosen (within 3% of the fastest: a tie, won "
                                           "by the simpler schedule)")
+    behind = {"chain": (128 << 10, 1.483), "twotree": (64 << 10, 1.439)}  # 16 hosts, 16 MiB
+    margin = describe_prediction(Prediction("assumed", Parameters(1e-4, 1e8), 16,
+                                            Choice("chain", 128 << 10, 1.483, behind, "none"), True))
+    assert margin.splitlines()[2].endswith("<- chosen (twotree predicted 3% faster, short of "
+                                           "the 5% it must win by)")
     fastest = Choice("bcast", 64 << 10, 0.551, predictions, "none")
     table = describe_prediction(Prediction("assumed", Parameters(1e-4, 1e8), 2, fastest, True))
     assert table.splitlines()[2].split()[0] == "bcast" and table.splitlines()[2].endswith(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from .. import interrupt, mpi_library
 from ..engine import stuck
+from ..engine.algorithms import SCHEDULES
 from ..errors import MpistageError, ReportLost, RootLost, Stalled, UsageError
 from ..model.choice import TIE
 from ..sources.streams import FromCommand
@@ -89,7 +90,8 @@ def _end_without_the_lost(comm, rank: int, code: int) -> None:  # type: ignore[n
 def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     """The --explain table: every algorithm's best chunk and predicted time, the choice
     first, then the others fastest first.  The choice can trail the fastest by up to
-    ``choice.TIE`` (a tie, won by the simpler schedule); its line then says so."""
+    ``choice.TIE`` (a tie, won by the simpler schedule), or more where the fastest must
+    win by its schedule's ``auto_margin`` (twotree, ring); its line then says so."""
     if prediction is None:
         return "mpistage --explain: every node already holds the file; nothing would be sent"
     p = prediction.parameters
@@ -112,13 +114,18 @@ def describe_prediction(prediction) -> str:  # type: ignore[no-untyped-def]
     chosen = prediction.choice.algorithm
     predictions = prediction.choice.predictions
     bounds = prediction.choice.bounds or {}
-    fastest = min(seconds for _, seconds in predictions.values())
+    fastest_name = min(predictions, key=lambda name: predictions[name][1])
+    fastest = predictions[fastest_name][1]
     for algorithm, (chunk, seconds) in sorted(
             predictions.items(), key=lambda item: (item[0] != chosen, item[1][1])):
         mark = ""
         if algorithm == chosen:
             mark = "  <- chosen"
-            if seconds > fastest:
+            if seconds > fastest * (1 + TIE):  # the fastest did not win by its margin
+                margin = SCHEDULES[fastest_name].auto_margin
+                mark += (f" ({fastest_name} predicted {seconds / fastest - 1:.0%} faster, "
+                         f"short of the {margin:.0%} it must win by)")
+            elif seconds > fastest:
                 mark += f" (within {TIE:.0%} of the fastest: a tie, won by the simpler schedule)"
         lines.append(f"  {algorithm:<10} {format_bytes(chunk):>10} {format_seconds(seconds):>19}"
                      f"  {bounds.get(algorithm, '-'):<8}{mark}")
