@@ -66,22 +66,14 @@ def _fresh_copy(data: bytes) -> None:
     ``memfd_create`` and the process may write a file that large (``ulimit -f``), else
     an anonymous mapping (whose pages are zeroed first)."""
     if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("mpistage-probe")
-        try:
-            _write_all(fd, data)
+        try:  # a buffered file writes all of it, however the kernel splits the write
+            with open(os.memfd_create("mpistage-probe"), "wb") as file:
+                file.write(data)
             return
         except OSError:  # EFBIG under a file-size limit: the mapping times it instead
             pass
-        finally:
-            os.close(fd)
     with mmap.mmap(-1, len(data)) as pages:
         pages[:] = data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def ranks_per_end_rate(comm: MPI.Comm, root: int) -> float | None:
